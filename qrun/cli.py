@@ -1,0 +1,55 @@
+"""The `qrun` command: a Click group whose subcommands live next to the library they drive
+(convert/cli.py, runner/cli.py, bench/cli.py, qrun/demo.py). Errors are turned into one line here, in one place."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from qrun import __version__, settings
+from qrun.errors import QrunError
+
+
+class QrunGroup(click.Group):
+    """Turns every QrunError into `Error: <what> — <how to fix>` and exit code 1 (traceback with QRUN_DEBUG=1)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except QrunError as err:
+            if settings.debug():
+                raise
+            click.echo(f"Error: {err.one_line()}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            if settings.debug():
+                raise
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=QrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qrun")
+def main():
+    """Convert, run and benchmark Chinese chat LLMs on the CPU with llama.cpp.
+
+    \b
+    qrun demo                      # offline: tiny models, convert -> ask -> bench -> report
+    qrun convert chatglm3          # download, convert to GGUF, quantize to Q4_K_M
+    qrun ask chatglm3 "你好"        # one answer, streamed
+    qrun bench --threads 2         # speed, memory and scored answers for every converted model
+    """
+
+
+def _register() -> None:
+    from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
+    from qrun.convert.cli import convert_cmd, models_cmd
+    from qrun.demo import demo_cmd
+    from qrun.runner.cli import ask_cmd, chat_cmd
+
+    for cmd in (demo_cmd, convert_cmd, models_cmd, ask_cmd, chat_cmd, bench_cmd, report_cmd, score_cmd):
+        main.add_command(cmd)
+
+
+_register()
