@@ -54,3 +54,13 @@ def default_threads() -> int:
 
 def debug() -> bool:
     return os.environ.get("QRUN_DEBUG", "") not in ("", "0", "false", "no")
+
+
+# Free disk `qrun convert` leaves untouched beyond what it will write (the system and other programs need room too).
+DEFAULT_KEEP_FREE_BYTES = 256 << 20
+
+
+def keep_free_bytes() -> int:
+    """Disk reserve for `qrun convert`'s free-space check: QRUN_KEEP_FREE_BYTES, then DEFAULT_KEEP_FREE_BYTES."""
+    value = os.environ.get("QRUN_KEEP_FREE_BYTES", "").strip()
+    return int(value) if value.isdigit() else DEFAULT_KEEP_FREE_BYTES

@@ -1,0 +1,112 @@
+"""Commands `qrun bench`, `qrun report` and `qrun score`: thin layers over qrun.bench.run / report / score."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+from qrun import settings
+
+
+def _command_line() -> str:
+    return " ".join(["qrun", *map(shlex.quote, sys.argv[1:])]) if sys.argv else "qrun"
+
+
+@click.command("bench")
+@click.argument("models", nargs=-1)
+@click.option("--threads", "threads", default=None, metavar="N[,N...]",
+              help="Thread counts to sweep, e.g. 1,2 (default: QRUN_THREADS, then the physical core count).")
+@click.option("--quant", default=None, type=click.Choice(settings.QUANTS, case_sensitive=False),
+              help="Only GGUFs of this type (default: every converted type).")
+@click.option("--suite", default=settings.DEFAULT_SUITE, show_default=True, metavar="NAME|FILE",
+              help="Built-in suite name or a suite JSON file.")
+@click.option("--repeat", default=1, show_default=True, type=int, help="Measured repetitions per question.")
+@click.option("--max-tokens", default=256, show_default=True, type=int, help="Answer length limit in tokens.")
+@click.option("--ctx", "n_ctx", default=None, type=int, help="Context tokens (default 4096, capped at training).")
+@click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Where converted models are "
+              "(default: QRUN_GGUF_DIR, then ./ggufs).")
+@click.option("--out", "out_dir", default="bench-results", show_default=True, metavar="DIR",
+              help="Where results.json, results.csv and report.md go (relative to the current directory).")
+@click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts (model,question_id,score) that "
+              "override the rubric.")
+def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, ggufs_dir, out_dir, verdicts):
+    """Measure speed, memory and answer quality of converted models, one fresh process each.
+
+    \b
+    qrun bench                          # every converted model, physical-core threads
+    qrun bench chatglm3 qwen --threads 1,2 --repeat 3
+    qrun bench --suite my-suite.json --out results/today
+    """
+    from qrun.bench import report
+    from qrun.bench.run import BenchConfig, parse_threads, run_bench
+
+    config = BenchConfig(models=list(models), quant=quant.upper() if quant else None, suite=suite,
+                         threads=parse_threads(threads), repeat=repeat, max_tokens=max_tokens, n_ctx=n_ctx,
+                         ggufs_dir=ggufs_dir, out_dir=out_dir, verdicts=verdicts, command=_command_line())
+    doc = run_bench(config)
+    click.echo(report.render_table([doc]))
+    click.echo(f"results: {Path(out_dir) / 'results.json'}, {Path(out_dir) / 'results.csv'}, "
+               f"{Path(out_dir) / 'report.md'}", err=True)
+
+
+@click.command("report")
+@click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", default=None, metavar="DIR",
+              help="Where report.md and results.csv go (default: next to a single RESULTS file; "
+                   "./bench-report when merging several).")
+@click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts that override the rubric.")
+@click.option("--suite", default=None, metavar="NAME|FILE", help="Re-score the saved answers with this suite.")
+def report_cmd(results, out_dir, verdicts, suite):
+    """Regenerate or merge reports from saved results (e.g. runs from two machines).
+
+    \b
+    qrun report bench-results/results.json
+    qrun report laptop/results.json server/results.json --out compare
+    """
+    from qrun.bench import report, results as results_mod
+    from qrun.bench import suite as suites
+    from qrun.bench.score import load_verdicts
+
+    docs = [results_mod.load(path) for path in results]
+    if verdicts or suite:
+        loaded_suite = suites.load(suite) if suite else None
+        table = load_verdicts(verdicts) if verdicts else {}
+        for doc in docs:
+            results_mod.rescore(doc, loaded_suite, table)
+    if out_dir is None:
+        out_dir = Path(results[0]).parent if len(results) == 1 else Path("bench-report")
+    paths = report.write_outputs(docs, out_dir, results_json=False)
+    click.echo(report.render_table(docs))
+    click.echo(f"report: {paths['report']}, {paths['csv']}", err=True)
+
+
+@click.command("score")
+@click.argument("answers", type=click.Path(exists=True, dir_okay=False))
+@click.option("--suite", default=settings.DEFAULT_SUITE, show_default=True, metavar="NAME|FILE")
+@click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts that override the rubric.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list (input order) instead of a table.")
+def score_cmd(answers, suite, verdicts, as_json):
+    """Score answers collected anywhere (JSONL: question_id, answer, optional model).
+
+    \b
+    qrun score answers.jsonl
+    qrun score answers.jsonl --json --verdicts human.csv
+    """
+    from qrun.bench import suite as suites
+    from qrun.bench.score import load_verdicts, score_answers_file
+
+    scored = score_answers_file(answers, suites.load(suite), verdicts=load_verdicts(verdicts) if verdicts else {})
+    if as_json:
+        click.echo(json.dumps(scored, ensure_ascii=False, indent=2))
+        return
+    rows = [[s["line"], s["model"] or "", s["question_id"], f"{s['score']:.2f}", s["source"],
+             ", ".join(s["matched"]), ", ".join(s["contradicted"])] for s in scored]
+    click.echo(tabulate(rows, headers=["line", "model", "question", "score", "source", "matched", "contradicted"],
+                        tablefmt="simple", disable_numparse=True))
+    if scored:
+        click.echo(f"mean score: {sum(s['score'] for s in scored) / len(scored):.3f} over {len(scored)} answers")

@@ -1,0 +1,216 @@
+"""Tables and report.md from bench results — one results document or several merged (e.g. two machines).
+
+`qrun bench` writes them after every worker; `qrun report RESULTS.json...` regenerates or merges them from saved
+results. Memory columns: "peak RSS" counts the mmap'd GGUF (file-backed page cache the kernel can drop);
+"peak anon" is anonymous memory only — what the process really allocated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from tabulate import tabulate
+
+from qrun.bench import machine as machine_mod
+from qrun.bench.results import METRICS, SUMMARY_METRICS
+from qrun.fsutil import write_json_atomic, write_text_atomic
+
+_MIB = 1024 * 1024
+
+
+def _mib(value) -> str:
+    return "" if value is None else f"{value / _MIB:.1f}"
+
+
+def _num(value, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _threads(run: dict) -> str:
+    s = run.get("settings") or {}
+    t, tb = s.get("n_threads"), s.get("n_threads_batch")
+    return "" if t is None else (str(t) if tb in (None, t) else f"{t}/{tb}")
+
+
+def _machine_labels(docs: list[dict]) -> list[str]:
+    labels, seen = [], {}
+    for doc in docs:
+        base = machine_mod.label(doc.get("machine", {}))
+        seen[base] = seen.get(base, 0) + 1
+        labels.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
+    return labels
+
+
+def _status(run: dict) -> str:
+    if run["status"] == "ok":
+        return "ok"
+    done = run["summary"].get("questions_answered", 0)
+    return f"{run['status'].upper()} ({done}/{run['summary'].get('questions_total', '?')} answered)"
+
+
+def _accuracy(run: dict) -> str:
+    acc = run["summary"].get("accuracy")
+    if acc is None:
+        return ""
+    verdicts = sum(1 for q in run["questions"] if (q.get("score") or {}).get("source") == "verdict")
+    return f"{acc:.2f}" + (f" ({verdicts} by verdict)" if verdicts else "")
+
+
+SUMMARY_HEADERS = ["model", "quant", "threads", "status", "size MiB", "load s", "peak RSS MiB", "peak anon MiB",
+                   "TTFT s", "prompt tok/s", "gen tok/s", "zh chars/s", "accuracy"]
+
+
+def summary_rows(docs: list[dict], *, with_spread: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The merged table: one row per run (a machine column when results come from more than one machine)."""
+    labels = _machine_labels(docs)
+    many = len(set(machine_mod.label(d.get("machine", {})) for d in docs)) > 1 or len(docs) > 1
+    headers = (["machine"] if many else []) + SUMMARY_HEADERS
+    rows = []
+    for label, doc in zip(labels, docs):
+        for run in doc.get("runs", []):
+            s = run["summary"]
+            speeds = []
+            for metric, digits in zip(SUMMARY_METRICS, (3, 1, 1, 1)):
+                cell = _num(s.get(metric), digits)
+                rng = (s.get("range") or {}).get(metric)
+                if with_spread and cell and rng:
+                    cell += f" ({rng[0]:.{digits}f}–{rng[1]:.{digits}f})"
+                speeds.append(cell)
+            rows.append(([label] if many else []) + [
+                run["model"], run["quant"], _threads(run), _status(run), _mib(run.get("gguf_size_bytes")),
+                _num(run.get("load_s")), _mib(run.get("peak_rss_bytes")), _mib(run.get("peak_anon_bytes")),
+                *speeds, _accuracy(run)])
+    return headers, rows
+
+
+def render_table(docs: list[dict], *, tablefmt: str = "simple") -> str:
+    headers, rows = summary_rows(docs)
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def render_markdown(docs: list[dict]) -> str:
+    labels = _machine_labels(docs)
+    partial = [d for d in docs if d.get("partial")]
+    out = ["# qrun bench report", ""]
+    if partial:
+        out += ["**PARTIAL RESULTS** — the run was interrupted (Ctrl-C); everything measured before that is below.",
+                ""]
+    headers, rows = summary_rows(docs, with_spread=True)
+    out += ["## Summary", "",
+            "Medians over questions of each question's median over repetitions; in brackets the range over every "
+            "repetition. Times in seconds, memory in MiB (1 MiB = 2^20 bytes). *peak RSS* includes the mmap'd GGUF "
+            "(file-backed page cache); *peak anon* is anonymous memory only (repacked weights, KV cache, buffers). "
+            "*zh chars/s*: Chinese characters of the answer per second of decoding. *accuracy*: mean rubric score "
+            "0..1 (human verdicts where marked).", "",
+            tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    failed = [(label, run) for label, doc in zip(labels, docs) for run in doc.get("runs", []) if run.get("failure")]
+    if failed:
+        out += ["## Failures", ""]
+        for label, run in failed:
+            f = run["failure"]
+            last = f" Last stderr line: `{f['last_stderr']}`" if f.get("last_stderr") else ""
+            out.append(f"- {run['run_id']} on {label}: {f.get('reason')}.{last}")
+        out.append("")
+    for label, doc in zip(labels, docs):
+        out += _machine_section(label, doc)
+    out += _questions_section(docs, labels)
+    return "\n".join(out) + "\n"
+
+
+def _machine_section(label: str, doc: dict) -> list[str]:
+    m, c = doc.get("machine", {}), doc.get("config", {})
+    rows = [["CPU", m.get("cpu_model")], ["cores", f"{m.get('physical_cores')} physical / {m.get('logical_cores')} logical"],
+            ["CPU flags", " ".join(m.get("cpu_flags", []))], ["RAM", f"{(m.get('ram_bytes') or 0) / 2**30:.1f} GiB"],
+            ["OS", m.get("os")], ["Python", m.get("python")], ["llama-cpp-python", m.get("llama_cpp_python")],
+            ["llama.cpp system info", m.get("llama_cpp_system_info")], ["qrun", doc.get("qrun_version")],
+            ["load average at start", " ".join(map(str, m.get("loadavg_at_start", [])))],
+            ["started / finished (UTC)", f"{doc.get('created_utc')} / {doc.get('finished_utc') or 'not finished'}"],
+            ["decoding", f"greedy (temperature {c.get('temperature')}), seed {c.get('seed')}, "
+                         f"max {c.get('max_tokens')} tokens, {c.get('warmup_tokens')}-token warm-up, "
+                         f"{c.get('repeat')} repetition(s)"],
+            ["suite", (doc.get("suite") or {}).get("name")]]
+    return [f"## Machine: {label}", "", "```", doc.get("command") or "(command not recorded)", "```", "",
+            tabulate(rows, headers=["", ""], tablefmt="github", disable_numparse=True), ""]
+
+
+def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
+    out = ["## Answers", ""]
+    seen_questions: dict[str, dict] = {}
+    for doc in docs:
+        for q in ((doc.get("suite") or {}).get("definition") or {}).get("questions", []):
+            seen_questions.setdefault(q["id"], q)
+    many = len(docs) > 1
+    for qid, q in seen_questions.items():
+        out += [f"### {qid}", "", f"> {q.get('question', '')}", ""]
+        if q.get("reference"):
+            out += [f"Expected: {q['reference']}", ""]
+        rows = []
+        for label, doc in zip(labels, docs):
+            for run in doc.get("runs", []):
+                answer = next((a for a in run["questions"] if a["question_id"] == qid), None)
+                who = f"{run['model']} {run['quant']} t{_threads(run)}" + (f" @ {label}" if many else "")
+                if answer is None:
+                    rows.append([who, "", "", "", "", "(not answered)"])
+                    continue
+                sc = answer.get("score") or {}
+                med, spr = answer["median"], answer["spread"].get("gen_tokens_per_s", {})
+                speed = _num(med.get("gen_tokens_per_s"), 1)
+                if spr.get("n", 1) > 1:
+                    speed += f" ({spr['min']:.1f}–{spr['max']:.1f})"
+                score_cell = _num(sc.get("score")) + (" (verdict)" if sc.get("source") == "verdict" else "")
+                criteria = ", ".join(sc.get("matched", [])) + (
+                    "; contradicted: " + ", ".join(sc["contradicted"]) if sc.get("contradicted") else "")
+                rows.append([who, score_cell, _cell(criteria),
+                             f"{int(med.get('gen_tokens', 0))} ({answer.get('stop_reason')})", speed,
+                             _cell(answer["answer"])])
+        out += [tabulate(rows, headers=["run", "score", "criteria matched", "gen tokens (stop)", "gen tok/s",
+                                        "answer"], tablefmt="github", disable_numparse=True), ""]
+    return out
+
+
+CSV_RUN_FIELDS = ["machine", "run_id", "model", "quant", "status", "settings", "gguf_size_bytes", "load_s",
+                  "peak_rss_bytes", "peak_anon_bytes"]
+
+
+def render_csv(docs: list[dict]) -> str:
+    """One row per (machine, run, question): medians of every metric, the score and its source."""
+    buf = io.StringIO()
+    fields = CSV_RUN_FIELDS + ["question_id", "score", "score_source", "stop_reason", "repetitions"] + \
+        [f"{m}_median" for m in METRICS] + [f"{m}_min" for m in METRICS] + [f"{m}_max" for m in METRICS]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for label, doc in zip(_machine_labels(docs), docs):
+        for run in doc.get("runs", []):
+            base = {k: run.get(k) for k in CSV_RUN_FIELDS if k in run}
+            base.update(machine=label, settings=json.dumps(run.get("settings", {}), sort_keys=True))
+            for q in run["questions"] or [{}]:
+                row = dict(base)
+                if q:
+                    sc = q.get("score") or {}
+                    row.update(question_id=q["question_id"], score=sc.get("score"), score_source=sc.get("source"),
+                               stop_reason=q.get("stop_reason"), repetitions=len(q.get("repetitions", [])))
+                    for m in METRICS:
+                        if m in q.get("median", {}):
+                            row[f"{m}_median"] = q["median"][m]
+                            row[f"{m}_min"], row[f"{m}_max"] = q["spread"][m]["min"], q["spread"][m]["max"]
+                writer.writerow(row)
+    return buf.getvalue()
+
+
+def write_outputs(docs: list[dict], out_dir: str | Path, *, results_json: bool) -> dict[str, Path]:
+    """Write report.md and results.csv (and results.json for a single document) atomically into out_dir."""
+    out_dir = Path(out_dir)
+    paths = {"report": out_dir / "report.md", "csv": out_dir / "results.csv"}
+    if results_json:
+        paths["json"] = out_dir / "results.json"
+        write_json_atomic(paths["json"], {k: v for k, v in docs[0].items() if not k.startswith("_")})
+    write_text_atomic(paths["csv"], render_csv(docs))
+    write_text_atomic(paths["report"], render_markdown(docs))
+    return paths

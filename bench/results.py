@@ -1,0 +1,172 @@
+"""The results document of `qrun bench` (results.json) and how it is built from the workers' measurement lines.
+
+Schema "qrun-bench-results" version 1::
+
+    {"schema": "qrun-bench-results", "schema_version": 1, "qrun_version": "...", "created_utc": "...",
+     "finished_utc": "..." | null, "partial": false, "command": "qrun bench ...",
+     "machine": {...machine.fingerprint()...}, "config": {"max_tokens", "repeat", "warmup_tokens", "temperature",
+     "seed", "threads", "quant", "ggufs_dir"}, "suite": {"name", "path", "definition"}, "verdicts": path | null,
+     "runs": [{"run_id", "model", "quant", "gguf", "gguf_size_bytes", "settings": {Engine.load kwargs},
+               "status": "ok" | "failed" | "interrupted", "failure": {...} | null,
+               "load_s", "peak_rss_bytes", "peak_anon_bytes", "rss_before_load_bytes", "memory_note",
+               "questions": [{"question_id", "answer", "answers_identical", "score": {ScoreResult},
+                              "median": {metric: value}, "spread": {metric: {"min", "max", "stdev"}},
+                              "stop_reason", "repetitions": [every measured field of every repetition]}],
+               "summary": {"ttft_s", "prompt_tokens_per_s", "gen_tokens_per_s", "zh_chars_per_s", "accuracy",
+                           "questions_answered", "questions_total", "range": {metric: [min, max]}}}]}
+
+Units are in the names (_s seconds, _bytes bytes, _per_s per second). Medians and spreads are over repetitions;
+the summary takes the median over questions of the per-question medians.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+from qrun import __version__
+from qrun.bench.score import ScoreResult, apply_verdict, score
+from qrun.bench.suite import Suite
+from qrun.errors import BenchError
+
+SCHEMA = "qrun-bench-results"
+SCHEMA_VERSION = 1
+METRICS = ("prompt_tokens", "ttft_s", "prompt_tokens_per_s", "gen_tokens", "gen_tokens_per_s", "total_s",
+           "zh_chars", "zh_chars_per_s", "loadavg_1m")
+SUMMARY_METRICS = ("ttft_s", "prompt_tokens_per_s", "gen_tokens_per_s", "zh_chars_per_s")
+
+
+def new_document(*, command: str, machine: dict, suite: Suite, verdicts_path: str | None, config: dict) -> dict:
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "qrun_version": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished_utc": None, "partial": False,
+        "command": command, "machine": machine, "config": config,
+        "suite": {"name": suite.name, "path": str(suite.path), "definition": suite.raw},
+        "verdicts": verdicts_path, "runs": [],
+    }
+
+
+def read_stream(path: Path) -> list[dict]:
+    """Measurement lines; a torn last line (a worker killed mid-write) is skipped."""
+    out = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def spread(values: list[float]) -> dict:
+    return {"min": min(values), "max": max(values),
+            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def _question(qid: str, reps: list[dict], suite: Suite | None, model: str, verdicts: dict) -> dict:
+    reps = sorted(reps, key=lambda r: r["rep"])
+    median, spreads = {}, {}
+    for metric in METRICS:
+        values = [r[metric] for r in reps if isinstance(r.get(metric), (int, float))]
+        if values:
+            median[metric] = statistics.median(values)
+            spreads[metric] = spread(values)
+    answer = reps[0]["answer"]
+    result = None
+    if suite is not None:
+        result = score(suite.question(qid), answer)
+        result = apply_verdict(result, verdicts, model=model)
+    stops = sorted({r["stop_reason"] for r in reps})
+    return {"question_id": qid, "answer": answer, "answers_identical": all(r["answer"] == answer for r in reps),
+            "score": result.to_dict() if result else None, "stop_reason": "/".join(stops),
+            "median": median, "spread": spreads,
+            "repetitions": [{k: v for k, v in r.items() if k not in ("run_id", "event")} for r in reps]}
+
+
+def _median_of(questions: list[dict], metric: str):
+    values = [q["median"][metric] for q in questions if metric in q["median"]]
+    return statistics.median(values) if values else None
+
+
+def summarize(run: dict) -> dict:
+    questions = run["questions"]
+    scores = [q["score"]["score"] for q in questions if q.get("score")]
+    summary = {m: _median_of(questions, m) for m in SUMMARY_METRICS}
+    summary["range"] = {}
+    for m in SUMMARY_METRICS:
+        values = [r[m] for q in questions for r in q["repetitions"] if isinstance(r.get(m), (int, float))]
+        if values:
+            summary["range"][m] = [min(values), max(values)]
+    summary["accuracy"] = sum(scores) / len(scores) if scores else None
+    summary["questions_answered"] = len(questions)
+    return summary
+
+
+def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Suite | None, verdicts: dict) -> dict:
+    """One run's record from the measurement lines (whatever got measured before a crash counts)."""
+    mine = [line for line in lines if line.get("run_id") == run_id]
+    first = {}
+    for event in ("start", "load", "done"):
+        first[event] = next((line for line in mine if line["event"] == event), {})
+    start = first["start"]
+    model, quant = start.get("model") or run_id.split("/")[0], start.get("quant") or run_id.split("/")[1]
+    reps_by_q: dict[str, list[dict]] = {}
+    for line in mine:
+        if line["event"] == "rep":
+            reps_by_q.setdefault(line["question_id"], []).append(line)
+    order = [q.id for q in suite.questions] if suite else list(reps_by_q)
+    questions = [_question(qid, reps_by_q[qid], suite, model, verdicts) for qid in order if qid in reps_by_q]
+    peaks = [line for line in mine if "peak_rss_bytes" in line]
+    status = "ok" if first["done"] and not failure else ("interrupted" if failure and failure.get("interrupted")
+                                                         else "failed")
+    if status == "ok" and len(questions) < len(order):
+        status = "failed"
+    run = {
+        "run_id": run_id, "model": model, "quant": quant, "gguf": start.get("gguf"),
+        "gguf_size_bytes": start.get("gguf_size_bytes"), "settings": start.get("settings", {}),
+        "status": status, "failure": failure,
+        "load_s": first["load"].get("load_s"),
+        "peak_rss_bytes": max((p["peak_rss_bytes"] for p in peaks), default=None),
+        "peak_anon_bytes": max((p["peak_anon_bytes"] for p in peaks), default=None),
+        "rss_before_load_bytes": start.get("rss_before_load_bytes"),
+        "memory_note": first["done"].get("memory_note"),
+        "questions": questions,
+    }
+    run["summary"] = summarize(run)
+    run["summary"]["questions_total"] = len(order)
+    return run
+
+
+def rescore(doc: dict, suite: Suite | None, verdicts: dict) -> None:
+    """Apply verdicts (and, given a suite, re-score answers) in a loaded results document, in place."""
+    for run in doc.get("runs", []):
+        for q in run["questions"]:
+            if suite is not None:
+                result = score(suite.question(q["question_id"]), q["answer"])
+            elif q.get("score"):
+                result = ScoreResult.from_dict(q["score"])
+            else:
+                continue
+            q["score"] = apply_verdict(result, verdicts, model=run["model"]).to_dict()
+        run["summary"].update(accuracy=summarize(run)["accuracy"])
+
+
+def load(path: str | Path) -> dict:
+    """A saved results.json. Raises BenchError if it is not one (or from a newer qrun)."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BenchError(f"cannot read results file {path}: {err}", "give a results.json written by `qrun bench`")
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise BenchError(f"{path} is not a qrun bench results file", "give a results.json written by `qrun bench`")
+    if doc.get("schema_version", 0) > SCHEMA_VERSION:
+        raise BenchError(f"{path} has results schema {doc['schema_version']}; this qrun reads up to {SCHEMA_VERSION}",
+                         "upgrade qrun")
+    doc.setdefault("_path", str(path))
+    return doc

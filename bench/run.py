@@ -1,0 +1,259 @@
+"""`qrun bench`: one fresh worker process per (model, settings), results merged into results.json, .csv, report.md.
+
+A worker that crashes, is killed or runs out of memory is recorded as a failure for that model (exit code or
+signal, its last meaningful stderr line) and the others continue. Ctrl-C stops the current worker, writes
+everything measured so far (the report says PARTIAL) and re-raises. The three output files are rewritten
+atomically after every worker, so even a killed `qrun bench` leaves the results of the workers that finished;
+the raw measurements stream to <out>/measurements.jsonl as they are taken.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qrun import __version__, registry, settings
+from qrun.bench import machine, report, results as results_mod
+from qrun.bench import suite as suites
+from qrun.bench.score import load_verdicts
+from qrun.errors import BenchError, UsageError
+
+DEFAULT_OUT_DIR = Path("bench-results")  # under the current directory
+DEFAULT_MAX_TOKENS = 256
+WARMUP_TOKENS = 16
+STREAM_NAME = "measurements.jsonl"
+_STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Target:
+    model: str  # canonical model name (or the file stem of a GGUF given by path)
+    quant: str
+    gguf: Path
+
+
+@dataclass
+class BenchConfig:
+    models: list[str] = field(default_factory=list)
+    quant: str | None = None  # None: every converted quant
+    suite: str = settings.DEFAULT_SUITE
+    threads: list[int] = field(default_factory=list)  # empty: settings.default_threads()
+    repeat: int = 1
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    n_ctx: int | None = None
+    ggufs_dir: str | None = None
+    out_dir: str | None = None
+    verdicts: str | None = None
+    use_mmap: bool = True
+    extra_settings: dict = field(default_factory=dict)  # more Engine.load kwargs (issue 6: repack, ...)
+    command: str = ""
+
+
+def parse_threads(value: str | None) -> list[int]:
+    """"1,2" -> [1, 2]; None/"" -> []. Raises UsageError for anything but positive integers."""
+    if not value:
+        return []
+    try:
+        out = [int(part) for part in str(value).split(",") if part.strip()]
+    except ValueError:
+        out = []
+    if not out or any(n < 1 for n in out):
+        raise UsageError(f"--threads takes positive integers separated by commas, got {value!r}", "e.g. --threads 1,2")
+    return out
+
+
+_QUANT_RE = re.compile(r"^(?P<model>.+)-(?P<quant>" + "|".join(map(re.escape, settings.QUANTS)) + r")\.gguf$")
+
+
+def _converted(ggufs: Path) -> list[Target]:
+    try:
+        from qrun.convert.pipeline import find_converted
+    except ImportError:  # convert not installed yet: the file naming is the contract (<model>-<QUANT>.gguf)
+        find_converted = None
+    if find_converted is not None:
+        return [Target(spec.name, quant, Path(path)) for spec, quant, path, _manifest in find_converted(ggufs)]
+    out = []
+    for path in sorted(ggufs.glob("*.gguf")):
+        m = _QUANT_RE.match(path.name)
+        if m and m.group("model") in registry.names():
+            out.append(Target(m.group("model"), m.group("quant"), path))
+    return out
+
+
+def find_targets(models: list[str], *, quant: str | None, ggufs: Path) -> list[Target]:
+    """The GGUFs to bench: named models (or .gguf paths), else every converted model; filtered by quant.
+
+    Raises:
+        BenchError: nothing converted (naming the `qrun convert` to run), or a named model not converted.
+    """
+    converted = [t for t in _converted(ggufs) if quant is None or t.quant == quant]
+    quant_hint = f" --quant {quant}" if quant else ""
+    if not models:
+        if not converted:
+            raise BenchError(f"no converted models{' in ' + quant if quant else ''} in {ggufs}",
+                             f"convert one first, e.g. `qrun convert chatglm3{quant_hint}`"
+                             f" (or point --ggufs / QRUN_GGUF_DIR at the folder holding them)")
+        return converted
+    targets = []
+    for name in models:
+        if name.endswith(".gguf") and Path(name).is_file():
+            path = Path(name)
+            m = _QUANT_RE.match(path.name)
+            targets.append(Target(m.group("model") if m else path.stem, m.group("quant") if m else "?", path))
+            continue
+        spec = registry.get(name)
+        mine = [t for t in converted if t.model == spec.name]
+        if not mine:
+            raise BenchError(f"{spec.name} has no{quant_hint.replace(' --quant', '')} GGUF in {ggufs}",
+                             f"run `qrun convert {spec.aliases[0] if spec.aliases else spec.name}{quant_hint}`")
+        targets.extend(mine)
+    return targets
+
+
+def _meaningful_line(lines) -> str:
+    """The line that says why a worker died: its own "Error:" line, a C++ abort message, else the last line."""
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("Error:") or "what():" in line or line.startswith("terminate called") or \
+                re.match(r"^\w*(Error|Exception)\b", line):
+            return line
+    return lines[-1] if lines else ""
+
+
+class _Worker:
+    """A running worker process; its stderr is echoed (progress) and the tail kept (failure reason)."""
+
+    def __init__(self, job_path: Path, *, progress):
+        env = dict(os.environ, GGML_NO_BACKTRACE="1")  # an abort prints one line, not a gdb session
+        self.proc = subprocess.Popen([sys.executable, "-m", "qrun.bench.worker", str(job_path)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env, text=True, encoding="utf-8", errors="replace")
+        self.tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._reader = threading.Thread(target=self._read, args=(progress,), daemon=True)
+        self._reader.start()
+
+    def _read(self, progress) -> None:
+        for line in self.proc.stderr:
+            self.tail.append(line.rstrip("\n"))
+            progress(line.rstrip("\n"))
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self._reader.join(timeout=5)
+        return code
+
+    def stop(self) -> None:
+        """Ask the worker to stop (SIGINT, as Ctrl-C would), then kill it if it does not."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.wait()
+
+
+def run_bench(config: BenchConfig, *, progress=None) -> dict:
+    """Run the benchmark and write <out>/results.json, results.csv and report.md.
+
+    Returns:
+        The results document (see qrun.bench.results for the schema).
+    Raises:
+        BenchError / UsageError / SuiteError before anything runs; KeyboardInterrupt after writing partial results.
+    """
+    progress = progress or (lambda text: print(text, file=sys.stderr, flush=True))
+    if config.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {config.repeat}")
+    if config.max_tokens < 1:
+        raise UsageError(f"--max-tokens must be at least 1, got {config.max_tokens}")
+    suite = suites.load(config.suite)
+    verdicts = load_verdicts(config.verdicts) if config.verdicts else {}
+    ggufs = settings.gguf_dir(config.ggufs_dir)
+    targets = find_targets(config.models, quant=config.quant, ggufs=ggufs)
+    threads = config.threads or [settings.default_threads()]
+    cores = settings.physical_cores()
+    for n in threads:
+        if n > cores:
+            progress(f"warning: --threads {n} is more than this machine's {cores} physical cores; llama.cpp slows "
+                     f"down sharply above the core count (see PERF-FACTS) — measuring it anyway")
+    out_dir = Path(config.out_dir) if config.out_dir else DEFAULT_OUT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stream_path = out_dir / STREAM_NAME
+    stream_path.write_text("", encoding="utf-8")
+    jobs_dir = out_dir / ".jobs"
+    jobs_dir.mkdir(exist_ok=True)
+
+    doc = results_mod.new_document(
+        command=config.command, machine=machine.fingerprint(), suite=suite, verdicts_path=config.verdicts,
+        config={"max_tokens": config.max_tokens, "repeat": config.repeat, "warmup_tokens": WARMUP_TOKENS,
+                "temperature": 0.0, "seed": settings.DEFAULT_SEED, "threads": threads, "quant": config.quant,
+                "ggufs_dir": str(ggufs)})
+    plan = [(t, n) for t in targets for n in threads]
+    failures: dict[str, dict] = {}
+    run_ids: list[str] = []
+    progress(f"qrun bench: {len(plan)} run(s) of suite {suite.name!r} ({len(suite.questions)} questions), "
+             f"results in {out_dir}/")
+    worker = None
+    try:
+        for index, (target, n_threads) in enumerate(plan, start=1):
+            run_id = f"{target.model}/{target.quant}/t{n_threads}"
+            run_ids.append(run_id)
+            job = {
+                "run_id": run_id, "model": target.model, "quant": target.quant, "gguf": str(target.gguf.resolve()),
+                "settings": {"n_threads": n_threads, "n_threads_batch": n_threads, "n_ctx": config.n_ctx,
+                             "use_mmap": config.use_mmap, **config.extra_settings},
+                "questions": [{"id": q.id, "text": q.text} for q in suite.questions],
+                "max_tokens": config.max_tokens, "repeat": config.repeat, "warmup_tokens": WARMUP_TOKENS,
+                "seed": settings.DEFAULT_SEED, "results_path": str(stream_path.resolve()),
+            }
+            job_path = jobs_dir / f"{index:03d}.json"
+            job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
+            worker = _Worker(job_path, progress=progress)
+            progress(f"[{index}/{len(plan)}] {run_id}: worker pid {worker.proc.pid}")
+            code = worker.wait()
+            if code != 0:
+                failures[run_id] = _failure(code, worker.tail)
+                progress(f"[{index}/{len(plan)}] {run_id}: FAILED ({failures[run_id]['reason']}); continuing")
+            worker = None
+            _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=False, done=False)
+    except KeyboardInterrupt:
+        if worker is not None:
+            worker.stop()
+            failures.setdefault(run_ids[-1], {"exit_code": worker.proc.returncode, "signal": None,
+                                              "reason": "interrupted (Ctrl-C)", "interrupted": True})
+        _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=True, done=True)
+        progress(f"interrupted: partial results written to {out_dir}/")
+        raise
+    _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=False, done=True)
+    return doc
+
+
+def _failure(code: int, tail) -> dict:
+    sig = -code if code < 0 else None
+    if sig:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        oom = " — killed by SIGKILL, e.g. the kernel's out-of-memory killer" if sig == signal.SIGKILL else ""
+        reason = f"worker died of {name}{oom}"
+    else:
+        reason = f"worker exited with code {code}"
+    last = _meaningful_line(tail)
+    return {"exit_code": code, "signal": sig, "reason": reason, "last_stderr": last,
+            "interrupted": code == 130}
+
+
+def _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, *, partial, done) -> None:
+    lines = results_mod.read_stream(stream_path)
+    doc["runs"] = [results_mod.build_run(run_id, lines, failure=failures.get(run_id), suite=suite,
+                                         verdicts=verdicts) for run_id in run_ids]
+    doc["partial"] = partial
+    doc["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if done else None
+    report.write_outputs([doc], out_dir, results_json=True)

@@ -1,0 +1,289 @@
+"""Score an answer against its question's rubric: 0..1, with the criteria matched and contradicted shown.
+
+How an answer is read (the same steps for every suite):
+
+1. Normalize: Unicode NFKC (full-width ，：？ become , : ?), lower case, markdown emphasis and quotation marks
+   removed (`**白白**喜欢“明明”` reads 白白喜欢明明), whitespace collapsed, spaces between two Chinese characters
+   dropped. Plain-substring patterns are normalized the same way.
+2. Drop the echo: every piece of the question text of 6 characters or more (split at punctuation and spaces) is
+   cut out of the answer, so an answer that repeats the question ("他知道我知道你知道他不知道吗") gets no credit
+   for words it copied.
+3. Split into clauses at punctuation (, . ! ? ; : 。、 newline) and before a contrastive connective (而是, 而不是,
+   而非, 但是, 可是, 然而, 不过, but, rather, instead), so "不是A而是B" is two clauses.
+4. Every match of every pattern is found (overlapping ones too; of matches ending at the same place the tightest
+   is kept). A match is
+   - *not asserted* if the clause it ends in is a question (ends with "?"): a question asserts nothing;
+   - *negated* if a negator (不是, 并非, 而非, 并不, 绝非, not, n't, rather than, instead of) appears in its clause
+     before it — or, for a match spanning clauses, anywhere in the part of its last clause that it covers;
+   - *asserted* otherwise.
+   Evidence FOR a criterion: an asserted pattern. Evidence AGAINST: an asserted contradiction, or a negated
+   pattern ("并不是白白喜欢明明" denies the criterion). A negated contradiction is no evidence either way
+   ("不是明明喜欢白白" alone does not say who likes whom).
+5. The last word counts: the evidence that ends latest in the answer decides, so "不是明明喜欢白白，而是白白喜欢明明"
+   and a self-correction ("明明喜欢白白……不对，白白喜欢明明") are matched, while an answer that ends by asserting
+   the opposite is contradicted. No evidence: missing.
+6. score = sum of the weights of matched criteria / sum of all weights. Contradicted and missing criteria add 0.
+
+A human verdict (qrun.bench.verdicts) replaces the score and is marked source="verdict".
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+
+from qrun.bench.suite import Criterion, Pattern, Question
+
+ECHO_MIN_CHARS = 6
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_RE = re.compile(f"[{_CJK}]|[\U00020000-\U0002ffff]")
+_DROP_RE = re.compile(r"[*_`#\"“”„‟「」『』《》〈〉]")
+_CJK_SPACE_RE = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
+_PUNCT_RE = re.compile(r"[,.!?;:。、\n]+")
+_ECHO_SPLIT_RE = re.compile(r"[,.!?;:。、\s]+")
+_CONNECTIVE_RE = re.compile(r"而是|而不是|而非|但是|可是|然而|不过|\bbut\b|\brather\b|\binstead\b")
+_NEGATOR_RE = re.compile(r"不是|并非|而非|并不|绝非|\bnot\b|n't\b|rather than|instead of")
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _DROP_RE.sub("", text)
+    text = re.sub(r"[ \t\r\f\v]+", " ", text)
+    text = re.sub(r" ?\n ?", "\n", text)
+    return _CJK_SPACE_RE.sub("", text).strip()
+
+
+def chinese_chars(text: str) -> int:
+    """Chinese characters (CJK ideographs) in a text; punctuation, digits and Latin letters do not count."""
+    return len(_CJK_RE.findall(text))
+
+
+def remove_echo(answer_norm: str, question_text: str) -> str:
+    pieces = sorted({p for p in _ECHO_SPLIT_RE.split(normalize(question_text)) if len(p) >= ECHO_MIN_CHARS},
+                    key=len, reverse=True)
+    for piece in pieces:
+        answer_norm = answer_norm.replace(piece, " ")
+    return answer_norm
+
+
+@dataclass(frozen=True)
+class _Clause:
+    start: int
+    end: int
+    question: bool
+
+
+def clauses(text: str) -> list[_Clause]:
+    out, start = [], 0
+    segments = []
+    for m in _PUNCT_RE.finditer(text):
+        segments.append((start, m.end(), "?" in m.group()))
+        start = m.end()
+    if start < len(text):
+        segments.append((start, len(text), False))
+    for seg_start, seg_end, question in segments:
+        cuts = [m.start() for m in _CONNECTIVE_RE.finditer(text, seg_start, seg_end) if m.start() > seg_start]
+        bounds = [seg_start, *cuts, seg_end]
+        out.extend(_Clause(a, b, question) for a, b in zip(bounds, bounds[1:]))
+    return out
+
+
+def _clause_at(parts: list[_Clause], pos: int) -> _Clause:
+    for c in parts:
+        if c.start <= pos < c.end:
+            return c
+    return parts[-1] if parts else _Clause(0, 0, False)
+
+
+def _matches(pattern: Pattern, text: str) -> list[tuple[int, int]]:
+    """Every match from every start (overlapping); of those ending at the same place, the tightest."""
+    by_end: dict[int, int] = {}
+    pos = 0
+    while pos <= len(text):
+        m = pattern.regex.search(text, pos)
+        if not m:
+            break
+        if m.end() > m.start():
+            by_end[m.end()] = max(by_end.get(m.end(), -1), m.start())
+        pos = m.start() + 1
+    return sorted((start, end) for end, start in by_end.items())
+
+
+def _reading(text: str, parts: list[_Clause], start: int, end: int) -> str:
+    """'asserted', 'negated' or 'question' for the match text[start:end]."""
+    first, last = _clause_at(parts, start), _clause_at(parts, end - 1)
+    if last.question:
+        return "question"
+    if _NEGATOR_RE.search(text, first.start, start):
+        return "negated"
+    if last.start > start and _NEGATOR_RE.search(text, last.start, end):
+        return "negated"
+    return "asserted"
+
+
+@dataclass
+class CriterionResult:
+    id: str
+    weight: float
+    status: str  # "matched" | "contradicted" | "missing"
+    evidence: str = ""  # the deciding piece of the (normalized) answer
+    description: str = ""
+
+
+@dataclass
+class ScoreResult:
+    question_id: str
+    score: float
+    criteria: list[CriterionResult] = field(default_factory=list)
+    source: str = "rubric"  # "rubric" or "verdict" (a human's score from a verdicts file)
+
+    @property
+    def matched(self) -> list[str]:
+        return [c.id for c in self.criteria if c.status == "matched"]
+
+    @property
+    def contradicted(self) -> list[str]:
+        return [c.id for c in self.criteria if c.status == "contradicted"]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["matched"], data["contradicted"] = self.matched, self.contradicted
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScoreResult":
+        criteria = [CriterionResult(**c) for c in data.get("criteria", [])]
+        return cls(question_id=data["question_id"], score=float(data["score"]), criteria=criteria,
+                   source=data.get("source", "rubric"))
+
+
+def _judge(criterion: Criterion, text: str, parts: list[_Clause]) -> CriterionResult:
+    events = []  # (end, order, status, evidence); order puts "against" after "for" on a tie: conservative
+    for patterns, is_contradiction in ((criterion.patterns, False), (criterion.contradicts, True)):
+        for pattern in patterns:
+            for start, end in _matches(pattern, text):
+                reading = _reading(text, parts, start, end)
+                if reading == "question" or (reading == "negated" and is_contradiction):
+                    continue
+                against = is_contradiction or reading == "negated"
+                events.append((end, int(against), "contradicted" if against else "matched", text[start:end]))
+    if not events:
+        return CriterionResult(criterion.id, criterion.weight, "missing", "", criterion.description)
+    _, _, status, evidence = max(events)
+    return CriterionResult(criterion.id, criterion.weight, status, evidence, criterion.description)
+
+
+def score(question: Question, answer: str) -> ScoreResult:
+    """Score one answer against its question's rubric (see the module docstring for the rules)."""
+    text = remove_echo(normalize(answer), question.text)
+    parts = clauses(text)
+    results = [_judge(c, text, parts) for c in question.rubric]
+    total = sum(c.weight for c in question.rubric)
+    got = sum(r.weight for r in results if r.status == "matched")
+    return ScoreResult(question_id=question.id, score=round(got / total, 4), criteria=results)
+
+
+# -- human verdicts and answers files --------------------------------------------------------------------------
+ANY_MODEL = "*"
+
+
+def _model_key(name: str | None) -> str:
+    """Verdicts and answers name models by canonical name or alias; "" or "*" in a verdict means any model."""
+    name = (name or "").strip()
+    if name in ("", ANY_MODEL):
+        return ANY_MODEL
+    from qrun import registry
+
+    try:
+        return registry.get(name).name
+    except Exception:  # a model qrun does not know (answers collected elsewhere): keep the name as written
+        return name.lower()
+
+
+def load_verdicts(path) -> dict[tuple[str, str], float]:
+    """A human verdicts CSV (model,question_id,score; header optional) -> {(model, question_id): score}.
+
+    Raises:
+        SuiteError: unreadable file, a line without three fields, or a score outside 0..1 (with the line number).
+    """
+    import csv
+    from pathlib import Path
+
+    from qrun.errors import SuiteError
+
+    path = Path(path)
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"cannot read verdicts file {path}: {err}", "give a CSV: model,question_id,score")
+    verdicts = {}
+    for lineno, row in enumerate(rows, start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if lineno == 1 and [c.strip().lower() for c in row] == ["model", "question_id", "score"]:
+            continue
+        if len(row) != 3:
+            raise SuiteError(f"{path}, line {lineno}: expected 3 fields (model,question_id,score), got {len(row)}",
+                             "one verdict per line, e.g. chatglm3-6b,seed-4,1")
+        try:
+            value = float(row[2])
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value <= 1.0:
+            raise SuiteError(f"{path}, line {lineno}: field \"score\" must be a number from 0 to 1, got {row[2]!r}",
+                             "one verdict per line, e.g. chatglm3-6b,seed-4,1")
+        verdicts[(_model_key(row[0]), row[1].strip())] = value
+    return verdicts
+
+
+def apply_verdict(result: ScoreResult, verdicts: dict, *, model: str | None) -> ScoreResult:
+    """The result with a human verdict's score (source "verdict") if one covers (model, question)."""
+    for key in ((_model_key(model), result.question_id), (ANY_MODEL, result.question_id)):
+        if key in verdicts:
+            return ScoreResult(result.question_id, verdicts[key], result.criteria, source="verdict")
+    return result
+
+
+def score_answers_file(path, suite, *, verdicts: dict | None = None) -> list[dict]:
+    """Score a JSONL of {"question_id", "answer", optional "model"} lines, in input order.
+
+    Returns:
+        [{"question_id", "model", "score", "source", "matched", "contradicted", "criteria", "line"}, ...]
+    Raises:
+        SuiteError: unreadable file, a line that is not such an object, or an unknown question id (line number).
+    """
+    import json
+    from pathlib import Path
+
+    from qrun.errors import SuiteError
+
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"cannot read answers file {path}: {err}", "give a UTF-8 JSONL file")
+    out = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        hint = 'each line: {"question_id": "seed-1", "answer": "...", "model": "optional"}'
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise SuiteError(f"{path}, line {lineno}: invalid JSON ({err.msg})", hint)
+        if not isinstance(item, dict):
+            raise SuiteError(f"{path}, line {lineno}: expected a JSON object", hint)
+        for key in ("question_id", "answer"):
+            if not isinstance(item.get(key), str):
+                raise SuiteError(f"{path}, line {lineno}: field \"{key}\" missing or not a string", hint)
+        model = item.get("model")
+        if model is not None and not isinstance(model, str):
+            raise SuiteError(f"{path}, line {lineno}: field \"model\" must be a string", hint)
+        try:
+            question = suite.question(item["question_id"])
+        except SuiteError as err:
+            raise SuiteError(f"{path}, line {lineno}: {err.message}", err.hint)
+        result = apply_verdict(score(question, item["answer"]), verdicts or {}, model=model)
+        out.append({"line": lineno, "model": model, **result.to_dict()})
+    return out

@@ -1,0 +1,240 @@
+"""Benchmark suites: questions with scoring rubrics, one JSON file per suite.
+
+A suite file (see bench/suites/seed.json, the default)::
+
+    {"name": "seed", "description": "...",
+     "questions": [
+       {"id": "seed-4", "question": "...", "reference": "the expected answer, for people reading the report",
+        "rubric": [
+          {"id": "baibai-likes-mingming", "description": "...", "weight": 3,
+           "patterns": ["白白喜欢明明", "re:白白(是|也)?(暗恋|爱|喜欢)(的是)?明明"],
+           "contradicts": ["明明喜欢白白"]}]}]}
+
+A pattern is a plain substring, or a Python regular expression when it starts with "re:". Both are matched,
+case-insensitively, against the normalized answer (see qrun.bench.score for normalization and the negation rule).
+"weight" is a positive number (default 1); "contradicts" is optional.
+
+`--suite` takes a built-in name (a file bench/suites/<name>.json) or a path to a file. Any mistake in a file is a
+SuiteError naming the file, the line, the question (by position and id) and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import json.decoder
+import json.scanner
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qrun.errors import SuiteError
+
+SUITES_DIR = Path(__file__).parent / "suites"
+REGEX_PREFIX = "re:"
+
+
+@dataclass(frozen=True)
+class Pattern:
+    source: str  # as written in the suite file
+    regex: re.Pattern
+
+
+@dataclass(frozen=True)
+class Criterion:
+    id: str
+    weight: float
+    patterns: tuple[Pattern, ...]
+    contradicts: tuple[Pattern, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    text: str
+    rubric: tuple[Criterion, ...]
+    reference: str = ""
+
+
+@dataclass
+class Suite:
+    name: str
+    questions: list[Question]
+    path: Path
+    description: str = ""
+    raw: dict = field(default_factory=dict, repr=False)  # the file's content, stored with bench results
+
+    def question(self, question_id: str) -> Question:
+        for q in self.questions:
+            if q.id == question_id:
+                return q
+        raise SuiteError(
+            f"question {question_id!r} is not in suite {self.name!r}",
+            f"ids in this suite: {', '.join(q.id for q in self.questions)}",
+        )
+
+
+class _LineDict(dict):
+    """A JSON object that remembers the line it starts on, so errors can point at it."""
+
+    line = 0
+
+
+def _decoder() -> json.JSONDecoder:
+    # The pure-Python scanner calls parse_object with the position of "{": we wrap it to record the line.
+    decoder = json.JSONDecoder()
+
+    def parse_object(s_and_end, *args):
+        text, end = s_and_end
+        obj, new_end = json.decoder.JSONObject(s_and_end, *args)
+        obj = _LineDict(obj)
+        obj.line = text.count("\n", 0, end) + 1
+        return obj, new_end
+
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    return decoder
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.json"))
+
+
+def resolve(name_or_path: str) -> Path:
+    """The file behind a --suite value: an existing path, else a built-in suite name.
+
+    Raises:
+        SuiteError: neither a file nor a built-in name (with the list of built-in suites).
+    """
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    builtin = SUITES_DIR / f"{name_or_path}.json"
+    if builtin.is_file():
+        return builtin
+    raise SuiteError(
+        f"unknown suite {name_or_path!r} (no such built-in suite or file)",
+        f"built-in suites: {', '.join(available())}; or give the path of a suite JSON file",
+    )
+
+
+def load(name_or_path: str = "seed") -> Suite:
+    """Load and validate a suite by built-in name or path.
+
+    Raises:
+        SuiteError: unknown suite, invalid JSON or a malformed field (file, line, question and field named).
+    """
+    path = resolve(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SuiteError(f"cannot read suite file {path}: {err}", "check the path and that it is UTF-8 JSON")
+    return parse(text, path=path)
+
+
+def parse(text: str, *, path: Path) -> Suite:
+    try:
+        data = _decoder().decode(text)
+    except json.JSONDecodeError as err:
+        raise SuiteError(
+            f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}",
+            "fix the JSON syntax (a validator such as `python -m json.tool FILE` shows the spot)",
+        )
+    where = _Where(path)
+    if not isinstance(data, dict):
+        raise where.error(data, "top level", "must be an object with \"name\" and \"questions\"")
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise where.error(data, "field \"name\"", "must be a non-empty string")
+    questions_raw = data.get("questions")
+    if not isinstance(questions_raw, list) or not questions_raw:
+        raise where.error(data, "field \"questions\"", "must be a non-empty list")
+    questions, seen = [], set()
+    for index, q in enumerate(questions_raw, start=1):
+        question = _question(q, index, where)
+        if question.id in seen:
+            raise where.error(q, f"question {index}: field \"id\"", f"duplicate id {question.id!r}")
+        seen.add(question.id)
+        questions.append(question)
+    return Suite(name=name, questions=questions, path=path, description=str(data.get("description", "")), raw=data)
+
+
+class _Where:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def error(self, obj, what: str, problem: str) -> SuiteError:
+        line = getattr(obj, "line", 0)
+        at = f", line {line}" if line else ""
+        return SuiteError(f"{self.path}{at}: {what} {problem}", "see bench/suites/seed.json for the format")
+
+
+def _string(obj: dict, key: str, what: str, where: _Where, *, required: bool = True) -> str:
+    value = obj.get(key, None if required else "")
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise where.error(obj, f"{what}: field \"{key}\"", "must be a non-empty string" if required else "must be a string")
+    return value
+
+
+def _question(q, index: int, where: _Where) -> Question:
+    what = f"question {index}"
+    if not isinstance(q, dict):
+        raise where.error(q, what, "must be an object")
+    qid = _string(q, "id", what, where)
+    what = f"question {index} ({qid})"
+    text = _string(q, "question", what, where)
+    rubric_raw = q.get("rubric")
+    if not isinstance(rubric_raw, list) or not rubric_raw:
+        raise where.error(q, f"{what}: field \"rubric\"", "must be a non-empty list of criteria")
+    rubric = tuple(_criterion(c, f"{what}, criterion {i}", where) for i, c in enumerate(rubric_raw, start=1))
+    return Question(id=qid, text=text, rubric=rubric, reference=_string(q, "reference", what, where, required=False))
+
+
+def _criterion(c, what: str, where: _Where) -> Criterion:
+    if not isinstance(c, dict):
+        raise where.error(c, what, "must be an object")
+    cid = _string(c, "id", what, where)
+    what = f"{what} ({cid})"
+    weight = c.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+        raise where.error(c, f"{what}: field \"weight\"", f"must be a positive number, not {weight!r}")
+    patterns = _patterns(c, "patterns", what, where, required=True)
+    contradicts = _patterns(c, "contradicts", what, where, required=False)
+    return Criterion(id=cid, weight=float(weight), patterns=patterns, contradicts=contradicts,
+                     description=_string(c, "description", what, where, required=False))
+
+
+def _patterns(c: dict, key: str, what: str, where: _Where, *, required: bool) -> tuple[Pattern, ...]:
+    raw = c.get(key, None if required else [])
+    if not isinstance(raw, list) or (required and not raw):
+        raise where.error(c, f"{what}: field \"{key}\"", "must be a non-empty list of strings" if required
+                          else "must be a list of strings")
+    out = []
+    for i, source in enumerate(raw, start=1):
+        if not isinstance(source, str) or not source.strip() or source.strip() == REGEX_PREFIX:
+            raise where.error(c, f"{what}: field \"{key}\" item {i}", f"must be a non-empty string, not {source!r}")
+        out.append(compile_pattern(source, lambda problem: where.error(c, f"{what}: field \"{key}\" item {i}",
+                                                                       problem)))
+    return tuple(out)
+
+
+def compile_pattern(source: str, error=None) -> Pattern:
+    """A rubric pattern: "re:<regex>" or a plain substring, normalized like the answers it is matched against."""
+    from qrun.bench.score import normalize  # one normalization for answers and patterns
+
+    if source.startswith(REGEX_PREFIX):
+        expression = source[len(REGEX_PREFIX):]
+    else:
+        expression = re.escape(normalize(source))
+    try:
+        regex = re.compile(expression, re.IGNORECASE)
+    except re.error as err:
+        if error is None:
+            raise
+        raise error(f"is not a valid regular expression ({err}): {source!r}")
+    if regex.match(""):
+        problem = f"matches the empty string: {source!r}"
+        if error is None:
+            raise ValueError(problem)
+        raise error(problem)
+    return Pattern(source=source, regex=regex)

@@ -1,0 +1,147 @@
+"""One benchmark worker: a fresh process that loads one GGUF with one set of settings and answers the suite.
+
+Run as `python -m qrun.bench.worker JOB.json` (or `-` to read the job from stdin); qrun.bench.run starts one per
+(model, settings), so each model's load time and memory are its own. Every measurement is appended to the job's
+results file as one JSON line, flushed and fsynced as soon as it is taken: a crash, an OOM kill or Ctrl-C loses
+nothing already measured. Progress goes to stderr; the last stderr line of a failed worker is its reason.
+
+The job (written by run.py)::
+
+    {"run_id": "...", "model": "qwen-7b-chat", "quant": "Q4_K_M", "gguf": "/path/x.gguf",
+     "settings": {"n_threads": 2, "n_threads_batch": 2, "n_ctx": 4096, "use_mmap": true},  # Engine.load kwargs
+     "questions": [{"id": "seed-1", "text": "..."}], "max_tokens": 256, "repeat": 1, "warmup_tokens": 16,
+     "seed": 42, "results_path": "/out/measurements.jsonl"}
+
+Lines written (each carries "run_id" and "event"): start, load, warmup, rep (one per question and repetition),
+done. Memory: peak RSS counts the mmap'd GGUF pages (file-backed, droppable page cache); peak anonymous memory
+is what the process really allocated (llama.cpp's repacked weights, KV cache, buffers). See qrun.measure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from qrun import measure
+from qrun.bench.score import chinese_chars
+from qrun.errors import QrunError
+
+MEMORY_NOTE = ("peak_rss_bytes: everything resident, including the mmap'd GGUF (file-backed page cache); "
+               "peak_anon_bytes: anonymous memory only (repacked weights, KV cache, buffers)")
+
+
+class _Sink:
+    """Appends JSON lines to the results file, durable one by one."""
+
+    def __init__(self, path: Path, run_id: str):
+        self.run_id = run_id
+        self._f = open(path, "a", encoding="utf-8")
+
+    def write(self, event: str, **fields) -> None:
+        record = {"run_id": self.run_id, "event": event, "time_unix": round(time.time(), 3), **fields}
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _progress(job: dict, text: str) -> None:
+    print(f"  [{job['run_id']}] {text}", file=sys.stderr, flush=True)
+
+
+def measure_generation(generation, *, prompt_tokens_hint: int = 0) -> dict:
+    """Run a Generation to its end and return the per-answer metrics (engine stats + Chinese chars/s)."""
+    for _ in generation:
+        pass
+    stats = generation.stats.to_dict()
+    zh = chinese_chars(generation.text)
+    # Chinese characters per second of decoding (after the first token), the same window as gen_tokens_per_s:
+    # tokens/s alone does not compare models whose tokenizers pack different amounts of text in a token.
+    decode_s = stats["total_s"] - stats["ttft_s"]
+    return {
+        "answer": generation.text,
+        **{k: stats[k] for k in ("prompt_tokens", "ttft_s", "prompt_tokens_per_s", "gen_tokens",
+                                 "gen_tokens_per_s", "total_s", "stop_reason")},
+        "decode_s": decode_s,
+        "zh_chars": zh,
+        "zh_chars_per_s": zh / decode_s if decode_s > 0 else 0.0,
+    }
+
+
+def run_job(job: dict) -> None:
+    """Measure one job, streaming lines to job["results_path"] (see the module docstring)."""
+    from qrun.runner.engine import Engine  # imported here: llama.cpp is loaded only in worker processes
+
+    sink = _Sink(Path(job["results_path"]), job["run_id"])
+    gguf = Path(job["gguf"])
+    watch = measure.MemoryWatch().__enter__()
+    try:
+        sink.write("start", pid=os.getpid(), model=job["model"], quant=job["quant"], gguf=str(gguf),
+                   gguf_size_bytes=gguf.stat().st_size if gguf.exists() else None, settings=job["settings"],
+                   rss_before_load_bytes=measure.rss_bytes(), anon_before_load_bytes=measure.anon_bytes(),
+                   loadavg=_loadavg())
+        _progress(job, f"loading {gguf.name} {job['settings']}")
+        engine = Engine.load(gguf, seed=job["seed"], **job["settings"])
+        watch.sample()
+        sink.write("load", load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
+                   rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
+                   peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes)
+        _progress(job, f"loaded in {engine.load_s:.2f} s")
+        prompts = [(q["id"], engine.prompt_ids([{"role": "user", "content": q["text"]}])) for q in job["questions"]]
+        if job.get("warmup_tokens", 0) > 0 and prompts:
+            # One warm-up: pages the weights in and spins up the thread pool before anything is timed.
+            warm = measure_generation(engine.generate(prompts[0][1], max_tokens=job["warmup_tokens"],
+                                                      temperature=0.0, seed=job["seed"]))
+            sink.write("warmup", question_id=prompts[0][0], total_s=warm["total_s"], gen_tokens=warm["gen_tokens"])
+        for qid, ids in prompts:
+            for rep in range(1, job["repeat"] + 1):
+                loadavg = _loadavg()
+                result = measure_generation(engine.generate(ids, max_tokens=job["max_tokens"], temperature=0.0,
+                                                            seed=job["seed"]))
+                watch.sample()
+                sink.write("rep", question_id=qid, rep=rep, **result, loadavg=loadavg,
+                           loadavg_1m=loadavg[0] if loadavg else None,
+                           peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
+                           peak_anon_bytes=watch.peak_anon_bytes)
+                _progress(job, f"{qid} rep {rep}/{job['repeat']}: {result['gen_tokens']} tokens, "
+                               f"{result['gen_tokens_per_s']:.1f} tok/s, stop {result['stop_reason']}")
+        engine.close()
+        watch.__exit__(None, None, None)
+        sink.write("done", wall_s=watch.wall_s, memory_note=MEMORY_NOTE,
+                   peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
+                   peak_anon_bytes=watch.peak_anon_bytes)
+    finally:
+        sink.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m qrun.bench.worker JOB.json|-", file=sys.stderr)
+        return 2
+    try:
+        text = sys.stdin.read() if argv[0] == "-" else Path(argv[0]).read_text(encoding="utf-8")
+        run_job(json.loads(text))
+    except QrunError as err:
+        print(f"Error: {err.one_line()}", file=sys.stderr, flush=True)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The JSON manifest written next to each GGUF qrun produces: `<name>-<QUANT>.json` beside `<name>-<QUANT>.gguf`.
+
+It says where the weights came from, what the file is (sha256, size, ggml types actually used, real bits per
+weight), which versions made it, and what each step cost. Readers (convert's skip check, `qrun models`, bench)
+tolerate a missing or stale manifest: check_manifest() says which, it never raises for a bad manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from qrun.fsutil import sha256_file, write_json_atomic
+
+SCHEMA_VERSION = 1
+
+
+def manifest_path_for(gguf_path: str | os.PathLike) -> Path:
+    return Path(gguf_path).with_suffix(".json")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict:
+    """Versions of the software that wrote a GGUF (llama-cpp-python pins the llama.cpp it vendors)."""
+    from qrun import __version__
+
+    return {"qrun": __version__, "llama_cpp_python": _version("llama-cpp-python"), "gguf": _version("gguf")}
+
+
+_GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_tensor_infos(gguf_path: str | os.PathLike) -> list[tuple[str, int, int]]:
+    """(name, ggml type, element count) of every tensor, from the GGUF header (v2/v3 layout as in gguf-py).
+
+    gguf.GGUFReader would do, but it builds a numpy view per metadata string: tens of seconds for Qwen's 152k
+    tokens and merges. This skips the metadata with struct over one in-memory buffer of the header.
+    """
+    with open(gguf_path, "rb") as f:
+        buf = f.read(16 << 20)
+        while True:  # grow the buffer until the whole header fits (Qwen's vocabulary is ~10 MB)
+            try:
+                return _parse_tensor_infos(buf)
+            except (struct.error, IndexError):
+                more = f.read(len(buf))
+                if not more:
+                    raise ValueError(f"{gguf_path}: truncated GGUF header") from None
+                buf += more
+
+
+def _parse_tensor_infos(buf: bytes) -> list[tuple[str, int, int]]:
+    if buf[:4] != b"GGUF":
+        raise ValueError("not a GGUF file")
+    n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
+    pos = 24
+
+    def skip_value(vtype: int, pos: int) -> int:
+        if vtype == _GGUF_STRING:
+            return pos + 8 + struct.unpack_from("<Q", buf, pos)[0]
+        if vtype == _GGUF_ARRAY:
+            item_type, count = struct.unpack_from("<IQ", buf, pos)
+            pos += 12
+            if item_type in _GGUF_SCALAR_BYTES:
+                return pos + count * _GGUF_SCALAR_BYTES[item_type]
+            for _ in range(count):
+                pos = skip_value(item_type, pos)
+            return pos
+        return pos + _GGUF_SCALAR_BYTES[vtype]
+
+    for _ in range(n_kv):
+        pos += 8 + struct.unpack_from("<Q", buf, pos)[0]  # key
+        vtype = struct.unpack_from("<I", buf, pos)[0]
+        pos = skip_value(vtype, pos + 4)
+    infos = []
+    for _ in range(n_tensors):
+        name_len = struct.unpack_from("<Q", buf, pos)[0]
+        name = buf[pos + 8:pos + 8 + name_len].decode("utf-8")
+        pos += 8 + name_len
+        n_dims = struct.unpack_from("<I", buf, pos)[0]
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
+        ggml_type = struct.unpack_from("<I", buf, pos + 4 + 8 * n_dims)[0]
+        pos += 4 + 8 * n_dims + 4 + 8
+        if pos > len(buf):
+            raise IndexError
+        infos.append((name, ggml_type, math.prod(dims)))
+    return infos
+
+
+def tensor_summary(gguf_path: str | os.PathLike) -> dict:
+    """Tensor count, parameter count and ggml types of a GGUF.
+
+    `bits_per_weight` is tensor data bits over parameters: it shows what a QUANT really costs. ChatGLM3's FFN width
+    13696 is not a multiple of 256, so in Q4_K_M its ffn_down tensors fall back to other types (Q5_0/Q8_0): the
+    per-type counts make that visible.
+    """
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    infos = read_tensor_infos(gguf_path)
+    types: dict[str, dict] = {}
+    n_params = n_data_bytes = 0
+    for _name, ggml_type, n_elements in infos:
+        qtype = GGMLQuantizationType(ggml_type)
+        block_size, type_size = GGML_QUANT_SIZES[qtype]
+        n_bytes = n_elements // block_size * type_size
+        entry = types.setdefault(qtype.name, {"tensors": 0, "params": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["params"] += n_elements
+        entry["bytes"] += n_bytes
+        n_params += n_elements
+        n_data_bytes += n_bytes
+    for entry in types.values():
+        entry["bits_per_weight"] = round(entry["bytes"] * 8 / entry["params"], 4) if entry["params"] else 0.0
+    return {
+        "tensor_count": len(infos),
+        "params": n_params,
+        "tensor_data_bytes": n_data_bytes,
+        "bits_per_weight": round(n_data_bytes * 8 / n_params, 4) if n_params else 0.0,
+        "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1]["params"])),
+    }
+
+
+def build_manifest(
+    *,
+    model: str,
+    quant: str,
+    gguf_path: str | os.PathLike,
+    sha256: str,
+    source: dict,
+    f16_size_bytes: int | None,
+    steps: dict,
+    threads: int | None,
+) -> dict:
+    """The manifest dict for a finished GGUF (see module docstring; field names carry their units)."""
+    path = Path(gguf_path)
+    stat = path.stat()
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "quant": quant,
+        "gguf": path.name,
+        "sha256": sha256,
+        "size_bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "f16_size_bytes": f16_size_bytes,
+        **tensor_summary(path),
+        "source": source,
+        "versions": versions(),
+        "threads": threads,
+        "steps": steps,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_manifest(gguf_path: str | os.PathLike, manifest: dict) -> Path:
+    path = manifest_path_for(gguf_path)
+    write_json_atomic(path, manifest)
+    return path
+
+
+def remove_manifest(gguf_path: str | os.PathLike) -> None:
+    manifest_path_for(gguf_path).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ManifestCheck:
+    """How a GGUF relates to its manifest. status: "ok", "missing", "stale" or "unreadable"."""
+
+    status: str
+    manifest: dict | None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def read_manifest(gguf_path: str | os.PathLike) -> dict | None:
+    """The manifest next to a GGUF as written, or None if there is none or it is not valid JSON."""
+    try:
+        data = json.loads(manifest_path_for(gguf_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_manifest(gguf_path: str | os.PathLike, *, verify_sha256: bool = False) -> ManifestCheck:
+    """Does the manifest next to `gguf_path` describe the file that is there?
+
+    Size and mtime are compared (cheap). A file that was copied keeps its size but not its mtime; with
+    `verify_sha256` such a file is hashed and accepted when the hash matches.
+    """
+    gguf_path = Path(gguf_path)
+    mpath = manifest_path_for(gguf_path)
+    if not mpath.exists():
+        return ManifestCheck("missing", None, f"no manifest {mpath.name}")
+    manifest = read_manifest(gguf_path)
+    if manifest is None or manifest.get("schema_version") != SCHEMA_VERSION:
+        return ManifestCheck("unreadable", manifest, f"{mpath.name} is not a qrun manifest of schema {SCHEMA_VERSION}")
+    try:
+        stat = gguf_path.stat()
+    except OSError:
+        return ManifestCheck("stale", manifest, f"{gguf_path.name} does not exist")
+    if manifest.get("gguf") != gguf_path.name:
+        return ManifestCheck("stale", manifest, f"manifest describes {manifest.get('gguf')!r}, not {gguf_path.name}")
+    if manifest.get("size_bytes") != stat.st_size:
+        return ManifestCheck(
+            "stale", manifest, f"size {stat.st_size} bytes differs from the manifest's {manifest.get('size_bytes')}"
+        )
+    if manifest.get("mtime_ns") != stat.st_mtime_ns:
+        if verify_sha256 and sha256_file(gguf_path) == manifest.get("sha256"):
+            return ManifestCheck("ok", manifest, "modified time changed, sha256 matches")
+        return ManifestCheck("stale", manifest, "file modified after its manifest was written")
+    return ManifestCheck("ok", manifest)

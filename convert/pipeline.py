@@ -1,0 +1,254 @@
+"""One model from checkpoint to verified GGUF: download -> F16 GGUF -> quantize -> hash -> manifest.
+
+Steps are resumable: a finished output that matches its manifest is skipped, a complete F16 intermediate from the
+same checkpoint files is reused after an interruption, and nothing half-written ever carries a final name (writers
+use `<name>.partial` and rename; leftovers are deleted on the next run).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from qrun import registry, settings
+from qrun.convert import manifest as mf
+from qrun.convert import workspace as ws
+from qrun.errors import CheckpointError, UsageError
+from qrun.fsutil import sha256_file
+from qrun.measure import MemoryWatch
+from qrun.registry import ModelSpec
+
+# progress(step, **info): "convert" reports done_bytes/total_bytes/tensor, "quantize" done/total/tensor (tensors).
+Progress = Callable[..., None]
+
+
+def normalize_quant(quant: str) -> str:
+    name = (quant or "").strip().upper()
+    if name not in settings.QUANTS:
+        raise UsageError(f"unknown quant {quant!r}", f"use one of: {', '.join(settings.QUANTS)}")
+    return name
+
+
+def gguf_path_for(model: str, quant: str, out_dir: str | os.PathLike | None = None) -> Path:
+    """`<out>/<canonical-name>-<QUANT>.gguf`; out_dir None = settings.gguf_dir() (QRUN_GGUF_DIR, then ./ggufs)."""
+    return settings.gguf_dir(out_dir) / f"{registry.get(model).name}-{normalize_quant(quant)}.gguf"
+
+
+def find_converted(out_dir: str | os.PathLike | None = None) -> list[tuple[ModelSpec, str, Path, dict | None]]:
+    """GGUFs under their final names in `out_dir`, in registry and QUANTS order.
+
+    Returns:
+        (spec, quant, path, manifest) per file; manifest is None when it is missing or stale (use
+        qrun.convert.manifest.check_manifest(path) for the reason).
+    """
+    folder = settings.gguf_dir(out_dir)
+    found = []
+    for spec in registry.MODELS:
+        for quant in settings.QUANTS:
+            path = folder / f"{spec.name}-{quant}.gguf"
+            if path.is_file():
+                check = mf.check_manifest(path)
+                found.append((spec, quant, path, check.manifest if check.ok else None))
+    return found
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _measured(steps: dict, name: str):
+    """Context manager recording a step's wall time and peak memory into steps[name]."""
+
+    class _Step(MemoryWatch):
+        def __exit__(self, *exc):
+            super().__exit__(*exc)
+            steps[name] = self.stats().to_dict()
+
+    return _Step()
+
+
+def _up_to_date(path: Path, *, checkpoint_fingerprint: str | None, revision: str | None, source: str) -> dict | None:
+    """The manifest of `path` when the file matches it and it came from what was asked for, else None.
+
+    With --from, the same checkpoint files (fingerprint); with --revision, that hub revision; otherwise any
+    complete output counts ("make sure I have it"), so a rerun needs no network.
+    """
+    check = mf.check_manifest(path, verify_sha256=True)
+    if not check.ok:
+        return None
+    src = check.manifest.get("source") or {}
+    if checkpoint_fingerprint is not None:
+        return check.manifest if src.get("fingerprint") == checkpoint_fingerprint else None
+    if revision is not None:
+        matches = src.get("hub") == source and revision in (src.get("requested_revision"), src.get("revision"))
+        return check.manifest if matches else None
+    return check.manifest
+
+
+def convert_model(
+    model: str,
+    *,
+    from_dir: str | os.PathLike | None = None,
+    source: str = "modelscope",
+    revision: str | None = None,
+    quant: str = settings.DEFAULT_QUANT,
+    out_dir: str | os.PathLike | None = None,
+    keep_f16: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Convert one model to `<out>/<name>-<QUANT>.gguf` with a manifest next to it.
+
+    Args:
+        model: canonical name or alias.
+        from_dir: local checkpoint folder; None = download from `source`.
+        source: "modelscope" or "hf" (ignored with from_dir).
+        revision: hub branch/tag/commit to pin (ignored with from_dir).
+        quant: one of settings.QUANTS.
+        out_dir: output folder; None = settings.gguf_dir().
+        keep_f16: also keep `<name>-F16.gguf` (with its manifest).
+        threads: quantizer threads; None or 0 = all physical cores.
+        progress: optional callback progress(step, **info) for per-tensor progress.
+
+    Returns:
+        The manifest of the output, plus "status" ("converted" or "up_to_date") and "path".
+
+    Raises:
+        UnknownModelError, UsageError, CheckpointError, DownloadError, DiskSpaceError, ConversionError.
+    """
+    spec = registry.get(model)
+    quant = normalize_quant(quant)
+    if threads is not None and threads < 0:
+        raise UsageError(f"threads must be >= 0, got {threads}", "0 means all physical cores")
+    threads = threads or settings.default_threads()
+    out = settings.gguf_dir(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / f"{spec.name}-{quant}.gguf"
+    f16_final = out / f"{spec.name}-F16.gguf"
+    want_f16_output = keep_f16 or quant == "F16"
+
+    for leftover in ws.clean_stale_partials(spec, out):
+        _say(f"[convert] removed leftover of an interrupted run: {leftover.name}")
+
+    local_dir = None
+    local_fingerprint = None
+    if from_dir is not None:
+        local_dir = Path(from_dir).expanduser().resolve()
+        if not local_dir.is_dir():
+            raise CheckpointError(f"checkpoint folder {local_dir} does not exist",
+                                  "pass the folder that holds config.json and the weights")
+        local_fingerprint = ws.fingerprint(local_dir, spec)
+
+    def wanted_up_to_date() -> dict | None:
+        done = _up_to_date(final, checkpoint_fingerprint=local_fingerprint, revision=revision, source=source)
+        if done and want_f16_output and quant != "F16":
+            if not _up_to_date(f16_final, checkpoint_fingerprint=local_fingerprint, revision=revision, source=source):
+                return None
+        return done
+
+    done = wanted_up_to_date()
+    if done is not None:
+        _say(f"[convert] {final.name} is up to date (matches its manifest)")
+        return {**done, "status": "up_to_date", "path": str(final)}
+
+    steps: dict = {}
+    if local_dir is not None:
+        ckpt_dir = local_dir
+        source_info = {"kind": "local", "path": str(local_dir)}
+    else:
+        from qrun.convert.download import download_checkpoint
+
+        with _measured(steps, "download"):
+            result = download_checkpoint(spec, source=source, revision=revision)
+        ckpt_dir = result.path
+        source_info = result.to_source()
+    source_info["fingerprint"] = ws.fingerprint(ckpt_dir, spec)
+
+    # Which F16 to quantize from: a kept F16 output or a complete intermediate of the same checkpoint files.
+    f16_path, f16_marker = None, None
+    kept = _up_to_date(f16_final, checkpoint_fingerprint=source_info["fingerprint"], revision=None, source=source)
+    intermediate = ws.intermediate_path(spec, out)
+    if kept is not None:
+        f16_path, f16_marker = f16_final, {"convert_step": kept.get("steps", {}).get("convert")}
+        _say(f"[convert] reusing {f16_final.name}")
+    else:
+        f16_marker = ws.reusable_marker(intermediate, source_info["fingerprint"])
+        if f16_marker is not None:
+            f16_path = intermediate
+            _say(f"[convert] reusing the complete F16 intermediate {intermediate.name} of an interrupted run")
+        else:
+            ws.remove_intermediate(intermediate)
+
+    quantize_needed = quant != "F16" and _up_to_date(
+        final, checkpoint_fingerprint=source_info["fingerprint"], revision=None, source=source) is None
+    n_params = ws.estimate_params(ckpt_dir)
+    ws.check_free_disk(
+        out,
+        f16_bytes=0 if f16_path else ws.estimate_gguf_bytes(n_params, "F16"),
+        output_bytes=ws.estimate_gguf_bytes(n_params, quant) if quantize_needed else 0,
+        quant=quant,
+    )
+
+    if f16_path is None:
+        from qrun.convert.archs import converter_for
+        from qrun.convert.gguf_writer import write_f16_gguf
+
+        _say(f"[convert] {spec.name}: {ckpt_dir} -> F16 GGUF")
+        with _measured(steps, "convert"):
+            converter = converter_for(spec, ckpt_dir)
+            writer_info = write_f16_gguf(converter, intermediate, progress=_step_progress(progress, "convert"))
+        ws.write_marker(intermediate, checkpoint_fingerprint=source_info["fingerprint"], source=source_info,
+                        convert_step=steps["convert"], writer_info=writer_info)
+        f16_path = intermediate
+    else:
+        steps["convert"] = {**(f16_marker.get("convert_step") or {}), "reused": True}
+    f16_size_bytes = f16_path.stat().st_size
+
+    def finish(path: Path, file_quant: str, file_steps: dict) -> dict:
+        with _measured(file_steps, "hash"):
+            digest = sha256_file(path)
+        manifest = mf.build_manifest(model=spec.name, quant=file_quant, gguf_path=path, sha256=digest,
+                                     source=source_info, f16_size_bytes=f16_size_bytes, steps=file_steps,
+                                     threads=threads)
+        mf.write_manifest(path, manifest)
+        return manifest
+
+    result_manifest = None
+    if quant != "F16":
+        if quantize_needed:
+            from qrun.convert.quantize import quantize_gguf
+
+            _say(f"[quantize] {f16_path.name} -> {final.name} ({threads} threads)")
+            mf.remove_manifest(final)
+            with _measured(steps, "quantize"):
+                quantize_gguf(f16_path, final, quant, threads=threads, progress=progress)
+            result_manifest = finish(final, quant, steps)
+        else:
+            result_manifest = mf.read_manifest(final)
+    if want_f16_output:
+        if f16_path != f16_final:
+            mf.remove_manifest(f16_final)
+            os.replace(f16_path, f16_final)
+            ws.remove_intermediate(f16_path)
+            f16_manifest = finish(f16_final, "F16", {k: v for k, v in steps.items() if k != "quantize"})
+        else:
+            f16_manifest = mf.read_manifest(f16_final)
+        if quant == "F16":
+            result_manifest = f16_manifest
+    elif f16_path == intermediate:
+        ws.remove_intermediate(intermediate)
+    _say(f"[convert] wrote {final}")
+    return {**result_manifest, "status": "converted", "path": str(final)}
+
+
+def _step_progress(progress: Progress | None, step: str):
+    """Adapt gguf_writer's progress(done_bytes, total_bytes, tensor) to progress(step, **info)."""
+    if progress is None:
+        return None
+
+    def forward(done_bytes, total_bytes, tensor=""):
+        progress(step, done_bytes=done_bytes, total_bytes=total_bytes, tensor=tensor)
+
+    return forward

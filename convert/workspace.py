@@ -1,0 +1,159 @@
+"""The bookkeeping around a conversion: which checkpoint files it reads (and their fingerprint), how much disk it
+will need, the resumable F16 intermediate and its marker, and leftovers of interrupted runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+from qrun import __version__, settings
+from qrun.errors import DiskSpaceError
+from qrun.fsutil import write_json_atomic
+from qrun.registry import ModelSpec
+
+# Upper estimates of bits per weight of each output, including the tensors llama.cpp keeps at higher precision
+# (K-quant mixes put output/attn_v/ffn_down partly in Q6_K; ChatGLM3's 13696-wide FFN falls back to Q5_0/Q8_0).
+# Measured Q4_K_M files of the 7B models are 4.9-5.2 bits; these leave a margin so the check errs on the safe side.
+_EST_BITS_PER_WEIGHT = {"F16": 16.0, "Q8_0": 8.5, "Q6_K": 7.0, "Q5_K_M": 6.2, "Q4_K_M": 5.5, "Q4_K_S": 5.0,
+                        "Q4_0": 5.0}
+# Vocabulary, merges and metadata of a GGUF: a few MB even for Qwen's 152k tokens; allowance on top of the weights.
+_GGUF_OVERHEAD_BYTES = 64 << 20
+_SAFETENSORS_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                              "U8": 1, "BOOL": 1}
+
+
+def checkpoint_files(folder: Path, spec: ModelSpec) -> list[Path]:
+    """The files of a checkpoint folder that conversion reads (config, tokenizer, weights), sorted by name."""
+    names = {"config.json", "generation_config.json", "tokenizer_config.json", *spec.tokenizer_files}
+    files = {folder / n for n in names if (folder / n).is_file()}
+    for pattern in ("*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                    "pytorch_model.bin.index.json"):
+        files.update(p for p in folder.glob(pattern) if p.is_file())
+    return sorted(files)
+
+
+def fingerprint(folder: Path, spec: ModelSpec) -> str:
+    """Identity of a checkpoint's input files (names, sizes, mtimes) plus qrun's version: same value, same GGUF."""
+    digest = hashlib.sha256(f"qrun {__version__} {spec.name}\n".encode())
+    for path in checkpoint_files(folder, spec):
+        stat = path.stat()
+        digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _safetensors_params(path: Path) -> int | None:
+    """Parameter count from a safetensors header (8-byte length + JSON); None when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            (header_bytes,) = struct.unpack("<Q", f.read(8))
+            if header_bytes > 100 << 20:
+                return None
+            header = json.loads(f.read(header_bytes))
+        total = 0
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = entry["data_offsets"]
+            total += (end - begin) // _SAFETENSORS_ELEMENT_BYTES.get(entry["dtype"], 2)
+        return total
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
+def estimate_params(folder: Path) -> int:
+    """Parameters of a checkpoint from its safetensors headers; pickle shards (or unreadable headers) count as
+    2-byte weights by file size, an overestimate for f32 files that keeps the disk check on the safe side."""
+    total = 0
+    for path in sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin")):
+        params = _safetensors_params(path) if path.suffix == ".safetensors" else None
+        total += params if params is not None else path.stat().st_size // 2
+    return total
+
+
+def estimate_gguf_bytes(n_params: int, quant: str) -> int:
+    return int(n_params * _EST_BITS_PER_WEIGHT[quant] / 8) + _GGUF_OVERHEAD_BYTES
+
+
+def check_free_disk(folder: Path, *, f16_bytes: int, output_bytes: int, quant: str) -> None:
+    """Fail before starting when `folder`'s disk lacks room for what is about to be written.
+
+    Args:
+        f16_bytes: size of the F16 intermediate still to be written (0 when an existing one is reused).
+        output_bytes: size of the quantized output (0 when QUANT is F16: the intermediate becomes the output).
+
+    Raises:
+        DiskSpaceError: naming both sizes, the reserve (QRUN_KEEP_FREE_BYTES) and the free space.
+    """
+    free_bytes = shutil.disk_usage(folder).free
+    reserve_bytes = settings.keep_free_bytes()
+    need_bytes = f16_bytes + output_bytes + reserve_bytes
+    if need_bytes <= free_bytes:
+        return
+    parts = [f"F16 intermediate {_gb(f16_bytes)}"] if f16_bytes else []
+    if output_bytes:
+        parts.append(f"{quant} output {_gb(output_bytes)}")
+    parts.append(f"reserve {_gb(reserve_bytes)} (QRUN_KEEP_FREE_BYTES)")
+    raise DiskSpaceError(
+        f"not enough free disk in {folder}: need {_gb(need_bytes)} ({' + '.join(parts)}), {_gb(free_bytes)} free",
+        "free some space or pass --out DIR on a disk with more room",
+    )
+
+
+def _gb(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e7 else f"{n_bytes} bytes"
+
+
+def intermediate_path(spec: ModelSpec, out_dir: Path) -> Path:
+    """Where the F16 intermediate lives until it is quantized (not a `<name>-<QUANT>.gguf` final name)."""
+    return out_dir / f"{spec.name}-F16.intermediate.gguf"
+
+
+def marker_path(intermediate: Path) -> Path:
+    return intermediate.with_suffix(".json")
+
+
+def write_marker(intermediate: Path, *, checkpoint_fingerprint: str, source: dict, convert_step: dict,
+                 writer_info) -> None:
+    """Record that `intermediate` is complete and which checkpoint it came from (so a rerun can reuse it)."""
+    stat = intermediate.stat()
+    write_json_atomic(marker_path(intermediate), {
+        "model_fingerprint": checkpoint_fingerprint,
+        "size_bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "source": source,
+        "convert_step": convert_step,
+        "writer": json.loads(json.dumps(writer_info, default=str)) if writer_info is not None else None,
+    })
+
+
+def reusable_marker(intermediate: Path, checkpoint_fingerprint: str) -> dict | None:
+    """The marker of a complete intermediate made from the same checkpoint files, else None."""
+    try:
+        marker = json.loads(marker_path(intermediate).read_text(encoding="utf-8"))
+        stat = intermediate.stat()
+    except (OSError, ValueError):
+        return None
+    same_file = marker.get("size_bytes") == stat.st_size and marker.get("mtime_ns") == stat.st_mtime_ns
+    return marker if same_file and marker.get("model_fingerprint") == checkpoint_fingerprint else None
+
+
+def remove_intermediate(intermediate: Path) -> None:
+    intermediate.unlink(missing_ok=True)
+    marker_path(intermediate).unlink(missing_ok=True)
+
+
+def clean_stale_partials(spec: ModelSpec, out_dir: Path) -> list[Path]:
+    """Delete what interrupted runs of this model left: `*.partial` outputs and atomic-write temporaries."""
+    removed = []
+    for pattern in (f"{spec.name}-*.partial", f".{spec.name}-*.tmp"):
+        for path in out_dir.glob(pattern):
+            try:
+                path.unlink()
+                removed.append(path)
+            except OSError:
+                pass
+    return removed

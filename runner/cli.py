@@ -1,0 +1,141 @@
+"""`qrun ask` and `qrun chat`: thin Click commands over runner.ask and runner.chat.
+
+stdout carries only the answer (or one JSON object); notices and --stats go to stderr. Option values are parsed
+here into UsageErrors (not Click's exit-2 usage screens) so every bad input is one `Error:` line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from qrun import settings
+from qrun.errors import UsageError
+from qrun.runner import ask as ask_lib
+from qrun.runner import chat as chat_lib
+
+
+class _Number(click.ParamType):
+    """int/float option whose bad text becomes a one-line UsageError (handled by qrun.cli like every QrunError)."""
+
+    def __init__(self, cast, what: str):
+        self.cast, self.name = cast, what
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        try:
+            return self.cast(str(value).strip())
+        except ValueError:
+            raise UsageError(f"{param.opts[0]} must be {self.name}, got {value!r}") from None
+
+
+INT, FLOAT = _Number(int, "an integer"), _Number(float, "a number")
+
+
+def _notice(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _model_options(f):
+    for option in reversed([
+        click.option("--system", default=None, help="System prompt (default: the model's own, e.g. Qwen's)."),
+        click.option("--max-tokens", type=INT, default=None, help="Most tokens to generate [model default 512]."),
+        click.option("--temperature", type=FLOAT, default=None, help="0 = greedy and reproducible [model default]."),
+        click.option("--top-p", type=FLOAT, default=None, help="Nucleus sampling, in (0, 1] [model default]."),
+        click.option("--top-k", type=INT, default=None, help="Top-k sampling, 0 = off [model default]."),
+        click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
+        click.option("--threads", type=INT, default=None, help="CPU threads [QRUN_THREADS, else physical cores; 0 = that]."),
+        click.option("--ctx", type=INT, default=None, help="Context tokens, rounded up to a multiple of 256 [4096]."),
+        click.option("--quant", default=None, help=f"Which GGUF of MODEL to use [{settings.DEFAULT_QUANT}]."),
+        click.option("--ggufs", type=click.Path(file_okay=False), default=None, help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs]."),
+    ]):
+        f = option(f)
+    return f
+
+
+def format_stats(result: dict) -> str:
+    s = result["stats"]
+    mib = 1 << 20
+    reasons = {"eos": "end of sequence", "stop_token": "stop token", "max_tokens": "max tokens",
+               "interrupted": "interrupted"}
+    return "\n".join([
+        f"model             {result['model']}  ({result['gguf']})",
+        f"load              {s['load_s']:.2f} s",
+        f"prompt            {s['prompt_tokens']} tokens, {s['prompt_tokens_per_s']:.1f} tokens/s",
+        f"first token       {s['ttft_s']:.3f} s",
+        f"generated         {s['gen_tokens']} tokens, {s['gen_tokens_per_s']:.1f} tokens/s",
+        f"peak RSS          {s['peak_rss_bytes'] / mib:.0f} MiB (anonymous {s['peak_anon_bytes'] / mib:.0f} MiB)",
+        f"stop reason       {reasons.get(s['stop_reason'], s['stop_reason'])}",
+    ])
+
+
+@click.command("ask")
+@click.argument("model")
+@click.argument("prompt")
+@_model_options
+@click.option("--stats", "show_stats", is_flag=True, help="Print speed and memory to stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, stats, model, gguf, sha256).")
+@click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
+@click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
+def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, threads, ctx, quant, ggufs,
+            show_stats, as_json, show_prompt, truncate):
+    """Answer one PROMPT with MODEL (a name, an alias or a .gguf path), streamed to stdout.
+
+    \b
+    qrun ask chatglm3 "你好"
+    qrun ask qwen "Summarize this:" --system "Be brief." --stats
+    qrun ask deepseek "1+1=?" --temperature 0 --json
+    qrun ask ggufs/qwen-7b-chat-Q4_K_M.gguf "hi" --show-prompt
+    """
+    if prompt == "-":
+        prompt = sys.stdin.read()
+    if show_prompt:
+        shown = ask_lib.show_prompt(model, prompt, system=system, quant=quant, ggufs_dir=ggufs)
+        if as_json:
+            click.echo(json.dumps(shown, ensure_ascii=False))
+        else:
+            click.echo(shown["prompt_text"])
+            click.echo(f"--- {len(shown['prompt_token_ids'])} token ids:")
+            click.echo(" ".join(map(str, shown["prompt_token_ids"])))
+        return
+
+    def stream(text: str) -> None:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+
+    result = ask_lib.ask(model, prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                         top_k=top_k, seed=seed, threads=threads, ctx=ctx, quant=quant, ggufs_dir=ggufs,
+                         truncate=truncate, with_sha256=as_json, on_text=None if as_json else stream,
+                         notice=_notice)
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        click.echo("")
+    if show_stats:
+        click.echo(format_stats(result), err=True)
+
+
+@click.command("chat")
+@click.argument("model")
+@_model_options
+def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads, ctx, quant, ggufs):
+    """Chat with MODEL in the terminal, multi-turn, in the model's own chat format.
+
+    \b
+    qrun chat qwen
+    qrun chat chatglm3 --system "你是一个乐于助人的助手。" --ctx 8192
+    Type /reset to clear the history, /exit or Ctrl-D to quit; Ctrl-C stops the current answer.
+    """
+    ask_lib.check_threads(threads)
+    ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+    engine = ask_lib.load_engine(model, threads=threads, ctx=ctx, quant=quant, ggufs_dir=ggufs, seed=seed,
+                                 notice=_notice)
+    with engine:
+        sampling = ask_lib.sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature,
+                                            top_p=top_p, top_k=top_k)
+        session = chat_lib.ChatSession(engine, system=system, sampling=sampling, seed=seed, notice=_notice)
+        chat_lib.run_chat(session, stdin=click.get_text_stream("stdin"), stdout=click.get_text_stream("stdout"),
+                          stderr=click.get_text_stream("stderr"))

@@ -1,0 +1,369 @@
+"""The one wrapper around llama-cpp-python: loading a GGUF, tokenizing, and streamed generation with stop ids.
+
+`llama_cpp.Llama` is created here and nowhere else. It owns the model and context; generation drives the C API
+directly (llama_decode on a one-token batch + a llama_sampler chain), which keeps Python's per-token work to one
+decode, one sample, a set lookup and a cached piece (PERF-FACTS: Llama.generate costs 3-5 % against llama-bench).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import llama_cpp
+from llama_cpp._logger import llama_log_callback as _default_log_callback
+
+from qrun import registry, settings
+from qrun.errors import GGUFError, UsageError
+from qrun.measure import MemoryWatch
+from qrun.registry import ModelSpec
+from qrun.runner import formats
+from qrun.runner.gguf_file import GGUFHeader, read_header
+
+# ggml_log_level in the vendored ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama_cpp/_logger.py's
+# table predates DEBUG and is off by one).
+_GGML_LOG_ERROR = 4
+
+
+@contextlib.contextmanager
+def _captured_llama_log() -> Iterator[list[str]]:
+    """Collect llama.cpp's error lines instead of printing anything; restore llama-cpp-python's logger after."""
+    lines: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def _collect(level, text, _user_data):
+        if level == _GGML_LOG_ERROR and text:
+            line = text.decode("utf-8", errors="replace").strip()
+            # "llama_model_load: error loading model: <reason>" -> "<reason>"; drop the generic follow-up lines
+            reason = line.split(": error loading model: ", 1)[-1]
+            if "failed to load model" not in reason:
+                lines.append(reason)
+
+    llama_cpp.llama_log_set(_collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_default_log_callback, ctypes.c_void_p(0))
+
+
+def aligned_ctx(n_ctx: int) -> int:
+    """n_ctx rounded up to llama.cpp's multiple (settings.CTX_ALIGN_TOKENS). llama.cpp rounds it anyway, and
+    llama-cpp-python 0.3.36 sizes its buffers from the unrounded value, then crashes (numpy broadcast error) on
+    prompts that fall in the gap — so only multiples are ever passed."""
+    align = settings.CTX_ALIGN_TOKENS
+    return -(-n_ctx // align) * align
+
+
+def check_sampling(*, max_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
+    """Raises UsageError for a sampling option that cannot work."""
+    if max_tokens < 1:
+        raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
+    if temperature < 0:
+        raise UsageError(f"--temperature must be 0 (greedy) or more, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
+    if top_k < 0:
+        raise UsageError(f"--top-k must be 0 (off) or more, got {top_k}")
+
+
+def spec_for_header(header: GGUFHeader, path: Path) -> ModelSpec:
+    """The model a GGUF holds: the "qrun.model" key our converter writes, else general.architecture."""
+    name = header.metadata.get("qrun.model")
+    if name:
+        with contextlib.suppress(Exception):
+            return registry.get(name)
+    spec = registry.find_by_arch(header.architecture or "")
+    if spec is None:
+        raise GGUFError(
+            f"{path} holds architecture {header.architecture!r}, which qrun has no chat format for",
+            f"qrun runs: {', '.join(registry.names())}",
+        )
+    return spec
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    ttft_s: float
+    prompt_tokens_per_s: float
+    gen_tokens: int  # every sampled token, the stop token included
+    gen_tokens_per_s: float  # decode only: tokens after the first / time after the first
+    total_s: float
+    stop_reason: str  # "eos" | "stop_token" | "max_tokens" ("interrupted" when Ctrl-C ended it)
+    peak_rss_bytes: int = 0
+    peak_anon_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Engine:
+    """A loaded GGUF. Create with Engine.load(); close() frees it."""
+
+    def __init__(self, llama, *, path: Path, spec: ModelSpec, header: GGUFHeader, load_s: float, n_ctx_requested: int):
+        self._llama = llama
+        self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
+        self.path, self.spec, self.header, self.load_s = path, spec, header, load_s
+        self.n_ctx_requested = n_ctx_requested
+        self.n_ctx = llama_cpp.llama_n_ctx(llama.ctx)
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
+        self.n_batch = llama.n_batch
+        self._pieces: dict[int, bytes] = {}
+        self._specials: dict[str, int] = {}
+        self.stop_ids = frozenset(self.token_id(text) for text in spec.stop_tokens)
+        self.eos_id = llama_cpp.llama_vocab_eos(self._vocab)
+
+    @classmethod
+    def load(cls, gguf_path, *, n_ctx: int | None = None, n_threads: int | None = None,
+             n_threads_batch: int | None = None, seed: int = settings.DEFAULT_SEED, use_mmap: bool = True,
+             vocab_only: bool = False) -> "Engine":
+        """Validate and load a GGUF.
+
+        Args:
+            n_ctx: context tokens, rounded up to a multiple of 256; None = 4096 capped at the training context.
+            n_threads / n_threads_batch: None or 0 = settings.default_threads() (physical cores).
+            vocab_only: load only the vocabulary (for --show-prompt: no weights read).
+        Raises:
+            GGUFError: missing, truncated or non-GGUF file, or llama.cpp's reason for refusing it.
+            UsageError: n_ctx < 1 or above the model's training context.
+        """
+        path = Path(gguf_path)
+        header = read_header(path)
+        spec = spec_for_header(header, path)
+        if n_ctx is None:
+            n_ctx = min(settings.DEFAULT_CTX_TOKENS, header.context_length or settings.DEFAULT_CTX_TOKENS)
+        if n_ctx < 1:
+            raise UsageError(f"--ctx must be at least 1 token, got {n_ctx}")
+        if header.context_length and n_ctx > header.context_length:
+            # no rope scaling is configured: past its training length the model's output degrades silently
+            raise UsageError(f"--ctx {n_ctx} is more than the {header.context_length} tokens {spec.name} was "
+                             "trained on", f"use --ctx {header.context_length} or less")
+        threads = n_threads or settings.default_threads()
+        t0 = time.perf_counter()
+        with _captured_llama_log() as log_lines:
+            try:
+                llama = llama_cpp.Llama(
+                    str(path), n_ctx=aligned_ctx(n_ctx), n_batch=min(512, aligned_ctx(n_ctx)), n_threads=threads,
+                    n_threads_batch=n_threads_batch or threads, seed=seed, use_mmap=use_mmap,
+                    vocab_only=vocab_only, verbose=False,
+                )
+            except (ValueError, RuntimeError) as err:
+                reason = "; ".join(line for line in log_lines if line) or str(err)
+                raise GGUFError(f"llama.cpp could not load {path}: {reason}",
+                                "use a GGUF made by `qrun convert` (or re-create this one)") from None
+        return cls(llama, path=path, spec=spec, header=header, load_s=time.perf_counter() - t0,
+                   n_ctx_requested=n_ctx)
+
+    def close(self) -> None:
+        self._llama.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- vocabulary ----------------------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        out = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, capacity, False, special)
+        if n < 0:  # cannot happen with one token per byte at most, but llama.cpp says how many it needs
+            out = (llama_cpp.llama_token * -n)()
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, -n, False, special)
+        return list(out[:n])
+
+    def token_text(self, token: int) -> str:
+        return (llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
+
+    def token_id(self, special_text: str) -> int:
+        """The id of a special token named by its text (e.g. "<|im_end|>").
+
+        Raises:
+            GGUFError: the vocabulary has no such token.
+        """
+        if special_text not in self._specials:
+            ids = self.tokenize(special_text, special=True)
+            if len(ids) == 1 and self.token_text(ids[0]) == special_text:
+                self._specials[special_text] = ids[0]
+            else:  # a special stored as a normal token: look it up, specials sit at the end of the vocabulary
+                n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+                found = next((i for i in range(n_vocab - 1, -1, -1) if self.token_text(i) == special_text), None)
+                if found is None:
+                    raise GGUFError(f"{self.path.name}'s vocabulary has no token {special_text!r}",
+                                    f"it is not a {self.spec.name} GGUF made by `qrun convert`")
+                self._specials[special_text] = found
+        return self._specials[special_text]
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token contributes to the answer (control tokens: none)."""
+        data = self._pieces.get(token)
+        if data is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            data = self._pieces[token] = buf.raw[:n]
+        return data
+
+    # -- prompts -------------------------------------------------------------------------------------------------
+    def segments(self, messages: Sequence[dict], *, system: str | None = None) -> list:
+        """system=None: the model's default system prompt (Qwen's), "" = none."""
+        return formats.segments_for(self.spec.chat_format, messages,
+                                    system=self.spec.default_system if system is None else system)
+
+    def prompt_ids(self, messages: Sequence[dict], *, system: str | None = None) -> list[int]:
+        return formats.token_ids(self.segments(messages, system=system), self)
+
+    def prompt_text(self, messages: Sequence[dict], *, system: str | None = None) -> str:
+        return formats.prompt_text(self.segments(messages, system=system))
+
+    # -- generation ----------------------------------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[int], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int = settings.DEFAULT_SEED,
+                 logit_bias: Mapping[int, float] | None = None) -> "Generation":
+        """Start generating after `prompt_ids` (the KV cache is cleared first: nothing is reused between calls).
+
+        temperature 0 = greedy (reproducible); otherwise top-k (0 = off) -> top-p -> temperature -> seeded draw.
+        logit_bias adds to chosen logits before sampling (tests use it to force a stop token).
+        """
+        check_sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        if not prompt_ids:
+            raise UsageError("the prompt has no tokens")
+        if len(prompt_ids) >= self.n_ctx:
+            raise UsageError(f"the prompt is {len(prompt_ids)} tokens; the context holds {self.n_ctx}")
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(logit_bias))(
+                *(llama_cpp.llama_logit_bias(token=t, bias=b) for t, b in logit_bias.items()))
+            n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
+        if temperature == 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        else:
+            if top_k > 0:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(top_k))
+            if top_p < 1:
+                llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        limit = min(max_tokens, self.n_ctx - len(prompt_ids))
+        return Generation(self, list(prompt_ids), chain, limit)
+
+    def _decode(self, tokens: Sequence[int]) -> None:
+        """Evaluate prompt tokens in n_batch chunks (positions continue from the KV cache)."""
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start:start + self.n_batch]
+            arr = (llama_cpp.llama_token * len(chunk))(*chunk)
+            rc = llama_cpp.llama_decode(self._llama.ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                raise GGUFError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
+                                "lower --ctx or the prompt length")
+
+
+class TextStream:
+    """Token bytes in, text out: an incremental UTF-8 decoder, so a character split across tokens (byte-fallback
+    pieces of a rare CJK character or an emoji) is emitted whole once its last byte arrives, never split or
+    dropped; invalid bytes become U+FFFD. The answer starts at its first visible character (models open with a
+    space or a newline after the prompt's "Assistant:" / "<|assistant|>")."""
+
+    def __init__(self):
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.started = False
+
+    def feed(self, data: bytes, final: bool = False) -> str:
+        text = self._utf8.decode(data, final)
+        if not self.started and text:
+            text = text.lstrip()
+            self.started = bool(text)
+        return text
+
+
+class Generation:
+    """Iterate for UTF-8-safe text pieces as they are generated; afterwards .text, .token_ids and .stats."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], chain, limit: int):
+        self._engine, self._prompt_ids, self._chain, self._limit = engine, prompt_ids, chain, limit
+        self.text = ""
+        self.token_ids: list[int] = []
+        self.stats: GenerationStats | None = None
+        self._stream: Iterator[str] | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._stream is not None:
+            raise RuntimeError("a Generation can be iterated once")
+        self._stream = self._run()
+        return self._stream
+
+    def close(self) -> None:
+        """End a generation that was not iterated to its end (its .text and .stats are then final)."""
+        if self._stream is not None:
+            self._stream.close()
+
+    def run(self) -> "Generation":
+        """Generate to the end without streaming."""
+        for _ in self:
+            pass
+        return self
+
+    def _run(self) -> Iterator[str]:
+        engine, chain = self._engine, self._chain
+        ctx, vocab = engine._llama.ctx, engine._vocab
+        decode, sample, is_eog = llama_cpp.llama_decode, llama_cpp.llama_sampler_sample, llama_cpp.llama_vocab_is_eog
+        stop_ids, eos_id, piece, limit = engine.stop_ids, engine.eos_id, engine.piece, self._limit
+        feed = TextStream().feed
+        one = (llama_cpp.llama_token * 1)()
+        batch = llama_cpp.llama_batch_get_one(one, 1)
+        ids, parts = self.token_ids, []
+        reason, n_sampled, t_first, t_last = "interrupted", 0, 0.0, 0.0
+        watch = MemoryWatch().__enter__()
+        t0 = time.perf_counter()
+        try:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            engine._decode(self._prompt_ids)
+            token = sample(chain, ctx, -1)
+            t_first = t_last = time.perf_counter()
+            n_sampled = 1
+            while True:
+                if token in stop_ids or is_eog(vocab, token):
+                    reason = "eos" if token == eos_id else "stop_token"
+                    break
+                ids.append(token)
+                text = feed(piece(token))
+                if text:
+                    parts.append(text)
+                    yield text
+                if len(ids) >= limit:
+                    reason = "max_tokens"
+                    break
+                one[0] = token
+                if decode(ctx, batch) != 0:
+                    raise GGUFError("llama.cpp failed to decode a token (context full?)", "lower --max-tokens")
+                token = sample(chain, ctx, -1)
+                n_sampled += 1
+                t_last = time.perf_counter()
+            tail = feed(b"", final=True)
+            if tail:
+                parts.append(tail)
+                yield tail
+        finally:
+            t_end = time.perf_counter()
+            watch.__exit__(None, None, None)
+            llama_cpp.llama_sampler_free(chain)
+            self.text = "".join(parts)
+            ttft_s = (t_first or t_end) - t0
+            decode_s = (t_last - t_first) if n_sampled > 1 else 0.0
+            self.stats = GenerationStats(
+                prompt_tokens=len(self._prompt_ids), ttft_s=ttft_s,
+                prompt_tokens_per_s=len(self._prompt_ids) / ttft_s if ttft_s > 0 else 0.0,
+                gen_tokens=n_sampled, gen_tokens_per_s=(n_sampled - 1) / decode_s if decode_s > 0 else 0.0,
+                total_s=t_end - t0, stop_reason=reason,
+                peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes,
+            )

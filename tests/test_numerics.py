@@ -1,0 +1,118 @@
+"""The F16 GGUF that qrun writes computes what the ORIGINAL model computes.
+
+For each architecture, llama.cpp's logits on the tiny F16 GGUF are compared at every position with the float32
+numpy reference in tests/reference_forward.py, which reads the HF checkpoint by its own tensor names and follows
+the published modeling code. A wrong q/k permutation, swapped FFN branches or a missing rope key moves the logits
+by 5-100 % (see test_reference_can_tell_rope_layouts), far outside the tolerance.
+
+Tolerance: the reference runs on the same f16-rounded matrices the GGUF stores, so what remains is llama.cpp's
+arithmetic: activations rounded to f16 before every F16 matmul, an f16 KV cache, and a different summation order.
+On these 2-layer models that measures 4e-4..1.5e-3 of the largest logit per position; MAX_REL_ERR leaves ~2x headroom.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference_forward as rf
+from tiny_models import llama_cpp_logits
+
+# Real token ids of "你好，世界！Hello, world. 今天天气怎么样？" from each model's reference tokenizer (tiktoken with
+# qwen.tiktoken and Qwen's split pattern; sentencepiece with tokenizer.model; tokenizers with tokenizer.json), wrapped
+# in each model's own special tokens as its chat prompt would be.
+PROMPT_IDS = {
+    # <|im_start|> ... <|im_end|> "\n"
+    "qwen-7b-chat": [151644, 108386, 3837, 99489, 6313, 9707, 11, 1879, 13, 220, 100644, 104307, 104472, 11319,
+                     151645, 198],
+    # [gMASK] sop <|user|> ...
+    "chatglm3-6b": [64790, 64792, 64795, 36474, 54591, 31123, 31661, 31404, 24218, 30932, 993, 30930, 53456, 33071,
+                    35367, 31514],
+    # <｜begin▁of▁sentence｜> ... <｜end▁of▁sentence｜> <｜begin▁of▁sentence｜>
+    "deepseek-llm-7b-chat": [100000, 84313, 19304, 4997, 2160, 17464, 11, 1843, 13, 207, 7029, 17770, 32865, 2224,
+                             100001, 100000],
+}
+MODELS = tuple(PROMPT_IDS)
+
+MAX_REL_ERR = 3e-3  # max |llama.cpp - reference| over the vocab / max |reference|, per position
+
+
+def relative_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
+
+
+@pytest.fixture(scope="module")
+def logits_pair(tiny_checkpoints, tiny_ggufs):
+    """Factory: model -> (llama.cpp logits of the F16 GGUF, reference logits), computed once per module."""
+    cache = {}
+
+    def get(model):
+        if model not in cache:
+            ids = PROMPT_IDS[model]
+            got = llama_cpp_logits(tiny_ggufs[model]["F16"], ids)
+            ref = rf.reference_logits(tiny_checkpoints[model], ids, f16_weights=True)
+            cache[model] = (got, ref)
+        return cache[model]
+
+    return get
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_f16_gguf_matches_reference_forward(model, logits_pair):
+    got, ref = logits_pair(model)
+    assert got.shape == ref.shape, "GGUF vocabulary size differs from the checkpoint's output rows"
+    # Logits must be spread out, or agreement below would say little (see tiny_models.WEIGHT_STD).
+    assert ref.std() > 0.3
+    errors = relative_errors(got, ref)
+    worst = int(errors.argmax())
+    assert errors.max() < MAX_REL_ERR, f"position {worst}: relative error {errors[worst]:.2e} (all: {np.round(errors, 5)})"
+    np.testing.assert_array_equal(got.argmax(axis=1), ref.argmax(axis=1))
+
+
+# The mistakes a converter can make, written as the reference forward each would amount to. llama.cpp's logits must
+# be far from every one of them: this is what shows MAX_REL_ERR is tight enough to catch them. (Each was also
+# checked once against the real converter by breaking it on purpose; see the helper report in the commit.)
+def _rope_halves_as_interleaved(monkeypatch, weights):
+    monkeypatch.setattr(rf, "_rope_halves", rf._rope_interleaved)  # = q/k rows not permuted for llama.cpp
+    return weights
+
+
+def _rope_interleaved_as_halves(monkeypatch, weights):
+    monkeypatch.setattr(rf, "_rope_interleaved", rf._rope_halves)
+    return weights
+
+
+def _chatglm_rope_on_whole_head(monkeypatch, weights):
+    original = rf._rope_interleaved  # = rope.dimension_count left at head_dim instead of head_dim/2
+    monkeypatch.setattr(rf, "_rope_interleaved", lambda x, rot_dim, base: original(x, x.shape[-1], base))
+    return weights
+
+
+def _qwen_w1_w2_swapped(monkeypatch, weights):
+    swapped = dict(weights)
+    for name in weights:
+        if name.endswith("mlp.w1.weight"):
+            w2 = name.replace("mlp.w1.", "mlp.w2.")
+            swapped[name], swapped[w2] = weights[w2], weights[name]
+    return swapped
+
+
+MISTAKES = {
+    "qwen-7b-chat": [_rope_halves_as_interleaved, _qwen_w1_w2_swapped],
+    "chatglm3-6b": [_rope_interleaved_as_halves, _chatglm_rope_on_whole_head],
+    "deepseek-llm-7b-chat": [_rope_halves_as_interleaved],
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "mistake"),
+    [(m, f) for m, fs in MISTAKES.items() for f in fs],
+    ids=[f"{m}-{f.__name__.strip('_')}" for m, fs in MISTAKES.items() for f in fs],
+)
+def test_tolerance_catches_conversion_mistakes(model, mistake, logits_pair, tiny_checkpoints, monkeypatch):
+    got, _ = logits_pair(model)
+    config, weights = rf.load_checkpoint(tiny_checkpoints[model])
+    weights = mistake(monkeypatch, rf.round_matrices_to_f16(weights))
+    wrong = rf.logits_from_weights(config, weights, PROMPT_IDS[model])
+    assert relative_errors(got, wrong).max() > 10 * MAX_REL_ERR
+    assert (got.argmax(axis=1) != wrong.argmax(axis=1)).any()

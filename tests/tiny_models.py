@@ -1,0 +1,157 @@
+"""Build tiny random-weight checkpoints and GGUFs of the three models, once per test session, lazily per model.
+
+The session fixtures in conftest.py are thin wrappers over TinyModels. Everything is built on first use of a
+(model, quant) pair, so a test that needs only the DeepSeek Q4_K_M never pays for Qwen's vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+TESTS_DIR = Path(__file__).parent
+TOKENIZERS_DIR = TESTS_DIR / "data" / "tokenizers"  # real tokenizer/config files (see SOURCES.md there)
+MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
+
+# Random weights ~ N(0, WEIGHT_STD). At the synthetic default (0.02, the models' initializer_range) logits have std
+# ~0.3 and attention over 16 tokens is nearly uniform, so a rope mistake moves logits by only ~1-5 % and rarely flips
+# an argmax (ChatGLM without rope.dimension_count: 4 %, no argmax change). At 0.05 the same mistakes move logits by
+# 60-90 % and flip most argmaxes, while F16-vs-f32 differences stay ~6e-4 (measured on hand-made GGUFs of all three
+# architectures; 0.08 pushes those to ~1.2e-3).
+WEIGHT_STD = 0.05
+
+QUANTS_BUILT_TOGETHER = ("F16", "Q4_K_M")  # one convert_model(keep_f16=True) call yields both
+
+
+def _threads() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class TinyModels:
+    """Session cache of tiny checkpoints and GGUFs under one root folder (a tmp_path_factory dir)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._lock = threading.Lock()
+        self._checkpoints: dict[str, Path] = {}
+        self._ggufs: dict[tuple[str, str], Path] = {}
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def checkpoint(self, model: str) -> Path:
+        """Folder with config.json, tokenizer files and safetensors of a tiny random `model` (built once)."""
+        with self._lock:
+            if model not in self._checkpoints:
+                self._checkpoints[model] = self._write_checkpoint(model)
+            return self._checkpoints[model]
+
+    def _write_checkpoint(self, model: str) -> Path:
+        import inspect
+
+        from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
+
+        out_dir = self.root / "checkpoints" / model
+        # The weight spread is an optional write_random_checkpoint parameter (proposed: weight_std); use it when present.
+        kwargs = {"weight_std": WEIGHT_STD} if "weight_std" in inspect.signature(write_random_checkpoint).parameters else {}
+        return Path(
+            write_random_checkpoint(
+                model,
+                out_dir,
+                tokenizer_dir=TOKENIZERS_DIR / model,
+                config_overrides=TINY_OVERRIDES[model],
+                seed=0,
+                **kwargs,
+            )
+        )
+
+    # -- GGUFs -------------------------------------------------------------------------------------------------
+    def gguf(self, model: str, quant: str = "Q4_K_M") -> Path:
+        """Path of the tiny `model` converted to `quant` (F16, Q4_K_M, or any other llama.cpp type; built once)."""
+        checkpoint = self.checkpoint(model)
+        with self._lock:
+            key = (model, quant)
+            if key not in self._ggufs:
+                if quant in QUANTS_BUILT_TOGETHER:
+                    self._ggufs.update(self._convert_pair(model, checkpoint))
+                else:
+                    if (model, "F16") not in self._ggufs:
+                        self._ggufs.update(self._convert_pair(model, checkpoint))
+                    self._ggufs[key] = self._quantize(model, self._ggufs[(model, "F16")], quant)
+            return self._ggufs[key]
+
+    def _out_dir(self, model: str) -> Path:
+        out = self.root / "ggufs" / model
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def _convert_pair(self, model: str, checkpoint: Path) -> dict[tuple[str, str], Path]:
+        out_dir = self._out_dir(model)
+        try:
+            from qrun.convert.pipeline import convert_model, gguf_path_for
+        except ImportError:  # pipeline not there yet: the two library steps it wraps
+            return self._convert_pair_direct(model, checkpoint, out_dir)
+        convert_model(model, from_dir=checkpoint, quant="Q4_K_M", out_dir=out_dir, keep_f16=True, threads=_threads())
+        paths = {(model, q): Path(gguf_path_for(model, q, out_dir)) for q in QUANTS_BUILT_TOGETHER}
+        for path in paths.values():
+            assert path.is_file(), f"convert_model did not write {path}"
+        return paths
+
+    def _convert_pair_direct(self, model: str, checkpoint: Path, out_dir: Path) -> dict[tuple[str, str], Path]:
+        from qrun import registry
+        from qrun.convert.archs import converter_for
+        from qrun.convert.gguf_writer import write_f16_gguf
+
+        f16 = out_dir / f"{model}-F16.gguf"
+        write_f16_gguf(converter_for(registry.get(model), checkpoint), f16)
+        return {(model, "F16"): f16, (model, "Q4_K_M"): self._quantize(model, f16, "Q4_K_M")}
+
+    def _quantize(self, model: str, f16: Path, quant: str) -> Path:
+        from qrun.convert.quantize import quantize_gguf
+
+        dst = self._out_dir(model) / f"{model}-{quant}.gguf"
+        quantize_gguf(f16, dst, quant, threads=_threads())
+        return dst
+
+
+N_CTX_TOKENS = 256  # a multiple of 256: llama-cpp-python 0.3.36 mis-sizes buffers otherwise (settings.CTX_ALIGN_TOKENS)
+
+
+def open_llama(gguf_path: Path, *, logits_all: bool = False):
+    """llama_cpp.Llama on a tiny GGUF, small context, quiet. Tests call llama.cpp directly so that they check the
+    converted file, not qrun's runner."""
+    from llama_cpp import Llama
+
+    return Llama(model_path=str(gguf_path), n_ctx=N_CTX_TOKENS, n_threads=_threads(), logits_all=logits_all,
+                 seed=0, verbose=False)
+
+
+def llama_cpp_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
+    """[len(token_ids), n_vocab] float32 logits llama.cpp computes for token_ids evaluated as one batch."""
+    llm = open_llama(gguf_path, logits_all=True)
+    try:
+        llm.eval(token_ids)
+        return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+class LazyMap(Mapping):
+    """Read-only {model: value} whose values are computed on first access (so unused models are never built)."""
+
+    def __init__(self, keys: tuple[str, ...], compute):
+        self._keys = keys
+        self._compute = compute
+
+    def __getitem__(self, key: str):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._compute(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
