@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -13,11 +12,20 @@ from tabulate import tabulate
 from qrun import settings
 
 
+class _RecordsArgs(click.Command):
+    """Keeps the command's own arguments, so results record the exact command line (also under CliRunner)."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["qrun_raw_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
 def _command_line() -> str:
-    return " ".join(["qrun", *map(shlex.quote, sys.argv[1:])]) if sys.argv else "qrun"
+    ctx = click.get_current_context()
+    return " ".join(["qrun", ctx.info_name, *map(shlex.quote, ctx.meta.get("qrun_raw_args", []))])
 
 
-@click.command("bench")
+@click.command("bench", cls=_RecordsArgs)
 @click.argument("models", nargs=-1)
 @click.option("--threads", "threads", default=None, metavar="N[,N...]",
               help="Thread counts to sweep, e.g. 1,2 (default: QRUN_THREADS, then the physical core count).")

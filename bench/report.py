@@ -126,7 +126,8 @@ def render_markdown(docs: list[dict]) -> str:
 
 def _machine_section(label: str, doc: dict) -> list[str]:
     m, c = doc.get("machine", {}), doc.get("config", {})
-    rows = [["CPU", m.get("cpu_model")], ["cores", f"{m.get('physical_cores')} physical / {m.get('logical_cores')} logical"],
+    cores = f"{m.get('physical_cores')} physical / {m.get('logical_cores')} logical"
+    rows = [["CPU", m.get("cpu_model")], ["cores", cores],
             ["CPU flags", " ".join(m.get("cpu_flags", []))], ["RAM", f"{(m.get('ram_bytes') or 0) / 2**30:.1f} GiB"],
             ["OS", m.get("os")], ["Python", m.get("python")], ["llama-cpp-python", m.get("llama_cpp_python")],
             ["llama.cpp system info", m.get("llama_cpp_system_info")], ["qrun", doc.get("qrun_version")],
@@ -136,8 +137,12 @@ def _machine_section(label: str, doc: dict) -> list[str]:
                          f"max {c.get('max_tokens')} tokens, {c.get('warmup_tokens')}-token warm-up, "
                          f"{c.get('repeat')} repetition(s)"],
             ["suite", (doc.get("suite") or {}).get("name")]]
+    runs = [[r["run_id"], r.get("gguf"), json.dumps(r.get("effective_settings") or r.get("settings") or {},
+                                                     sort_keys=True)] for r in doc.get("runs", [])]
     return [f"## Machine: {label}", "", "```", doc.get("command") or "(command not recorded)", "```", "",
-            tabulate(rows, headers=["", ""], tablefmt="github", disable_numparse=True), ""]
+            tabulate(rows, headers=["", ""], tablefmt="github", disable_numparse=True), "",
+            "Settings llama.cpp got, per run:", "",
+            tabulate(runs, headers=["run", "GGUF", "settings"], tablefmt="github", disable_numparse=True), ""]
 
 
 def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:

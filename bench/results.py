@@ -6,7 +6,8 @@ Schema "qrun-bench-results" version 1::
      "finished_utc": "..." | null, "partial": false, "command": "qrun bench ...",
      "machine": {...machine.fingerprint()...}, "config": {"max_tokens", "repeat", "warmup_tokens", "temperature",
      "seed", "threads", "quant", "ggufs_dir"}, "suite": {"name", "path", "definition"}, "verdicts": path | null,
-     "runs": [{"run_id", "model", "quant", "gguf", "gguf_size_bytes", "settings": {Engine.load kwargs},
+     "runs": [{"run_id", "model", "quant", "gguf", "gguf_size_bytes", "settings": {Engine.load kwargs as requested},
+               "effective_settings": {the same with defaults resolved: n_ctx, threads, use_mmap, repack},
                "status": "ok" | "failed" | "interrupted", "failure": {...} | null,
                "load_s", "peak_rss_bytes", "peak_anon_bytes", "rss_before_load_bytes", "memory_note",
                "questions": [{"question_id", "answer", "answers_identical", "score": {ScoreResult},
@@ -129,6 +130,7 @@ def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Su
     run = {
         "run_id": run_id, "model": model, "quant": quant, "gguf": start.get("gguf"),
         "gguf_size_bytes": start.get("gguf_size_bytes"), "settings": start.get("settings", {}),
+        "effective_settings": first["load"].get("effective_settings"),
         "status": status, "failure": failure,
         "load_s": first["load"].get("load_s"),
         "peak_rss_bytes": max((p["peak_rss_bytes"] for p in peaks), default=None),

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qrun import __version__, registry, settings
+from qrun import registry, settings
 from qrun.bench import machine, report, results as results_mod
 from qrun.bench import suite as suites
 from qrun.bench.score import load_verdicts

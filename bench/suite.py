@@ -11,7 +11,9 @@ A suite file (see bench/suites/seed.json, the default)::
            "contradicts": ["明明喜欢白白"]}]}]}
 
 A pattern is a plain substring, or a Python regular expression when it starts with "re:". Both are matched,
-case-insensitively, against the normalized answer (see qrun.bench.score for normalization and the negation rule).
+case-insensitively, against the normalized answer (see qrun.bench.score for normalization and the negation rule):
+plain substrings are normalized for you; write regexes in normalized form — lower case, ASCII , : ? ! ; instead
+of full-width ，：？！；, no quotation marks or markdown.
 "weight" is a positive number (default 1); "contradicts" is optional.
 
 `--suite` takes a built-in name (a file bench/suites/<name>.json) or a path to a file. Any mistake in a file is a
@@ -172,7 +174,8 @@ class _Where:
 def _string(obj: dict, key: str, what: str, where: _Where, *, required: bool = True) -> str:
     value = obj.get(key, None if required else "")
     if not isinstance(value, str) or (required and not value.strip()):
-        raise where.error(obj, f"{what}: field \"{key}\"", "must be a non-empty string" if required else "must be a string")
+        problem = "must be a non-empty string" if required else "must be a string"
+        raise where.error(obj, f"{what}: field \"{key}\"", problem)
     return value
 
 

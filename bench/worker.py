@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from qrun import measure
+from qrun import measure, settings
 from qrun.bench.score import chinese_chars
 from qrun.errors import QrunError
 
@@ -80,6 +80,17 @@ def measure_generation(generation, *, prompt_tokens_hint: int = 0) -> dict:
     }
 
 
+def effective_settings(requested: dict, *, n_ctx: int) -> dict:
+    """The settings llama.cpp really got: defaults resolved the way Engine.load resolves them."""
+    out = dict(requested, n_ctx=n_ctx)
+    out["n_threads"] = requested.get("n_threads") or settings.default_threads()
+    out["n_threads_batch"] = requested.get("n_threads_batch") or out["n_threads"]
+    out.setdefault("use_mmap", True)
+    if hasattr(settings, "repack_weights"):  # issue 6's knob: off unless the flag or QRUN_REPACK says otherwise
+        out["repack"] = settings.repack_weights(requested.get("repack"))
+    return out
+
+
 def run_job(job: dict) -> None:
     """Measure one job, streaming lines to job["results_path"] (see the module docstring)."""
     from qrun.runner.engine import Engine  # imported here: llama.cpp is loaded only in worker processes
@@ -96,6 +107,7 @@ def run_job(job: dict) -> None:
         engine = Engine.load(gguf, seed=job["seed"], **job["settings"])
         watch.sample()
         sink.write("load", load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
+                   effective_settings=effective_settings(job["settings"], n_ctx=engine.n_ctx),
                    rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
                    peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes)
         _progress(job, f"loaded in {engine.load_s:.2f} s")

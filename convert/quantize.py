@@ -10,6 +10,9 @@ import contextlib
 import ctypes
 import os
 import re
+import signal
+import sys
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -77,6 +80,33 @@ def _captured_llama_log(on_line: Callable[[str], None]):
             on_line("".join(pending))
 
 
+@contextlib.contextmanager
+def _ctrl_c_aborts(partial: Path):
+    """While the block runs, Ctrl-C removes `partial` and exits with 130 (the shell's code for SIGINT).
+
+    Only when Python's default SIGINT handler is in place and this is the main thread; an application that set
+    its own handler keeps it.
+    """
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+
+    def abort(signum, frame):
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        sys.stderr.write(f"\nInterrupted: removed {partial.name}; rerun to quantize again.\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, abort)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def quantize_gguf(
     src_path: str | os.PathLike,
     dst_path: str | os.PathLike,
@@ -88,7 +118,9 @@ def quantize_gguf(
     """Quantize `src_path` (an F16 GGUF) to `dst_path` as `quant`, atomically.
 
     The output is written to `<dst>.partial` and renamed only when llama.cpp reports success, so a crash or kill
-    never leaves a half-written file under the final name.
+    never leaves a half-written file under the final name. llama.cpp cannot be stopped mid-call and a Ctrl-C
+    raised inside its log callback would be dropped by ctypes, so Ctrl-C here deletes the partial file and ends
+    the process at once (exit 130) instead of raising KeyboardInterrupt.
 
     Args:
         src_path: F16 (or F32) GGUF written by qrun.convert.gguf_writer.
@@ -126,10 +158,8 @@ def quantize_gguf(
     params.ftype = ftype
     params.nthread = n_threads
     try:
-        with _captured_llama_log(on_line) as raised:
-            rc = llama_cpp.llama_model_quantize(
-                os.fsencode(src), os.fsencode(tmp), ctypes.byref(params)
-            )
+        with _captured_llama_log(on_line) as raised, _ctrl_c_aborts(tmp):
+            rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
         if raised:
             raise raised[0]
         if rc != 0 or not tmp.is_file():

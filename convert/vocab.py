@@ -130,8 +130,9 @@ def qwen_vocab(tokenizer_dir: Path | str, *, vocab_size: int) -> Vocab:
     """
     tokenizer_dir = Path(tokenizer_dir)
     ranks = load_tiktoken_ranks(tokenizer_dir / "qwen.tiktoken")
-    merges = [f"{bytes_to_token_text(a)} {bytes_to_token_text(b)}" for a, b in recover_merges(ranks)]
     tokens = [bytes_to_token_text(t) for t in ranks]
+    text_of = dict(zip(ranks, tokens))
+    merges = [f"{text_of[a]} {text_of[b]}" for a, b in recover_merges(ranks)]
     types = [NORMAL] * len(tokens)
     if len(ranks) + len(QWEN_SPECIALS) > vocab_size:
         raise CheckpointError(f"qwen.tiktoken has {len(ranks)} ranks + {len(QWEN_SPECIALS)} special tokens, more "

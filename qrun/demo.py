@@ -16,7 +16,7 @@ import click
 
 from qrun import registry, settings
 from qrun.demo_checkpoints import DEMO_MODELS, build_demo_checkpoints
-from qrun.errors import UsageError
+from qrun.errors import BenchError, UsageError
 
 BANNER = ("tiny random-weight models: the answers are gibberish by design; "
           "this checks the pipeline, not the models")
@@ -43,7 +43,8 @@ def _stderr(message: str) -> None:
 
 def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
              progress: Callable[[str], None] | None = _stderr, models: tuple[str, ...] = DEMO_MODELS,
-             max_tokens: int = DEFAULT_MAX_TOKENS, echo: Callable[[str], None] | None = None) -> dict:
+             max_tokens: int = DEFAULT_MAX_TOKENS, quant: str = DEMO_QUANT,
+             echo: Callable[[str], None] | None = None) -> dict:
     """Build, convert, ask, bench and report the tiny demo models; everything lands under out_dir.
 
     Args:
@@ -53,6 +54,7 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
         progress: receives step progress lines (default: stderr); None = silent.
         models: which of the three to run (canonical names or aliases).
         max_tokens: tokens per answer, in ask and in bench.
+        quant: the type to quantize to (any of settings.QUANTS; the demo's point is the default Q4_K_M).
         echo: receives the demo's own output (banner, streamed answers, table) in pieces; None = stdout.
 
     Returns:
@@ -69,6 +71,9 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
         raise UsageError("no model to run", f"pass --model one or more of: {', '.join(DEMO_MODELS)}")
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
+    quant = (quant or "").strip().upper()
+    if quant not in settings.QUANTS:
+        raise UsageError(f"unknown --quant {quant!r}", f"use one of: {', '.join(settings.QUANTS)}")
     if threads is not None and threads < 0:
         raise UsageError(f"--threads must be at least 1 (0 = physical cores), got {threads}")
     threads = threads or settings.default_threads()
@@ -90,7 +95,7 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
     ggufs = {}
     with step("convert"):
         for name in names:
-            manifest = convert_model(name, from_dir=checkpoints[name], quant=DEMO_QUANT, out_dir=out / "ggufs",
+            manifest = convert_model(name, from_dir=checkpoints[name], quant=quant, out_dir=out / "ggufs",
                                      threads=threads)
             ggufs[name] = Path(manifest["path"])
 
@@ -100,7 +105,7 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
     with step("ask"):
         for name in names:
             size_mb = ggufs[name].stat().st_size / 1e6
-            write(f"── {name} ({DEMO_QUANT}, {size_mb:.1f} MB) ──\n")
+            write(f"── {name} ({quant}, {size_mb:.1f} MB) ──\n")
             write(f"Q: {DEMO_QUESTION}\nA: ")
             result = ask(ggufs[name], DEMO_QUESTION, max_tokens=max_tokens, temperature=0.0, threads=threads,
                          with_sha256=False, on_text=write, notice=say)
@@ -112,12 +117,17 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
             answers[name] = result
 
     with step("bench"):
-        bench = _run_bench(names, ggufs_dir=out / "ggufs", out_dir=out / "bench", threads=threads,
+        bench = _run_bench(names, quant=quant, ggufs_dir=out / "ggufs", out_dir=out / "bench", threads=threads,
                            max_tokens=max_tokens, progress=say)
     write(bench["table"].rstrip("\n") + "\n\n")
 
     elapsed_s = time.perf_counter() - started
     write(f"Results: {bench['results_json']}\nReport:  {bench['report_md']}\n")
+    failed = [run for run in bench["doc"]["runs"] if run["status"] != "ok"]
+    if failed:
+        reasons = "; ".join(f"{run['model']}: {(run.get('failure') or {}).get('reason', run['status'])}"
+                            for run in failed)
+        raise BenchError(f"the demo bench failed ({reasons})", f"see {bench['report_md']} and the worker output above")
     write("Steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps_s.items()) + f"; total {elapsed_s:.1f} s\n\n")
     write(f"Reminder: {BANNER}.\n")
     write("\n".join(NEXT_STEPS) + "\n")
@@ -127,14 +137,14 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
             "steps_s": steps_s, "elapsed_s": elapsed_s}
 
 
-def _run_bench(names, *, ggufs_dir: Path, out_dir: Path, threads: int, max_tokens: int, progress) -> dict:
+def _run_bench(names, *, quant: str, ggufs_dir: Path, out_dir: Path, threads: int, max_tokens: int, progress) -> dict:
     """The seed suite over the demo GGUFs through qrun.bench (one worker process per model, as `qrun bench`)."""
     from qrun.bench import report
     from qrun.bench.run import BenchConfig, run_bench
 
-    config = BenchConfig(models=list(names), quant=DEMO_QUANT, suite=settings.DEFAULT_SUITE, threads=[threads],
+    config = BenchConfig(models=list(names), quant=quant, suite=settings.DEFAULT_SUITE, threads=[threads],
                          max_tokens=max_tokens, ggufs_dir=str(ggufs_dir), out_dir=str(out_dir),
-                         command=f"qrun demo (bench: qrun bench {' '.join(names)} --quant {DEMO_QUANT} "
+                         command=f"qrun demo (bench: qrun bench {' '.join(names)} --quant {quant} "
                                  f"--threads {threads} --max-tokens {max_tokens} --ggufs {ggufs_dir} "
                                  f"--out {out_dir})")
     doc = run_bench(config, progress=progress)
@@ -167,7 +177,8 @@ def _stdout(text: str) -> None:
               help="Run only this model (repeatable; default: all three).")
 @click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True,
               help="Tokens per answer, in ask and bench.")
-def demo_cmd(out_dir, threads, models, max_tokens):
+@click.option("--quant", default=DEMO_QUANT, show_default=True, help="Quantization type of the demo GGUFs.")
+def demo_cmd(out_dir, threads, models, max_tokens, quant):
     """Run convert -> ask -> bench -> report offline on tiny random-weight models.
 
     The three architectures, with small tokenizers qrun makes itself: checks that everything works on this
@@ -178,4 +189,4 @@ def demo_cmd(out_dir, threads, models, max_tokens):
     qrun demo --out /tmp/qrun-demo --threads 2
     """
     run_demo(out_dir=out_dir, threads=threads, models=tuple(models) or DEMO_MODELS, max_tokens=max_tokens,
-             echo=lambda text: click.echo(text, nl=False))
+             quant=quant, echo=lambda text: click.echo(text, nl=False))

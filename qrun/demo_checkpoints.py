@@ -19,9 +19,10 @@ from qrun.fsutil import write_json_atomic
 
 DEMO_MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
 VOCAB_ALIGN = 64  # embedding rows rounded up to a multiple of this (the real models pad to 64 or 128 too)
-_MARKER = ".qrun-demo.json"
+_MARKER = ".qrun-demo.json"  # written last into a finished checkpoint: what it was built from
+# The vocabulary keys each config carries: Qwen both, ChatGLM3 only padded_vocab_size, DeepSeek vocab_size.
 _VOCAB_KEYS = {"qwen-7b-chat": ("vocab_size", "padded_vocab_size"), "chatglm3-6b": ("padded_vocab_size",),
-               "deepseek-llm-7b-chat": ("vocab_size",)}  # written last into a finished checkpoint: what it was built from
+               "deepseek-llm-7b-chat": ("vocab_size",)}
 
 # The real full-size configs (public hyper-parameters). Sources: Qwen-7B-Chat config.json (Aug-2023 key names),
 # THUDM/chatglm3-6b config.json, deepseek-llm-7b-chat config (the values llama.cpp's GGUF of it carries).
@@ -110,7 +111,6 @@ def demo_config_overrides(model: str, vocab: dict) -> dict:
     from qrun.convert.synthetic import TINY_OVERRIDES
 
     overrides = dict(TINY_OVERRIDES[model])
-    # The vocabulary keys each config carries: Qwen both, ChatGLM3 only padded_vocab_size, DeepSeek vocab_size.
     for key in _VOCAB_KEYS[model]:
         overrides[key] = vocab["vocab_size"]
     return overrides

@@ -64,3 +64,15 @@ def keep_free_bytes() -> int:
     """Disk reserve for `qrun convert`'s free-space check: QRUN_KEEP_FREE_BYTES, then DEFAULT_KEEP_FREE_BYTES."""
     value = os.environ.get("QRUN_KEEP_FREE_BYTES", "").strip()
     return int(value) if value.isdigit() else DEFAULT_KEEP_FREE_BYTES
+
+
+def repack_weights(flag: bool | None = None) -> bool:
+    """llama.cpp's CPU weight repacking (llama_model_params.use_extra_bufts): flag, then QRUN_REPACK, then OFF.
+
+    Off by default: on 2-core CPUs it trades ~10 % decode for 1.5-1.8x slower prompts, +3 GB anonymous memory and
+    ~4 s more load (PERF-FACTS), and on CPUs whose AMX the kernel does not enable for the process (seen on this
+    project's Xeon machines) llama.cpp's AMX buffer type dies with SIGILL (`tilezero`) on the first Q4 matmul.
+    """
+    if flag is not None:
+        return flag
+    return os.environ.get("QRUN_REPACK", "") not in ("", "0", "false", "no")

@@ -20,8 +20,8 @@ from qrun.runner import chat as chat_lib
 class _Number(click.ParamType):
     """int/float option whose bad text becomes a one-line UsageError (handled by qrun.cli like every QrunError)."""
 
-    def __init__(self, cast, what: str):
-        self.cast, self.name = cast, what
+    def __init__(self, cast, name: str, what: str):
+        self.cast, self.name, self.what = cast, name, what
 
     def convert(self, value, param, ctx):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -29,10 +29,10 @@ class _Number(click.ParamType):
         try:
             return self.cast(str(value).strip())
         except ValueError:
-            raise UsageError(f"{param.opts[0]} must be {self.name}, got {value!r}") from None
+            raise UsageError(f"{param.opts[0]} must be {self.what}, got {value!r}") from None
 
 
-INT, FLOAT = _Number(int, "an integer"), _Number(float, "a number")
+INT, FLOAT = _Number(int, "integer", "an integer"), _Number(float, "number", "a number")
 
 
 def _notice(message: str) -> None:
@@ -137,5 +137,4 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
         sampling = ask_lib.sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature,
                                             top_p=top_p, top_k=top_k)
         session = chat_lib.ChatSession(engine, system=system, sampling=sampling, seed=seed, notice=_notice)
-        chat_lib.run_chat(session, stdin=click.get_text_stream("stdin"), stdout=click.get_text_stream("stdout"),
-                          stderr=click.get_text_stream("stderr"))
+        chat_lib.run_chat(session)  # sys.stdin/stdout/stderr (CliRunner swaps them in tests)

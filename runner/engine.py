@@ -7,11 +7,9 @@ decode, one sample, a set lookup and a cached piece (PERF-FACTS: Llama.generate 
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import ctypes
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -20,9 +18,9 @@ from llama_cpp._logger import llama_log_callback as _default_log_callback
 
 from qrun import registry, settings
 from qrun.errors import GGUFError, UsageError
-from qrun.measure import MemoryWatch
 from qrun.registry import ModelSpec
-from qrun.runner import formats
+from qrun.runner import formats, spm_plain
+from qrun.runner.generation import Generation, GenerationStats, TextStream  # noqa: F401 (re-exported)
 from qrun.runner.gguf_file import GGUFHeader, read_header
 
 # ggml_log_level in the vendored ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama_cpp/_logger.py's
@@ -49,6 +47,27 @@ def _captured_llama_log() -> Iterator[list[str]]:
         yield lines
     finally:
         llama_cpp.llama_log_set(_default_log_callback, ctypes.c_void_p(0))
+
+
+@contextlib.contextmanager
+def _model_params(**fields) -> Iterator[None]:
+    """Set llama_model_params fields that Llama() has no argument for (llama-cpp-python 0.3.36 builds its params
+    from llama_model_default_params(), looked up on the module at call time)."""
+    import llama_cpp.llama_cpp as low
+
+    original = low.llama_model_default_params
+
+    def patched():
+        params = original()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    low.llama_model_default_params = patched
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
 
 
 def aligned_ctx(n_ctx: int) -> int:
@@ -86,22 +105,6 @@ def spec_for_header(header: GGUFHeader, path: Path) -> ModelSpec:
     return spec
 
 
-@dataclass
-class GenerationStats:
-    prompt_tokens: int
-    ttft_s: float
-    prompt_tokens_per_s: float
-    gen_tokens: int  # every sampled token, the stop token included
-    gen_tokens_per_s: float  # decode only: tokens after the first / time after the first
-    total_s: float
-    stop_reason: str  # "eos" | "stop_token" | "max_tokens" ("interrupted" when Ctrl-C ended it)
-    peak_rss_bytes: int = 0
-    peak_anon_bytes: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class Engine:
     """A loaded GGUF. Create with Engine.load(); close() frees it."""
 
@@ -115,19 +118,22 @@ class Engine:
         self.n_batch = llama.n_batch
         self._pieces: dict[int, bytes] = {}
         self._specials: dict[str, int] = {}
+        self._is_spm = llama_cpp.llama_vocab_type(self._vocab) == llama_cpp.LLAMA_VOCAB_TYPE_SPM
+        self._spm_pieces: dict[str, tuple[int, float]] | None = None
         self.stop_ids = frozenset(self.token_id(text) for text in spec.stop_tokens)
         self.eos_id = llama_cpp.llama_vocab_eos(self._vocab)
 
     @classmethod
     def load(cls, gguf_path, *, n_ctx: int | None = None, n_threads: int | None = None,
              n_threads_batch: int | None = None, seed: int = settings.DEFAULT_SEED, use_mmap: bool = True,
-             vocab_only: bool = False) -> "Engine":
+             vocab_only: bool = False, repack: bool | None = None) -> "Engine":
         """Validate and load a GGUF.
 
         Args:
             n_ctx: context tokens, rounded up to a multiple of 256; None = 4096 capped at the training context.
             n_threads / n_threads_batch: None or 0 = settings.default_threads() (physical cores).
             vocab_only: load only the vocabulary (for --show-prompt: no weights read).
+            repack: llama.cpp's CPU weight repacking; None = settings.repack_weights() (QRUN_REPACK, else off).
         Raises:
             GGUFError: missing, truncated or non-GGUF file, or llama.cpp's reason for refusing it.
             UsageError: n_ctx < 1 or above the model's training context.
@@ -145,7 +151,7 @@ class Engine:
                              "trained on", f"use --ctx {header.context_length} or less")
         threads = n_threads or settings.default_threads()
         t0 = time.perf_counter()
-        with _captured_llama_log() as log_lines:
+        with _captured_llama_log() as log_lines, _model_params(use_extra_bufts=settings.repack_weights(repack)):
             try:
                 llama = llama_cpp.Llama(
                     str(path), n_ctx=aligned_ctx(n_ctx), n_batch=min(512, aligned_ctx(n_ctx)), n_threads=threads,
@@ -177,7 +183,21 @@ class Engine:
         if n < 0:  # cannot happen with one token per byte at most, but llama.cpp says how many it needs
             out = (llama_cpp.llama_token * -n)()
             n = llama_cpp.llama_tokenize(self._vocab, data, len(data), out, -n, False, special)
-        return list(out[:n])
+        ids = list(out[:n])
+        if not special and self._is_spm and any(self._is_control(i) for i in ids):
+            ids = spm_plain.encode(text, self._plain_pieces())  # see spm_plain: ChatGLM3's "sop" typed as text
+        return ids
+
+    def _is_control(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_get_attr(self._vocab, token) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL)
+
+    def _plain_pieces(self) -> dict[str, tuple[int, float]]:
+        if self._spm_pieces is None:
+            get_text, get_score = llama_cpp.llama_vocab_get_text, llama_cpp.llama_vocab_get_score
+            self._spm_pieces = {
+                get_text(self._vocab, i).decode("utf-8", errors="replace"): (i, get_score(self._vocab, i))
+                for i in range(llama_cpp.llama_vocab_n_tokens(self._vocab)) if not self._is_control(i)}
+        return self._spm_pieces
 
     def token_text(self, token: int) -> str:
         return (llama_cpp.llama_vocab_get_text(self._vocab, token) or b"").decode("utf-8", errors="replace")
@@ -268,102 +288,9 @@ class Engine:
                                 "lower --ctx or the prompt length")
 
 
-class TextStream:
-    """Token bytes in, text out: an incremental UTF-8 decoder, so a character split across tokens (byte-fallback
-    pieces of a rare CJK character or an emoji) is emitted whole once its last byte arrives, never split or
-    dropped; invalid bytes become U+FFFD. The answer starts at its first visible character (models open with a
-    space or a newline after the prompt's "Assistant:" / "<|assistant|>")."""
+def system_info() -> str:
+    """llama.cpp's description of its build (the CPU features it was compiled for), for bench's machine record.
 
-    def __init__(self):
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.started = False
-
-    def feed(self, data: bytes, final: bool = False) -> str:
-        text = self._utf8.decode(data, final)
-        if not self.started and text:
-            text = text.lstrip()
-            self.started = bool(text)
-        return text
-
-
-class Generation:
-    """Iterate for UTF-8-safe text pieces as they are generated; afterwards .text, .token_ids and .stats."""
-
-    def __init__(self, engine: Engine, prompt_ids: list[int], chain, limit: int):
-        self._engine, self._prompt_ids, self._chain, self._limit = engine, prompt_ids, chain, limit
-        self.text = ""
-        self.token_ids: list[int] = []
-        self.stats: GenerationStats | None = None
-        self._stream: Iterator[str] | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        if self._stream is not None:
-            raise RuntimeError("a Generation can be iterated once")
-        self._stream = self._run()
-        return self._stream
-
-    def close(self) -> None:
-        """End a generation that was not iterated to its end (its .text and .stats are then final)."""
-        if self._stream is not None:
-            self._stream.close()
-
-    def run(self) -> "Generation":
-        """Generate to the end without streaming."""
-        for _ in self:
-            pass
-        return self
-
-    def _run(self) -> Iterator[str]:
-        engine, chain = self._engine, self._chain
-        ctx, vocab = engine._llama.ctx, engine._vocab
-        decode, sample, is_eog = llama_cpp.llama_decode, llama_cpp.llama_sampler_sample, llama_cpp.llama_vocab_is_eog
-        stop_ids, eos_id, piece, limit = engine.stop_ids, engine.eos_id, engine.piece, self._limit
-        feed = TextStream().feed
-        one = (llama_cpp.llama_token * 1)()
-        batch = llama_cpp.llama_batch_get_one(one, 1)
-        ids, parts = self.token_ids, []
-        reason, n_sampled, t_first, t_last = "interrupted", 0, 0.0, 0.0
-        watch = MemoryWatch().__enter__()
-        t0 = time.perf_counter()
-        try:
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            engine._decode(self._prompt_ids)
-            token = sample(chain, ctx, -1)
-            t_first = t_last = time.perf_counter()
-            n_sampled = 1
-            while True:
-                if token in stop_ids or is_eog(vocab, token):
-                    reason = "eos" if token == eos_id else "stop_token"
-                    break
-                ids.append(token)
-                text = feed(piece(token))
-                if text:
-                    parts.append(text)
-                    yield text
-                if len(ids) >= limit:
-                    reason = "max_tokens"
-                    break
-                one[0] = token
-                if decode(ctx, batch) != 0:
-                    raise GGUFError("llama.cpp failed to decode a token (context full?)", "lower --max-tokens")
-                token = sample(chain, ctx, -1)
-                n_sampled += 1
-                t_last = time.perf_counter()
-            tail = feed(b"", final=True)
-            if tail:
-                parts.append(tail)
-                yield tail
-        finally:
-            t_end = time.perf_counter()
-            watch.__exit__(None, None, None)
-            llama_cpp.llama_sampler_free(chain)
-            self.text = "".join(parts)
-            ttft_s = (t_first or t_end) - t0
-            decode_s = (t_last - t_first) if n_sampled > 1 else 0.0
-            self.stats = GenerationStats(
-                prompt_tokens=len(self._prompt_ids), ttft_s=ttft_s,
-                prompt_tokens_per_s=len(self._prompt_ids) / ttft_s if ttft_s > 0 else 0.0,
-                gen_tokens=n_sampled, gen_tokens_per_s=(n_sampled - 1) / decode_s if decode_s > 0 else 0.0,
-                total_s=t_end - t0, stop_reason=reason,
-                peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes,
-            )
+    Added by helper E (bench) for qrun.bench.machine; kept here because this module owns llama_cpp.
+    """
+    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()

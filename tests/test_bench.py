@@ -1,7 +1,5 @@
 """`qrun bench` end to end on the three tiny models: real worker processes, a real crash, a real Ctrl-C.
 
-The tiny GGUFs are the F16 ones: on the VM these tests were written on, llama.cpp's Q4_K kernels die of SIGILL
-(the CPU advertises AMX; see the helper report), and F16 exercises the same bench path on any machine.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from qrun import settings
 from qrun.cli import main
 
 MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
-QUANT = "F16"
+QUANT = "Q4_K_M"
 QRUN = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0] = 'qrun'; main()"]
 
 
@@ -62,10 +60,12 @@ def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
     assert doc["command"].startswith("qrun bench --ggufs") and doc["config"]["repeat"] == 2
     m = doc["machine"]
     assert m["logical_cores"] >= 1 and m["ram_bytes"] > 0 and m["cpu_model"] and m["qrun_version"]
+    assert "CPU :" in m["llama_cpp_system_info"]  # from qrun.runner.engine.system_info()
     assert sorted(r["model"] for r in doc["runs"]) == sorted(MODELS)
     for run in doc["runs"]:
         assert run["status"] == "ok" and run["failure"] is None
         assert run["settings"] == {"n_threads": 1, "n_threads_batch": 1, "n_ctx": None, "use_mmap": True}
+        assert run["effective_settings"]["n_threads"] == 1 and run["effective_settings"]["n_ctx"] >= 256
         assert run["gguf_size_bytes"] == Path(run["gguf"]).stat().st_size
         assert run["load_s"] > 0 and 0 < run["peak_anon_bytes"] <= run["peak_rss_bytes"]
         assert "mmap" in run["memory_note"]
@@ -128,7 +128,7 @@ def test_a_crashed_and_a_killed_worker_do_not_stop_the_others(ggufs, tmp_path, t
     runs = {r["model"]: r for r in json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"]}
     qwen, glm, deepseek = runs["qwen-7b-chat"], runs["chatglm3-6b"], runs["deepseek-llm-7b-chat"]
     assert qwen["status"] == "failed" and qwen["failure"]["exit_code"] != 0
-    assert qwen["failure"]["last_stderr"].startswith("Error: ") and "qwen-7b-chat-F16.gguf" in qwen["failure"][
+    assert qwen["failure"]["last_stderr"].startswith("Error: ") and f"qwen-7b-chat-{QUANT}.gguf" in qwen["failure"][
         "last_stderr"]
     assert glm["status"] == "failed" and glm["failure"]["signal"] == signal.SIGKILL
     assert "SIGKILL" in glm["failure"]["reason"] and glm["load_s"] > 0  # measured before the kill: kept

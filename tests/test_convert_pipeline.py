@@ -142,15 +142,15 @@ def _qrun_process(args: list[str], env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _kill_when_exists(proc: subprocess.Popen, path: Path, timeout_s: float = 90) -> None:
-    """SIGKILL `proc` as soon as `path` appears (a writer's .partial file: the step is under way)."""
+def _kill_when_exists(proc: subprocess.Popen, path: Path, timeout_s: float = 90, sig=signal.SIGKILL) -> int:
+    """Send `sig` to `proc` as soon as `path` appears (a writer's .partial file: the step is under way)."""
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         assert proc.poll() is None, f"finished before {path.name} appeared: {proc.communicate()}"
         assert time.monotonic() < deadline, f"{path.name} never appeared"
         time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.send_signal(sig)
+    return proc.wait(timeout=30)
 
 
 def test_kill_mid_convert_and_mid_quantize_then_rerun_completes(tiny_checkpoints, tmp_path):
@@ -165,6 +165,14 @@ def test_kill_mid_convert_and_mid_quantize_then_rerun_completes(tiny_checkpoints
     _kill_when_exists(_qrun_process(args, {}), final.with_name(final.name + ".partial"))
     assert not final.exists()  # killed mid-quantize: only the .partial and the complete intermediate are there
     assert intermediate.is_file() and ws.marker_path(intermediate).is_file()
+    os.unlink(final.with_name(final.name + ".partial"))
+
+    # Ctrl-C mid-quantize: llama.cpp cannot be interrupted, so qrun removes the partial and exits 130 at once.
+    code = _kill_when_exists(_qrun_process(args, {}), final.with_name(final.name + ".partial"), sig=signal.SIGINT)
+    assert code == 130
+    assert sorted(p.name for p in out.iterdir()) == [intermediate.name, ws.marker_path(intermediate).name]
+
+    _kill_when_exists(_qrun_process(args, {}), final.with_name(final.name + ".partial"))
 
     proc = _qrun_process(args, {})
     stdout, stderr = proc.communicate(timeout=120)

@@ -22,7 +22,7 @@ from qrun.convert.vocab import chatglm3_vocab, deepseek_vocab, qwen_vocab
 from qrun.convert.vocab_bpe import load_tiktoken_ranks, recover_merges
 from qrun.demo_checkpoints import DEMO_MODELS, VOCAB_ALIGN, write_demo_tokenizer_dir
 from qrun.demo_corpus import SEED_QUESTIONS
-from tests.tokenizer_corpus import corpus
+from tokenizer_corpus import corpus  # tests/ is on sys.path (rootdir conftest), as for tiny_models
 
 SAMPLES = (
     *SEED_QUESTIONS,
@@ -249,3 +249,34 @@ def test_specials_follow_the_made_vocabulary(demo_tok_dirs, demo_llamas, model, 
         token_id = vocab.special_ids[text]
         assert token_id >= info["first_special_id"]
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == [token_id]
+
+
+# -- the made files copy the real ones' STRUCTURE (tests/data/tokenizers holds the real files; the package does not)
+
+REAL_DIR = Path(__file__).parent / "data" / "tokenizers"
+
+
+def test_deepseek_structure_equals_the_real_tokenizer_json(demo_tok_dirs):
+    folder, info = demo_tok_dirs["deepseek-llm-7b-chat"]
+    made = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    real = json.loads((REAL_DIR / "deepseek-llm-7b-chat" / "tokenizer.json").read_text(encoding="utf-8"))
+    for key in ("normalizer", "pre_tokenizer", "decoder"):
+        assert made[key] == real[key], key
+    bos = info["first_special_id"]
+    expected_post = json.loads(json.dumps(real["post_processor"]).replace("100000", str(bos)))
+    assert made["post_processor"] == expected_post
+    model_settings = {k: v for k, v in made["model"].items() if k not in ("vocab", "merges", "ignore_merges")}
+    assert model_settings == {k: v for k, v in real["model"].items() if k not in ("vocab", "merges")}
+    real_config = json.loads((REAL_DIR / "deepseek-llm-7b-chat" / "tokenizer_config.json").read_text("utf-8"))
+    made_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert made_config == real_config
+
+
+@pytest.mark.parametrize("model", DEMO_MODELS)
+def test_base_configs_are_the_real_hyper_parameters(demo_tok_dirs, model):
+    folder, _info = demo_tok_dirs[model]
+    made = json.loads((folder / "config.json").read_text())
+    real = json.loads((REAL_DIR / model / "config.json").read_text())
+    ignored = {"auto_map", "_name_or_path", "transformers_version", "vocab_size", "padded_vocab_size",
+               "bos_token_id", "eos_token_id"}
+    assert {k: v for k, v in made.items() if k not in ignored} == {k: v for k, v in real.items() if k not in ignored}

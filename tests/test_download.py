@@ -147,3 +147,23 @@ def test_unreachable_hub_is_one_clean_error_line(tmp_path):
     assert "could not download Qwen/Qwen-7B-Chat from Hugging Face" in error_lines[0]
     assert "--from DIR" in error_lines[0] and "--source modelscope" in error_lines[0]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_convert_from_the_hf_cache_offline_records_the_commit(tiny_checkpoints, tmp_path):
+    ckpt = Path(tiny_checkpoints["chatglm3-6b"])
+    snapshot = _hf_cache(tmp_path / "hf", "THUDM/chatglm3-6b", {})
+    for path in ckpt.iterdir():  # the hub cache holds symlinks to blobs; here to the fixture's files
+        (snapshot / path.name).symlink_to(path)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hf"), "QRUN_GGUF_DIR": str(tmp_path / "ggufs")}
+    proc = _run_qrun(["convert", "chatglm3", "--source", "hf", "--quant", "F16", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    [manifest] = json.loads(proc.stdout)
+    source = manifest["source"]
+    assert (source["kind"], source["hub"], source["repo_id"], source["revision"]) == (
+        "hub", "hf", "THUDM/chatglm3-6b", COMMIT)
+    assert source["path"] == str(snapshot)
+    assert set(manifest["steps"]) == {"download", "convert", "hash"}
+    pinned = _run_qrun(["convert", "chatglm3", "--source", "hf", "--quant", "F16", "--revision", COMMIT], env)
+    assert pinned.returncode == 0 and "up to date" in pinned.stdout, pinned.stderr
+    other = _run_qrun(["convert", "chatglm3", "--source", "hf", "--quant", "F16", "--revision", "v2"], env)
+    assert other.returncode == 1 and "Error: could not download THUDM/chatglm3-6b" in other.stderr

@@ -179,11 +179,12 @@ def test_control_text_typed_by_a_user_is_plain_text(model, typed, vocab_engine):
     plain = engine.tokenize(typed, special=False)
     ids = engine.prompt_ids([{"role": "user", "content": typed}])
     assert not set(plain) & engine.stop_ids
-    n_vocab_specials = {engine.token_id(s.text) for s in engine.segments([{"role": "user", "content": "x"}])
-                        if isinstance(s, formats.Special)}
-    assert not set(plain) & n_vocab_specials
-    # the user's text appears as its plain ids, inside the frame
-    assert any(ids[i:i + len(plain)] == plain for i in range(len(ids)))
+    frame = engine.prompt_ids([{"role": "user", "content": "x"}])
+    specials = {engine.token_id(s.text) for s in engine.segments([{"role": "user", "content": "x"}])
+                if isinstance(s, formats.Special)} | engine.stop_ids
+    assert not set(plain) & specials
+    # the typed text adds no control token: each special occurs exactly as often as in a harmless prompt
+    assert {t: ids.count(t) for t in specials} == {t: frame.count(t) for t in specials}
 
 
 def test_prompt_text_shows_control_tokens():
@@ -201,3 +202,10 @@ def test_bad_conversations_are_refused():
         formats.segments_for("deepseek", [{"role": "assistant", "content": "x"}], system=None)
     with pytest.raises(PromptError):
         formats.segments_for("nope", [{"role": "user", "content": "x"}], system=None)
+
+
+@pytest.mark.parametrize("text", ["]sop<", "xsop eop", "sopsop\n\n龘🦙 end ", "[gMASK]sop<|user|>"])
+def test_chatglm3_plain_text_never_becomes_sop_or_eop(text, vocab_engine):
+    # llama.cpp's SPM merges "s"+"op" into the control token `sop` (64792); SentencePiece has no such piece.
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(TOKENIZERS_DIR / "chatglm3-6b" / "tokenizer.model"))
+    assert vocab_engine("chatglm3-6b").tokenize(text) == sp.encode(text)

@@ -3,11 +3,12 @@
 For each architecture, llama.cpp's logits on the tiny F16 GGUF are compared at every position with the float32
 numpy reference in tests/reference_forward.py, which reads the HF checkpoint by its own tensor names and follows
 the published modeling code. A wrong q/k permutation, swapped FFN branches or a missing rope key moves the logits
-by 5-100 % (see test_reference_can_tell_rope_layouts), far outside the tolerance.
+by 40-200 % (see test_tolerance_catches_conversion_mistakes), far outside the tolerance.
 
 Tolerance: the reference runs on the same f16-rounded matrices the GGUF stores, so what remains is llama.cpp's
-arithmetic: activations rounded to f16 before every F16 matmul, an f16 KV cache, and a different summation order.
-On these 2-layer models that measures 4e-4..1.5e-3 of the largest logit per position; MAX_REL_ERR leaves ~2x headroom.
+arithmetic: activations rounded to f16 before every F16 matmul, an f16 KV cache, another summation order. Measured
+on these 2-layer models (weights ~N(0, 0.05)): 5e-4..7.5e-4 of the largest logit per position, ~1e-3 against
+unrounded f32 weights. MAX_REL_ERR = 2e-3 leaves ~3x headroom; the mistakes below sit at 0.4..2 (200x and more).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ PROMPT_IDS = {
 }
 MODELS = tuple(PROMPT_IDS)
 
-MAX_REL_ERR = 3e-3  # max |llama.cpp - reference| over the vocab / max |reference|, per position
+MAX_REL_ERR = 2e-3  # max |llama.cpp - reference| over the vocab / max |reference|, per position
 
 
 def relative_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -42,7 +43,21 @@ def relative_errors(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def logits_pair(tiny_checkpoints, tiny_ggufs):
+def f16_checkpoint(tiny_checkpoints):
+    """Factory: model -> (config, weights with matrices rounded to f16 as the F16 GGUF stores them), loaded once."""
+    cache = {}
+
+    def get(model):
+        if model not in cache:
+            config, weights = rf.load_checkpoint(tiny_checkpoints[model])
+            cache[model] = (config, rf.round_matrices_to_f16(weights))
+        return cache[model]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def logits_pair(tiny_ggufs, f16_checkpoint):
     """Factory: model -> (llama.cpp logits of the F16 GGUF, reference logits), computed once per module."""
     cache = {}
 
@@ -50,8 +65,7 @@ def logits_pair(tiny_checkpoints, tiny_ggufs):
         if model not in cache:
             ids = PROMPT_IDS[model]
             got = llama_cpp_logits(tiny_ggufs[model]["F16"], ids)
-            ref = rf.reference_logits(tiny_checkpoints[model], ids, f16_weights=True)
-            cache[model] = (got, ref)
+            cache[model] = (got, rf.logits_from_weights(*f16_checkpoint(model), ids))
         return cache[model]
 
     return get
@@ -61,17 +75,21 @@ def logits_pair(tiny_checkpoints, tiny_ggufs):
 def test_f16_gguf_matches_reference_forward(model, logits_pair):
     got, ref = logits_pair(model)
     assert got.shape == ref.shape, "GGUF vocabulary size differs from the checkpoint's output rows"
-    # Logits must be spread out, or agreement below would say little (see tiny_models.WEIGHT_STD).
-    assert ref.std() > 0.3
+    # Logits must be spread out, or agreement would say little (weights ~N(0, 0.02) give ~0.3; see tiny_models).
+    assert ref.std() > 0.5
     errors = relative_errors(got, ref)
     worst = int(errors.argmax())
     assert errors.max() < MAX_REL_ERR, f"position {worst}: relative error {errors[worst]:.2e} (all: {np.round(errors, 5)})"
-    np.testing.assert_array_equal(got.argmax(axis=1), ref.argmax(axis=1))
+    # Greedy choice agrees everywhere, up to ties within the tolerance.
+    rows = np.arange(len(ref))
+    margin = MAX_REL_ERR * np.abs(ref).max(axis=1)
+    assert (ref[rows, got.argmax(axis=1)] >= ref.max(axis=1) - margin).all()
 
 
 # The mistakes a converter can make, written as the reference forward each would amount to. llama.cpp's logits must
-# be far from every one of them: this is what shows MAX_REL_ERR is tight enough to catch them. (Each was also
-# checked once against the real converter by breaking it on purpose; see the helper report in the commit.)
+# be far from every one of them: this is what shows MAX_REL_ERR is tight enough to catch them. Breaking the real
+# converter these ways once (permute_for_rope made the identity; Qwen's w1/w2 plans swapped; ChatGLM's
+# rope_dimension_count dropped) made test_f16_gguf_matches_reference_forward fail with errors 0.90, 1.02 and 0.48.
 def _rope_halves_as_interleaved(monkeypatch, weights):
     monkeypatch.setattr(rf, "_rope_halves", rf._rope_interleaved)  # = q/k rows not permuted for llama.cpp
     return weights
@@ -109,10 +127,9 @@ MISTAKES = {
     [(m, f) for m, fs in MISTAKES.items() for f in fs],
     ids=[f"{m}-{f.__name__.strip('_')}" for m, fs in MISTAKES.items() for f in fs],
 )
-def test_tolerance_catches_conversion_mistakes(model, mistake, logits_pair, tiny_checkpoints, monkeypatch):
+def test_tolerance_catches_conversion_mistakes(model, mistake, logits_pair, f16_checkpoint, monkeypatch):
     got, _ = logits_pair(model)
-    config, weights = rf.load_checkpoint(tiny_checkpoints[model])
-    weights = mistake(monkeypatch, rf.round_matrices_to_f16(weights))
-    wrong = rf.logits_from_weights(config, weights, PROMPT_IDS[model])
+    config, weights = f16_checkpoint(model)
+    wrong = rf.logits_from_weights(config, mistake(monkeypatch, weights), PROMPT_IDS[model])
     assert relative_errors(got, wrong).max() > 10 * MAX_REL_ERR
     assert (got.argmax(axis=1) != wrong.argmax(axis=1)).any()

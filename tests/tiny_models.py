@@ -7,6 +7,9 @@ The session fixtures in conftest.py are thin wrappers over TinyModels. Everythin
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -136,6 +139,34 @@ def llama_cpp_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
         return np.array(llm.scores[: len(token_ids)], dtype=np.float32)
     finally:
         llm.close()
+
+
+_PROBE = (
+    "import sys, llama_cpp\n"
+    "llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, verbose=False)\n"
+    "llm.eval([1] * 16); llm.eval([1]); llm.close()\n"  # a batch and a single token take different kernels
+)
+
+
+def load_failure(gguf_path: Path) -> str | None:
+    """Why llama.cpp cannot load and run `gguf_path`, probed in a child process (None when it can).
+
+    A llama.cpp built with instructions the CPU or VM refuses (e.g. AMX tile ops, used for quantized matmuls only)
+    kills the process with SIGILL; probing in a child turns that into a test failure instead of a dead test session.
+    """
+    result = subprocess.run([sys.executable, "-c", _PROBE, str(gguf_path)], capture_output=True, text=True,
+                            timeout=300)
+    if result.returncode == 0:
+        return None
+    if result.returncode < 0:
+        name = signal.Signals(-result.returncode).name
+        why = f"llama.cpp died with {name}"
+        if name == "SIGILL":
+            why += (" (this llama-cpp-python build executes an instruction this machine refuses; on CPUs with AMX,"
+                    " rebuild it with CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON ...'"
+                    " so the AMX kernels are not compiled in)")
+        return why
+    return f"llama.cpp exited {result.returncode}: {result.stderr.strip()[-500:]}"
 
 
 class LazyMap(Mapping):
