@@ -7,7 +7,7 @@ with llama.cpp's own llama-bench and this machine's memory bandwidth.
 Steps, per model, in order (each skips what its results file or the work folder already holds; --redo forces):
 checkpoint (bf16 shards with the real shapes, realscale_ckpt.py), convert (Q4_K_M, plus Q4_0 for ChatGLM3 and
 Qwen; wall time and peak memory per step from the manifest), iofloor (read every shard + write a file the size of
-the outputs, page cache dropped when allowed), load (Engine.load vs llama.cpp's own load, fresh processes),
+the outputs; page cache dropped first with --drop-caches), load (Engine.load vs llama.cpp's own load, fresh processes),
 bench (qrun bench's workers: a 512-token prompt for prompt tok/s, 128 generated tokens for decode tok/s),
 llama-bench (same GGUF, threads, flash attention off, mmap, repack as qrun), and once: bandwidth.
 Results: <out>/realscale.json (every measurement with its load average) and <out>/realscale.md.
@@ -82,6 +82,9 @@ class Run:
     def ggufs(self) -> Path:
         return self.work / "ggufs"
 
+    def quants(self, model: str) -> tuple[str, ...]:
+        return tuple(q for q in QUANTS[model] if not self.args.quants or q in self.args.quants)
+
     def gguf(self, model: str, quant: str) -> Path:
         return self.ggufs() / f"{model}-{quant}.gguf"
 
@@ -94,7 +97,8 @@ class Run:
         for model in models:
             n = tasks.param_count(model, TOKENIZERS_DIR / model)
             ck = 0 if ckpt.is_complete(self.ckpt_dir(model)) or "checkpoint" not in self.args.steps else 2 * n
-            todo = [q for q in QUANTS[model] if not self.gguf(model, q).exists()] if "convert" in self.args.steps else []
+            todo = [q for q in self.quants(model) if not self.gguf(model, q).exists()] if "convert" in self.args.steps \
+                else []
             f16 = ws.estimate_gguf_bytes(n, "F16") if todo else 0
             out = sum(ws.estimate_gguf_bytes(n, q) for q in todo)
             need_each.append((ck, f16, out))
@@ -125,7 +129,7 @@ class Run:
         self.say(f"{model}: checkpoint {info['bytes'] / 1e9:.2f} GB in {info['wall_s']:.0f} s")
 
     def step_convert(self, model: str) -> None:
-        quants = QUANTS[model]
+        quants = self.quants(model)
         done = self.model_doc(model).setdefault("convert", {})
         if all(q in done and self.gguf(model, q).exists() for q in quants) and not self.args.redo:
             return
@@ -135,7 +139,8 @@ class Run:
         for i, quant in enumerate(quants):
             for path in (self.gguf(model, quant), self.gguf(model, quant).with_suffix(".json")):
                 path.unlink(missing_ok=True)  # measure a full conversion, never the up-to-date skip
-            dropped = tasks.drop_page_cache() if i == 0 else None  # later quants reuse the kept F16
+            # cold reads, as after a download; later quants reuse the kept F16
+            dropped = tasks.drop_page_cache() if i == 0 and self.args.drop_caches else False
             self.say(f"{model}: qrun convert --quant {quant} (page cache dropped: {dropped})")
             done[quant] = _in_fresh_process(tasks.convert_one, model, str(self.ckpt_dir(model)), quant,
                                             str(self.ggufs()), i < len(quants) - 1, self.args.convert_threads)
@@ -147,12 +152,14 @@ class Run:
 
     def step_iofloor(self, model: str) -> None:
         out_bytes = sum(self.gguf(model, q).stat().st_size for q in QUANTS[model] if self.gguf(model, q).exists())
+        # (every output of this model found on disk, whichever run converted it)
         folder = self.ckpt_dir(model)
         if not ckpt.is_complete(folder) or ("iofloor" in self.model_doc(model) and not self.args.redo):
             return
         self.say(f"{model}: I/O floor (read {ckpt.checkpoint_bytes(folder) / 1e9:.1f} GB, write "
                  f"{out_bytes / 1e9:.1f} GB)")
-        self.model_doc(model)["iofloor"] = tasks.io_floor(folder, out_bytes or 4 * _GiB, scratch=self.work / "scratch")
+        self.model_doc(model)["iofloor"] = tasks.io_floor(folder, out_bytes or 4 * _GiB, scratch=self.work / "scratch",
+                                                          drop_caches=self.args.drop_caches)
 
     def step_load(self, model: str) -> None:
         gguf = self.gguf(model, "Q4_K_M")
@@ -208,10 +215,14 @@ def parse_args(argv=None):
     p.add_argument("--llama-bench", default=None, help="path to a llama-bench binary (see docs/performance.md)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quants", default=None, help="only these of each model's quants (default: Q4_K_M, and Q4_0 "
+                   "for ChatGLM3 and Qwen)")
     p.add_argument("--convert-threads", type=int, default=None, help="quantizer threads (default: physical cores)")
     p.add_argument("--fill", choices=("tiled", "random"), default="tiled", help="see realscale_ckpt.py")
     p.add_argument("--config-overrides", default="{}", help="JSON {model: {config key: value}} (tests: small shapes)")
     p.add_argument("--delete-as-you-go", action="store_true", help="delete each checkpoint once measured")
+    p.add_argument("--drop-caches", action="store_true",
+                   help="drop the page cache before conversion and the I/O floor (root; slows the whole machine)")
     p.add_argument("--redo", action="store_true", help="re-measure steps whose results exist")
     args = p.parse_args(argv)
     args.models = [registry.get(m).name for m in args.models.split(",") if m.strip()]
@@ -220,6 +231,7 @@ def parse_args(argv=None):
     if unknown:
         raise UsageError(f"unknown step(s): {', '.join(sorted(unknown))}", f"steps: {', '.join(STEPS)}")
     args.threads = [int(t) for t in args.threads.split(",")]
+    args.quants = [q.strip().upper() for q in args.quants.split(",")] if args.quants else None
     args.work = args.work or str(settings.qrun_home() / "realscale")
     args.out = args.out or str(Path(args.work) / "results")
     args.config_overrides = {registry.get(k).name: v for k, v in json.loads(args.config_overrides).items()}

@@ -66,9 +66,9 @@ def convert_one(model: str, ckpt_dir: str, quant: str, out_dir: str, keep_f16: b
             "loadavg_before": load_before, "loadavg_after": _loadavg()}
 
 
-def io_floor(ckpt_dir: Path, out_bytes: int, *, scratch: Path) -> dict:
+def io_floor(ckpt_dir: Path, out_bytes: int, *, scratch: Path, drop_caches: bool) -> dict:
     """Time to read every shard of the checkpoint and to write (and fsync) `out_bytes`: what any converter pays."""
-    dropped = drop_page_cache()
+    dropped = drop_page_cache() if drop_caches else False
     load_before = _loadavg()
     buf = bytearray(16 << 20)
     view = memoryview(buf)

@@ -88,6 +88,8 @@ class SafetensorsFile:
                 dtype, shape, (begin, end) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise self._corrupt(f"bad header entry for {name}") from None
+            if any(d < 0 for d in shape) or not all(isinstance(o, int) for o in (begin, end)):
+                raise self._corrupt(f"bad header entry for {name}")
             itemsize = STORAGE_DTYPES.get(dtype, (None, None))[1]
             if itemsize is not None and end - begin != math.prod(shape) * itemsize:
                 raise self._corrupt(f"{name}: {end - begin} bytes for shape {shape} {dtype}")

@@ -110,7 +110,13 @@ class TorchZipFile:
         byteorder = self._prefix + "byteorder"
         if byteorder in self._zip.namelist() and self._zip.read(byteorder).strip() != b"little":
             raise CheckpointError(f"{self.path} stores big-endian data", "convert it on the machine that wrote it")
-        state = _StateDictUnpickler(self._zip.read(pkl_names[0]), source=self.path).load()
+        try:
+            state = _StateDictUnpickler(self._zip.read(pkl_names[0]), source=self.path).load()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # malformed opcodes, wrong arity, BUILD on our stand-ins, a bad zip entry, ...
+            raise CheckpointError(f"truncated or corrupt: {self.path} ({type(exc).__name__}: {exc})",
+                                  "re-download the file, or use the model's safetensors files") from None
         if not isinstance(state, dict) or not all(isinstance(v, TensorRef) for v in state.values()):
             raise CheckpointError(f"{self.path} is not a flat state dict of tensors", "use the safetensors files")
         self.entries: dict[str, TensorRef] = dict(state)

@@ -27,9 +27,9 @@ from tiny_models import MODELS, TOKENIZERS_DIR, open_llama
 # What llama.cpp expects per layer (src/models/{llama,qwen,chatglm}.cpp), as (gguf name, numpy shape) for the tiny
 # shapes: hidden 256, 4 heads of 64, FFN 512 per branch.
 EXPECTED_LAYER = {
-    "deepseek-llm-7b-chat": [("attn_norm.weight", (256,)), ("attn_q.weight", (256, 256)), ("attn_k.weight", (256, 256)),
-                             ("attn_v.weight", (256, 256)), ("attn_output.weight", (256, 256)),
-                             ("ffn_norm.weight", (256,)), ("ffn_gate.weight", (512, 256)),
+    "deepseek-llm-7b-chat": [("attn_norm.weight", (256,)), ("attn_q.weight", (256, 256)),
+                             ("attn_k.weight", (256, 256)), ("attn_v.weight", (256, 256)),
+                             ("attn_output.weight", (256, 256)), ("ffn_norm.weight", (256,)), ("ffn_gate.weight", (512, 256)),
                              ("ffn_up.weight", (512, 256)), ("ffn_down.weight", (256, 512))],
     "qwen-7b-chat": [("attn_norm.weight", (256,)), ("attn_qkv.weight", (768, 256)), ("attn_qkv.bias", (768,)),
                      ("attn_output.weight", (256, 256)), ("ffn_norm.weight", (256,)), ("ffn_up.weight", (512, 256)),
@@ -97,7 +97,8 @@ def read_gguf(path: Path) -> tuple[dict, dict]:
         dtype = {0: np.float32, 1: np.float16}[ggml_type]
         count = int(np.prod(shape))
         start = data_start + offset
-        tensors[name] = (shape, ggml_type, blob[start:start + count * np.dtype(dtype).itemsize].view(dtype).reshape(shape))
+        data = blob[start:start + count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+        tensors[name] = (shape, ggml_type, data)
     return kv, tensors
 
 
@@ -161,7 +162,8 @@ def test_gguf_names_shapes_types_and_keys(f16_ggufs, model):
 
 @pytest.mark.parametrize("model", [
     "chatglm3-6b",  # the smallest vocabulary: ~10 s; the other two take 20-40 s each in GGUFReader
-    pytest.param("qwen-7b-chat", marks=pytest.mark.slow), pytest.param("deepseek-llm-7b-chat", marks=pytest.mark.slow),
+    pytest.param("qwen-7b-chat", marks=pytest.mark.slow),
+    pytest.param("deepseek-llm-7b-chat", marks=pytest.mark.slow),
 ])
 def test_gguf_reader_opens_the_file(f16_ggufs, model):
     path, _, _ = f16_ggufs(model)
@@ -270,7 +272,8 @@ def test_tensors_stream_with_memory_far_below_model_size(tmp_path):
 
 # --- bad input -------------------------------------------------------------------------------------------------
 def test_architecture_mismatch_names_both(tiny_checkpoints):
-    with pytest.raises(CheckpointError, match="config.json says ChatGLMModel, but qwen-7b-chat is QWenLMHeadModel") as e:
+    expected = "config.json says ChatGLMModel, but qwen-7b-chat is QWenLMHeadModel"
+    with pytest.raises(CheckpointError, match=expected) as e:
         converter_for(registry.get("qwen"), tiny_checkpoints["chatglm3-6b"])
     assert "pass the right model name" in e.value.hint and "chatglm3-6b" in e.value.hint
 

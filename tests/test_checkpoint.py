@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -242,3 +241,13 @@ def test_missing_folder_and_bad_config(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
         Checkpoint(tmp_path)
+
+
+def test_malformed_pickle_is_a_clear_error(tmp_path):
+    # _rebuild_tensor_v2 called with the wrong number of arguments, then a cut-off stream
+    path = tmp_path / "pytorch_model.bin"
+    for pkl in (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n)R.", b"\x80\x02ccollections\nOrderedDict\n)R(X"):
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", pkl)
+        with pytest.raises(CheckpointError, match="truncated or corrupt"):
+            TorchZipFile(path)

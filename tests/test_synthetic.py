@@ -70,7 +70,8 @@ def test_values_norms_weights_and_rope_buffer(tiny_checkpoints):
 def test_same_seed_same_bytes_other_seed_other_values(tmp_path):
     model, small = "deepseek-llm-7b-chat", {**TINY_OVERRIDES["deepseek-llm-7b-chat"], "vocab_size": 512}
     paths = [write_random_checkpoint(model, tmp_path / name, tokenizer_dir=TOKENIZERS_DIR / model,
-                                     config_overrides=small, seed=seed) for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+                                     config_overrides=small, seed=seed)
+             for name, seed in (("a", 0), ("b", 0), ("c", 1))]
     a, b, c = ((p / "model.safetensors").read_bytes() for p in paths)
     assert a == b and a != c
 

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -27,9 +26,6 @@ MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
 # architectures; 0.08 pushes those to ~1.2e-3).
 WEIGHT_STD = 0.05
 
-QUANTS_BUILT_TOGETHER = ("F16", "Q4_K_M")  # one convert_model(keep_f16=True) call yields both
-
-
 def _threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
@@ -39,84 +35,56 @@ class TinyModels:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self._lock = threading.Lock()
         self._checkpoints: dict[str, Path] = {}
         self._ggufs: dict[tuple[str, str], Path] = {}
 
-    # -- checkpoints -------------------------------------------------------------------------------------------
     def checkpoint(self, model: str) -> Path:
         """Folder with config.json, tokenizer files and safetensors of a tiny random `model` (built once)."""
-        with self._lock:
-            if model not in self._checkpoints:
-                self._checkpoints[model] = self._write_checkpoint(model)
-            return self._checkpoints[model]
+        if model not in self._checkpoints:
+            from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
 
-    def _write_checkpoint(self, model: str) -> Path:
-        import inspect
-
-        from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
-
-        out_dir = self.root / "checkpoints" / model
-        # The weight spread is an optional write_random_checkpoint parameter (proposed: weight_std); use it when present.
-        kwargs = {"weight_std": WEIGHT_STD} if "weight_std" in inspect.signature(write_random_checkpoint).parameters else {}
-        return Path(
-            write_random_checkpoint(
-                model,
-                out_dir,
-                tokenizer_dir=TOKENIZERS_DIR / model,
-                config_overrides=TINY_OVERRIDES[model],
-                seed=0,
-                **kwargs,
+            self._checkpoints[model] = Path(
+                write_random_checkpoint(
+                    model,
+                    self.root / "checkpoints" / model,
+                    tokenizer_dir=TOKENIZERS_DIR / model,
+                    config_overrides=TINY_OVERRIDES[model],
+                    seed=0,
+                    weight_std=WEIGHT_STD,
+                )
             )
-        )
+        return self._checkpoints[model]
 
-    # -- GGUFs -------------------------------------------------------------------------------------------------
     def gguf(self, model: str, quant: str = "Q4_K_M") -> Path:
         """Path of the tiny `model` converted to `quant` (F16, Q4_K_M, or any other llama.cpp type; built once)."""
-        checkpoint = self.checkpoint(model)
-        with self._lock:
-            key = (model, quant)
-            if key not in self._ggufs:
-                if quant in QUANTS_BUILT_TOGETHER:
-                    self._ggufs.update(self._convert_pair(model, checkpoint))
-                else:
-                    if (model, "F16") not in self._ggufs:
-                        self._ggufs.update(self._convert_pair(model, checkpoint))
-                    self._ggufs[key] = self._quantize(model, self._ggufs[(model, "F16")], quant)
-            return self._ggufs[key]
+        key = (model, quant)
+        if key not in self._ggufs:
+            if (model, "F16") not in self._ggufs:
+                self._ggufs.update(self._convert_pair(model))
+            if key not in self._ggufs:  # another type: quantized from the F16 like the pipeline does
+                from qrun.convert.quantize import quantize_gguf
+
+                path = self._out_dir(model) / f"{model}-{quant}.gguf"
+                quantize_gguf(self._ggufs[(model, "F16")], path, quant, threads=_threads())
+                self._ggufs[key] = path
+        return self._ggufs[key]
 
     def _out_dir(self, model: str) -> Path:
         out = self.root / "ggufs" / model
         out.mkdir(parents=True, exist_ok=True)
         return out
 
-    def _convert_pair(self, model: str, checkpoint: Path) -> dict[tuple[str, str], Path]:
+    def _convert_pair(self, model: str) -> dict[tuple[str, str], Path]:
+        """F16 and Q4_K_M through the real pipeline: one convert_model(keep_f16=True) call yields both."""
+        from qrun.convert.pipeline import convert_model, gguf_path_for
+
         out_dir = self._out_dir(model)
-        try:
-            from qrun.convert.pipeline import convert_model, gguf_path_for
-        except ImportError:  # pipeline not there yet: the two library steps it wraps
-            return self._convert_pair_direct(model, checkpoint, out_dir)
-        convert_model(model, from_dir=checkpoint, quant="Q4_K_M", out_dir=out_dir, keep_f16=True, threads=_threads())
-        paths = {(model, q): Path(gguf_path_for(model, q, out_dir)) for q in QUANTS_BUILT_TOGETHER}
+        convert_model(model, from_dir=self.checkpoint(model), quant="Q4_K_M", out_dir=out_dir, keep_f16=True,
+                      threads=_threads())
+        paths = {(model, q): Path(gguf_path_for(model, q, out_dir)) for q in ("F16", "Q4_K_M")}
         for path in paths.values():
             assert path.is_file(), f"convert_model did not write {path}"
         return paths
-
-    def _convert_pair_direct(self, model: str, checkpoint: Path, out_dir: Path) -> dict[tuple[str, str], Path]:
-        from qrun import registry
-        from qrun.convert.archs import converter_for
-        from qrun.convert.gguf_writer import write_f16_gguf
-
-        f16 = out_dir / f"{model}-F16.gguf"
-        write_f16_gguf(converter_for(registry.get(model), checkpoint), f16)
-        return {(model, "F16"): f16, (model, "Q4_K_M"): self._quantize(model, f16, "Q4_K_M")}
-
-    def _quantize(self, model: str, f16: Path, quant: str) -> Path:
-        from qrun.convert.quantize import quantize_gguf
-
-        dst = self._out_dir(model) / f"{model}-{quant}.gguf"
-        quantize_gguf(f16, dst, quant, threads=_threads())
-        return dst
 
 
 N_CTX_TOKENS = 256  # a multiple of 256: llama-cpp-python 0.3.36 mis-sizes buffers otherwise (settings.CTX_ALIGN_TOKENS)
@@ -124,11 +92,16 @@ N_CTX_TOKENS = 256  # a multiple of 256: llama-cpp-python 0.3.36 mis-sizes buffe
 
 def open_llama(gguf_path: Path, *, logits_all: bool = False):
     """llama_cpp.Llama on a tiny GGUF, small context, quiet. Tests call llama.cpp directly so that they check the
-    converted file, not qrun's runner."""
+    converted file, not qrun's runner; the model params are qrun's own (weight repacking per settings.repack_weights:
+    off by default, as llama.cpp's AMX repack dies with SIGILL on this project's machines)."""
     from llama_cpp import Llama
 
-    return Llama(model_path=str(gguf_path), n_ctx=N_CTX_TOKENS, n_threads=_threads(), logits_all=logits_all,
-                 seed=0, verbose=False)
+    from qrun import settings
+    from qrun.runner.engine import _model_params
+
+    with _model_params(use_extra_bufts=settings.repack_weights()):
+        return Llama(model_path=str(gguf_path), n_ctx=N_CTX_TOKENS, n_threads=_threads(), logits_all=logits_all,
+                     seed=0, verbose=False)
 
 
 def llama_cpp_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
@@ -142,8 +115,10 @@ def llama_cpp_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
 
 
 _PROBE = (
-    "import sys, llama_cpp\n"
-    "llm = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=256, n_threads=1, verbose=False)\n"
+    "import sys\n"
+    f"sys.path.insert(0, {str(TESTS_DIR)!r})\n"
+    "from tiny_models import open_llama\n"
+    "llm = open_llama(sys.argv[1])\n"
     "llm.eval([1] * 16); llm.eval([1]); llm.close()\n"  # a batch and a single token take different kernels
 )
 
@@ -162,9 +137,9 @@ def load_failure(gguf_path: Path) -> str | None:
         name = signal.Signals(-result.returncode).name
         why = f"llama.cpp died with {name}"
         if name == "SIGILL":
-            why += (" (this llama-cpp-python build executes an instruction this machine refuses; on CPUs with AMX,"
-                    " rebuild it with CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON ...'"
-                    " so the AMX kernels are not compiled in)")
+            why += (" (an instruction this machine refuses, e.g. the AMX tile ops of llama.cpp's weight repacking:"
+                    " unset QRUN_REPACK, or rebuild llama-cpp-python with CMAKE_ARGS='-DGGML_NATIVE=OFF"
+                    " -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON')")
         return why
     return f"llama.cpp exited {result.returncode}: {result.stderr.strip()[-500:]}"
 
