@@ -8,15 +8,14 @@ tolerate a missing or stale manifest: check_manifest() says which, it never rais
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from qrun.fsutil import sha256_file, write_json_atomic
+from qrun.gguf_file import read_tensor_infos
 
 SCHEMA_VERSION = 1
 
@@ -37,66 +36,6 @@ def versions() -> dict:
     from qrun import __version__
 
     return {"qrun": __version__, "llama_cpp_python": _version("llama-cpp-python"), "gguf": _version("gguf")}
-
-
-_GGUF_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
-
-
-def read_tensor_infos(gguf_path: str | os.PathLike) -> list[tuple[str, int, int]]:
-    """(name, ggml type, element count) of every tensor, from the GGUF header (v2/v3 layout as in gguf-py).
-
-    gguf.GGUFReader would do, but it builds a numpy view per metadata string: tens of seconds for Qwen's 152k
-    tokens and merges. This skips the metadata with struct over one in-memory buffer of the header.
-    """
-    with open(gguf_path, "rb") as f:
-        buf = f.read(16 << 20)
-        while True:  # grow the buffer until the whole header fits (Qwen's vocabulary is ~10 MB)
-            try:
-                return _parse_tensor_infos(buf)
-            except (struct.error, IndexError):
-                more = f.read(len(buf))
-                if not more:
-                    raise ValueError(f"{gguf_path}: truncated GGUF header") from None
-                buf += more
-
-
-def _parse_tensor_infos(buf: bytes) -> list[tuple[str, int, int]]:
-    if buf[:4] != b"GGUF":
-        raise ValueError("not a GGUF file")
-    n_tensors, n_kv = struct.unpack_from("<QQ", buf, 8)
-    pos = 24
-
-    def skip_value(vtype: int, pos: int) -> int:
-        if vtype == _GGUF_STRING:
-            return pos + 8 + struct.unpack_from("<Q", buf, pos)[0]
-        if vtype == _GGUF_ARRAY:
-            item_type, count = struct.unpack_from("<IQ", buf, pos)
-            pos += 12
-            if item_type in _GGUF_SCALAR_BYTES:
-                return pos + count * _GGUF_SCALAR_BYTES[item_type]
-            for _ in range(count):
-                pos = skip_value(item_type, pos)
-            return pos
-        return pos + _GGUF_SCALAR_BYTES[vtype]
-
-    for _ in range(n_kv):
-        pos += 8 + struct.unpack_from("<Q", buf, pos)[0]  # key
-        vtype = struct.unpack_from("<I", buf, pos)[0]
-        pos = skip_value(vtype, pos + 4)
-    infos = []
-    for _ in range(n_tensors):
-        name_len = struct.unpack_from("<Q", buf, pos)[0]
-        name = buf[pos + 8:pos + 8 + name_len].decode("utf-8")
-        pos += 8 + name_len
-        n_dims = struct.unpack_from("<I", buf, pos)[0]
-        dims = struct.unpack_from(f"<{n_dims}Q", buf, pos + 4)
-        ggml_type = struct.unpack_from("<I", buf, pos + 4 + 8 * n_dims)[0]
-        pos += 4 + 8 * n_dims + 4 + 8
-        if pos > len(buf):
-            raise IndexError
-        infos.append((name, ggml_type, math.prod(dims)))
-    return infos
 
 
 def tensor_summary(gguf_path: str | os.PathLike) -> dict:

@@ -21,7 +21,7 @@ from qrun.errors import GGUFError, UsageError
 from qrun.registry import ModelSpec
 from qrun.runner import formats, spm_plain
 from qrun.runner.generation import Generation, GenerationStats, TextStream  # noqa: F401 (re-exported)
-from qrun.runner.gguf_file import GGUFHeader, read_header
+from qrun.gguf_file import GGUFHeader, read_header
 
 # ggml_log_level in the vendored ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama_cpp/_logger.py's
 # table predates DEBUG and is off by one).

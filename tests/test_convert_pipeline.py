@@ -20,7 +20,7 @@ from qrun.convert import workspace as ws
 from qrun.convert.pipeline import convert_model, find_converted, gguf_path_for
 from qrun.errors import DiskSpaceError
 from qrun.fsutil import sha256_file
-from qrun.runner.gguf_file import read_header
+from qrun.gguf_file import read_header
 
 MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
 

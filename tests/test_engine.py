@@ -12,7 +12,7 @@ import pytest
 from qrun import registry
 from qrun.errors import GGUFError, UsageError
 from qrun.runner.engine import Engine, TextStream, aligned_ctx
-from qrun.runner.gguf_file import read_header
+from qrun.gguf_file import read_header
 
 THREADS = 1  # tests share 2 cores with each other's builds: one thread avoids OpenMP spin-wait collapse
 PROMPT = [{"role": "user", "content": "你好，请介绍一下你自己。"}]

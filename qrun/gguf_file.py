@@ -1,4 +1,4 @@
-"""Check a GGUF file before llama.cpp sees it, and read the few metadata keys the runner needs.
+"""Check a GGUF file before llama.cpp sees it; read the few metadata keys qrun needs and the tensor table.
 
 llama.cpp answers a missing, cut or foreign file with a bare "Failed to load model" (llama-cpp-python: ValueError);
 this reads the header (GGUF v2/v3 layout, as gguf-py's GGUFReader does) and compares the tensor data it declares
@@ -8,6 +8,7 @@ because gguf.GGUFReader builds a numpy view per vocabulary string (seconds for Q
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ class GGUFHeader:
     n_tensors: int
     metadata: dict = field(default_factory=dict)
     data_end_bytes: int = 0  # where the last tensor's data ends, per the header
+    tensors: list[tuple[str, int, int]] = field(default_factory=list)  # (name, ggml type, element count)
 
     @property
     def architecture(self) -> str | None:
@@ -111,10 +113,7 @@ class _Cursor:
 
 def _tensor_bytes(ggml_type: int, dims: list[int]) -> int:
     block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-    n = 1
-    for d in dims:
-        n *= d
-    return n // block_size * type_size
+    return math.prod(dims) // block_size * type_size
 
 
 def read_header(path: str | os.PathLike) -> GGUFHeader:
@@ -149,10 +148,11 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
                     header.metadata[key] = value
             extents = []
             for _ in range(header.n_tensors):
-                cur.string(keep=False)
+                name = cur.string()
                 dims = [cur.unpack("Q") for _ in range(cur.unpack("I"))]
                 ggml_type, offset = cur.unpack("I"), cur.unpack("Q")
                 extents.append(offset + _tensor_bytes(ggml_type, dims))
+                header.tensors.append((name, ggml_type, math.prod(dims)))
             alignment = int(header.metadata.get("general.alignment") or GGUF_DEFAULT_ALIGNMENT)
             data_start = -(-cur.tell() // alignment) * alignment
             # a vocabulary-only GGUF has no tensors and no padding after its header
@@ -167,3 +167,8 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
             _REBUILD_HINT,
         )
     return header
+
+
+def read_tensor_infos(path: str | os.PathLike) -> list[tuple[str, int, int]]:
+    """(name, ggml type, element count) of every tensor of a validated GGUF."""
+    return read_header(path).tensors
