@@ -36,13 +36,18 @@ def _command_line() -> str:
 @click.option("--repeat", default=1, show_default=True, type=int, help="Measured repetitions per question.")
 @click.option("--max-tokens", default=256, show_default=True, type=int, help="Answer length limit in tokens.")
 @click.option("--ctx", "n_ctx", default=None, type=int, help="Context tokens (default 4096, capped at training).")
+@click.option("--threads-batch", default=None, type=int, help="Threads for prompt processing (default: = --threads).")
+@click.option("--repack/--no-repack", default=None,
+              help="llama.cpp's CPU weight repacking (default: QRUN_REPACK, else off; see README, Performance).")
+@click.option("--mmap/--no-mmap", default=True, help="Map the GGUF instead of reading it into memory [mmap].")
 @click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Where converted models are "
               "(default: QRUN_GGUF_DIR, then ./ggufs).")
 @click.option("--out", "out_dir", default="bench-results", show_default=True, metavar="DIR",
               help="Where results.json, results.csv and report.md go (relative to the current directory).")
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts (model,question_id,score) that "
               "override the rubric.")
-def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, ggufs_dir, out_dir, verdicts):
+def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_batch, repack, mmap, ggufs_dir, out_dir,
+              verdicts):
     """Measure speed, memory and answer quality of converted models, one fresh process each.
 
     \b
@@ -51,11 +56,12 @@ def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, ggufs_di
     qrun bench --suite my-suite.json --out results/today
     """
     from qrun.bench import report
-    from qrun.bench.run import BenchConfig, parse_threads, run_bench
+    from qrun.bench.run import BenchConfig, load_settings, parse_threads, run_bench
 
     config = BenchConfig(models=list(models), quant=quant.upper() if quant else None, suite=suite,
                          threads=parse_threads(threads), repeat=repeat, max_tokens=max_tokens, n_ctx=n_ctx,
-                         ggufs_dir=ggufs_dir, out_dir=out_dir, verdicts=verdicts, command=_command_line())
+                         ggufs_dir=ggufs_dir, out_dir=out_dir, verdicts=verdicts, command=_command_line(),
+                         use_mmap=mmap, extra_settings=load_settings(threads_batch=threads_batch, repack=repack))
     doc = run_bench(config)
     click.echo(report.render_table([doc]))
     click.echo(f"results: {Path(out_dir) / 'results.json'}, {Path(out_dir) / 'results.csv'}, "

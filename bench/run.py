@@ -58,6 +58,18 @@ class BenchConfig:
     command: str = ""
 
 
+def load_settings(*, threads_batch: int | None = None, repack: bool | None = None) -> dict:
+    """Engine.load settings beyond threads/ctx/mmap that a bench run passes to every worker (only those given)."""
+    if threads_batch is not None and threads_batch < 1:
+        raise UsageError(f"--threads-batch must be at least 1, got {threads_batch}")
+    out: dict = {}
+    if threads_batch:
+        out["n_threads_batch"] = threads_batch
+    if repack is not None:
+        out["repack"] = repack
+    return out
+
+
 def parse_threads(value: str | None) -> list[int]:
     """"1,2" -> [1, 2]; None/"" -> []. Raises UsageError for anything but positive integers."""
     if not value:
@@ -75,18 +87,9 @@ _QUANT_RE = re.compile(r"^(?P<model>.+)-(?P<quant>" + "|".join(map(re.escape, se
 
 
 def _converted(ggufs: Path) -> list[Target]:
-    try:
-        from qrun.convert.pipeline import find_converted
-    except ImportError:  # convert not installed yet: the file naming is the contract (<model>-<QUANT>.gguf)
-        find_converted = None
-    if find_converted is not None:
-        return [Target(spec.name, quant, Path(path)) for spec, quant, path, _manifest in find_converted(ggufs)]
-    out = []
-    for path in sorted(ggufs.glob("*.gguf")):
-        m = _QUANT_RE.match(path.name)
-        if m and m.group("model") in registry.names():
-            out.append(Target(m.group("model"), m.group("quant"), path))
-    return out
+    from qrun.convert.pipeline import find_converted
+
+    return [Target(spec.name, quant, Path(path)) for spec, quant, path, _manifest in find_converted(ggufs)]
 
 
 def find_targets(models: list[str], *, quant: str | None, ggufs: Path) -> list[Target]:

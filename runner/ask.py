@@ -132,13 +132,19 @@ def sampling_options(spec: registry.ModelSpec, *, max_tokens, temperature, top_p
     return options
 
 
-def load_engine(model_or_path, *, threads=None, ctx=None, quant=None, ggufs_dir=None, seed=settings.DEFAULT_SEED,
-                vocab_only=False, notice: Notice = _quiet) -> Engine:
-    """Resolve MODEL, validate --threads/--ctx, load; a --ctx that llama.cpp would round is rounded with a notice."""
+def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None, use_mmap=True, ctx=None, quant=None,
+                ggufs_dir=None, seed=settings.DEFAULT_SEED, vocab_only=False, notice: Notice = _quiet) -> Engine:
+    """Resolve MODEL, validate --threads/--ctx, load; a --ctx that llama.cpp would round is rounded with a notice.
+
+    threads_batch: threads for prompt processing (None/0 = same as threads); repack: llama.cpp's CPU weight
+    repacking (None = settings.repack_weights()); use_mmap: map the GGUF instead of reading it into memory.
+    """
     n_threads = check_threads(threads)
+    n_threads_batch = check_threads(threads_batch) if threads_batch else n_threads
     check_ctx(ctx)
     engine = Engine.load(resolve_gguf(model_or_path, quant=quant, ggufs_dir=ggufs_dir), n_ctx=ctx,
-                         n_threads=n_threads, seed=seed, vocab_only=vocab_only)
+                         n_threads=n_threads, n_threads_batch=n_threads_batch, repack=repack, use_mmap=use_mmap,
+                         seed=seed, vocab_only=vocab_only)
     if ctx is not None and engine.n_ctx != ctx:
         notice(f"note: --ctx {ctx} rounded up to {engine.n_ctx} (llama.cpp allocates the context in multiples of "
                f"{settings.CTX_ALIGN_TOKENS})")
@@ -156,7 +162,8 @@ def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_di
 
 def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: int | None = None,
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-        seed: int = settings.DEFAULT_SEED, threads: int | None = None, ctx: int | None = None,
+        seed: int = settings.DEFAULT_SEED, threads: int | None = None, threads_batch: int | None = None,
+        repack: bool | None = None, use_mmap: bool = True, ctx: int | None = None,
         quant: str | None = None, ggufs_dir=None, truncate: bool = False, with_sha256: bool = True,
         on_text: Callable[[str], None] | None = None, notice: Notice = _quiet, logit_bias=None) -> dict:
     """Answer one prompt with a converted model, streaming text pieces to on_text.
@@ -166,6 +173,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         system: system prompt; None = the model's default (Qwen: "You are a helpful assistant.").
         max_tokens / temperature / top_p / top_k: None = the model's own defaults; temperature 0 = greedy.
         threads: None or 0 = physical cores. ctx: context tokens (rounded up to a multiple of 256).
+        threads_batch / repack / use_mmap: load settings, see load_engine().
         truncate: drop the oldest part of an overlong prompt instead of failing.
         with_sha256: include the GGUF's sha256 (from its manifest, else hashed: slow for a 4 GB file).
     Returns:
@@ -179,8 +187,8 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
     check_ctx(ctx)
     check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     with MemoryWatch() as load_watch:
-        engine = load_engine(model_or_path, threads=threads, ctx=ctx, quant=quant, ggufs_dir=ggufs_dir, seed=seed,
-                             notice=notice)
+        engine = load_engine(model_or_path, threads=threads, threads_batch=threads_batch, repack=repack,
+                             use_mmap=use_mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs_dir, seed=seed, notice=notice)
     with engine:
         options = sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                    top_k=top_k)
@@ -199,5 +207,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
             "gguf": str(engine.path),
             "sha256": gguf_sha256(engine.path) if with_sha256 else None,
             "stats": {"load_s": engine.load_s, **stats},
-            "settings": {"n_ctx": engine.n_ctx, "threads": check_threads(threads), "seed": seed, **options},
+            "settings": {"n_ctx": engine.n_ctx, "threads": check_threads(threads),
+                         "threads_batch": check_threads(threads_batch) if threads_batch else check_threads(threads),
+                         "repack": settings.repack_weights(repack), "use_mmap": use_mmap, "seed": seed, **options},
         }

@@ -48,6 +48,10 @@ def _model_options(f):
         click.option("--top-k", type=INT, default=None, help="Top-k sampling, 0 = off [model default]."),
         click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
         click.option("--threads", type=INT, default=None, help="CPU threads [QRUN_THREADS, else physical cores; 0 = that]."),
+        click.option("--threads-batch", type=INT, default=None, help="Threads for prompt processing [= --threads]."),
+        click.option("--repack/--no-repack", default=None,
+                     help="llama.cpp's CPU weight repacking [QRUN_REPACK, else off: see README, Performance]."),
+        click.option("--mmap/--no-mmap", default=True, help="Map the GGUF instead of reading it into memory [mmap]."),
         click.option("--ctx", type=INT, default=None, help="Context tokens, rounded up to a multiple of 256 [4096]."),
         click.option("--quant", default=None, help=f"Which GGUF of MODEL to use [{settings.DEFAULT_QUANT}]."),
         click.option("--ggufs", type=click.Path(file_okay=False), default=None, help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs]."),
@@ -80,8 +84,8 @@ def format_stats(result: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, stats, model, gguf, sha256).")
 @click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
 @click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
-def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, threads, ctx, quant, ggufs,
-            show_stats, as_json, show_prompt, truncate):
+def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap,
+            ctx, quant, ggufs, show_stats, as_json, show_prompt, truncate):
     """Answer one PROMPT with MODEL (a name, an alias or a .gguf path), streamed to stdout.
 
     \b
@@ -107,7 +111,8 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
         sys.stdout.flush()
 
     result = ask_lib.ask(model, prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=seed, threads=threads, ctx=ctx, quant=quant, ggufs_dir=ggufs,
+                         top_k=top_k, seed=seed, threads=threads, threads_batch=threads_batch, repack=repack,
+                         use_mmap=mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs,
                          truncate=truncate, with_sha256=as_json, on_text=None if as_json else stream,
                          notice=_notice)
     if as_json:
@@ -121,7 +126,8 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
 @click.command("chat")
 @click.argument("model")
 @_model_options
-def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads, ctx, quant, ggufs):
+def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap, ctx,
+             quant, ggufs):
     """Chat with MODEL in the terminal, multi-turn, in the model's own chat format.
 
     \b
@@ -131,8 +137,8 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
     """
     ask_lib.check_threads(threads)
     ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
-    engine = ask_lib.load_engine(model, threads=threads, ctx=ctx, quant=quant, ggufs_dir=ggufs, seed=seed,
-                                 notice=_notice)
+    engine = ask_lib.load_engine(model, threads=threads, threads_batch=threads_batch, repack=repack, use_mmap=mmap,
+                                 ctx=ctx, quant=quant, ggufs_dir=ggufs, seed=seed, notice=_notice)
     with engine:
         sampling = ask_lib.sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature,
                                             top_p=top_p, top_k=top_k)
