@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -28,26 +29,32 @@ def _command_line() -> str:
 @click.command("bench", cls=_RecordsArgs)
 @click.argument("models", nargs=-1)
 @click.option("--threads", "threads", default=None, metavar="N[,N...]",
-              help="Thread counts to sweep, e.g. 1,2 (default: QRUN_THREADS, then the physical core count).")
-@click.option("--quant", default=None, type=click.Choice(settings.QUANTS, case_sensitive=False),
-              help="Only GGUFs of this type (default: every converted type).")
+              help="Thread counts to sweep, e.g. 1,2; 0 = the physical core count (default: QRUN_THREADS, then the "
+                   "physical core count).")
+# metavar: Click >= 8.2 would list a case-insensitive Choice in lower case; the type names are upper case
+@click.option("--quant", default=None, type=click.Choice(settings.QUANTS, case_sensitive=False), metavar="QUANT",
+              help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)} (default: every converted type).")
 @click.option("--suite", default=settings.DEFAULT_SUITE, show_default=True, metavar="NAME|FILE",
               help="Built-in suite name or a suite JSON file.")
 @click.option("--repeat", default=1, show_default=True, type=int, help="Measured repetitions per question.")
-@click.option("--max-tokens", default=256, show_default=True, type=int, help="Answer length limit in tokens.")
+@click.option("--max-tokens", default=512, show_default=True, type=int,
+              help="Answer length limit in tokens (512 = the models' own max_new_tokens default).")
 @click.option("--ctx", "n_ctx", default=None, type=int, help="Context tokens (default 4096, capped at training).")
 @click.option("--threads-batch", default=None, type=int, help="Threads for prompt processing (default: = --threads).")
 @click.option("--repack/--no-repack", default=None,
               help="llama.cpp's CPU weight repacking (default: QRUN_REPACK, else off; see README, Performance).")
-@click.option("--mmap/--no-mmap", default=True, help="Map the GGUF instead of reading it into memory [mmap].")
+@click.option("--mmap/--no-mmap", default=None,
+              help="Map the GGUF instead of reading it into memory [tuning profile, else mmap].")
 @click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Where converted models are "
               "(default: QRUN_GGUF_DIR, then ./ggufs).")
 @click.option("--out", "out_dir", default="bench-results", show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False),
               help="Where results.json, results.csv and report.md go (relative to the current directory).")
+@click.option("--force", is_flag=True, help="Replace earlier results in --out (default: refuse to overwrite them).")
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts (model,question_id,score) that "
               "override the rubric.")
 def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_batch, repack, mmap, ggufs_dir, out_dir,
-              verdicts):
+              force, verdicts):
     """Measure speed, memory and answer quality of converted models, one fresh process each.
 
     \b
@@ -62,15 +69,20 @@ def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_
                          threads=parse_threads(threads), repeat=repeat, max_tokens=max_tokens, n_ctx=n_ctx,
                          ggufs_dir=ggufs_dir, out_dir=out_dir, verdicts=verdicts, command=_command_line(),
                          use_mmap=mmap, extra_settings=load_settings(threads_batch=threads_batch, repack=repack))
-    doc = run_bench(config)
+    doc = run_bench(config, force=force)
     click.echo(report.render_table([doc]))
     click.echo(f"results: {Path(out_dir) / 'results.json'}, {Path(out_dir) / 'results.csv'}, "
                f"{Path(out_dir) / 'report.md'}", err=True)
+    failed = [run["run_id"] for run in doc["runs"] if run["status"] != "ok"]
+    if failed:  # everything is written; the exit code still tells scripts that a model did not get through
+        click.echo(f"Error: {len(failed)} of {len(doc['runs'])} run(s) failed ({', '.join(failed)}) — details under "
+                   f"\"Failures\" in {Path(out_dir) / 'report.md'}", err=True)
+        sys.exit(1)
 
 
 @click.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out_dir", default=None, metavar="DIR",
+@click.option("--out", "out_dir", default=None, metavar="DIR", type=click.Path(file_okay=False),
               help="Where report.md and results.csv go (default: next to a single RESULTS file; "
                    "./bench-report when merging several).")
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts that override the rubric.")

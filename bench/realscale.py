@@ -83,7 +83,8 @@ class Run:
         return self.work / "ggufs"
 
     def quants(self, model: str) -> tuple[str, ...]:
-        return tuple(q for q in QUANTS[model] if not self.args.quants or q in self.args.quants)
+        """--quants as given (F16 = measure the converter's own step alone), else the model's defaults."""
+        return tuple(self.args.quants or QUANTS[model])
 
     def gguf(self, model: str, quant: str) -> Path:
         return self.ggufs() / f"{model}-{quant}.gguf"
@@ -215,8 +216,8 @@ def parse_args(argv=None):
     p.add_argument("--llama-bench", default=None, help="path to a llama-bench binary (see docs/performance.md)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--quants", default=None, help="only these of each model's quants (default: Q4_K_M, and Q4_0 "
-                   "for ChatGLM3 and Qwen)")
+    p.add_argument("--quants", default=None, help="quants to convert each model to (default: Q4_K_M, and Q4_0 "
+                   "for ChatGLM3 and Qwen); F16 measures qrun's own conversion step without llama.cpp's quantizer")
     p.add_argument("--convert-threads", type=int, default=None, help="quantizer threads (default: physical cores)")
     p.add_argument("--fill", choices=("tiled", "random"), default="tiled", help="see realscale_ckpt.py")
     p.add_argument("--config-overrides", default="{}", help="JSON {model: {config key: value}} (tests: small shapes)")

@@ -91,8 +91,14 @@ def render_table(docs: list[dict], *, tablefmt: str = "simple") -> str:
     return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+def _cell(text) -> str:
+    return "" if text is None else str(text).replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+def _md_table(rows: list[list], headers: list[str]) -> str:
+    """A GitHub markdown table with every cell escaped ("|" in llama.cpp's system info, answers, hostnames...)."""
+    return tabulate([[_cell(v) for v in row] for row in rows], headers=[_cell(h) for h in headers],
+                    tablefmt="github", disable_numparse=True)
 
 
 def render_markdown(docs: list[dict]) -> str:
@@ -108,8 +114,9 @@ def render_markdown(docs: list[dict]) -> str:
             "repetition. Times in seconds, memory in MiB (1 MiB = 2^20 bytes). *peak RSS* includes the mmap'd GGUF "
             "(file-backed page cache); *peak anon* is anonymous memory only (repacked weights, KV cache, buffers). "
             "*zh chars/s*: Chinese characters of the answer per second of decoding. *accuracy*: mean rubric score "
-            "0..1 (human verdicts where marked).", "",
-            tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
+            "0..1 (human verdicts where marked). The raw measurement of every repetition is in measurements.jsonl "
+            "next to results.json, written line by line as it is taken: the record that survives a crash.", "",
+            _md_table(rows, headers), ""]
     failed = [(label, run) for label, doc in zip(labels, docs) for run in doc.get("runs", []) if run.get("failure")]
     if failed:
         out += ["## Failures", ""]
@@ -140,9 +147,9 @@ def _machine_section(label: str, doc: dict) -> list[str]:
     runs = [[r["run_id"], r.get("gguf"), json.dumps(r.get("effective_settings") or r.get("settings") or {},
                                                      sort_keys=True)] for r in doc.get("runs", [])]
     return [f"## Machine: {label}", "", "```", doc.get("command") or "(command not recorded)", "```", "",
-            tabulate(rows, headers=["", ""], tablefmt="github", disable_numparse=True), "",
+            _md_table(rows, ["", ""]), "",
             "Settings llama.cpp got, per run:", "",
-            tabulate(runs, headers=["run", "GGUF", "settings"], tablefmt="github", disable_numparse=True), ""]
+            _md_table(runs, ["run", "GGUF", "settings"]), ""]
 
 
 def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
@@ -172,11 +179,14 @@ def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
                 score_cell = _num(sc.get("score")) + (" (verdict)" if sc.get("source") == "verdict" else "")
                 criteria = ", ".join(sc.get("matched", [])) + (
                     "; contradicted: " + ", ".join(sc["contradicted"]) if sc.get("contradicted") else "")
-                rows.append([who, score_cell, _cell(criteria),
-                             f"{int(med.get('gen_tokens', 0))} ({answer.get('stop_reason')})", speed,
-                             _cell(answer["answer"])])
-        out += [tabulate(rows, headers=["run", "score", "criteria matched", "gen tokens (stop)", "gen tok/s",
-                                        "answer"], tablefmt="github", disable_numparse=True), ""]
+                text = answer["answer"]
+                if "max_tokens" in (answer.get("stop_reason") or ""):  # the limit, not the model, ended it
+                    limit = (doc.get("config") or {}).get("max_tokens") or int(med.get("gen_tokens", 0))
+                    text += f" (cut at {limit} tokens)"
+                rows.append([who, score_cell, criteria,
+                             f"{int(med.get('gen_tokens', 0))} ({answer.get('stop_reason')})", speed, text])
+        out += [_md_table(rows, ["run", "score", "criteria matched", "gen tokens (stop)", "gen tok/s", "answer"]),
+                ""]
     return out
 
 

@@ -131,6 +131,7 @@ def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Su
         "run_id": run_id, "model": model, "quant": quant, "gguf": start.get("gguf"),
         "gguf_size_bytes": start.get("gguf_size_bytes"), "settings": start.get("settings", {}),
         "effective_settings": first["load"].get("effective_settings"),
+        "settings_source": start.get("settings_source"),
         "status": status, "failure": failure,
         "load_s": first["load"].get("load_s"),
         "peak_rss_bytes": max((p["peak_rss_bytes"] for p in peaks), default=None),
@@ -170,5 +171,73 @@ def load(path: str | Path) -> dict:
     if doc.get("schema_version", 0) > SCHEMA_VERSION:
         raise BenchError(f"{path} has results schema {doc['schema_version']}; this qrun reads up to {SCHEMA_VERSION}",
                          "upgrade qrun")
+    _check(doc, path)
     doc.setdefault("_path", str(path))
     return doc
+
+
+# What the report and re-scoring read from a loaded document: a hand-edited or damaged file fails here, by field,
+# instead of with a KeyError deep in qrun.bench.report. Types: a tuple allows each; None in it allows null/absent.
+_NUM = (int, float)
+_TYPE_NAMES = {list: "a list", dict: "an object", str: "a string", int: "a number", float: "a number"}
+_DOC_FIELDS = {"runs": (list,), "machine": (dict, None), "config": (dict, None), "suite": (dict, None),
+               "command": (str, None), "created_utc": (str, None), "finished_utc": (str, None)}
+_RUN_FIELDS = {"run_id": (str,), "model": (str,), "quant": (str,), "status": (str,), "summary": (dict,),
+               "questions": (list,), "settings": (dict, None), "effective_settings": (dict, None),
+               "failure": (dict, None), "gguf": (str, None), "gguf_size_bytes": (int, None), "load_s": (*_NUM, None),
+               "peak_rss_bytes": (int, None), "peak_anon_bytes": (int, None)}
+_QUESTION_FIELDS = {"question_id": (str,), "answer": (str,), "median": (dict,), "spread": (dict,),
+                    "repetitions": (list,), "score": (dict, None), "stop_reason": (str, None)}
+_SCORE_FIELDS = {"question_id": (str,), "score": _NUM, "matched": (list,), "contradicted": (list,),
+                 "criteria": (list,), "source": (str, None)}
+
+
+def _check(doc: dict, path: Path) -> None:
+    """Raises BenchError naming the file and the first field that a results.json written by qrun would not have."""
+
+    def fail(field: str, problem: str):
+        raise BenchError(f"{path} is damaged: field {field} {problem}",
+                         "re-run `qrun bench` to write it again, or restore the file from a copy")
+
+    def fields(obj: dict, spec: dict, where: str) -> None:
+        for key, types in spec.items():
+            value = obj.get(key)
+            allowed = tuple(t for t in types if t is not None)
+            if value is None and None in types:
+                continue
+            if key not in obj:
+                fail(f"{where}{key}", "is missing")
+            if isinstance(value, bool) or not isinstance(value, allowed):
+                fail(f"{where}{key}", "is not " + " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in allowed)))
+
+    fields(doc, _DOC_FIELDS, "")
+    definition = (doc.get("suite") or {}).get("definition")
+    if definition is not None and (not isinstance(definition, dict) or not isinstance(
+            definition.get("questions", []), list) or not all(isinstance(q, dict) and isinstance(q.get("id"), str)
+                                                            for q in definition.get("questions", []))):
+        fail("suite.definition", "is not a suite (an object whose \"questions\" each have an \"id\")")
+    for r, run in enumerate(doc["runs"]):
+        where = f"runs[{r}]."
+        if not isinstance(run, dict):
+            fail(f"runs[{r}]", "is not an object")
+        fields(run, _RUN_FIELDS, where)
+        for metric, bounds in (run["summary"].get("range") or {}).items():
+            if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(v, _NUM) for v in bounds)):
+                fail(f"{where}summary.range.{metric}", "is not [min, max]")
+        for i, q in enumerate(run["questions"]):
+            qwhere = f"{where}questions[{i}]"
+            if not isinstance(q, dict):
+                fail(qwhere, "is not an object")
+            fields(q, _QUESTION_FIELDS, qwhere + ".")
+            for metric, value in q["median"].items():
+                if isinstance(value, bool) or not isinstance(value, _NUM):
+                    fail(f"{qwhere}.median.{metric}", "is not a number")
+            for metric, s in q["spread"].items():
+                if not (isinstance(s, dict) and all(isinstance(s.get(k), _NUM) for k in ("min", "max"))):
+                    fail(f"{qwhere}.spread.{metric}", "is not an object with numbers \"min\" and \"max\"")
+            if q["score"] is not None:
+                fields(q["score"], _SCORE_FIELDS, f"{qwhere}.score.")
+                try:
+                    ScoreResult.from_dict(q["score"])
+                except (TypeError, KeyError, ValueError) as err:
+                    fail(f"{qwhere}.score.criteria", f"is not a list of criterion results ({err})")

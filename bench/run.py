@@ -28,7 +28,9 @@ from qrun.bench.score import load_verdicts
 from qrun.errors import BenchError, UsageError
 
 DEFAULT_OUT_DIR = Path("bench-results")  # under the current directory
-DEFAULT_MAX_TOKENS = 256
+# the models' own generation default (max_new_tokens 512 in their generation configs): 256 cut seed-5's nine
+# meanings at a different point for each tokenizer, which made the scores compare tokenizers, not answers
+DEFAULT_MAX_TOKENS = 512
 WARMUP_TOKENS = 16
 STREAM_NAME = "measurements.jsonl"
 _STOP_GRACE_S = 10.0
@@ -53,7 +55,7 @@ class BenchConfig:
     ggufs_dir: str | None = None
     out_dir: str | None = None
     verdicts: str | None = None
-    use_mmap: bool = True
+    use_mmap: bool | None = None  # None: the tuning profile's, else mmap
     extra_settings: dict = field(default_factory=dict)  # more Engine.load kwargs (issue 6: repack, ...)
     command: str = ""
 
@@ -200,20 +202,20 @@ def run_bench(config: BenchConfig, *, progress=None) -> dict:
         config={"max_tokens": config.max_tokens, "repeat": config.repeat, "warmup_tokens": WARMUP_TOKENS,
                 "temperature": 0.0, "seed": settings.DEFAULT_SEED, "threads": threads, "quant": config.quant,
                 "ggufs_dir": str(ggufs)})
-    plan = [(t, n) for t in targets for n in threads]
+    # per target: flags, then QRUN_*, then the tuning profile's "chat" settings (bench answers are chat-shaped)
+    plan = [(t, *_load_settings(config, t, n, progress)) for t in targets for n in threads]
     failures: dict[str, dict] = {}
     run_ids: list[str] = []
     progress(f"qrun bench: {len(plan)} run(s) of suite {suite.name!r} ({len(suite.questions)} questions), "
              f"results in {out_dir}/")
     worker = None
     try:
-        for index, (target, n_threads) in enumerate(plan, start=1):
-            run_id = f"{target.model}/{target.quant}/t{n_threads}"
+        for index, (target, load, sources) in enumerate(plan, start=1):
+            run_id = f"{target.model}/{target.quant}/t{load['n_threads']}"
             run_ids.append(run_id)
             job = {
                 "run_id": run_id, "model": target.model, "quant": target.quant, "gguf": str(target.gguf.resolve()),
-                "settings": {"n_threads": n_threads, "n_threads_batch": n_threads, "n_ctx": config.n_ctx,
-                             "use_mmap": config.use_mmap, **config.extra_settings},
+                "settings": {**config.extra_settings, **load, "n_ctx": config.n_ctx}, "settings_source": sources,
                 "questions": [{"id": q.id, "text": q.text} for q in suite.questions],
                 "max_tokens": config.max_tokens, "repeat": config.repeat, "warmup_tokens": WARMUP_TOKENS,
                 "seed": settings.DEFAULT_SEED, "results_path": str(stream_path.resolve()),
@@ -238,6 +240,19 @@ def run_bench(config: BenchConfig, *, progress=None) -> dict:
         raise
     _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=False, done=True)
     return doc
+
+
+def _load_settings(config: BenchConfig, target: Target, n_threads: int, progress) -> tuple[dict, dict]:
+    """Engine.load settings for one run and where each came from ("flag" | "env" | "profile" | "default")."""
+    from qrun.bench import profile
+
+    values, sources = profile.resolve(str(target.gguf), threads=n_threads if config.threads else None,
+                                      threads_batch=config.extra_settings.get("n_threads_batch"),
+                                      repack=config.extra_settings.get("repack"), use_mmap=config.use_mmap,
+                                      notice=progress)
+    values.pop("quant")
+    sources.pop("quant")
+    return values, sources
 
 
 def _failure(code: int, tail) -> dict:

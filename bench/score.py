@@ -251,7 +251,8 @@ def score_answers_file(path, suite, *, verdicts: dict | None = None) -> list[dic
     Returns:
         [{"question_id", "model", "score", "source", "matched", "contradicted", "criteria", "line"}, ...]
     Raises:
-        SuiteError: unreadable file, a line that is not such an object, or an unknown question id (line number).
+        SuiteError: unreadable file, a line that is not such an object, an unknown question id (line number), or
+            no answers at all (empty or blank file).
     """
     import json
     from pathlib import Path
@@ -260,7 +261,7 @@ def score_answers_file(path, suite, *, verdicts: dict | None = None) -> list[dic
 
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM (Windows editors) is accepted
     except (OSError, UnicodeDecodeError) as err:
         raise SuiteError(f"cannot read answers file {path}: {err}", "give a UTF-8 JSONL file")
     out = []
@@ -286,4 +287,7 @@ def score_answers_file(path, suite, *, verdicts: dict | None = None) -> list[dic
             raise SuiteError(f"{path}, line {lineno}: {err.message}", err.hint)
         result = apply_verdict(score(question, item["answer"]), verdicts or {}, model=model)
         out.append({"line": lineno, "model": model, **result.to_dict()})
+    if not out:  # scoring nothing "successfully" would hide a wrong path or an export that failed
+        raise SuiteError(f"no answers in {path}", 'give a JSONL file, one answer per line: {"question_id": "seed-1", '
+                                                  '"answer": "..."}')
     return out

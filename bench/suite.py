@@ -14,7 +14,8 @@ A pattern is a plain substring, or a Python regular expression when it starts wi
 case-insensitively, against the normalized answer (see qrun.bench.score for normalization and the negation rule):
 plain substrings are normalized for you; write regexes in normalized form — lower case, ASCII , : ? ! ; instead
 of full-width ，：？！；, no quotation marks or markdown.
-"weight" is a positive number (default 1); "contradicts" is optional.
+"weight" is a positive number (default 1); "contradicts" is optional. Any other key is refused (a misspelt
+"contradict" would otherwise drop the contradictions silently).
 
 `--suite` takes a built-in name (a file bench/suites/<name>.json) or a path to a file. Any mistake in a file is a
 SuiteError naming the file, the line, the question (by position and id) and the field.
@@ -33,6 +34,10 @@ from qrun.errors import SuiteError
 
 SUITES_DIR = Path(__file__).parent / "suites"
 REGEX_PREFIX = "re:"
+# every key a suite file may use, per level (anything else is refused: a typo must not drop a rubric part)
+SUITE_KEYS = ("name", "description", "questions")
+QUESTION_KEYS = ("id", "question", "reference", "rubric")
+CRITERION_KEYS = ("id", "description", "weight", "patterns", "contradicts")
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,7 @@ def parse(text: str, *, path: Path) -> Suite:
     where = _Where(path)
     if not isinstance(data, dict):
         raise where.error(data, "top level", "must be an object with \"name\" and \"questions\"")
+    where.known_keys(data, SUITE_KEYS, "top level")
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise where.error(data, "field \"name\"", "must be a non-empty string")
@@ -165,10 +171,19 @@ class _Where:
     def __init__(self, path: Path):
         self.path = path
 
-    def error(self, obj, what: str, problem: str) -> SuiteError:
+    def error(self, obj, what: str, problem: str, hint: str | None = None) -> SuiteError:
         line = getattr(obj, "line", 0)
         at = f", line {line}" if line else ""
-        return SuiteError(f"{self.path}{at}: {what} {problem}", "see bench/suites/seed.json for the format")
+        # SUITES_DIR is inside the installed package (package data), so this path exists for every user
+        return SuiteError(f"{self.path}{at}: {what} {problem}",
+                          hint or f"see the built-in suite {SUITES_DIR / 'seed.json'} for the format")
+
+    def known_keys(self, obj: dict, allowed: tuple[str, ...], what: str) -> None:
+        """A misspelt key ("contradict") would silently drop what it holds: refuse every key not in allowed."""
+        for key in obj:
+            if key not in allowed:
+                raise self.error(obj, what, f"has unknown field {key!r}",
+                                 f"valid fields here: {', '.join(allowed)}")
 
 
 def _string(obj: dict, key: str, what: str, where: _Where, *, required: bool = True) -> str:
@@ -185,6 +200,7 @@ def _question(q, index: int, where: _Where) -> Question:
         raise where.error(q, what, "must be an object")
     qid = _string(q, "id", what, where)
     what = f"question {index} ({qid})"
+    where.known_keys(q, QUESTION_KEYS, what)
     text = _string(q, "question", what, where)
     rubric_raw = q.get("rubric")
     if not isinstance(rubric_raw, list) or not rubric_raw:
@@ -198,6 +214,7 @@ def _criterion(c, what: str, where: _Where) -> Criterion:
         raise where.error(c, what, "must be an object")
     cid = _string(c, "id", what, where)
     what = f"{what} ({cid})"
+    where.known_keys(c, CRITERION_KEYS, what)
     weight = c.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
         raise where.error(c, f"{what}: field \"weight\"", f"must be a positive number, not {weight!r}")

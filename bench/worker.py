@@ -101,7 +101,7 @@ def run_job(job: dict) -> None:
     try:
         sink.write("start", pid=os.getpid(), model=job["model"], quant=job["quant"], gguf=str(gguf),
                    gguf_size_bytes=gguf.stat().st_size if gguf.exists() else None, settings=job["settings"],
-                   rss_before_load_bytes=measure.rss_bytes(), anon_before_load_bytes=measure.anon_bytes(),
+                   settings_source=job.get("settings_source"), rss_before_load_bytes=measure.rss_bytes(), anon_before_load_bytes=measure.anon_bytes(),
                    loadavg=_loadavg())
         _progress(job, f"loading {gguf.name} {job['settings']}")
         engine = Engine.load(gguf, seed=job["seed"], **job["settings"])

@@ -13,7 +13,7 @@ from qrun import registry, settings
 from qrun.convert import manifest as mf
 from qrun.convert.download import SOURCES
 from qrun.convert.pipeline import convert_model, find_converted, normalize_quant
-from qrun.errors import UsageError
+from qrun.errors import ConversionError, QrunError, UsageError
 
 
 class StderrProgress:
@@ -60,7 +60,7 @@ def _summary(result: dict) -> str:
 @click.option("--revision", metavar="REV", help="Hub branch, tag or commit to download (recorded in the manifest).")
 @click.option("--quant", default=settings.DEFAULT_QUANT, show_default=True, metavar="QUANT",
               help=f"Output type: {', '.join(settings.QUANTS)}.")
-@click.option("--out", "out_dir", metavar="DIR", help="Output folder [default: QRUN_GGUF_DIR, then ./ggufs].")
+@click.option("--out", "out_dir", metavar="DIR", type=click.Path(file_okay=False), help="Output folder [default: QRUN_GGUF_DIR, then ./ggufs].")
 @click.option("--keep-f16", is_flag=True, help="Keep the F16 GGUF next to the quantized one.")
 @click.option("--threads", type=int, default=None, metavar="N", help="Quantizer threads [default: physical cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as a JSON list on stdout.")
@@ -82,19 +82,31 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
     quant = normalize_quant(quant)
     if threads is not None and threads < 0:
         raise UsageError(f"--threads must be >= 0, got {threads}", "0 means all physical cores")
-    results = []
+    results, failed = [], []
     for spec in dict.fromkeys(specs):
-        result = convert_model(spec.name, from_dir=from_dir, source=source, revision=revision, quant=quant,
-                               out_dir=out_dir, keep_f16=keep_f16, threads=threads, progress=StderrProgress())
+        try:
+            result = convert_model(spec.name, from_dir=from_dir, source=source, revision=revision, quant=quant,
+                                   out_dir=out_dir, keep_f16=keep_f16, threads=threads, progress=StderrProgress())
+        except QrunError as err:
+            if len(specs) == 1:
+                raise
+            # one model's failure (a download, a full disk) must not cost the others their conversion
+            click.echo(f"Error: {spec.name}: {err.one_line()}", err=True)
+            failed.append(spec.name)
+            continue
         results.append(result)
         if not as_json:
             click.echo(_summary(result))
     if as_json:
         click.echo(json.dumps(results, ensure_ascii=False, indent=2))
+    if failed:
+        raise ConversionError(f"{len(failed)} of {len(specs)} models failed: {', '.join(failed)}",
+                              "see the error line of each above; rerun `qrun convert` to retry only what is missing")
 
 
 @click.command("models")
-@click.option("--ggufs", "ggufs_dir", metavar="DIR", help="Folder of converted models [default: QRUN_GGUF_DIR, "
+@click.option("--ggufs", "ggufs_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Folder of converted models [default: QRUN_GGUF_DIR, "
               "then ./ggufs].")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry and local files as JSON.")
 def models_cmd(ggufs_dir, as_json):

@@ -8,16 +8,27 @@ Hugging Face) resolves from those caches without touching the network.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qrun.errors import DownloadError, UsageError
+from qrun import settings
+from qrun.errors import DiskSpaceError, DownloadError, UsageError
 from qrun.registry import ModelSpec
 
 SOURCES = ("modelscope", "hf")
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception chain (hub libraries wrap the OSError in their own errors)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 _HUB_NAMES = {"modelscope": "ModelScope", "hf": "Hugging Face"}
 
 SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
@@ -47,7 +58,7 @@ class DownloadResult:
 
 
 def offline() -> bool:
-    return os.environ.get("QRUN_OFFLINE", "") not in ("", "0", "false", "no")
+    return settings.env_bool("QRUN_OFFLINE")
 
 
 def _repo_id(spec: ModelSpec, source: str) -> str:
@@ -127,6 +138,10 @@ def download_checkpoint(
             return Path(_snapshot(source, repo_id, revision=revision, patterns=patterns, cache_dir=cache_dir,
                                   local_only=local_only))
         except Exception as exc:  # any failure of the hub library: network, auth, missing repo/revision, disk
+            if _disk_full(exc):
+                raise DiskSpaceError(f"the disk filled up while downloading {where}: {_short(exc)}",
+                                     "free space (a 7B checkpoint is 12-15 GB) or point HF_HOME / MODELSCOPE_CACHE "
+                                     "at a bigger disk, then rerun: the download resumes") from exc
             if source == "modelscope" and not local_only:
                 cached = _cached_modelscope(repo_id, revision=revision, patterns=patterns, cache_dir=cache_dir)
                 if cached is not None:

@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def partial_path(path: Path) -> Path:
     """The name work in progress is written under, in the same folder (so the final rename is atomic)."""
     return path.with_name(path.name + ".partial")
@@ -22,6 +28,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would have
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f

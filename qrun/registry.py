@@ -54,8 +54,9 @@ MODELS: tuple[ModelSpec, ...] = (
         # endoftext.
         stop_tokens=("<|im_end|>", "<|im_start|>", "<|endoftext|>"),
         stop_token_ids=(151645, 151644, 151643),
-        # Source: Qwen-7B-Chat generation_config.json (top_p 0.8, top_k 0 = off, max_new_tokens 512; no
-        # temperature key, so transformers' 1.0).
+        # Source: Qwen-7B-Chat generation_config.json, Aug-2023 revision (top_p 0.8, top_k 0 = off, max_new_tokens
+        # 512; no temperature key, so transformers' 1.0). Later revisions reportedly add repetition_penalty 1.1,
+        # which qrun does not apply (not verified here: no later file is among the test data).
         generation=GenerationDefaults(temperature=1.0, top_p=0.8, top_k=0, max_tokens=512),
         # Source: modeling_qwen.QWenLMHeadModel.chat(system="You are a helpful assistant.").
         default_system="You are a helpful assistant.",
@@ -72,7 +73,9 @@ MODELS: tuple[ModelSpec, ...] = (
         # Source: ChatGLM3 modeling_chatglm chat(): eos_token_id = [eos, <|user|>, <|observation|>].
         stop_tokens=("</s>", "<|user|>", "<|observation|>"),
         stop_token_ids=(2, 64795, 64797),
-        # Source: ChatGLM3 modeling_chatglm chat() defaults: do_sample, top_p 0.8, temperature 0.8.
+        # Source: ChatGLM3 modeling_chatglm chat() defaults: do_sample, top_p 0.8, temperature 0.8. chat() bounds
+        # prompt + answer by max_length=8192 instead of capping new tokens; qrun caps the answer at 512 tokens like
+        # the other two models (the context still bounds the total).
         generation=GenerationDefaults(temperature=0.8, top_p=0.8, top_k=0, max_tokens=512),
         default_system=None,
         tokenizer_files=("tokenizer.model",),
@@ -88,8 +91,9 @@ MODELS: tuple[ModelSpec, ...] = (
         # Source: tokenizer_config.json eos_token; the chat template ends every assistant turn with it.
         stop_tokens=("<｜end▁of▁sentence｜>",),
         stop_token_ids=(100001,),
-        # Source: generation_config.json sets only bos/eos, so transformers' generate() defaults apply:
-        # do_sample=False, i.e. greedy decoding (temperature 0 here).
+        # Source: generation_config.json sets only bos/eos (our copy is RECONSTRUCTED, see
+        # tests/data/tokenizers/SOURCES.md), so transformers' generate() defaults apply: do_sample=False, i.e.
+        # greedy decoding (temperature 0 here).
         generation=GenerationDefaults(temperature=0.0, top_p=1.0, top_k=0, max_tokens=512),
         default_system=None,
         tokenizer_files=("tokenizer.json", "tokenizer_config.json"),

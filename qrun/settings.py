@@ -22,6 +22,45 @@ DEFAULT_SUITE = "seed"
 DEFAULT_SEED = 42
 
 
+_TRUE_WORDS = ("1", "true", "yes", "on")
+_FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    """A yes/no QRUN_* variable: 1/true/yes/on or 0/false/no/off (any case); unset = default.
+
+    Raises:
+        UsageError: any other value (a typo must not silently mean "on").
+    """
+    from qrun.errors import UsageError
+
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    word = value.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise UsageError(f"{name}={value!r} is not a yes/no value", f"set {name} to 1 or 0 (or unset it)")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    """A whole-number QRUN_* variable; unset or empty = default.
+
+    Raises:
+        UsageError: not a whole number >= minimum.
+    """
+    from qrun.errors import UsageError
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < minimum:
+        raise UsageError(f"{name}={value!r} is not a whole number >= {minimum}", f"fix or unset {name}")
+    return int(value)
+
+
 def env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
     return Path(value).expanduser() if value else default
@@ -46,14 +85,14 @@ def physical_cores() -> int:
 
 def default_threads() -> int:
     """--threads default: QRUN_THREADS, then the physical core count ("threads 0" also means that)."""
-    value = os.environ.get("QRUN_THREADS")
-    if value and value.strip().isdigit() and int(value) > 0:
-        return int(value)
-    return physical_cores()
+    return env_int("QRUN_THREADS", 0) or physical_cores()
 
 
 def debug() -> bool:
-    return os.environ.get("QRUN_DEBUG", "") not in ("", "0", "false", "no")
+    try:
+        return env_bool("QRUN_DEBUG")
+    except Exception:  # the error reporter itself must not fail on a typo: a bad value means "show it"
+        return True
 
 
 # Free disk `qrun convert` leaves untouched beyond what it will write (the system and other programs need room too).
@@ -62,17 +101,17 @@ DEFAULT_KEEP_FREE_BYTES = 256 << 20
 
 def keep_free_bytes() -> int:
     """Disk reserve for `qrun convert`'s free-space check: QRUN_KEEP_FREE_BYTES, then DEFAULT_KEEP_FREE_BYTES."""
-    value = os.environ.get("QRUN_KEEP_FREE_BYTES", "").strip()
-    return int(value) if value.isdigit() else DEFAULT_KEEP_FREE_BYTES
+    return env_int("QRUN_KEEP_FREE_BYTES", DEFAULT_KEEP_FREE_BYTES)
 
 
 def repack_weights(flag: bool | None = None) -> bool:
     """llama.cpp's CPU weight repacking (llama_model_params.use_extra_bufts): flag, then QRUN_REPACK, then OFF.
 
-    Off by default: on 2-core CPUs it trades ~10 % decode for 1.5-1.8x slower prompts, +3 GB anonymous memory and
-    ~4 s more load (PERF-FACTS), and on CPUs whose AMX the kernel does not enable for the process (seen on this
-    project's Xeon machines) llama.cpp's AMX buffer type dies with SIGILL (`tilezero`) on the first Q4 matmul.
+    Off by default: it keeps a second, anonymous copy of the quantized weights and lengthens every load, and on small
+    CPUs it trades faster decoding for slower prompt processing (measure it: `qrun tune`); on VMs that advertise
+    AMX without enabling it, llama.cpp's AMX buffer type behind the same switch dies with SIGILL (`tilezero`) on
+    the first batched Q4 matmul (seen on this project's development VM).
     """
     if flag is not None:
         return flag
-    return os.environ.get("QRUN_REPACK", "") not in ("", "0", "false", "no")
+    return env_bool("QRUN_REPACK")

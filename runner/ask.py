@@ -15,6 +15,10 @@ from qrun.runner.engine import Engine, check_sampling
 Notice = Callable[[str], None]
 
 
+# load_choice keys (Engine.load's) -> the names ask's "settings" uses
+_SETTING_NAMES = {"n_threads": "threads", "n_threads_batch": "threads_batch"}
+
+
 def _quiet(_message: str) -> None:
     pass
 
@@ -64,12 +68,12 @@ def check_prompt(prompt: str) -> None:
         raise PromptError("the prompt is empty", "give a question, e.g. qrun ask qwen \"你好\"")
 
 
-def check_threads(threads: int | None) -> int:
+def check_threads(threads: int | None, *, flag: str = "--threads") -> int:
     """threads None or 0 = settings.default_threads() (physical cores)."""
     if threads is None or threads == 0:
         return settings.default_threads()
     if threads < 0:
-        raise UsageError(f"--threads must be at least 1 (0 = physical cores), got {threads}")
+        raise UsageError(f"{flag} must be at least 1 (0 = physical cores), got {threads}")
     return threads
 
 
@@ -132,19 +136,35 @@ def sampling_options(spec: registry.ModelSpec, *, max_tokens, temperature, top_p
     return options
 
 
-def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None, use_mmap=True, ctx=None, quant=None,
-                ggufs_dir=None, seed=settings.DEFAULT_SEED, vocab_only=False, notice: Notice = _quiet) -> Engine:
+def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None, use_mmap=None, ctx=None, quant=None,
+                ggufs_dir=None, seed=settings.DEFAULT_SEED, vocab_only=False, notice: Notice = _quiet,
+                workload: str = "chat") -> Engine:
     """Resolve MODEL, validate --threads/--ctx, load; a --ctx that llama.cpp would round is rounded with a notice.
 
     threads_batch: threads for prompt processing (None/0 = same as threads); repack: llama.cpp's CPU weight
-    repacking (None = settings.repack_weights()); use_mmap: map the GGUF instead of reading it into memory.
+    repacking; use_mmap: map the GGUF instead of reading it into memory. Each None setting comes from QRUN_*,
+    then the tuning profile's `workload` entry (qrun.bench.profile), then the default; engine.load_choice says
+    which ({"values", "sources"}).
     """
-    n_threads = check_threads(threads)
-    n_threads_batch = check_threads(threads_batch) if threads_batch else n_threads
+    check_threads(threads)
+    if threads_batch:
+        check_threads(threads_batch, flag="--threads-batch")
     check_ctx(ctx)
-    engine = Engine.load(resolve_gguf(model_or_path, quant=quant, ggufs_dir=ggufs_dir), n_ctx=ctx,
-                         n_threads=n_threads, n_threads_batch=n_threads_batch, repack=repack, use_mmap=use_mmap,
-                         seed=seed, vocab_only=vocab_only)
+    if vocab_only:  # --show-prompt reads no weights: load settings do not matter
+        values = {"quant": quant, "n_threads": check_threads(threads), "n_threads_batch": check_threads(threads),
+                  "repack": False, "use_mmap": True}
+        sources = {}
+    else:
+        from qrun.bench import profile
+
+        values, sources = profile.resolve(model_or_path, quant=quant, ggufs_dir=ggufs_dir, threads=threads,
+                                          threads_batch=threads_batch, repack=repack, use_mmap=use_mmap,
+                                          workload=workload, notice=notice)
+    engine = Engine.load(resolve_gguf(model_or_path, quant=values["quant"], ggufs_dir=ggufs_dir), n_ctx=ctx,
+                         n_threads=values["n_threads"], n_threads_batch=values["n_threads_batch"],
+                         repack=values["repack"], use_mmap=values["use_mmap"], seed=seed, vocab_only=vocab_only,
+                         notice=notice)
+    engine.load_choice = {"values": values, "sources": sources}
     if ctx is not None and engine.n_ctx != ctx:
         notice(f"note: --ctx {ctx} rounded up to {engine.n_ctx} (llama.cpp allocates the context in multiples of "
                f"{settings.CTX_ALIGN_TOKENS})")
@@ -163,7 +183,7 @@ def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_di
 def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: int | None = None,
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
         seed: int = settings.DEFAULT_SEED, threads: int | None = None, threads_batch: int | None = None,
-        repack: bool | None = None, use_mmap: bool = True, ctx: int | None = None,
+        repack: bool | None = None, use_mmap: bool | None = None, ctx: int | None = None,
         quant: str | None = None, ggufs_dir=None, truncate: bool = False, with_sha256: bool = True,
         on_text: Callable[[str], None] | None = None, notice: Notice = _quiet, logit_bias=None) -> dict:
     """Answer one prompt with a converted model, streaming text pieces to on_text.
@@ -173,12 +193,13 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         system: system prompt; None = the model's default (Qwen: "You are a helpful assistant.").
         max_tokens / temperature / top_p / top_k: None = the model's own defaults; temperature 0 = greedy.
         threads: None or 0 = physical cores. ctx: context tokens (rounded up to a multiple of 256).
-        threads_batch / repack / use_mmap: load settings, see load_engine().
+        threads_batch / repack / use_mmap: load settings, see load_engine() (None: env, tuning profile, default).
         truncate: drop the oldest part of an overlong prompt instead of failing.
         with_sha256: include the GGUF's sha256 (from its manifest, else hashed: slow for a 4 GB file).
     Returns:
         {"answer", "model", "gguf", "sha256", "stats": {load_s, prompt_tokens, ..., stop_reason, peak_rss_bytes},
-         "settings": {n_ctx, threads, seed, max_tokens, temperature, top_p, top_k}}
+         "settings": {n_ctx, quant, threads, threads_batch, repack, use_mmap, seed, max_tokens, temperature, top_p,
+                      top_k, "source": {load setting: "flag" | "env" | "profile" | "default"}}}
     Raises:
         QrunError subclasses for every bad input (see qrun.errors).
     """
@@ -199,6 +220,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
             if on_text:
                 on_text(text)
         stats = generation.stats.to_dict()
+        chosen = engine.load_choice["values"]
         stats["peak_rss_bytes"] = max(stats["peak_rss_bytes"], load_watch.peak_rss_bytes)
         stats["peak_anon_bytes"] = max(stats["peak_anon_bytes"], load_watch.peak_anon_bytes)
         return {
@@ -207,7 +229,8 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
             "gguf": str(engine.path),
             "sha256": gguf_sha256(engine.path) if with_sha256 else None,
             "stats": {"load_s": engine.load_s, **stats},
-            "settings": {"n_ctx": engine.n_ctx, "threads": check_threads(threads),
-                         "threads_batch": check_threads(threads_batch) if threads_batch else check_threads(threads),
-                         "repack": settings.repack_weights(repack), "use_mmap": use_mmap, "seed": seed, **options},
+            "settings": {"n_ctx": engine.n_ctx, "quant": chosen["quant"], "threads": chosen["n_threads"],
+                         "threads_batch": chosen["n_threads_batch"], "repack": chosen["repack"],
+                         "use_mmap": chosen["use_mmap"], "seed": seed, **options,
+                         "source": {_SETTING_NAMES.get(k, k): v for k, v in engine.load_choice["sources"].items()}},
         }

@@ -51,7 +51,7 @@ def _model_options(f):
         click.option("--threads-batch", type=INT, default=None, help="Threads for prompt processing [= --threads]."),
         click.option("--repack/--no-repack", default=None,
                      help="llama.cpp's CPU weight repacking [QRUN_REPACK, else off: see README, Performance]."),
-        click.option("--mmap/--no-mmap", default=True, help="Map the GGUF instead of reading it into memory [mmap]."),
+        click.option("--mmap/--no-mmap", default=None, help="Map the GGUF instead of reading it into memory [profile, else mmap]."),
         click.option("--ctx", type=INT, default=None, help="Context tokens, rounded up to a multiple of 256 [4096]."),
         click.option("--quant", default=None, help=f"Which GGUF of MODEL to use [{settings.DEFAULT_QUANT}]."),
         click.option("--ggufs", type=click.Path(file_okay=False), default=None, help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs]."),
@@ -64,7 +64,7 @@ def format_stats(result: dict) -> str:
     s = result["stats"]
     mib = 1 << 20
     reasons = {"eos": "end of sequence", "stop_token": "stop token", "max_tokens": "max tokens",
-               "interrupted": "interrupted"}
+               "context_full": "context full (raise --ctx)", "interrupted": "interrupted"}
     return "\n".join([
         f"model             {result['model']}  ({result['gguf']})",
         f"load              {s['load_s']:.2f} s",
@@ -95,7 +95,8 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
     qrun ask ggufs/qwen-7b-chat-Q4_K_M.gguf "hi" --show-prompt
     """
     if prompt == "-":
-        prompt = sys.stdin.read()
+        # `echo ... | qrun ask MODEL -` ends with the newline echo adds: the same prompt as an argument has none
+        prompt = sys.stdin.read().removesuffix("\n").removesuffix("\r")
     if show_prompt:
         shown = ask_lib.show_prompt(model, prompt, system=system, quant=quant, ggufs_dir=ggufs)
         if as_json:

@@ -11,7 +11,7 @@ import contextlib
 import ctypes
 import time
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import llama_cpp
 from llama_cpp._logger import llama_log_callback as _default_log_callback
@@ -19,8 +19,8 @@ from llama_cpp._logger import llama_log_callback as _default_log_callback
 from qrun import registry, settings
 from qrun.errors import GGUFError, UsageError
 from qrun.registry import ModelSpec
-from qrun.runner import formats, spm_plain
-from qrun.runner.generation import Generation, GenerationStats, TextStream  # noqa: F401 (re-exported)
+from qrun.runner import cpu_probe, formats, spm_plain
+from qrun.runner.generation import Generation, GenerationStats, TextStream  # noqa: F401 (re-exported for callers)
 from qrun.gguf_file import GGUFHeader, read_header
 
 # ggml_log_level in the vendored ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama_cpp/_logger.py's
@@ -126,7 +126,8 @@ class Engine:
     @classmethod
     def load(cls, gguf_path, *, n_ctx: int | None = None, n_threads: int | None = None,
              n_threads_batch: int | None = None, seed: int = settings.DEFAULT_SEED, use_mmap: bool = True,
-             vocab_only: bool = False, repack: bool | None = None) -> "Engine":
+             vocab_only: bool = False, repack: bool | None = None,
+             notice: Callable[[str], None] = lambda _msg: None) -> "Engine":
         """Validate and load a GGUF.
 
         Args:
@@ -134,6 +135,8 @@ class Engine:
             n_threads / n_threads_batch: None or 0 = settings.default_threads() (physical cores).
             vocab_only: load only the vocabulary (for --show-prompt: no weights read).
             repack: llama.cpp's CPU weight repacking; None = settings.repack_weights() (QRUN_REPACK, else off).
+                On a CPU that advertises AMX, checked once first in a child process (runner/cpu_probe.py).
+            notice: where one-line notes go (e.g. that the repacking check is running).
         Raises:
             GGUFError: missing, truncated or non-GGUF file, or llama.cpp's reason for refusing it.
             UsageError: n_ctx < 1 or above the model's training context.
@@ -150,8 +153,11 @@ class Engine:
             raise UsageError(f"--ctx {n_ctx} is more than the {header.context_length} tokens {spec.name} was "
                              "trained on", f"use --ctx {header.context_length} or less")
         threads = n_threads or settings.default_threads()
+        repack = settings.repack_weights(repack) and not vocab_only
+        if repack:
+            cpu_probe.check_repack(system_info(), notice=notice)
         t0 = time.perf_counter()
-        with _captured_llama_log() as log_lines, _model_params(use_extra_bufts=settings.repack_weights(repack)):
+        with _captured_llama_log() as log_lines, _model_params(use_extra_bufts=repack):
             try:
                 llama = llama_cpp.Llama(
                     str(path), n_ctx=aligned_ctx(n_ctx), n_batch=min(512, aligned_ctx(n_ctx)), n_threads=threads,
@@ -274,8 +280,7 @@ class Engine:
                 llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        limit = min(max_tokens, self.n_ctx - len(prompt_ids))
-        return Generation(self, list(prompt_ids), chain, limit)
+        return Generation(self, list(prompt_ids), chain, max_tokens=max_tokens)
 
     def _decode(self, tokens: Sequence[int]) -> None:
         """Evaluate prompt tokens in n_batch chunks (positions continue from the KV cache)."""

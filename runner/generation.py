@@ -28,7 +28,8 @@ class GenerationStats:
     gen_tokens: int  # every sampled token, the stop token included
     gen_tokens_per_s: float  # decode only: tokens after the first / time after the first
     total_s: float
-    stop_reason: str  # "eos" | "stop_token" | "max_tokens" ("interrupted" when Ctrl-C ended it)
+    # "eos" | "stop_token" | "max_tokens" | "context_full" (the context ran out first) | "interrupted" (Ctrl-C)
+    stop_reason: str
     peak_rss_bytes: int = 0
     peak_anon_bytes: int = 0
 
@@ -57,8 +58,11 @@ class TextStream:
 class Generation:
     """Iterate for UTF-8-safe text pieces as they are generated; afterwards .text, .token_ids and .stats."""
 
-    def __init__(self, engine: Engine, prompt_ids: list[int], chain, limit: int):
-        self._engine, self._prompt_ids, self._chain, self._limit = engine, prompt_ids, chain, limit
+    def __init__(self, engine: Engine, prompt_ids: list[int], chain, *, max_tokens: int):
+        self._engine, self._prompt_ids, self._chain = engine, prompt_ids, chain
+        # the answer ends at max_tokens or where the context is full, whichever comes first
+        self._limit = min(max_tokens, engine.n_ctx - len(prompt_ids))
+        self._limit_reason = "max_tokens" if self._limit == max_tokens else "context_full"
         self.text = ""
         self.token_ids: list[int] = []
         self.stats: GenerationStats | None = None
@@ -109,7 +113,7 @@ class Generation:
                     parts.append(text)
                     yield text
                 if len(ids) >= limit:
-                    reason = "max_tokens"
+                    reason = self._limit_reason
                     break
                 one[0] = token
                 if decode(ctx, batch) != 0:
@@ -136,10 +140,3 @@ class Generation:
                 peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes,
             )
 
-
-def system_info() -> str:
-    """llama.cpp's description of its build (the CPU features it was compiled for), for bench's machine record.
-
-    Added by helper E (bench) for qrun.bench.machine; kept here because this module owns llama_cpp.
-    """
-    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()

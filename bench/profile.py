@@ -1,0 +1,185 @@
+"""The per-machine tuning profile: what `qrun tune` chose, read back by `ask`, `chat` and `bench`.
+
+<qrun_home>/tune-profile.json (written atomically)::
+
+    {"schema": 1, "created_utc": "...", "command": "qrun tune ...",
+     "machine": {the fingerprint fields of qrun.bench.machine that decide speed},
+     "models": {"qwen-7b-chat": {
+         "chat":   {"settings": {"quant", "repack", "use_mmap", "n_threads", "n_threads_batch"},
+                    "gguf": {"name": "qwen-7b-chat-Q4_K_M.gguf", "size_bytes": ...}, "evidence": {...}},
+         "prompt": {...}}}}
+
+Precedence where a model is loaded: command-line flag, then QRUN_* environment variable, then the profile, then
+qrun's default — and every loader reports which of those each setting came from. A profile that cannot be trusted
+(corrupt, unknown schema, measured on another machine, or for a GGUF that is gone or was replaced) is ignored with
+one line on stderr: running with defaults is always safe, running with another machine's choices is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from qrun import settings
+from qrun.fsutil import write_json_atomic
+
+SCHEMA = 1
+FILE_NAME = "tune-profile.json"
+WORKLOADS = ("chat", "prompt")
+# Fingerprint fields that decide which settings are fastest; hostname and load average are left out on purpose
+# (containers get a new hostname per start; the load average is per measurement, in the evidence).
+MATCH_FIELDS = ("cpu_model", "physical_cores", "logical_cores", "cpu_flags", "ram_bytes", "llama_cpp_python",
+                "llama_cpp_system_info")
+SETTING_KEYS = ("quant", "repack", "use_mmap", "n_threads", "n_threads_batch")
+
+Notice = Callable[[str], None]
+
+
+def profile_path() -> Path:
+    return settings.qrun_home() / FILE_NAME
+
+
+def machine_key() -> dict:
+    from qrun.bench import machine
+
+    full = machine.fingerprint()
+    return {k: full.get(k) for k in MATCH_FIELDS}
+
+
+def write(doc: dict, path: Path | None = None) -> Path:
+    path = path or profile_path()
+    write_json_atomic(path, doc)
+    return path
+
+
+def new_document(*, command: str) -> dict:
+    import time
+
+    return {"schema": SCHEMA, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": command, "machine": machine_key(), "models": {}}
+
+
+def _check(doc, machine: dict) -> str | None:
+    """Why a whole profile document is unusable, or None."""
+    if not isinstance(doc, dict):
+        return "it is not a JSON object"
+    if doc.get("schema") != SCHEMA:
+        return f"unknown schema {doc.get('schema')!r} (this qrun reads schema {SCHEMA})"
+    if not isinstance(doc.get("models"), dict) or not isinstance(doc.get("machine"), dict):
+        return "it has no machine or models"
+    changed = [k for k in MATCH_FIELDS if doc["machine"].get(k) != machine.get(k)]
+    if changed:
+        return f"it was measured on another machine ({', '.join(changed)} differ)"
+    return None
+
+
+def read(*, path: Path | None = None, notice: Notice, machine: dict | None = None) -> dict | None:
+    """The profile document if present and usable; None (with one notice line) otherwise; None silently if absent."""
+    path = path or profile_path()
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        notice(f"note: ignoring the tuning profile {path}: unreadable ({type(err).__name__}); rerun `qrun tune`")
+        return None
+    why = _check(doc, machine if machine is not None else machine_key())
+    if why:
+        notice(f"note: ignoring the tuning profile {path}: {why}; rerun `qrun tune`")
+        return None
+    return doc
+
+
+def entry_for(doc: dict | None, model: str, *, workload: str, gguf: Path | None, ggufs_dir=None,
+              notice: Notice) -> dict | None:
+    """The profile's {"settings", ...} for a model and workload, if its measured GGUF is still the one in use.
+
+    gguf: the file about to be loaded (None: the caller has not chosen a quant, so the profile's quant is used
+    and its file must exist in the GGUF folder).
+    """
+    if doc is None:
+        return None
+    entry = (doc["models"].get(model) or {}).get(workload)
+    if not entry:
+        return None
+    try:
+        chosen = {k: entry["settings"][k] for k in SETTING_KEYS}
+        name, size = entry["gguf"]["name"], entry["gguf"]["size_bytes"]
+    except (KeyError, TypeError):
+        notice(f"note: ignoring the tuning profile's {model} entry: malformed; rerun `qrun tune`")
+        return None
+    if gguf is not None and Path(gguf).name != name:
+        return None  # another quant (or file) than the one measured: nothing measured applies to it
+    path = Path(gguf) if gguf is not None else settings.gguf_dir(ggufs_dir) / name
+    if not path.is_file() or path.stat().st_size != size:
+        why = "is no longer converted" if not path.is_file() else "was replaced since it was tuned"
+        notice(f"note: ignoring the tuning profile's {model} entry: {path} {why}; rerun `qrun tune`")
+        return None
+    return dict(entry, settings=chosen)
+
+
+def resolve(model_or_path, *, quant=None, ggufs_dir=None, threads=None, threads_batch=None, repack=None,
+            use_mmap=None, workload: str = "chat", notice: Notice) -> tuple[dict, dict]:
+    """Load settings for one model: flag > QRUN_* env > profile > default.
+
+    Returns:
+        (values, sources): values {quant, n_threads, n_threads_batch, repack, use_mmap} (quant None = the path
+        given is used as it is); sources maps each to "flag" | "env" | "profile" | "default".
+    """
+    from qrun import registry
+    from qrun.runner.ask import resolve_gguf  # raises the usual errors for unknown / unconverted models
+
+    text = str(model_or_path)
+    is_path = text.lower().endswith(".gguf") or os.sep in text or Path(text).is_file()
+    doc = read(notice=notice)
+    entry = None
+    if doc is not None:
+        if is_path:
+            from qrun.gguf_file import read_header
+            from qrun.runner.engine import spec_for_header
+
+            from qrun.errors import QrunError
+
+            path = Path(text).expanduser()
+            try:
+                model = spec_for_header(read_header(path), path).name
+            except QrunError:  # not a GGUF qrun knows: Engine.load will say why; no profile applies to it
+                model = None
+            if model:
+                entry = entry_for(doc, model, workload=workload, gguf=path, notice=notice)
+        else:
+            model = registry.get(text).name
+            gguf = resolve_gguf(text, quant=quant, ggufs_dir=ggufs_dir) if quant else None
+            entry = entry_for(doc, model, workload=workload, gguf=gguf, ggufs_dir=ggufs_dir, notice=notice)
+    tuned = entry["settings"] if entry else {}
+    env = os.environ
+    env_threads = env.get("QRUN_THREADS", "").strip()
+    env_repack = env.get("QRUN_REPACK", "").strip()
+    values, sources = {}, {}
+
+    def pick(key, flag, env_value, default):
+        if flag is not None:
+            values[key], sources[key] = flag, "flag"
+        elif env_value is not None:
+            values[key], sources[key] = env_value, "env"
+        elif key in tuned:
+            values[key], sources[key] = tuned[key], "profile"
+        else:
+            values[key], sources[key] = default, "default"
+
+    pick("quant", None if is_path else (quant.upper() if quant else None), None,
+         None if is_path else settings.DEFAULT_QUANT)
+    pick("n_threads", threads or None, int(env_threads) if env_threads.isdigit() and int(env_threads) else None,
+         settings.default_threads())
+    batch_default = values["n_threads"] if sources["n_threads"] != "profile" else settings.default_threads()
+    if sources["n_threads"] in ("flag", "env") and not threads_batch:
+        # --threads 1 alone means "use 1 thread": prompt processing follows it, as before profiles existed
+        values["n_threads_batch"], sources["n_threads_batch"] = values["n_threads"], sources["n_threads"]
+    else:
+        pick("n_threads_batch", threads_batch or None, None, batch_default)
+    pick("repack", repack, (env_repack not in ("0", "false", "no")) if env_repack else None,
+         settings.repack_weights(None))
+    pick("use_mmap", use_mmap, None, True)
+    return values, sources

@@ -1,0 +1,240 @@
+"""`qrun tune`: measure a small grid of load settings per converted model and keep the best per workload.
+
+The grid is quant (the model's converted 4-bit types) x repack x mmap x threads x threads_batch. Every point is
+measured in a fresh process (qrun.bench.tune_worker) that runs both workloads after a warm-up; repetitions are
+interleaved (rep 1 of every point, then rep 2 of every point, ... each pass starting one point later) so that
+drift on a shared machine hits all points alike. A point whose process crashes (e.g. SIGILL from llama.cpp's AMX
+repacking) is recorded as failed and not measured again; it is never chosen.
+
+Choice (PERF-FACTS: llama.cpp's defaults are not the best settings on a CPU, and the best differs per model):
+  chat   = short prompt, long answer -> the highest median gen tok/s;
+  prompt = long prompt, short answer -> the highest median prompt tok/s;
+points whose [min, max] over the repetitions overlaps the best one's are ties, broken by less peak RSS, then less
+anonymous memory, then fewer threads, then faster load.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from qrun import registry, settings
+from qrun.bench import profile as profile_mod
+from qrun.errors import BenchError, UsageError
+
+# (prompt tokens, generated tokens) per workload: "chat" ~ a question and a paragraph of answer; "prompt" ~ a
+# document to summarize in a line. Sized so a 7B grid point takes ~30 s on 2 cores.
+WORKLOADS = {"chat": (32, 64), "prompt": (512, 8)}
+METRIC = {"chat": "chat.gen_tokens_per_s", "prompt": "prompt.prompt_tokens_per_s"}
+FOUR_BIT = ("Q4_0", "Q4_K_S", "Q4_K_M")
+# Refuse above this 1-minute load average per core: a busy neighbour moves llama.cpp's speed by 10-60x at
+# threads = cores (PERF-FACTS), which would be measured as a property of the settings.
+MAX_LOAD_PER_CORE = 0.5
+DEFAULT_REPEAT = 3
+_WORKER_TIMEOUT_S = 1800
+
+Progress = Callable[[str], None]
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def default_threads_values(cores: int | None = None) -> list[int]:
+    """The core count and one less (on 2 cores: 1 and 2) — never more threads than cores (PERF-FACTS)."""
+    cores = cores or settings.physical_cores()
+    return sorted({max(1, cores - 1), cores})
+
+
+def make_grid(*, quants, repack=(False, True), use_mmap=(True, False), threads=(1,), threads_batch=None) -> list[dict]:
+    """Every combination, as Engine.load-style settings dicts (quant first, so one quant's points stay together)."""
+    batch = threads_batch or threads
+    return [{"quant": q, "repack": r, "use_mmap": m, "n_threads": t, "n_threads_batch": b}
+            for q, r, m, t, b in itertools.product(quants, repack, use_mmap, threads, batch)]
+
+
+def point_id(point: dict) -> str:
+    return (f"{point['quant']}/{'repack' if point['repack'] else 'norepack'}/{'mmap' if point['use_mmap'] else 'nommap'}"
+            f"/t{point['n_threads']}/tb{point['n_threads_batch']}")
+
+
+def schedule(points: list, repeat: int) -> list[tuple[int, int]]:
+    """(rep, point index) in run order: every point once per pass, each pass rotated by one."""
+    n = len(points)
+    return [(rep, (rep + i) % n) for rep in range(repeat) for i in range(n)]
+
+
+def flatten(result: dict) -> dict:
+    """A worker's output -> {"load_s", "peak_rss_bytes", ..., "chat.gen_tokens_per_s", ...}."""
+    flat = {k: v for k, v in result.items() if k != "workloads"}
+    for name, numbers in result.get("workloads", {}).items():
+        flat.update({f"{name}.{k}": v for k, v in numbers.items()})
+    return flat
+
+
+def summarize(point: dict, runs: list[dict], failure: str | None) -> dict:
+    """Median, min and max of every numeric metric over a point's successful repetitions."""
+    out = {"id": point_id(point), "settings": point, "status": f"failed: {failure}" if failure else "ok",
+           "n": len(runs), "loadavg_1m": [r.get("loadavg_1m") for r in runs]}
+    if failure or not runs:
+        if not failure:
+            out["status"] = "failed: no measurement"
+        return out
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and k != "loadavg_1m"]
+    for key in keys:
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values),
+                    "spread": max(values) - min(values)}
+    return out
+
+
+def choose(summaries: list[dict], workload: str) -> dict | None:
+    """The chosen point's summary for a workload (see the module docstring), with "ties": the ids it beat on memory."""
+    metric = METRIC[workload]
+    ok = [s for s in summaries if s["status"] == "ok" and metric in s]
+    if not ok:
+        return None
+    best = max(ok, key=lambda s: s[metric]["median"])
+    tied = [s for s in ok if s[metric]["max"] >= best[metric]["min"]]
+
+    def cost(s):
+        st = s["settings"]
+        return (s["peak_rss_bytes"]["median"], s["peak_anon_bytes"]["median"], st["n_threads"] + st["n_threads_batch"],
+                s["load_s"]["median"])
+
+    chosen = min(tied, key=cost)
+    return dict(chosen, ties=[s["id"] for s in tied if s is not chosen], fastest=best["id"])
+
+
+def check_load(*, force: bool, progress: Progress) -> float:
+    """The 1-minute load average per core; refuses (BenchError) above MAX_LOAD_PER_CORE unless force."""
+    cores = os.cpu_count() or 1
+    per_core = os.getloadavg()[0] / cores
+    if per_core > MAX_LOAD_PER_CORE:
+        message = (f"the machine is busy: 1-minute load average {os.getloadavg()[0]:.2f} on {cores} CPUs "
+                   f"({per_core:.2f} per CPU, above {MAX_LOAD_PER_CORE})")
+        if not force:
+            raise BenchError(message + "; tuning now would record the neighbour's noise",
+                             "wait until the machine is quiet, or pass --force to measure anyway")
+        progress(f"warning: {message}; measuring anyway (--force); every measurement records its load average")
+    return per_core
+
+
+def find_grid_targets(models, *, quants, ggufs_dir) -> dict[str, list[tuple[str, Path]]]:
+    """{model: [(quant, gguf)]}: named (or all) converted models; their 4-bit GGUFs unless --quant says otherwise."""
+    from qrun.convert.pipeline import find_converted
+
+    wanted = {registry.get(m).name for m in models}
+    quants = [q.upper() for q in quants or []]
+    for q in quants:
+        if q not in settings.QUANTS:
+            raise UsageError(f"unknown --quant {q!r}", f"use one of: {', '.join(settings.QUANTS)}")
+    found: dict[str, list[tuple[str, Path]]] = {}
+    for spec, quant, path, _manifest in find_converted(ggufs_dir):
+        if (not wanted or spec.name in wanted) and (not quants or quant in quants):
+            found.setdefault(spec.name, []).append((quant, path))
+    for name in sorted(wanted - set(found)):
+        raise BenchError(f"{name} has no{' ' + '/'.join(quants) if quants else ''} GGUF in "
+                         f"{settings.gguf_dir(ggufs_dir)}", f"convert it first: `qrun convert {name}`")
+    if not found:
+        raise BenchError(f"no converted models in {settings.gguf_dir(ggufs_dir)}", "run `qrun convert MODEL` first")
+    if not quants:  # by default only the 4-bit types compete (when the model has any)
+        found = {m: [t for t in ts if t[0] in FOUR_BIT] or ts for m, ts in found.items()}
+    return found
+
+
+def run_point(gguf: Path, point: dict, *, n_ctx: int | None = None) -> tuple[dict | None, str | None]:
+    """Measure one point in a fresh process -> (flat result, None) or (None, failure reason)."""
+    job = {"gguf": str(gguf), "settings": {k: point[k] for k in ("repack", "use_mmap", "n_threads", "n_threads_batch")},
+           "n_ctx": n_ctx, "workloads": WORKLOADS, "seed": settings.DEFAULT_SEED}
+    env = dict(os.environ, GGML_NO_BACKTRACE="1")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "qrun.bench.tune_worker", json.dumps(job)], capture_output=True,
+                              text=True, env=env, timeout=_WORKER_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, f"timeout after {_WORKER_TIMEOUT_S} s"
+    if proc.returncode < 0:
+        sig = -proc.returncode
+        return None, signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        last = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or [f"exit code {proc.returncode}"]
+        return None, last[0].strip()
+    return flatten(json.loads(lines[-1])), None
+
+
+def _warm_page_cache(path: Path) -> None:
+    """Read the file once so the first point's load time is not the only cold one."""
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
+def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat: int, n_ctx=None,
+               progress: Progress = _stderr, measure=run_point) -> dict:
+    """Measure one model's grid -> its profile entry {workload: {settings, gguf, evidence}, "grid": summaries}."""
+    paths = dict(files)
+    points = make_grid(quants=list(paths), **grid)
+    for path in paths.values():
+        _warm_page_cache(path)
+    runs: dict[int, list[dict]] = {i: [] for i in range(len(points))}
+    failures: dict[int, str] = {}
+    order = schedule(points, repeat)
+    for step, (rep, i) in enumerate(order, start=1):
+        if i in failures:
+            continue
+        point = points[i]
+        result, failure = measure(paths[point["quant"]], point, n_ctx=n_ctx)
+        label = f"[{step}/{len(order)}] {model} {point_id(point)} rep {rep + 1}/{repeat}"
+        if failure:
+            failures[i] = failure
+            progress(f"{label}: failed: {failure} (excluded)")
+            continue
+        runs[i].append(result)
+        progress(f"{label}: chat gen {result['chat.gen_tokens_per_s']:.1f} tok/s, prompt pp "
+                 f"{result['prompt.prompt_tokens_per_s']:.1f} tok/s, load {result['load_s']:.2f} s, "
+                 f"RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, load avg {result.get('loadavg_1m')}")
+    summaries = [summarize(p, runs[i], failures.get(i)) for i, p in enumerate(points)]
+    entry: dict = {"grid": summaries}
+    for workload in WORKLOADS:
+        chosen = choose(summaries, workload)
+        if chosen is None:
+            progress(f"{model}: every grid point failed; no {workload} settings recorded")
+            continue
+        gguf = paths[chosen["settings"]["quant"]]
+        entry[workload] = {
+            "settings": chosen["settings"], "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size},
+            "evidence": {"metric": METRIC[workload], "point": chosen["id"], "repeat": repeat,
+                         "workload_tokens": {"prompt": WORKLOADS[workload][0], "gen": WORKLOADS[workload][1]},
+                         **{k: chosen[k] for k in (METRIC[workload], "load_s", "peak_rss_bytes", "peak_anon_bytes")},
+                         "loadavg_1m": chosen["loadavg_1m"], "ties_broken_on_memory": chosen["ties"],
+                         "fastest": chosen["fastest"]}}
+    return entry
+
+
+def run_tune(models=(), *, quants=None, threads=None, threads_batch=None, repack=None, use_mmap=None,
+             repeat: int = DEFAULT_REPEAT, force: bool = False, ggufs_dir=None, n_ctx=None, command: str = "qrun tune",
+             progress: Progress = _stderr) -> tuple[dict, Path]:
+    """Tune every named (or converted) model; merge into and write the profile. Returns (profile, its path)."""
+    if repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {repeat}")
+    targets = find_grid_targets(list(models), quants=quants, ggufs_dir=ggufs_dir)
+    check_load(force=force, progress=progress)
+    grid = {"repack": (False, True) if repack is None else (repack,),
+            "use_mmap": (True, False) if use_mmap is None else (use_mmap,),
+            "threads": tuple(threads or default_threads_values()),
+            "threads_batch": tuple(threads_batch) if threads_batch else None}
+    doc = profile_mod.read(notice=progress) or profile_mod.new_document(command=command)
+    doc.update(command=command, created_utc=profile_mod.new_document(command=command)["created_utc"])
+    for model, files in targets.items():
+        n_points = len(make_grid(quants=[q for q, _ in files], **grid))
+        progress(f"qrun tune: {model}: {n_points} grid point(s) x {repeat} repetition(s), one process each")
+        doc["models"][model] = tune_model(model, files, grid=grid, repeat=repeat, n_ctx=n_ctx, progress=progress)
+    return doc, profile_mod.write(doc)

@@ -1,0 +1,67 @@
+"""Command `qrun tune`: a thin layer over qrun.bench.tune (register with `from qrun.bench.tune_cli import tune_cmd`)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+from tabulate import tabulate
+
+
+def _ints(value: str | None, option: str) -> list[int] | None:
+    from qrun.errors import UsageError
+
+    if not value:
+        return None
+    try:
+        out = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        out = []
+    if not out or any(n < 1 for n in out):
+        raise UsageError(f"{option} takes positive integers separated by commas, got {value!r}", f"e.g. {option} 1,2")
+    return out
+
+
+@click.command("tune")
+@click.argument("models", nargs=-1)
+@click.option("--quant", "quants", multiple=True, metavar="Q[,Q...]",
+              help="GGUF types to compare (repeatable; default: every converted 4-bit type of the model).")
+@click.option("--threads", default=None, metavar="N[,N...]",
+              help="Thread counts to try (default: the physical core count and one less).")
+@click.option("--threads-batch", default=None, metavar="N[,N...]",
+              help="Prompt-processing thread counts to try (default: the --threads values).")
+@click.option("--repack/--no-repack", default=None, help="Measure only this repacking setting (default: both).")
+@click.option("--mmap/--no-mmap", default=None, help="Measure only this mmap setting (default: both).")
+@click.option("--repeat", default=3, show_default=True, type=int, help="Measured repetitions per grid point.")
+@click.option("--force", is_flag=True, help="Measure even when the machine is busy (load average above 0.5/CPU).")
+@click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs].")
+def tune_cmd(models, quants, threads, threads_batch, repack, mmap, repeat, force, ggufs_dir):
+    """Measure load settings on this machine and save the fastest per model in qrun's tuning profile.
+
+    \b
+    qrun tune                              # every converted model, full grid, 3 repetitions
+    qrun tune chatglm3 --quant Q4_0,Q4_K_M --threads 2 --repeat 5
+    Afterwards `qrun ask/chat/bench` use the profile's "chat" settings; flags still override it.
+    """
+    from qrun.bench import tune
+
+    quant_list = [q.strip() for value in quants for q in value.split(",") if q.strip()]
+    command = " ".join(["qrun", "tune", *map(shlex.quote, sys.argv[2:])]) if len(sys.argv) > 1 else "qrun tune"
+    doc, path = tune.run_tune(models, quants=quant_list or None, threads=_ints(threads, "--threads"),
+                              threads_batch=_ints(threads_batch, "--threads-batch"), repack=repack, use_mmap=mmap,
+                              repeat=repeat, force=force, ggufs_dir=ggufs_dir, command=command)
+    rows = []
+    for model, entry in doc["models"].items():
+        for workload in tune.WORKLOADS:
+            if workload not in entry:
+                continue
+            ev, st = entry[workload]["evidence"], entry[workload]["settings"]
+            metric = ev[ev["metric"]]
+            rows.append([model, workload, st["quant"], "on" if st["repack"] else "off", "on" if st["use_mmap"] else "off",
+                         st["n_threads"], st["n_threads_batch"],
+                         f"{metric['median']:.1f} ({metric['min']:.1f}-{metric['max']:.1f})",
+                         f"{ev['peak_rss_bytes']['median'] / 2**20:.0f}", f"{ev['load_s']['median']:.2f}"])
+    click.echo(tabulate(rows, headers=["model", "workload", "quant", "repack", "mmap", "threads", "threads_batch",
+                                       "tok/s median (range)", "peak RSS MiB", "load s"], disable_numparse=True))
+    click.echo(f"profile: {path}", err=True)

@@ -1,0 +1,98 @@
+"""Does llama.cpp's weight repacking run on this CPU? Asked once per machine, in a child process.
+
+Repacking (llama_model_params.use_extra_bufts) also enables llama.cpp's AMX kernels where the CPU advertises AMX.
+Some virtual machines advertise AMX (cpuinfo flags, the kernel's XCOMP permission) without the hypervisor enabling
+the tile registers, and the first batched Q4 matmul then dies with SIGILL (`tilezero`) — the whole process, with no
+message (seen on this project's development VM). A crash cannot be caught in-process, so before a model is loaded
+with repacking on such a CPU, a tiny model is run with it in a child process and the verdict is cached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+from importlib import metadata
+
+from qrun import settings
+from qrun.errors import UsageError
+from qrun.fsutil import write_json_atomic
+
+# Set in the child so its own Engine.load does not probe again.
+_CHILD_ENV = "QRUN_CPU_PROBE_CHILD"
+_PROBE_MODEL = "deepseek-llm-7b-chat"  # the smallest tiny demo model; any architecture exercises the matmuls
+
+_CHILD_CODE = """
+import sys
+from qrun.runner.engine import Engine
+with Engine.load(sys.argv[1], n_ctx=256, n_threads=1, repack=True) as engine:
+    ids = engine.tokenize("hello world, " * 8)   # a batch of tokens: the path that uses the repacked kernels
+    list(engine.generate(ids, max_tokens=2))
+"""
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _needs_probe(system_info: str) -> bool:
+    # only the AMX kernels were seen to trap; the plain AVX2/AVX-512 repacked kernels run wherever the build does
+    return "AMX_INT8 = 1" in system_info
+
+
+def _run_probe(notice) -> dict:
+    from qrun.convert.pipeline import convert_model
+    from qrun.demo_checkpoints import build_demo_checkpoints
+
+    root = settings.qrun_home() / "cpu-probe"
+    notice("note: this CPU advertises AMX; checking once, in a child process, that llama.cpp's repacked (AMX) "
+           "kernels run here")
+    checkpoint = build_demo_checkpoints(root / "checkpoints", models=(_PROBE_MODEL,))[_PROBE_MODEL]
+    gguf = convert_model(_PROBE_MODEL, from_dir=checkpoint, quant="Q4_0", out_dir=root / "ggufs")["path"]
+    env = {**os.environ, _CHILD_ENV: "1", "GGML_NO_BACKTRACE": "1"}
+    child = subprocess.run([sys.executable, "-c", _CHILD_CODE, str(gguf)], env=env, capture_output=True, text=True,
+                           timeout=300)
+    died_of = -child.returncode if child.returncode < 0 else None
+    return {"repack_ok": child.returncode == 0,
+            "exit": signal.Signals(died_of).name if died_of else child.returncode,
+            "stderr_tail": child.stderr.strip().splitlines()[-1:] or []}
+
+
+def check_repack(system_info: str, *, notice=lambda _msg: None, force_probe: bool = False) -> dict:
+    """Raise UsageError if repacking is known to crash llama.cpp on this CPU; probe (once, cached) if unsure.
+
+    Returns:
+        The verdict {"repack_ok", "exit", ...} ({"repack_ok": True, "probed": False} where no probe is needed).
+    """
+    if os.environ.get(_CHILD_ENV) or not (force_probe or _needs_probe(system_info)):
+        return {"repack_ok": True, "probed": False}
+    key = {"cpu": _cpu_model(), "llama_cpp_python": metadata.version("llama-cpp-python"),
+           "system_info": system_info}
+    cache = settings.qrun_home() / "cpu-probe.json"
+    verdict = None
+    try:
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            verdict = cached["verdict"]
+    except (OSError, ValueError, KeyError, AttributeError):
+        pass
+    if verdict is None:
+        verdict = _run_probe(notice)
+        write_json_atomic(cache, {"key": key, "verdict": verdict})
+    if not verdict["repack_ok"]:
+        raise UsageError(
+            f"llama.cpp's repacked weights crash on this CPU ({verdict['exit']} in a test run: it advertises AMX "
+            f"but the machine does not enable it)",
+            "drop --repack (and unset QRUN_REPACK); qrun runs without repacking by default",
+        )
+    return {**verdict, "probed": True}

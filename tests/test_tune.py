@@ -1,0 +1,216 @@
+"""`qrun tune` and its profile: the grid, the choice rule, a real tiny tune run, and how loaders use the profile."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from qrun.bench import profile, tune
+from qrun.bench.tune_cli import tune_cmd
+from qrun.cli import main
+from qrun.errors import BenchError
+
+MODEL = "deepseek-llm-7b-chat"
+
+
+# -- grid and schedule ---------------------------------------------------------------------------------------------
+def test_grid_is_every_combination():
+    grid = tune.make_grid(quants=["Q4_0", "Q4_K_M"], repack=(False, True), use_mmap=(True, False), threads=(1, 2))
+    assert len(grid) == 2 * 2 * 2 * 2 * 2
+    assert len({tune.point_id(p) for p in grid}) == len(grid)
+    assert grid[0] == {"quant": "Q4_0", "repack": False, "use_mmap": True, "n_threads": 1, "n_threads_batch": 1}
+
+
+def test_schedule_interleaves_repetitions_and_rotates_the_start():
+    order = tune.schedule(["a", "b", "c"], 2)
+    assert order == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (1, 0)]
+
+
+def test_default_threads_never_exceed_the_cores():
+    assert tune.default_threads_values(2) == [1, 2]
+    assert tune.default_threads_values(1) == [1]
+
+
+# -- choice rule on synthetic measurements ---------------------------------------------------------------------------
+def _point(quant="Q4_K_M", repack=False, mmap=True, t=2, tb=2):
+    return {"quant": quant, "repack": repack, "use_mmap": mmap, "n_threads": t, "n_threads_batch": tb}
+
+
+def _run(gen, pp, rss_mib, anon_mib=50, load_s=0.5):
+    return {"chat.gen_tokens_per_s": gen, "prompt.prompt_tokens_per_s": pp, "peak_rss_bytes": rss_mib << 20,
+            "peak_anon_bytes": anon_mib << 20, "load_s": load_s, "loadavg_1m": 0.1}
+
+
+def test_summary_has_median_and_spread():
+    s = tune.summarize(_point(), [_run(10, 30, 100), _run(12, 31, 100), _run(11, 35, 100)], None)
+    assert s["status"] == "ok" and s["n"] == 3
+    assert s["chat.gen_tokens_per_s"] == {"median": 11, "min": 10, "max": 12, "spread": 2}
+    assert s["loadavg_1m"] == [0.1, 0.1, 0.1]
+
+
+def test_choice_per_workload_ties_go_to_less_memory_and_failures_never_win():
+    fast_fat = tune.summarize(_point(repack=True), [_run(10.0, 20, 7000), _run(10.4, 21, 7000)], None)
+    close_lean = tune.summarize(_point(), [_run(9.6, 35, 4200), _run(10.1, 36, 4200)], None)  # ranges overlap
+    slow = tune.summarize(_point(t=1, tb=1), [_run(6.0, 18, 4100), _run(6.1, 18.5, 4100)], None)
+    crashed = tune.summarize(_point(mmap=False), [], "SIGILL")
+    chat = tune.choose([fast_fat, close_lean, slow, crashed], "chat")
+    assert chat["id"] == close_lean["id"]  # 10.1 >= 10.0: a tie within the spread, and 2.8 GB less memory
+    assert chat["fastest"] == fast_fat["id"] and chat["ties"] == [fast_fat["id"]]
+    prompt = tune.choose([fast_fat, close_lean, slow, crashed], "prompt")
+    assert prompt["id"] == close_lean["id"] and prompt["ties"] == []
+    # no overlap: the faster point wins even though it uses more memory
+    clear = tune.summarize(_point(repack=True), [_run(12.0, 20, 7000), _run(12.5, 20, 7000)], None)
+    assert tune.choose([clear, close_lean], "chat")["id"] == clear["id"]
+    assert crashed["status"] == "failed: SIGILL"
+    assert tune.choose([crashed], "chat") is None
+
+
+def test_a_crashing_point_is_recorded_once_and_excluded(tmp_path):
+    gguf = tmp_path / f"{MODEL}-Q4_K_M.gguf"
+    gguf.write_bytes(b"x" * 10)
+    calls = []
+
+    def fake_measure(path, point, n_ctx=None):
+        calls.append(tune.point_id(point))
+        if point["repack"]:
+            return None, "SIGILL"
+        return {**_run(5.0 + point["n_threads"], 20, 100), "peak_rss_bytes": 100 << 20}, None
+
+    entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False, True), "use_mmap": (True,),
+                                                            "threads": (1, 2), "threads_batch": None},
+                            repeat=2, progress=lambda _: None, measure=fake_measure)
+    repack_calls = [c for c in calls if "/repack/" in c]
+    assert sorted(repack_calls) == sorted(set(repack_calls)) and len(repack_calls) == 4  # never retried
+    assert len(calls) == 4 * 2 + 4  # 4 healthy points x 2 reps + 4 crashing points once
+    assert entry["chat"]["settings"]["n_threads"] == 2 and entry["chat"]["settings"]["repack"] is False
+    assert {s["status"] for s in entry["grid"] if s["settings"]["repack"]} == {"failed: SIGILL"}
+
+
+def test_busy_machine_refuses_unless_forced(monkeypatch):
+    monkeypatch.setattr(tune, "MAX_LOAD_PER_CORE", -1.0)  # any load counts as busy
+    with pytest.raises(BenchError, match="busy"):
+        tune.check_load(force=False, progress=lambda _: None)
+    said = []
+    tune.check_load(force=True, progress=said.append)
+    assert said and said[0].startswith("warning: the machine is busy")
+
+
+# -- a real tune run on a tiny model, and the loaders using its profile --------------------------------------------
+@pytest.fixture
+def converted(tiny_gguf):
+    folder = os.environ["QRUN_GGUF_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    src = tiny_gguf(MODEL, "Q4_K_M")
+    dst = os.path.join(folder, src.name)
+    os.symlink(src, dst)
+    return dst
+
+
+def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
+    result = CliRunner().invoke(tune_cmd, [MODEL, "--threads", "1", "--no-repack", "--repeat", "1", "--force"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(profile.profile_path().read_text(encoding="utf-8"))
+    assert doc["schema"] == profile.SCHEMA and doc["machine"] == profile.machine_key()
+    entry = doc["models"][MODEL]
+    assert [s["status"] for s in entry["grid"]] == ["ok", "ok"]  # mmap on / off, 1 thread, repack off
+    for workload in ("chat", "prompt"):
+        chosen = entry[workload]
+        assert chosen["settings"]["quant"] == "Q4_K_M" and chosen["settings"]["n_threads"] == 1
+        assert chosen["gguf"]["name"] == f"{MODEL}-Q4_K_M.gguf"
+        metric = chosen["evidence"][chosen["evidence"]["metric"]]
+        assert metric["median"] > 0 and metric["spread"] == 0
+    got = _ask_settings(["deepseek"])
+    assert got["threads"] == 1 and got["threads_batch"] == 1 and got["repack"] is False
+    assert got["use_mmap"] == entry["chat"]["settings"]["use_mmap"]
+    assert set(got["source"].values()) == {"profile"}
+
+
+def _write_profile(**chat_settings):
+    doc = profile.new_document(command="test")
+    gguf = profile.settings.gguf_dir() / f"{MODEL}-Q4_K_M.gguf"
+    settings = {"quant": "Q4_K_M", "repack": False, "use_mmap": False, "n_threads": 1, "n_threads_batch": 2,
+                **chat_settings}
+    doc["models"][MODEL] = {"chat": {"settings": settings, "evidence": {},
+                                     "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size}}}
+    profile.write(doc)
+    return doc
+
+
+def _ask_settings(args, *, notices=None):
+    result = CliRunner().invoke(main, ["ask", *args, "hi", "--max-tokens", "2", "--temperature", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    if notices is not None:
+        notices.extend(line for line in result.stderr.splitlines() if line)
+    return json.loads(result.stdout)["settings"]
+
+
+def test_profile_settings_are_used_and_flags_override_them(converted):
+    _write_profile()
+    got = _ask_settings(["deepseek"])
+    assert (got["quant"], got["threads"], got["threads_batch"], got["use_mmap"], got["repack"]) == \
+        ("Q4_K_M", 1, 2, False, False)
+    assert got["source"] == {"quant": "profile", "threads": "profile", "threads_batch": "profile",
+                             "repack": "profile", "use_mmap": "profile"}
+    # (--no-repack: repacking on would die of SIGILL on CPUs whose AMX the kernel withholds, like this project's)
+    got = _ask_settings(["deepseek", "--threads-batch", "1", "--mmap", "--no-repack"])
+    assert (got["threads"], got["threads_batch"], got["use_mmap"], got["repack"]) == (1, 1, True, False)
+    assert got["source"] == {"quant": "profile", "threads": "profile", "threads_batch": "flag", "repack": "flag",
+                             "use_mmap": "flag"}
+    # --threads alone: prompt processing follows it (as without a profile)
+    got = _ask_settings(["deepseek", "--threads", "2"])
+    assert (got["threads"], got["threads_batch"]) == (2, 2) and got["source"]["threads_batch"] == "flag"
+    # the same file given by path gets the same profile entry
+    got = _ask_settings([converted])
+    assert got["threads_batch"] == 2 and got["source"]["use_mmap"] == "profile"
+
+
+def test_bench_uses_the_profile_chat_settings_unless_flagged(converted):
+    from qrun.bench.run import BenchConfig, Target, _load_settings
+
+    _write_profile()
+    target = Target(MODEL, "Q4_K_M", profile.settings.gguf_dir() / f"{MODEL}-Q4_K_M.gguf")
+    values, sources = _load_settings(BenchConfig(), target, 2, print)
+    assert values == {"n_threads": 1, "n_threads_batch": 2, "repack": False, "use_mmap": False}
+    assert set(sources.values()) == {"profile"}
+    values, sources = _load_settings(BenchConfig(threads=[2], use_mmap=True), target, 2, print)
+    assert (values["n_threads"], values["n_threads_batch"], values["use_mmap"]) == (2, 2, True)
+    assert sources["n_threads"] == "flag" and sources["repack"] == "profile"
+
+
+def _corrupt(path):
+    path.write_text("{not json", encoding="utf-8")
+
+
+def _other_machine(path):
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["machine"]["cpu_model"] = "Some Other CPU"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+def _unknown_schema(path):
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["schema"] = 99
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+def _model_gone(path):
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc["models"][MODEL]["chat"]["gguf"]["name"] = f"{MODEL}-Q4_0.gguf"  # tuned on a quant since deleted
+    doc["models"][MODEL]["chat"]["settings"]["quant"] = "Q4_0"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+
+
+@pytest.mark.parametrize("spoil, reason", [(_corrupt, "unreadable"), (_other_machine, "another machine"),
+                                           (_unknown_schema, "unknown schema"),
+                                           (_model_gone, "no longer converted")])
+def test_bad_profiles_are_ignored_with_one_notice(converted, spoil, reason):
+    _write_profile()
+    spoil(profile.profile_path())
+    notices = []
+    got = _ask_settings(["deepseek"], notices=notices)
+    assert set(got["source"].values()) == {"default"}
+    assert got["quant"] == "Q4_K_M" and got["use_mmap"] is True
+    assert len(notices) == 1 and notices[0].startswith("note: ignoring the tuning profile") and reason in notices[0]
