@@ -106,6 +106,8 @@ def report_cmd(results, out_dir, verdicts, suite):
             results_mod.rescore(doc, loaded_suite, table)
     if out_dir is None:
         out_dir = Path(results[0]).parent if len(results) == 1 else Path("bench-report")
+        if out_dir.exists() and not out_dir.is_dir():  # the default name, taken by a file
+            raise click.UsageError(f"{out_dir} is a file, not a folder; give --out DIR")
     paths = report.write_outputs(docs, out_dir, results_json=False)
     click.echo(report.render_table(docs))
     click.echo(f"report: {paths['report']}, {paths['csv']}", err=True)

@@ -4,7 +4,9 @@ A worker that crashes, is killed or runs out of memory is recorded as a failure 
 signal, its last meaningful stderr line) and the others continue. Ctrl-C stops the current worker, writes
 everything measured so far (the report says PARTIAL) and re-raises. The three output files are rewritten
 atomically after every worker, so even a killed `qrun bench` leaves the results of the workers that finished;
-the raw measurements stream to <out>/measurements.jsonl as they are taken.
+the raw measurements stream to <out>/measurements.jsonl as they are taken (kept; the job files in <out>/.jobs
+are removed at the end). `qrun bench` exits 1 when any run failed, after writing everything, and refuses to
+replace an earlier <out>/results.json without --force.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,8 +31,9 @@ from qrun.bench.score import load_verdicts
 from qrun.errors import BenchError, UsageError
 
 DEFAULT_OUT_DIR = Path("bench-results")  # under the current directory
-# the models' own generation default (max_new_tokens 512 in their generation configs): 256 cut seed-5's nine
-# meanings at a different point for each tokenizer, which made the scores compare tokenizers, not answers
+# the answer limit `qrun ask` uses for every model (registry GenerationDefaults.max_tokens, from Qwen-7B-Chat's
+# max_new_tokens 512): 256 cut seed-5's nine meanings at a different point for each tokenizer, so scores compared
+# tokenizers, not answers
 DEFAULT_MAX_TOKENS = 512
 WARMUP_TOKENS = 16
 STREAM_NAME = "measurements.jsonl"
@@ -62,8 +66,8 @@ class BenchConfig:
 
 def load_settings(*, threads_batch: int | None = None, repack: bool | None = None) -> dict:
     """Engine.load settings beyond threads/ctx/mmap that a bench run passes to every worker (only those given)."""
-    if threads_batch is not None and threads_batch < 1:
-        raise UsageError(f"--threads-batch must be at least 1, got {threads_batch}")
+    if threads_batch is not None and threads_batch < 0:  # 0 = same as --threads, as in `qrun ask`
+        raise UsageError(f"--threads-batch must be at least 1 (0 = same as --threads), got {threads_batch}")
     out: dict = {}
     if threads_batch:
         out["n_threads_batch"] = threads_batch
@@ -73,16 +77,22 @@ def load_settings(*, threads_batch: int | None = None, repack: bool | None = Non
 
 
 def parse_threads(value: str | None) -> list[int]:
-    """"1,2" -> [1, 2]; None/"" -> []. Raises UsageError for anything but positive integers."""
+    """"1,2" -> [1, 2]; 0 = the physical core count (as in ask/chat/convert); None/"" -> [].
+
+    Raises:
+        UsageError: anything but whole numbers >= 0.
+    """
     if not value:
         return []
     try:
         out = [int(part) for part in str(value).split(",") if part.strip()]
     except ValueError:
         out = []
-    if not out or any(n < 1 for n in out):
-        raise UsageError(f"--threads takes positive integers separated by commas, got {value!r}", "e.g. --threads 1,2")
-    return out
+    if not out or any(n < 0 for n in out):
+        raise UsageError(f"--threads takes positive integers (0 = physical cores) separated by commas, got {value!r}",
+                         "e.g. --threads 1,2")
+    out = [n or settings.physical_cores() for n in out]
+    return list(dict.fromkeys(out))  # "0,2" on a 2-core machine is one run, not the same run twice
 
 
 _QUANT_RE = re.compile(r"^(?P<model>.+)-(?P<quant>" + "|".join(map(re.escape, settings.QUANTS)) + r")\.gguf$")
@@ -167,9 +177,10 @@ class _Worker:
         self.wait()
 
 
-def run_bench(config: BenchConfig, *, progress=None) -> dict:
+def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dict:
     """Run the benchmark and write <out>/results.json, results.csv and report.md.
 
+    force: replace an earlier <out>/results.json (without it, that is a UsageError before anything runs).
     Returns:
         The results document (see qrun.bench.results for the schema).
     Raises:
@@ -191,6 +202,11 @@ def run_bench(config: BenchConfig, *, progress=None) -> dict:
             progress(f"warning: --threads {n} is more than this machine's {cores} physical cores; llama.cpp slows "
                      f"down sharply above the core count (see PERF-FACTS) — measuring it anyway")
     out_dir = Path(config.out_dir) if config.out_dir else DEFAULT_OUT_DIR
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file, not a folder", "give --out a folder (new or existing)")
+    if (out_dir / "results.json").exists() and not force:  # earlier results are worth more than a default path
+        raise UsageError(f"{out_dir / 'results.json'} already holds earlier results",
+                         "give --out NEW_DIR, or --force to replace them")
     out_dir.mkdir(parents=True, exist_ok=True)
     stream_path = out_dir / STREAM_NAME
     stream_path.write_text("", encoding="utf-8")
@@ -238,6 +254,8 @@ def run_bench(config: BenchConfig, *, progress=None) -> dict:
         _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=True, done=True)
         progress(f"interrupted: partial results written to {out_dir}/")
         raise
+    finally:  # job files only feed the workers; measurements.jsonl stays (the record that survives a crash)
+        shutil.rmtree(jobs_dir, ignore_errors=True)
     _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=False, done=True)
     return doc
 

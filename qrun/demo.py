@@ -147,7 +147,7 @@ def _run_bench(names, *, quant: str, ggufs_dir: Path, out_dir: Path, threads: in
                          command=f"qrun demo (bench: qrun bench {' '.join(names)} --quant {quant} "
                                  f"--threads {threads} --max-tokens {max_tokens} --ggufs {ggufs_dir} "
                                  f"--out {out_dir})")
-    doc = run_bench(config, progress=progress)
+    doc = run_bench(config, progress=progress, force=True)  # a demo rerun replaces its own bench/ results
     return {"doc": doc, "table": report.render_table([doc]), "results_json": out_dir / "results.json",
             "report_md": out_dir / "report.md"}
 

@@ -124,10 +124,14 @@ def test_a_crashed_and_a_killed_worker_do_not_stop_the_others(ggufs, tmp_path, t
             os.kill(pid, signal.SIGKILL)  # what the kernel's OOM killer does
             killed = pid
     stdout = proc.stdout.read()
-    assert proc.wait(timeout=120) == 0, "".join(stderr_lines)
+    assert proc.wait(timeout=120) == 1, "".join(stderr_lines)  # everything written, but a failure is not success
     assert killed
     stderr = "".join(stderr_lines)
     assert f"--threads {too_many} is more than this machine's" in stderr
+    assert stderr.splitlines()[-1] == (f"Error: 2 of 3 run(s) failed (qwen-7b-chat/{QUANT}/t{too_many}, "
+                                       f"chatglm3-6b/{QUANT}/t{too_many}) — details under \"Failures\" in "
+                                       f"{out / 'report.md'}")
+    assert not (out / ".jobs").exists() and (out / "measurements.jsonl").is_file()
     runs = {r["model"]: r for r in json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"]}
     qwen, glm, deepseek = runs["qwen-7b-chat"], runs["chatglm3-6b"], runs["deepseek-llm-7b-chat"]
     assert qwen["status"] == "failed" and qwen["failure"]["exit_code"] != 0
@@ -169,3 +173,32 @@ def test_no_converted_models_names_the_convert_command(tmp_path):
     assert result.exit_code == 1 and "run `qrun convert qwen --quant Q4_0`" in result.output
     result = CliRunner().invoke(main, ["bench", "--threads", "0,x", "--ggufs", str(tmp_path)])
     assert result.exit_code == 1 and "--threads takes positive integers" in result.output
+
+
+def test_earlier_results_are_kept_unless_force(ggufs, tmp_path, two_question_suite):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}", encoding="utf-8")
+    args = ["bench", "deepseek", "--ggufs", str(ggufs), "--out", str(out), "--suite", str(two_question_suite),
+            "--threads", "1", "--max-tokens", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and result.stderr == (f"Error: {out / 'results.json'} already holds earlier results"
+                                                       " — give --out NEW_DIR, or --force to replace them\n")
+    assert (out / "results.json").read_text(encoding="utf-8") == "{}"
+    result = CliRunner().invoke(main, args + ["--force"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"][0]["status"] == "ok"
+    assert not (out / ".jobs").exists() and (out / "measurements.jsonl").read_text(encoding="utf-8")
+
+
+def test_out_that_is_a_file_and_threads_zero(tmp_path):
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    result = CliRunner().invoke(main, ["bench", "--out", str(a_file)])
+    assert result.exit_code == 1 and result.stderr.startswith("Error:") and result.stderr.count("\n") == 1
+    from qrun.bench.run import parse_threads
+
+    assert parse_threads("0") == [settings.physical_cores()]
+    assert parse_threads(f"0,{settings.physical_cores()},1") == [settings.physical_cores(), 1]
+    help_text = " ".join(CliRunner().invoke(main, ["bench", "--help"]).output.split())
+    assert ", ".join(settings.QUANTS) in help_text and "[default: 512]" in help_text

@@ -110,6 +110,30 @@ def test_qrun_report_regenerates_and_merges_with_verdicts(tmp_path):
     assert "## Machine: box-a" in md and "## Machine: box-b" in md and "1.00 (verdict)" in md
 
 
+@pytest.mark.parametrize(("damage", "field"), [
+    (lambda d: d["runs"][0].update(questions={}), "runs[0].questions is not a list"),
+    (lambda d: d["runs"][1].pop("summary"), "runs[1].summary is missing"),
+    (lambda d: d["runs"][0]["questions"][2]["spread"].update(ttft_s=3), "runs[0].questions[2].spread.ttft_s"),
+    (lambda d: d["runs"][0]["questions"][0]["score"].pop("score"), "runs[0].questions[0].score.score is missing"),
+    (lambda d: d.update(runs=None), "field runs is not a list"),
+])
+def test_a_damaged_results_file_names_the_field(tmp_path, damage, field):
+    doc = json.loads(json.dumps(_doc(), ensure_ascii=False))
+    damage(doc)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(BenchError, match=f"{path} is damaged") as err:
+        results.load(path)
+    assert field in err.value.message and "qrun bench" in err.value.hint
+
+
+def test_answers_cut_by_max_tokens_are_marked():
+    doc = _doc()
+    doc["runs"][0]["questions"][4]["stop_reason"] = "max_tokens"
+    md = report.render_markdown([doc])
+    assert md.count("(cut at 64 tokens)") == 1 and "不知道。 (cut at 64 tokens) |" in md
+
+
 def test_report_refuses_a_file_that_is_not_results(tmp_path):
     bad = tmp_path / "x.json"
     bad.write_text('{"hello": 1}')

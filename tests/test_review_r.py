@@ -40,8 +40,6 @@ def test_report_out_that_is_a_file_is_one_error_line(tmp_path):
     _one_error_line(result)
 
 
-# DEFECT R-P2-2: a results.json with a damaged run (hand-edited, or from another tool) crashes `qrun report` with
-# KeyError 'median' / AttributeError instead of naming the file and the field.
 def test_report_on_a_damaged_results_file_is_one_error_line(tmp_path):
     doc = json.loads(json.dumps(_doc(), ensure_ascii=False))
     del doc["runs"][0]["questions"][0]["median"]
@@ -69,8 +67,6 @@ def test_bad_threads_batch_error_names_its_own_flag(tiny_gguf):
     assert "--threads-batch" in result.stderr, result.stderr
 
 
-# DEFECT R-P3-2: report.md's machine table puts llama.cpp's system info ("CPU : SSE3 = 1 | AVX = 1 | ...") in a cell
-# without escaping "|", so the row splits into ~20 columns (bench/report.py _machine_section does not use _cell()).
 def test_machine_table_rows_keep_two_columns():
     doc = _doc()
     doc["machine"]["llama_cpp_system_info"] = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 |"
@@ -80,8 +76,6 @@ def test_machine_table_rows_keep_two_columns():
     assert unescaped_pipes == 3, row
 
 
-# DEFECT R-P3-3: an answers file with no answers (empty, or blank lines only) scores "nothing" with exit 0 and an
-# empty table, which hides a wrong path or an export that failed.
 def test_score_of_an_empty_answers_file_is_an_error(tmp_path):
     empty = tmp_path / "answers.jsonl"
     empty.write_text("\n\n", encoding="utf-8")
@@ -103,8 +97,6 @@ def test_qrun_repack_off_words_mean_off(value, monkeypatch):
     assert settings.debug() is False
 
 
-# DEFECT R-P2-4: a misspelt rubric key ("contradict" for "contradicts", "pattern" for "patterns" next to a valid one)
-# is silently ignored, so the suite scores without its contradictions (bench/suite.py accepts unknown keys).
 def test_suite_with_a_misspelt_rubric_key_is_refused(tmp_path):
     suite = tmp_path / "mine.json"
     suite.write_text(json.dumps({"name": "mine", "questions": [{"id": "q1", "question": "1+1=?", "rubric": [

@@ -140,6 +140,15 @@ def test_qrun_score_bad_line_names_its_number(tmp_path, line, expected):
     assert expected in result.output and result.output.startswith("Error: ")
 
 
+def test_answers_file_with_a_bom_is_read_and_an_empty_one_refused(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    path.write_text('\ufeff{"question_id": "seed-3", "answer": "我不知道"}\n', encoding="utf-8")
+    assert [s["question_id"] for s in scoring.score_answers_file(path, suites.load("seed"))] == ["seed-3"]
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(SuiteError, match=f"no answers in {path}"):
+        scoring.score_answers_file(path, suites.load("seed"))
+
+
 def test_bad_verdicts_file_names_the_line(tmp_path):
     verdicts = tmp_path / "v.csv"
     verdicts.write_text("qwen,seed-1,1\nqwen,seed-2,7\n", encoding="utf-8")

@@ -83,3 +83,28 @@ def test_invalid_json_gives_line_and_column(tmp_path):
     path = _write(tmp_path, '{"name": "bad",\n "questions": [\n  {"id": "q1",}\n ]}')
     with pytest.raises(SuiteError, match=r"line 3, column \d+: invalid JSON"):
         suites.load(str(path))
+
+
+@pytest.mark.parametrize(("suite", "where", "valid"), [
+    ({"name": "x", "question": [GOOD_Q], "questions": [GOOD_Q]}, "top level has unknown field 'question'",
+     "name, description, questions"),
+    ({"questions": [dict(GOOD_Q, refrence="2")]}, "question 1 (q1) has unknown field 'refrence'",
+     "id, question, reference, rubric"),
+    ({"questions": [dict(GOOD_Q, rubric=[{"id": "c1", "patterns": ["x"], "contradict": ["y"]}])]},
+     "question 1 (q1), criterion 1 (c1) has unknown field 'contradict'",
+     "id, description, weight, patterns, contradicts"),
+])
+def test_unknown_keys_are_refused_at_every_level(tmp_path, suite, where, valid):
+    path = _write(tmp_path, json.dumps(suite, indent=2))
+    with pytest.raises(SuiteError) as err:
+        suites.load(str(path))
+    assert err.value.message.startswith(f"{path}, line ") and err.value.message.endswith(where)
+    assert err.value.hint == f"valid fields here: {valid}"
+
+
+def test_format_hint_points_at_the_installed_seed_suite(tmp_path):
+    path = _write(tmp_path, json.dumps({"questions": []}))
+    with pytest.raises(SuiteError) as err:
+        suites.load(str(path))
+    seed = suites.SUITES_DIR / "seed.json"
+    assert seed.is_file() and str(seed) in err.value.hint
