@@ -12,7 +12,7 @@ import click
 from qrun import registry, settings
 from qrun.convert import manifest as mf
 from qrun.convert.download import SOURCES
-from qrun.convert.pipeline import convert_model, find_converted, normalize_quant
+from qrun.convert.pipeline import convert_model, find_converted
 from qrun.errors import ConversionError, QrunError, UsageError
 
 
@@ -79,7 +79,7 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
                          "name the model the folder holds, e.g. qrun convert chatglm3 --from DIR")
     if source not in SOURCES:
         raise UsageError(f"unknown --source {source!r}", f"use one of: {', '.join(SOURCES)}")
-    quant = normalize_quant(quant)
+    quant = settings.check_quant(quant)
     if threads is not None and threads < 0:
         raise UsageError(f"--threads must be >= 0, got {threads}", "0 means all physical cores")
     results, failed = [], []

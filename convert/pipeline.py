@@ -24,16 +24,9 @@ from qrun.registry import ModelSpec
 Progress = Callable[..., None]
 
 
-def normalize_quant(quant: str) -> str:
-    name = (quant or "").strip().upper()
-    if name not in settings.QUANTS:
-        raise UsageError(f"unknown quant {quant!r}", f"use one of: {', '.join(settings.QUANTS)}")
-    return name
-
-
 def gguf_path_for(model: str, quant: str, out_dir: str | os.PathLike | None = None) -> Path:
     """`<out>/<canonical-name>-<QUANT>.gguf`; out_dir None = settings.gguf_dir() (QRUN_GGUF_DIR, then ./ggufs)."""
-    return settings.gguf_dir(out_dir) / f"{registry.get(model).name}-{normalize_quant(quant)}.gguf"
+    return settings.gguf_dir(out_dir) / f"{registry.get(model).name}-{settings.check_quant(quant)}.gguf"
 
 
 def find_converted(out_dir: str | os.PathLike | None = None) -> list[tuple[ModelSpec, str, Path, dict | None]]:
@@ -119,7 +112,7 @@ def convert_model(
         UnknownModelError, UsageError, CheckpointError, DownloadError, DiskSpaceError, ConversionError.
     """
     spec = registry.get(model)
-    quant = normalize_quant(quant)
+    quant = settings.check_quant(quant)
     if threads is not None and threads < 0:
         raise UsageError(f"threads must be >= 0, got {threads}", "0 means all physical cores")
     threads = threads or settings.default_threads()

@@ -36,9 +36,7 @@ def ftype_for(quant: str) -> int:
     """
     import llama_cpp
 
-    name = quant.upper()
-    if name not in settings.QUANTS:
-        raise UsageError(f"unknown quant {quant!r}", f"use one of: {', '.join(settings.QUANTS)}")
+    name = settings.check_quant(quant)
     return int(getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}"))
 
 

@@ -71,9 +71,7 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
         raise UsageError("no model to run", f"pass --model one or more of: {', '.join(DEMO_MODELS)}")
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
-    quant = (quant or "").strip().upper()
-    if quant not in settings.QUANTS:
-        raise UsageError(f"unknown --quant {quant!r}", f"use one of: {', '.join(settings.QUANTS)}")
+    quant = settings.check_quant(quant)
     if threads is not None and threads < 0:
         raise UsageError(f"--threads must be at least 1 (0 = physical cores), got {threads}")
     threads = threads or settings.default_threads()

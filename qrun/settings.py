@@ -13,6 +13,20 @@ DEFAULT_QUANT = "Q4_K_M"
 # Types `qrun convert --quant` accepts; each is a llama.cpp ftype (LLAMA_FTYPE_MOSTLY_<name>, F16 = MOSTLY_F16).
 QUANTS = ("F16", "Q8_0", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K")
 
+def check_quant(quant: str | None) -> str:
+    """A --quant value in canonical spelling ("q4_k_m" -> "Q4_K_M").
+
+    Raises:
+        UsageError: not one of QUANTS.
+    """
+    from qrun.errors import UsageError
+
+    name = (quant or "").strip().upper()
+    if name not in QUANTS:
+        raise UsageError(f"unknown --quant {quant!r}", f"use one of: {', '.join(QUANTS)}")
+    return name
+
+
 DEFAULT_CTX_TOKENS = 4096
 # llama.cpp rounds n_ctx up to a multiple of this (and llama-cpp-python 0.3.36 then sizes its own buffers from the
 # unrounded value and crashes on prompts in the gap), so qrun only ever asks for multiples of it.

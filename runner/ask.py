@@ -35,9 +35,7 @@ def resolve_gguf(model_or_path: str | os.PathLike, *, quant: str | None = None,
     if text.lower().endswith(".gguf") or os.sep in text or Path(text).is_file():
         return Path(text).expanduser()
     spec = registry.get(text)
-    quant = (quant or settings.DEFAULT_QUANT).upper()
-    if quant not in settings.QUANTS:
-        raise UsageError(f"unknown --quant {quant!r}", f"use one of: {', '.join(settings.QUANTS)}")
+    quant = settings.check_quant(quant or settings.DEFAULT_QUANT)
     folder = settings.gguf_dir(ggufs_dir)
     path = folder / f"{spec.name}-{quant}.gguf"
     if not path.is_file():

@@ -106,7 +106,7 @@ def test_unknown_model_lists_valid_names():
     [
         (["convert", "qwen", "chatglm3", "--from", "."], ["--from needs exactly one MODEL, got 2"]),
         (["convert", "--from", "."], ["--from needs exactly one MODEL, got 0"]),
-        (["convert", "qwen", "--quant", "Q3_K"], ["unknown quant 'Q3_K'", "Q4_K_M"]),
+        (["convert", "qwen", "--quant", "Q3_K"], ["unknown --quant 'Q3_K'", "Q4_K_M"]),
         (["convert", "qwen", "--source", "github"], ["unknown --source 'github'", "modelscope, hf"]),
         (["convert", "qwen", "--threads", "-2"], ["--threads must be >= 0"]),
         (["convert", "qwen", "--from", "/nonexistent/ckpt"], ["/nonexistent/ckpt does not exist"]),
