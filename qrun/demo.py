@@ -128,6 +128,7 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
         raise BenchError(f"the demo bench failed ({reasons})", f"see {bench['report_md']} and the worker output above")
     write("Steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps_s.items()) + f"; total {elapsed_s:.1f} s\n\n")
     write(f"Reminder: {BANNER}.\n")
+    write(f"The tiny models stay in {out / 'ggufs'}: try  qrun chat deepseek --ggufs {out / 'ggufs'}\n\n")
     write("\n".join(NEXT_STEPS) + "\n")
     return {"out_dir": str(out), "checkpoints": {k: str(v) for k, v in checkpoints.items()},
             "ggufs": {k: str(v) for k, v in ggufs.items()}, "answers": answers,

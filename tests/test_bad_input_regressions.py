@@ -1,7 +1,5 @@
-"""Reviewer R's evidence: each test demonstrates one defect found in review (they fail until it is fixed).
-
-Each test names its defect and priority. Delete a test's DEFECT comment (keep the test) once it passes.
-"""
+"""Bad input that review found mishandled, kept as regression tests: each must stay one `Error:` line (or the
+right behaviour), never a traceback or a silent wrong setting."""
 
 from __future__ import annotations
 
@@ -22,7 +20,7 @@ def _one_error_line(result) -> None:
     assert result.stderr.startswith("Error:") and result.stderr.count("\n") == 1, result.stderr
 
 
-# DEFECT R-P2-1: `--out` naming an existing FILE crashes with a FileExistsError traceback
+# Was defect R-P2-1: `--out` naming an existing FILE crashes with a FileExistsError traceback
 # (convert/pipeline.py `out.mkdir(...)`, bench/run.py `out_dir.mkdir(...)`, bench/report.py write_outputs).
 def test_convert_out_that_is_a_file_is_one_error_line(tmp_path):
     a_file = tmp_path / "not-a-folder"
@@ -49,7 +47,7 @@ def test_report_on_a_damaged_results_file_is_one_error_line(tmp_path):
     _one_error_line(result)
 
 
-# DEFECT R-P2-3: `qrun ask MODEL -` keeps the trailing newline that `echo`/a file gives stdin, so the prompt ids differ
+# Was defect R-P2-3: `qrun ask MODEL -` keeps the trailing newline that `echo`/a file gives stdin, so the prompt ids differ
 # from the same question typed as an argument (DeepSeek: "你好\n" + "\n\n" = three newlines before "Assistant:").
 def test_prompt_from_stdin_equals_the_same_prompt_as_an_argument(tiny_gguf):
     gguf = str(tiny_gguf("deepseek-llm-7b-chat"))
@@ -59,7 +57,7 @@ def test_prompt_from_stdin_equals_the_same_prompt_as_an_argument(tiny_gguf):
     assert json.loads(piped.stdout)["prompt_token_ids"] == json.loads(typed.stdout)["prompt_token_ids"]
 
 
-# DEFECT R-P3-1: a bad --threads-batch is reported as "--threads must be at least 1" (runner/ask.py load_engine calls
+# Was defect R-P3-1: a bad --threads-batch is reported as "--threads must be at least 1" (runner/ask.py load_engine calls
 # check_threads(threads_batch), whose message hard-codes --threads); tests/test_load_settings.py does not check the name.
 def test_bad_threads_batch_error_names_its_own_flag(tiny_gguf):
     result = CliRunner().invoke(main, ["ask", str(tiny_gguf("deepseek-llm-7b-chat")), "hi", "--threads-batch", "-2"])
@@ -83,7 +81,7 @@ def test_score_of_an_empty_answers_file_is_an_error(tmp_path):
     _one_error_line(result)
 
 
-# DEFECT R-P1-1: QRUN_REPACK=off / False / NO / OFF turns repacking ON (qrun/settings.py repack_weights and
+# Was defect R-P1-1: QRUN_REPACK=off / False / NO / OFF turns repacking ON (qrun/settings.py repack_weights and
 # bench/profile.py resolve compare case-sensitively against ("", "0", "false", "no")). On this project's AMX Xeon
 # that is a SIGILL: `QRUN_REPACK=off qrun ask deepseek hi` dies with "Illegal instruction", exit 132, no message.
 # Same parser for QRUN_DEBUG ("off" turns tracebacks on).
