@@ -154,9 +154,8 @@ def resolve(model_or_path, *, quant=None, ggufs_dir=None, threads=None, threads_
             gguf = resolve_gguf(text, quant=quant, ggufs_dir=ggufs_dir) if quant else None
             entry = entry_for(doc, model, workload=workload, gguf=gguf, ggufs_dir=ggufs_dir, notice=notice)
     tuned = entry["settings"] if entry else {}
-    env = os.environ
-    env_threads = env.get("QRUN_THREADS", "").strip()
-    env_repack = env.get("QRUN_REPACK", "").strip()
+    env_threads = settings.env_int("QRUN_THREADS", 0) or None
+    env_repack = settings.env_bool("QRUN_REPACK") if os.environ.get("QRUN_REPACK", "").strip() else None
     values, sources = {}, {}
 
     def pick(key, flag, env_value, default):
@@ -171,15 +170,13 @@ def resolve(model_or_path, *, quant=None, ggufs_dir=None, threads=None, threads_
 
     pick("quant", None if is_path else (quant.upper() if quant else None), None,
          None if is_path else settings.DEFAULT_QUANT)
-    pick("n_threads", threads or None, int(env_threads) if env_threads.isdigit() and int(env_threads) else None,
-         settings.default_threads())
+    pick("n_threads", threads or None, env_threads, settings.default_threads())
     batch_default = values["n_threads"] if sources["n_threads"] != "profile" else settings.default_threads()
     if sources["n_threads"] in ("flag", "env") and not threads_batch:
         # --threads 1 alone means "use 1 thread": prompt processing follows it, as before profiles existed
         values["n_threads_batch"], sources["n_threads_batch"] = values["n_threads"], sources["n_threads"]
     else:
         pick("n_threads_batch", threads_batch or None, None, batch_default)
-    pick("repack", repack, (env_repack not in ("0", "false", "no")) if env_repack else None,
-         settings.repack_weights(None))
+    pick("repack", repack, env_repack, settings.repack_weights(None))
     pick("use_mmap", use_mmap, None, True)
     return values, sources

@@ -66,6 +66,15 @@ def convert_one(model: str, ckpt_dir: str, quant: str, out_dir: str, keep_f16: b
             "loadavg_before": load_before, "loadavg_after": _loadavg()}
 
 
+def read_file(path: Path) -> int:
+    """Read a file once (bytes read); with a warm page cache this is a memory copy."""
+    n, buf = 0, bytearray(16 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while k := f.readinto(buf):
+            n += k
+    return n
+
+
 def io_floor(ckpt_dir: Path, out_bytes: int, *, scratch: Path, drop_caches: bool) -> dict:
     """Time to read every shard of the checkpoint and to write (and fsync) `out_bytes`: what any converter pays."""
     dropped = drop_page_cache() if drop_caches else False

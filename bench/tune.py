@@ -61,8 +61,9 @@ def make_grid(*, quants, repack=(False, True), use_mmap=(True, False), threads=(
 
 
 def point_id(point: dict) -> str:
-    return (f"{point['quant']}/{'repack' if point['repack'] else 'norepack'}/{'mmap' if point['use_mmap'] else 'nommap'}"
-            f"/t{point['n_threads']}/tb{point['n_threads_batch']}")
+    repack = "repack" if point["repack"] else "norepack"
+    mmap = "mmap" if point["use_mmap"] else "nommap"
+    return f"{point['quant']}/{repack}/{mmap}/t{point['n_threads']}/tb{point['n_threads_batch']}"
 
 
 def schedule(points: list, repeat: int) -> list[tuple[int, int]]:

@@ -58,8 +58,8 @@ def tune_cmd(models, quants, threads, threads_batch, repack, mmap, repeat, force
                 continue
             ev, st = entry[workload]["evidence"], entry[workload]["settings"]
             metric = ev[ev["metric"]]
-            rows.append([model, workload, st["quant"], "on" if st["repack"] else "off", "on" if st["use_mmap"] else "off",
-                         st["n_threads"], st["n_threads_batch"],
+            rows.append([model, workload, st["quant"], "on" if st["repack"] else "off",
+                         "on" if st["use_mmap"] else "off", st["n_threads"], st["n_threads_batch"],
                          f"{metric['median']:.1f} ({metric['min']:.1f}-{metric['max']:.1f})",
                          f"{ev['peak_rss_bytes']['median'] / 2**20:.0f}", f"{ev['load_s']['median']:.2f}"])
     click.echo(tabulate(rows, headers=["model", "workload", "quant", "repack", "mmap", "threads", "threads_batch",

@@ -44,16 +44,18 @@ def main():
     qrun convert chatglm3          # download, convert to GGUF, quantize to Q4_K_M
     qrun ask chatglm3 "你好"        # one answer, streamed
     qrun bench --threads 2         # speed, memory and scored answers for every converted model
+    qrun tune                      # measure load settings on this machine; ask/chat/bench then use them
     """
 
 
 def _register() -> None:
     from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
+    from qrun.bench.tune_cli import tune_cmd
     from qrun.convert.cli import convert_cmd, models_cmd
     from qrun.demo import demo_cmd
     from qrun.runner.cli import ask_cmd, chat_cmd
 
-    for cmd in (demo_cmd, convert_cmd, models_cmd, ask_cmd, chat_cmd, bench_cmd, report_cmd, score_cmd):
+    for cmd in (demo_cmd, convert_cmd, models_cmd, ask_cmd, chat_cmd, bench_cmd, report_cmd, score_cmd, tune_cmd):
         main.add_command(cmd)
 
 
