@@ -133,10 +133,7 @@ def find_grid_targets(models, *, quants, ggufs_dir) -> dict[str, list[tuple[str,
     from qrun.convert.pipeline import find_converted
 
     wanted = {registry.get(m).name for m in models}
-    quants = [q.upper() for q in quants or []]
-    for q in quants:
-        if q not in settings.QUANTS:
-            raise UsageError(f"unknown --quant {q!r}", f"use one of: {', '.join(settings.QUANTS)}")
+    quants = [settings.check_quant(q) for q in quants or []]
     found: dict[str, list[tuple[str, Path]]] = {}
     for spec, quant, path, _manifest in find_converted(ggufs_dir):
         if (not wanted or spec.name in wanted) and (not quants or quant in quants):
