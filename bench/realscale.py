@@ -22,8 +22,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -166,10 +164,12 @@ class Run:
         gguf = self.gguf(model, "Q4_K_M")
         tasks.read_file(gguf)  # page cache warm for every timed load (the first would otherwise read the disk)
         result = []
+        n_ctx = None  # the llama.cpp load uses the context qrun chose (4096 capped at the training context)
         for rep in range(self.args.repeat):
             for kind in ("qrun", "llama.cpp"):
                 result.append({"kind": kind, "rep": rep + 1, **_in_fresh_process(
-                    tasks.load_once, kind, str(gguf), self.args.threads[-1], self.repack)})
+                    tasks.load_once, kind, str(gguf), self.args.threads[-1], self.repack, n_ctx)})
+                n_ctx = result[-1]["n_ctx"]
         self.model_doc(model)["load"] = result
 
     def step_bench(self, model: str) -> None:

@@ -102,9 +102,10 @@ def io_floor(ckpt_dir: Path, out_bytes: int, *, scratch: Path, drop_caches: bool
             "write_gb_per_s": out_bytes / write_s / 1e9, "loadavg_before": load_before, "loadavg_after": _loadavg()}
 
 
-def load_once(kind: str, gguf: str, threads: int, repack: bool) -> dict:
+def load_once(kind: str, gguf: str, threads: int, repack: bool, n_ctx: int | None = None) -> dict:
     """Load time of one GGUF: "qrun" = Engine.load; "llama.cpp" = the C API calls Llama() makes, with the same
-    model and context parameters (mmap, repack, n_ctx 4096, n_batch 512, flash attention off), nothing else."""
+    model and context parameters (mmap, repack, n_ctx as qrun chose, n_batch 512, flash attention off), nothing
+    else."""
     import llama_cpp
 
     from qrun import measure
@@ -126,7 +127,7 @@ def load_once(kind: str, gguf: str, threads: int, repack: bool) -> dict:
         t0 = time.perf_counter()
         model = llama_cpp.llama_model_load_from_file(gguf.encode(), mparams)
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = 4096, 512, 512
+        cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx or 4096, 512, 512
         cparams.n_threads = cparams.n_threads_batch = threads
         cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx = llama_cpp.llama_init_from_model(model, cparams)

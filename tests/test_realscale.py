@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import stat
 import sys
 from pathlib import Path
@@ -37,7 +36,9 @@ def _tensors(folder: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("model", ["chatglm3-6b", "qwen-7b-chat", "deepseek-llm-7b-chat"])
+# One model: the tiled writer takes names and shapes from synthetic.hf_tensor_shapes for every model alike, and
+# ChatGLM3 has the special case (rotary inv_freq buffer) and the smallest vocabulary (Qwen's takes ~20 s here).
+@pytest.mark.parametrize("model", ["chatglm3-6b"])
 def test_tiled_checkpoint_has_the_layout_of_synthetic(tmp_path, model):
     overrides = dict(synthetic.TINY_OVERRIDES[model])
     shard = 40 << 20  # forces several shards and an index
