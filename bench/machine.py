@@ -38,17 +38,10 @@ def _cpuinfo() -> tuple[str, list[str]]:
 def llama_cpp_system_info() -> str:
     """llama.cpp's own description of its build (SIMD paths compiled in), via the runner's engine module."""
     try:
-        from qrun.runner import engine
+        from qrun.runner.engine import system_info
+
+        return " ".join(system_info().split())
     except Exception as err:  # the runner cannot load llama.cpp: say why instead of failing the benchmark
-        return f"unavailable ({type(err).__name__}: {err})"
-    info = getattr(engine, "system_info", None)
-    if info is None and hasattr(engine, "llama_cpp"):  # an engine without the helper: the same call, via its module
-        info = lambda: engine.llama_cpp.llama_print_system_info().decode("utf-8", errors="replace")  # noqa: E731
-    if info is None:
-        return "unavailable (qrun.runner.engine has no system_info())"
-    try:
-        return " ".join(str(info()).split())
-    except Exception as err:
         return f"unavailable ({type(err).__name__}: {err})"
 
 

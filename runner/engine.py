@@ -20,7 +20,7 @@ from qrun import registry, settings
 from qrun.errors import GGUFError, UsageError
 from qrun.registry import ModelSpec
 from qrun.runner import cpu_probe, formats, spm_plain
-from qrun.runner.generation import Generation, GenerationStats, TextStream  # noqa: F401 (re-exported for callers)
+from qrun.runner.generation import Generation, TextStream  # noqa: F401 (re-exported for callers)
 from qrun.gguf_file import GGUFHeader, read_header
 
 # ggml_log_level in the vendored ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama_cpp/_logger.py's
@@ -296,6 +296,6 @@ class Engine:
 def system_info() -> str:
     """llama.cpp's description of its build (the CPU features it was compiled for), for bench's machine record.
 
-    Added by helper E (bench) for qrun.bench.machine; kept here because this module owns llama_cpp.
+    Used by qrun.bench.machine; it lives here because this module owns llama_cpp.
     """
     return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
