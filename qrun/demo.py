@@ -24,7 +24,7 @@ DEMO_QUANT = "Q4_K_M"
 DEMO_QUESTION = "你好！请用一句话介绍你自己。"
 DEFAULT_MAX_TOKENS = 16  # per answer, in ask and bench: enough to see streaming and measure speed, fast on 2 cores
 NEXT_STEPS = (
-    "Next, with the real models (each a 12-15 GB download that becomes a ~4 GB Q4_K_M GGUF):",
+    "Next, with the real models (a 12-15 GB download each, a 4.1-4.9 GB Q4_K_M GGUF; see README, Performance):",
     "  qrun convert chatglm3            # download from ModelScope, convert, quantize to Q4_K_M",
     "  qrun convert qwen --from DIR     # or convert a checkpoint folder you already have",
     "  qrun ask chatglm3 \"你好\"          # one streamed answer",
