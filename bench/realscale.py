@@ -89,12 +89,12 @@ class Run:
 
     # -- disk ----------------------------------------------------------------------------------------------------
     def check_disk(self, models: list[str]) -> None:
-        """Refuse before writing anything when the checkpoints, the F16 intermediate and the outputs cannot fit."""
+        """Refuse before writing anything when the checkpoints, the unquantized GGUF and the outputs cannot fit."""
         from qrun.convert import workspace as ws
 
         need_each, outputs = [], 0
         for model in models:
-            n = tasks.param_count(model, TOKENIZERS_DIR / model)
+            n = tasks.param_count(model, TOKENIZERS_DIR / model, self.args.config_overrides.get(model))
             ck = 0 if ckpt.is_complete(self.ckpt_dir(model)) or "checkpoint" not in self.args.steps else 2 * n
             todo = [q for q in self.quants(model) if not self.gguf(model, q).exists()] if "convert" in self.args.steps \
                 else []
@@ -102,7 +102,7 @@ class Run:
             out = sum(ws.estimate_gguf_bytes(n, q) for q in todo)
             need_each.append((ck, f16, out))
             outputs += out
-        if self.args.delete_as_you_go:  # one checkpoint + one F16 at a time, outputs accumulate
+        if self.args.delete_as_you_go:  # one checkpoint + one unquantized GGUF at a time, outputs accumulate
             need = outputs + max((ck + f16 for ck, f16, _ in need_each), default=0)
         else:
             need = outputs + sum(ck for ck, _, _ in need_each) + max((f16 for _, f16, _ in need_each), default=0)
@@ -112,7 +112,7 @@ class Run:
         if need > free:
             raise DiskSpaceError(
                 f"the real-scale run needs about {need / _GiB:.1f} GiB in {self.work} but only {free / _GiB:.1f} "
-                f"GiB are free (per 7B model: ~15 GiB checkpoint + ~15 GiB F16 intermediate + ~4.5 GiB per output)",
+                f"GiB are free (per 7B model: ~15 GiB checkpoint + ~15 GiB BF16/F16 GGUF + ~4.5 GiB per output)",
                 "pass --delete-as-you-go, fewer --models, another --work folder, or free some disk")
         self.say(f"disk: need ~{need / _GiB:.1f} GiB, {free / _GiB:.1f} GiB free")
 
@@ -135,19 +135,27 @@ class Run:
         if not ckpt.is_complete(self.ckpt_dir(model)):
             raise UsageError(f"no complete checkpoint of {model} in {self.ckpt_dir(model)}",
                              "run the checkpoint step first (--steps checkpoint,convert)")
-        for i, quant in enumerate(quants):
+        # qrun's own step first, alone: the unquantized GGUF (--quants F16/BF16 if given, else what `qrun convert`
+        # writes from this checkpoint: BF16 from bf16). Each quantized type is then made from it, as a rerun of
+        # `qrun convert --quant Q` does when the unquantized file is there.
+        from qrun import settings
+        from qrun.convert import workspace as ws
+
+        unquantized = [q for q in quants if q in settings.UNQUANTIZED] or [ws.natural_weight_type(self.ckpt_dir(model))]
+        plan = unquantized + [q for q in quants if q not in settings.UNQUANTIZED]
+        for i, quant in enumerate(plan):
             for path in (self.gguf(model, quant), self.gguf(model, quant).with_suffix(".json")):
                 path.unlink(missing_ok=True)  # measure a full conversion, never the up-to-date skip
-            # cold reads, as after a download; later quants reuse the kept F16
-            dropped = tasks.drop_page_cache() if i == 0 and self.args.drop_caches else False
+            dropped = tasks.drop_page_cache() if i == 0 and self.args.drop_caches else False  # cold, as after a download
             self.say(f"{model}: qrun convert --quant {quant} (page cache dropped: {dropped})")
             done[quant] = _in_fresh_process(tasks.convert_one, model, str(self.ckpt_dir(model)), quant,
-                                            str(self.ggufs()), i < len(quants) - 1, self.args.convert_threads)
+                                            str(self.ggufs()), self.args.convert_threads)
             done[quant]["page_cache_dropped"] = dropped
             self.save()
-        f16 = self.gguf(model, "F16")
-        f16.unlink(missing_ok=True)
-        f16.with_suffix(".json").unlink(missing_ok=True)
+        for quant in settings.UNQUANTIZED:
+            if quant not in quants:
+                self.gguf(model, quant).unlink(missing_ok=True)
+                self.gguf(model, quant).with_suffix(".json").unlink(missing_ok=True)
 
     def step_iofloor(self, model: str) -> None:
         out_bytes = sum(self.gguf(model, q).stat().st_size for q in QUANTS[model] if self.gguf(model, q).exists())

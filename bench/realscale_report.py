@@ -60,9 +60,11 @@ def _bandwidth(doc: dict) -> list[str]:
 
 def _convert(doc: dict) -> list[str]:
     out = ["## Conversion (qrun convert --from, through the library; one run each)", "",
-           "convert = qrun's own step (checkpoint -> F16 GGUF); its floor = reading the checkpoint + writing the F16 "
-           "file at the I/O floor's measured read and write rates. quantize = llama.cpp's llama_model_quantize. "
-           "I/O floor = read the checkpoint + write the outputs (measured).", "",
+           "convert = qrun's own step (checkpoint -> unquantized GGUF: BF16 from a bf16 checkpoint, or F16); its floor "
+           "= reading the checkpoint + writing that file at the I/O floor's measured read and write rates. quantize = "
+           "llama.cpp's llama_model_quantize, run on the unquantized GGUF of the row above it; a quantized row's "
+           "total counts that row's convert step too. I/O floor = read the checkpoint + write the outputs (measured).",
+           "",
            "| model | quant | checkpoint GB | convert s | convert floor s | convert / floor | quantize s | hash s "
            "| total s | I/O floor s | total / floor | peak RSS GiB | peak anon GiB | output GB | bits/weight "
            "| load avg |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -70,21 +72,28 @@ def _convert(doc: dict) -> list[str]:
         io = m.get("iofloor") or {}
         floor = io.get("floor_s")
         ck = (m.get("checkpoint") or {}).get("bytes") or io.get("read_bytes")
+        base_convert_s = None  # the convert step a quantized row reused (the unquantized row's)
         for quant, c in (m.get("convert") or {}).items():
             steps = c["steps"]
             parts = {k: (steps.get(k) or {}) for k in ("convert", "quantize", "hash")}
             reused = parts["convert"].get("reused")
-            conv_floor = (io["read_s"] + (c.get("f16_size_bytes") or 0) / (io["write_gb_per_s"] * 1e9)) if io else None
-            total = sum(p.get("wall_s", 0) for p in parts.values())
+            unquantized_bytes = c.get("unquantized_size_bytes") or c.get("f16_size_bytes") or 0  # older results
+            conv_floor = (io["read_s"] + unquantized_bytes / (io["write_gb_per_s"] * 1e9)) if io else None
+            conv_s = parts["convert"].get("wall_s")
+            if not reused and not parts["quantize"]:
+                base_convert_s = conv_s
+            own = sum(parts[k].get("wall_s", 0) for k in ("quantize", "hash"))
+            total = own + (base_convert_s or 0 if reused else conv_s or 0)
             rss = max(p.get("peak_rss_bytes", 0) for p in parts.values())
             anon = max(p.get("peak_anon_bytes", 0) for p in parts.values())
-            conv_s = parts["convert"].get("wall_s")
+            quantized = bool(parts["quantize"])
             out.append(f"| {model} | {quant} | {_f(ck and ck / 1e9, '{:.1f}')} | "
-                       f"{_f(conv_s, '{:.0f}')}{' (reused F16)' if reused else ''} | "
-                       f"{_f(conv_floor, '{:.0f}')} | {_ratio(conv_s, conv_floor) if not reused else '—'} | "
+                       f"{'(reused)' if reused else _f(conv_s, '{:.0f}')} | "
+                       f"{'' if reused else _f(conv_floor, '{:.0f}')} | "
+                       f"{'' if reused else _ratio(conv_s, conv_floor)} | "
                        f"{_f(parts['quantize'].get('wall_s'), '{:.0f}')} | {_f(parts['hash'].get('wall_s'), '{:.1f}')} | "
-                       f"{total:.0f} | {_f(floor, '{:.0f}') if quant != 'F16' else '—'} | "
-                       f"{_ratio(total, floor) if not reused and quant != 'F16' else '—'} | {rss / _GiB:.2f} | "
+                       f"{total:.0f} | {_f(floor, '{:.0f}') if quantized else '—'} | "
+                       f"{_ratio(total, floor) if quantized else '—'} | {rss / _GiB:.2f} | "
                        f"{anon / _GiB:.2f} | {c['size_bytes'] / 1e9:.2f} | {_f(c.get('bits_per_weight'))} | "
                        f"{c['loadavg_before'][0]}→{c['loadavg_after'][0]} |")
     floors = [(model, m["iofloor"]) for model, m in doc["models"].items() if m.get("iofloor")]

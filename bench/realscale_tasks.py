@@ -32,10 +32,12 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def param_count(model: str, tokenizer_dir: Path) -> int:
+def param_count(model: str, tokenizer_dir: Path, config_overrides: dict | None = None) -> int:
+    """Parameters of the checkpoint the checkpoint step writes (the real config.json with --config-overrides)."""
     from qrun.convert import synthetic
 
     config = json.loads((Path(tokenizer_dir) / "config.json").read_text(encoding="utf-8"))
+    config.update(config_overrides or {})
     return sum(math.prod(shape) for _, shape in synthetic.hf_tensor_shapes(model, config))
 
 
@@ -50,17 +52,17 @@ def drop_page_cache() -> bool:
         return False
 
 
-def convert_one(model: str, ckpt_dir: str, quant: str, out_dir: str, keep_f16: bool, threads: int | None) -> dict:
+def convert_one(model: str, ckpt_dir: str, quant: str, out_dir: str, threads: int | None) -> dict:
     """`qrun convert MODEL --from CKPT --quant QUANT` through the library, in this (fresh) process."""
     from qrun.convert.pipeline import convert_model
     from qrun.measure import peak_rss_bytes_since_start
 
     load_before, t0 = _loadavg(), time.perf_counter()
-    manifest = convert_model(model, from_dir=ckpt_dir, quant=quant, out_dir=out_dir, keep_f16=keep_f16,
-                             threads=threads)
+    manifest = convert_model(model, from_dir=ckpt_dir, quant=quant, out_dir=out_dir, threads=threads)
     wall_s = time.perf_counter() - t0
-    return {"quant": quant, "wall_s": wall_s, "keep_f16": keep_f16, "steps": manifest["steps"],
-            "size_bytes": manifest["size_bytes"], "f16_size_bytes": manifest.get("f16_size_bytes"),
+    return {"quant": quant, "wall_s": wall_s, "steps": manifest["steps"], "size_bytes": manifest["size_bytes"],
+            "unquantized_type": manifest.get("unquantized_type"),
+            "unquantized_size_bytes": manifest.get("unquantized_size_bytes"),
             "bits_per_weight": manifest.get("bits_per_weight"), "tensor_types": manifest.get("tensor_types"),
             "threads": manifest.get("threads"), "process_peak_rss_bytes": peak_rss_bytes_since_start(),
             "loadavg_before": load_before, "loadavg_after": _loadavg()}

@@ -48,7 +48,7 @@ def run_job(job: dict) -> dict:
         engine = Engine.load(job["gguf"], n_ctx=job.get("n_ctx"), n_threads=s["n_threads"],
                              n_threads_batch=s["n_threads_batch"], repack=s["repack"], use_mmap=s["use_mmap"],
                              seed=job.get("seed", 42))
-        out["load_s"], out["n_ctx"] = engine.load_s, engine.n_ctx
+        out["load_s"], out["n_ctx"], out["amx_denied"] = engine.load_s, engine.n_ctx, engine.amx_denied
         # every answer runs to its full length: end-of-turn and stop tokens are banned (random or tiny models
         # would otherwise stop at different points for different settings)
         banned = {t: float("-inf") for t in {*engine.stop_ids, engine.eos_id} if t is not None and t >= 0}

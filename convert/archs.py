@@ -20,6 +20,10 @@ import numpy as np
 from qrun.errors import CheckpointError, UnsupportedConfigError
 from qrun.registry import MODELS, ModelSpec
 from qrun.convert.checkpoint import Checkpoint, read_json
+from qrun.convert.safetensors_io import BF16_BITS
+
+# Type of the 2-D weights in the unquantized GGUF -> numpy dtype of the arrays tensors() yields.
+WEIGHT_DTYPES = {"F16": np.dtype(np.float16), "BF16": BF16_BITS}
 
 _MISSING = object()
 # Keys every config.json may carry that change nothing in the weights or the forward pass.
@@ -42,12 +46,7 @@ class TensorPlan:
     gguf_name: str
     hf_name: str
     shape: tuple[int, ...]
-    transform: Callable[[np.ndarray], np.ndarray] | None = None
-
-    @property
-    def dtype(self):
-        # 2-D weights F16, 1-D norms and biases F32 (llama.cpp adds norms/biases in F32 anyway).
-        return np.float16 if len(self.shape) >= 2 else np.float32
+    transform: Callable[[np.ndarray], np.ndarray] | None = None  # a pure rearrangement: works on any dtype
 
 
 class Converter:
@@ -59,9 +58,12 @@ class Converter:
     ignored_keys: frozenset[str] = frozenset()  # config keys known not to matter for this architecture
     skip_tensors: tuple[str, ...] = ()  # regexes of checkpoint tensors that are not weights (e.g. rope buffers)
 
-    def __init__(self, spec: ModelSpec, checkpoint: Checkpoint):
+    def __init__(self, spec: ModelSpec, checkpoint: Checkpoint, weight_type: str = "F16"):
+        if weight_type not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_type must be one of {sorted(WEIGHT_DTYPES)}, got {weight_type!r}")
         self.spec = spec
         self.checkpoint = checkpoint
+        self.weight_type = weight_type
         self.config = checkpoint.config
         self.notes: list[str] = []
         self._used_keys: set[str] = set()
@@ -122,9 +124,13 @@ class Converter:
         builder = getattr(vocab_module, self.vocab_builder)
         return builder(self.checkpoint.directory, vocab_size=self._hparams["vocab_size"])
 
-    def tensor_infos(self) -> list[tuple[str, tuple[int, ...], type]]:
+    def dtype(self, p: TensorPlan) -> np.dtype:
+        """2-D weights in weight_type (F16 or BF16 bits), 1-D norms and biases F32 (llama.cpp adds them in F32)."""
+        return WEIGHT_DTYPES[self.weight_type] if len(p.shape) >= 2 else np.dtype(np.float32)
+
+    def tensor_infos(self) -> list[tuple[str, tuple[int, ...], np.dtype]]:
         """(gguf name, numpy shape, numpy dtype) of every output tensor, in write order, without reading data."""
-        return [(p.gguf_name, p.shape, p.dtype) for p in self.plan]
+        return [(p.gguf_name, p.shape, self.dtype(p)) for p in self.plan]
 
     def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         """(gguf name, array) in tensor_infos() order, read one at a time."""
@@ -133,7 +139,7 @@ class Converter:
             yield p.gguf_name, self._load(p)
 
     def _load(self, p: TensorPlan) -> np.ndarray:
-        array = self.checkpoint.read(p.hf_name, dtype=p.dtype)
+        array = self.checkpoint.read(p.hf_name, dtype=self.dtype(p))
         return p.transform(array) if p.transform else array
 
     def info(self) -> dict:
@@ -183,8 +189,10 @@ def _converter_classes() -> dict[str, type[Converter]]:
     return {c.gguf_arch: c for c in (LlamaConverter, QwenConverter, ChatGLMConverter)}
 
 
-def converter_for(spec: ModelSpec, checkpoint_dir: str | Path) -> Converter:
+def converter_for(spec: ModelSpec, checkpoint_dir: str | Path, weight_type: str = "F16") -> Converter:
     """The converter for `spec` over the checkpoint folder, with config and tensors already checked.
+
+    weight_type: "F16" or "BF16", the type of the 2-D weights it yields (BF16 from a bf16 checkpoint is a copy).
 
     Raises:
         CheckpointError: missing config/tokenizer/shard, wrong architecture, missing or unexpected tensors.
@@ -201,4 +209,4 @@ def converter_for(spec: ModelSpec, checkpoint_dir: str | Path) -> Converter:
             f"pass the right model name (this looks like {match})" if match else "pass the right model name",
         )
     checkpoint = Checkpoint(checkpoint_dir, tokenizer_files=spec.tokenizer_files)
-    return _converter_classes()[spec.gguf_arch](spec, checkpoint)
+    return _converter_classes()[spec.gguf_arch](spec, checkpoint, weight_type)

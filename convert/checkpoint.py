@@ -111,7 +111,8 @@ class Checkpoint:
         return self._where[name].shape(name)
 
     def read(self, name: str, *, dtype=np.float32) -> np.ndarray:
-        """Tensor `name` as a new array of `dtype` (np.float32 or np.float16); costs ~one tensor of memory."""
+        """Tensor `name` as a new array of `dtype` (np.float32, np.float16 or safetensors_io.BF16_BITS); costs ~one
+        tensor of memory."""
         return self._where[name].read(name, dtype=dtype)
 
     def total_bytes(self) -> int:

@@ -61,7 +61,8 @@ def _summary(result: dict) -> str:
 @click.option("--quant", default=settings.DEFAULT_QUANT, show_default=True, metavar="QUANT",
               help=f"Output type: {', '.join(settings.QUANTS)}.")
 @click.option("--out", "out_dir", metavar="DIR", type=click.Path(file_okay=False), help="Output folder [default: QRUN_GGUF_DIR, then ./ggufs].")
-@click.option("--keep-f16", is_flag=True, help="Keep the F16 GGUF next to the quantized one.")
+@click.option("--keep-f16", is_flag=True, help="Also keep an F16 GGUF (the quantized file is then made from it; "
+              "without this flag a bf16 checkpoint goes through an exact BF16 intermediate that is deleted).")
 @click.option("--threads", type=int, default=None, metavar="N", help="Quantizer threads [default: physical cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as a JSON list on stdout.")
 def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, threads, as_json):
@@ -82,6 +83,9 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
     quant = settings.check_quant(quant)
     if threads is not None and threads < 0:
         raise UsageError(f"--threads must be >= 0, got {threads}", "0 means all physical cores")
+    if keep_f16 and quant == "BF16":
+        raise UsageError("--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
+                         "drop --keep-f16, or run `qrun convert --quant F16` as well")
     results, failed = [], []
     for spec in dict.fromkeys(specs):
         try:

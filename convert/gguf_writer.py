@@ -1,4 +1,4 @@
-"""Write a converter's model as an F16 GGUF, streaming: peak memory is about one tensor, not the model.
+"""Write a converter's model as an unquantized (F16 or BF16) GGUF, streaming: peak memory is about one tensor.
 
 GGUF puts every tensor's name, shape and type before any data, and the converters know those from config.json
 alone, so the header, key/values and tensor infos are written first (gguf.GGUFWriter.add_tensor_info), then each
@@ -18,6 +18,7 @@ from typing import Callable
 import gguf
 import numpy as np
 
+from qrun.convert.safetensors_io import BF16_BITS
 from qrun.errors import ConversionError
 from qrun.fsutil import partial_path
 
@@ -36,6 +37,8 @@ _HPARAM_WRITERS = {
     "vocab_size": gguf.GGUFWriter.add_vocab_size,
 }
 QRUN_MODEL_KEY = "qrun.model"  # canonical registry name, read back by runner/engine.py
+# The converter's weight_type -> the GGUF's file type; BF16 tensors arrive as uint16 bits and are tagged as such.
+_FILE_TYPES = {"F16": gguf.LlamaFileType.MOSTLY_F16, "BF16": gguf.LlamaFileType.MOSTLY_BF16}
 
 Progress = Callable[[int, int, str], None]  # (done_bytes, total_bytes, tensor name)
 
@@ -44,7 +47,7 @@ def _prepare(converter, partial: Path) -> tuple[gguf.GGUFWriter, list]:
     writer = gguf.GGUFWriter(partial, converter.gguf_arch)
     writer.add_name(converter.spec.name)
     writer.add_string(QRUN_MODEL_KEY, converter.spec.name)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(_FILE_TYPES[converter.weight_type])
     hparams = converter.hparams()
     unknown = set(hparams) - set(_HPARAM_WRITERS)
     if unknown:  # a converter bug, not a user error
@@ -55,12 +58,14 @@ def _prepare(converter, partial: Path) -> tuple[gguf.GGUFWriter, list]:
     infos = converter.tensor_infos()
     for name, shape, dtype in infos:
         dtype = np.dtype(dtype)
-        writer.add_tensor_info(name, shape, dtype, math.prod(shape) * dtype.itemsize)
+        raw_dtype = gguf.GGMLQuantizationType.BF16 if dtype == BF16_BITS else None
+        writer.add_tensor_info(name, shape, dtype, math.prod(shape) * dtype.itemsize, raw_dtype=raw_dtype)
     return writer, infos
 
 
-def write_f16_gguf(converter, out_path: str | os.PathLike, *, progress: Progress | None = None) -> dict:
-    """Write `converter`'s model to `out_path` as a GGUF with F16 weights and F32 norms/biases.
+def write_gguf(converter, out_path: str | os.PathLike, *, progress: Progress | None = None) -> dict:
+    """Write `converter`'s model to `out_path` as a GGUF with converter.weight_type (F16 or BF16) weights and F32
+    norms/biases.
 
     Args:
         converter: from qrun.convert.archs.converter_for().

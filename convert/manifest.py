@@ -78,7 +78,8 @@ def build_manifest(
     gguf_path: str | os.PathLike,
     sha256: str,
     source: dict,
-    f16_size_bytes: int | None,
+    unquantized_type: str,
+    unquantized_size_bytes: int | None,
     steps: dict,
     threads: int | None,
 ) -> dict:
@@ -93,7 +94,8 @@ def build_manifest(
         "sha256": sha256,
         "size_bytes": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
-        "f16_size_bytes": f16_size_bytes,
+        "unquantized_type": unquantized_type,  # the F16/BF16 GGUF qrun wrote and llama.cpp quantized
+        "unquantized_size_bytes": unquantized_size_bytes,
         **tensor_summary(path),
         "source": source,
         "versions": versions(),

@@ -1,6 +1,9 @@
-"""One model from checkpoint to verified GGUF: download -> F16 GGUF -> quantize -> hash -> manifest.
+"""One model from checkpoint to verified GGUF: download -> unquantized GGUF -> quantize -> hash -> manifest.
 
-Steps are resumable: a finished output that matches its manifest is skipped, a complete F16 intermediate from the
+The unquantized GGUF is qrun's own conversion: BF16 when the checkpoint is bf16 (its bits copied), else F16, or
+whichever --quant F16/BF16 asks for. Everything else is llama.cpp's quantizer run on it.
+
+Steps are resumable: a finished output that matches its manifest is skipped, a complete intermediate from the
 same checkpoint files is reused after an interruption, and nothing half-written ever carries a final name (writers
 use `<name>.partial` and rename; leftovers are deleted on the next run).
 """
@@ -101,7 +104,7 @@ def convert_model(
         revision: hub branch/tag/commit to pin (ignored with from_dir).
         quant: one of settings.QUANTS.
         out_dir: output folder; None = settings.gguf_dir().
-        keep_f16: also keep `<name>-F16.gguf` (with its manifest).
+        keep_f16: also keep `<name>-F16.gguf` (with its manifest); the quantized file is then made from it.
         threads: quantizer threads; None or 0 = all physical cores.
         progress: optional callback progress(step, **info) for per-tensor progress.
 
@@ -118,9 +121,13 @@ def convert_model(
     threads = threads or settings.default_threads()
     out = settings.gguf_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if keep_f16 and quant == "BF16":
+        raise UsageError("--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
+                         "drop --keep-f16, or run `qrun convert --quant F16` as well")
     final = out / f"{spec.name}-{quant}.gguf"
     f16_final = out / f"{spec.name}-F16.gguf"
     want_f16_output = keep_f16 or quant == "F16"
+    unquantized_final = {t: out / f"{spec.name}-{t}.gguf" for t in settings.UNQUANTIZED}
 
     for leftover in ws.clean_stale_partials(spec, out):
         _say(f"[convert] removed leftover of an interrupted run: {leftover.name}")
@@ -159,78 +166,93 @@ def convert_model(
         source_info = result.to_source()
     source_info["fingerprint"] = ws.fingerprint(ckpt_dir, spec)
 
-    # Which F16 to quantize from: a kept F16 output or a complete intermediate of the same checkpoint files.
-    f16_path, f16_marker = None, None
-    kept = _up_to_date(f16_final, checkpoint_fingerprint=source_info["fingerprint"], revision=None, source=source)
-    intermediate = ws.intermediate_path(spec, out)
-    if kept is not None:
-        f16_path, f16_marker = f16_final, {"convert_step": kept.get("steps", {}).get("convert")}
-        _say(f"[convert] reusing {f16_final.name}")
+    # The unquantized type this run writes: what --quant asks for, F16 when it must be kept, else the checkpoint's own.
+    if quant in settings.UNQUANTIZED:
+        base_type = quant
     else:
-        f16_marker = ws.reusable_marker(intermediate, source_info["fingerprint"])
-        if f16_marker is not None:
-            f16_path = intermediate
-            _say(f"[convert] reusing the complete F16 intermediate {intermediate.name} of an interrupted run")
+        base_type = "F16" if keep_f16 else ws.natural_weight_type(ckpt_dir)
+    intermediate = ws.intermediate_path(spec, out, base_type)
+    for stale in ws.intermediate_paths(spec, out):
+        if stale != intermediate:
+            ws.remove_intermediate(stale)
+
+    # What to quantize from: a kept F16/BF16 output or a complete intermediate of the same checkpoint files.
+    base_path, base_marker = None, None
+    reusable = [base_type] if quant in settings.UNQUANTIZED or keep_f16 else [base_type, *settings.UNQUANTIZED]
+    for kept_type in dict.fromkeys(reusable):
+        kept = _up_to_date(unquantized_final[kept_type], checkpoint_fingerprint=source_info["fingerprint"],
+                           revision=None, source=source)
+        if kept is not None:
+            base_type, base_path = kept_type, unquantized_final[kept_type]
+            base_marker = {"convert_step": kept.get("steps", {}).get("convert")}
+            _say(f"[convert] reusing {base_path.name}")
+            break
+    if base_path is None:
+        base_marker = ws.reusable_marker(intermediate, source_info["fingerprint"])
+        if base_marker is not None:
+            base_path = intermediate
+            _say(f"[convert] reusing the complete {base_type} intermediate {intermediate.name} of an interrupted run")
         else:
             ws.remove_intermediate(intermediate)
 
-    quantize_needed = quant != "F16" and _up_to_date(
+    quantize_needed = quant not in settings.UNQUANTIZED and _up_to_date(
         final, checkpoint_fingerprint=source_info["fingerprint"], revision=None, source=source) is None
     n_params = ws.estimate_params(ckpt_dir)
     ws.check_free_disk(
         out,
-        f16_bytes=0 if f16_path else ws.estimate_gguf_bytes(n_params, "F16"),
+        unquantized_bytes=0 if base_path else ws.estimate_gguf_bytes(n_params, base_type),
+        unquantized_type=base_type,
         output_bytes=ws.estimate_gguf_bytes(n_params, quant) if quantize_needed else 0,
         quant=quant,
     )
 
-    if f16_path is None:
+    if base_path is None:
         from qrun.convert.archs import converter_for
-        from qrun.convert.gguf_writer import write_f16_gguf
+        from qrun.convert.gguf_writer import write_gguf
 
-        _say(f"[convert] {spec.name}: {ckpt_dir} -> F16 GGUF")
+        _say(f"[convert] {spec.name}: {ckpt_dir} -> {base_type} GGUF")
         with _measured(steps, "convert"):
-            converter = converter_for(spec, ckpt_dir)
-            writer_info = write_f16_gguf(converter, intermediate, progress=_step_progress(progress, "convert"))
+            converter = converter_for(spec, ckpt_dir, weight_type=base_type)
+            writer_info = write_gguf(converter, intermediate, progress=_step_progress(progress, "convert"))
         ws.write_marker(intermediate, checkpoint_fingerprint=source_info["fingerprint"], source=source_info,
                         convert_step=steps["convert"], writer_info=writer_info)
-        f16_path = intermediate
+        base_path = intermediate
     else:
-        steps["convert"] = {**(f16_marker.get("convert_step") or {}), "reused": True}
-    f16_size_bytes = f16_path.stat().st_size
+        steps["convert"] = {**(base_marker.get("convert_step") or {}), "reused": True}
+    base_size_bytes = base_path.stat().st_size
 
     def finish(path: Path, file_quant: str, file_steps: dict) -> dict:
         with _measured(file_steps, "hash"):
             digest = sha256_file(path)
         manifest = mf.build_manifest(model=spec.name, quant=file_quant, gguf_path=path, sha256=digest,
-                                     source=source_info, f16_size_bytes=f16_size_bytes, steps=file_steps,
-                                     threads=threads)
+                                     source=source_info, unquantized_type=base_type,
+                                     unquantized_size_bytes=base_size_bytes, steps=file_steps, threads=threads)
         mf.write_manifest(path, manifest)
         return manifest
 
     result_manifest = None
-    if quant != "F16":
-        if quantize_needed:
-            from qrun.convert.quantize import quantize_gguf
+    if quantize_needed:
+        from qrun.convert.quantize import quantize_gguf
 
-            _say(f"[quantize] {f16_path.name} -> {final.name} ({threads} threads)")
-            mf.remove_manifest(final)
-            with _measured(steps, "quantize"):
-                quantize_gguf(f16_path, final, quant, threads=threads, progress=progress)
-            result_manifest = finish(final, quant, steps)
+        _say(f"[quantize] {base_path.name} -> {final.name} ({threads} threads)")
+        mf.remove_manifest(final)
+        with _measured(steps, "quantize"):
+            quantize_gguf(base_path, final, quant, threads=threads, progress=progress)
+        result_manifest = finish(final, quant, steps)
+    elif quant not in settings.UNQUANTIZED:
+        result_manifest = mf.read_manifest(final)
+    kept_final = unquantized_final[base_type] if (keep_f16 or quant in settings.UNQUANTIZED) else None
+    if kept_final is not None:
+        if base_path != kept_final:
+            mf.remove_manifest(kept_final)
+            os.replace(base_path, kept_final)
+            ws.remove_intermediate(base_path)
+            kept_manifest = finish(kept_final, base_type, {k: v for k, v in steps.items() if k != "quantize"})
         else:
-            result_manifest = mf.read_manifest(final)
-    if want_f16_output:
-        if f16_path != f16_final:
-            mf.remove_manifest(f16_final)
-            os.replace(f16_path, f16_final)
-            ws.remove_intermediate(f16_path)
-            f16_manifest = finish(f16_final, "F16", {k: v for k, v in steps.items() if k != "quantize"})
-        else:
-            f16_manifest = mf.read_manifest(f16_final)
-        if quant == "F16":
-            result_manifest = f16_manifest
-    elif f16_path == intermediate:
+            kept_manifest = mf.read_manifest(kept_final)
+        if quant in settings.UNQUANTIZED:
+            result_manifest = kept_manifest
+    elif base_path == intermediate:
         ws.remove_intermediate(intermediate)
     _say(f"[convert] wrote {final}")
     return {**result_manifest, "status": "converted", "path": str(final)}

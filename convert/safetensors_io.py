@@ -24,6 +24,7 @@ STORAGE_DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.ui
 _MAX_HEADER_BYTES = 100 << 20  # the format's own limit (safetensors rejects larger headers)
 _CHUNK_ELEMENTS = 1 << 20  # values converted per step: ~4 MB of f32 scratch
 _REDOWNLOAD_HINT = "re-download the file (an interrupted download leaves it short)"
+BF16_BITS = np.dtype(np.uint16)  # out dtype meaning "bfloat16, as its uint16 bit pattern" (numpy has no bfloat16)
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -39,7 +40,14 @@ def f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
 
 
 def convert_rows(raw: np.ndarray, storage_dtype: str, out_dtype) -> np.ndarray:
-    """A new array of `out_dtype` holding `raw` (a stored array, e.g. a memmap) decoded, converted in row chunks."""
+    """A new array of `out_dtype` holding `raw` (a stored array, e.g. a memmap) decoded, converted in row chunks.
+
+    `out_dtype` BF16_BITS means bfloat16 carried as uint16 bit patterns (numpy has no bfloat16); a BF16 tensor read
+    as BF16_BITS is copied as stored, with no arithmetic at all.
+    """
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype == BF16_BITS and storage_dtype == "BF16":
+        return np.array(raw, order="C")
     out = np.empty(raw.shape, dtype=out_dtype)
     flat_in = raw.reshape(raw.shape[0], -1) if raw.ndim > 1 else raw.reshape(-1, 1)
     flat_out = out.reshape(flat_in.shape)
@@ -48,6 +56,8 @@ def convert_rows(raw: np.ndarray, storage_dtype: str, out_dtype) -> np.ndarray:
         chunk = np.asarray(flat_in[start : start + rows_per_chunk])
         if storage_dtype == "BF16":
             chunk = bf16_bits_to_f32(chunk)
+        if out_dtype == BF16_BITS:
+            chunk = f32_to_bf16_bits(chunk)
         flat_out[start : start + rows_per_chunk] = chunk
     return out
 
@@ -104,7 +114,7 @@ class SafetensorsFile:
         return self.entries[name]["shape"]
 
     def read(self, name: str, *, dtype=np.float32) -> np.ndarray:
-        """Tensor `name` as a new array of `dtype` (np.float32 or np.float16)."""
+        """Tensor `name` as a new array of `dtype` (np.float32, np.float16 or BF16_BITS)."""
         entry = self.entries[name]
         if entry["dtype"] not in STORAGE_DTYPES:
             raise CheckpointError(

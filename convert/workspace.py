@@ -1,5 +1,6 @@
 """The bookkeeping around a conversion: which checkpoint files it reads (and their fingerprint), how much disk it
-will need, the resumable F16 intermediate and its marker, and leftovers of interrupted runs."""
+will need, which unquantized type to write, the resumable intermediate and its marker, and leftovers of
+interrupted runs."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from qrun.registry import ModelSpec
 # Upper estimates of bits per weight of each output, including the tensors llama.cpp keeps at higher precision
 # (K-quant mixes put output/attn_v/ffn_down partly in Q6_K; ChatGLM3's 13696-wide FFN falls back to Q5_0/Q8_0).
 # Measured Q4_K_M files of the 7B models are 4.9-5.2 bits; these leave a margin so the check errs on the safe side.
-_EST_BITS_PER_WEIGHT = {"F16": 16.0, "Q8_0": 8.5, "Q6_K": 7.0, "Q5_K_M": 6.2, "Q4_K_M": 5.5, "Q4_K_S": 5.0,
+_EST_BITS_PER_WEIGHT = {"F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 7.0, "Q5_K_M": 6.2, "Q4_K_M": 5.5, "Q4_K_S": 5.0,
                         "Q4_0": 5.0}
 # Vocabulary, merges and metadata of a GGUF: a few MB even for Qwen's 152k tokens; allowance on top of the weights.
 _GGUF_OVERHEAD_BYTES = 64 << 20
@@ -44,14 +45,25 @@ def fingerprint(folder: Path, spec: ModelSpec) -> str:
     return digest.hexdigest()[:32]
 
 
-def _safetensors_params(path: Path) -> int | None:
-    """Parameter count from a safetensors header (8-byte length + JSON); None when it cannot be read."""
+def _safetensors_header(path: Path) -> dict | None:
+    """The JSON header of a safetensors file (8-byte length + JSON); None when it cannot be read."""
     try:
         with open(path, "rb") as f:
             (header_bytes,) = struct.unpack("<Q", f.read(8))
             if header_bytes > 100 << 20:
                 return None
             header = json.loads(f.read(header_bytes))
+        return header if isinstance(header, dict) else None
+    except (OSError, ValueError, struct.error):
+        return None
+
+
+def _safetensors_params(path: Path) -> int | None:
+    """Parameter count from a safetensors header; None when it cannot be read."""
+    header = _safetensors_header(path)
+    if header is None:
+        return None
+    try:
         total = 0
         for name, entry in header.items():
             if name == "__metadata__":
@@ -59,8 +71,29 @@ def _safetensors_params(path: Path) -> int | None:
             begin, end = entry["data_offsets"]
             total += (end - begin) // _SAFETENSORS_ELEMENT_BYTES.get(entry["dtype"], 2)
         return total
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+    except (ValueError, KeyError, TypeError):
         return None
+
+
+def natural_weight_type(folder: Path) -> str:
+    """The unquantized GGUF type that keeps a checkpoint's weights as they are: "BF16" when every matrix in its
+    safetensors files is stored in bfloat16 (as all three models ship), else "F16".
+
+    BF16 weights then go into the GGUF as copied bits: exact (F16 cannot hold bf16's range) and ~10x less CPU than
+    decoding them to f32 and rounding to f16. llama.cpp's quantizer reads BF16 as well as F16. Pickle checkpoints
+    get "F16" (their headers are not read here; the converter handles any stored type either way).
+    """
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return "F16"
+    for path in files:
+        header = _safetensors_header(path)
+        if header is None:
+            return "F16"
+        for name, entry in header.items():
+            if name != "__metadata__" and len(entry.get("shape", ())) >= 2 and entry.get("dtype") != "BF16":
+                return "F16"
+    return "BF16"
 
 
 def estimate_params(folder: Path) -> int:
@@ -77,22 +110,24 @@ def estimate_gguf_bytes(n_params: int, quant: str) -> int:
     return int(n_params * _EST_BITS_PER_WEIGHT[quant] / 8) + _GGUF_OVERHEAD_BYTES
 
 
-def check_free_disk(folder: Path, *, f16_bytes: int, output_bytes: int, quant: str) -> None:
+def check_free_disk(folder: Path, *, unquantized_bytes: int, unquantized_type: str, output_bytes: int,
+                    quant: str) -> None:
     """Fail before starting when `folder`'s disk lacks room for what is about to be written.
 
     Args:
-        f16_bytes: size of the F16 intermediate still to be written (0 when an existing one is reused).
-        output_bytes: size of the quantized output (0 when QUANT is F16: the intermediate becomes the output).
+        unquantized_bytes: size of the F16/BF16 GGUF still to be written (0 when an existing one is reused).
+        unquantized_type: "F16" or "BF16", for the message.
+        output_bytes: size of the quantized output (0 when QUANT is F16/BF16: that file is the output).
 
     Raises:
         DiskSpaceError: naming both sizes, the reserve (QRUN_KEEP_FREE_BYTES) and the free space.
     """
     free_bytes = shutil.disk_usage(folder).free
     reserve_bytes = settings.keep_free_bytes()
-    need_bytes = f16_bytes + output_bytes + reserve_bytes
+    need_bytes = unquantized_bytes + output_bytes + reserve_bytes
     if need_bytes <= free_bytes:
         return
-    parts = [f"F16 intermediate {_gb(f16_bytes)}"] if f16_bytes else []
+    parts = [f"{unquantized_type} intermediate {_gb(unquantized_bytes)}"] if unquantized_bytes else []
     if output_bytes:
         parts.append(f"{quant} output {_gb(output_bytes)}")
     parts.append(f"reserve {_gb(reserve_bytes)} (QRUN_KEEP_FREE_BYTES)")
@@ -106,9 +141,14 @@ def _gb(n_bytes: int) -> str:
     return f"{n_bytes / 1e9:.2f} GB" if n_bytes >= 1e7 else f"{n_bytes} bytes"
 
 
-def intermediate_path(spec: ModelSpec, out_dir: Path) -> Path:
-    """Where the F16 intermediate lives until it is quantized (not a `<name>-<QUANT>.gguf` final name)."""
-    return out_dir / f"{spec.name}-F16.intermediate.gguf"
+def intermediate_path(spec: ModelSpec, out_dir: Path, weight_type: str) -> Path:
+    """Where the F16/BF16 intermediate lives until it is quantized (not a `<name>-<QUANT>.gguf` final name)."""
+    return out_dir / f"{spec.name}-{weight_type}.intermediate.gguf"
+
+
+def intermediate_paths(spec: ModelSpec, out_dir: Path) -> list[Path]:
+    """Intermediates of this model of any type (a run for another type or --keep-f16 leaves them stale)."""
+    return [intermediate_path(spec, out_dir, t) for t in settings.UNQUANTIZED]
 
 
 def marker_path(intermediate: Path) -> Path:

@@ -1,7 +1,7 @@
 """`qrun demo`: the whole pipeline offline in about a minute, on tiny random-weight models of the three architectures.
 
 It makes small tokenizers of each kind itself (qrun/demo_tokenizers.py), writes tiny checkpoints in the real Hugging
-Face layout, then runs exactly what a user runs on real models: convert (F16 GGUF -> Q4_K_M), ask (one streamed
+Face layout, then runs exactly what a user runs on real models: convert (BF16 GGUF -> Q4_K_M), ask (one streamed
 answer per model), bench (the seed suite, scored) and report. The answers are gibberish by design.
 """
 

@@ -11,7 +11,9 @@ import psutil
 # Default 4-bit type: the usual llama.cpp choice for 7B chat models (quality close to Q5, size ~4.1-4.4 GB).
 DEFAULT_QUANT = "Q4_K_M"
 # Types `qrun convert --quant` accepts; each is a llama.cpp ftype (LLAMA_FTYPE_MOSTLY_<name>, F16 = MOSTLY_F16).
-QUANTS = ("F16", "Q8_0", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K")
+QUANTS = ("F16", "BF16", "Q8_0", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K")
+# The two that qrun's converter writes itself; every other type is llama.cpp's quantizer run on one of these.
+UNQUANTIZED = ("F16", "BF16")
 
 def check_quant(quant: str | None) -> str:
     """A --quant value in canonical spelling ("q4_k_m" -> "Q4_K_M").

@@ -229,6 +229,6 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
             "stats": {"load_s": engine.load_s, **stats},
             "settings": {"n_ctx": engine.n_ctx, "quant": chosen["quant"], "threads": chosen["n_threads"],
                          "threads_batch": chosen["n_threads_batch"], "repack": chosen["repack"],
-                         "use_mmap": chosen["use_mmap"], "seed": seed, **options,
+                         "amx_denied": engine.amx_denied, "use_mmap": chosen["use_mmap"], "seed": seed, **options,
                          "source": {_SETTING_NAMES.get(k, k): v for k, v in engine.load_choice["sources"].items()}},
         }

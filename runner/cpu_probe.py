@@ -5,6 +5,10 @@ Some virtual machines advertise AMX (cpuinfo flags, the kernel's XCOMP permissio
 the tile registers, and the first batched Q4 matmul then dies with SIGILL (`tilezero`) — the whole process, with no
 message (seen on this project's development VM). A crash cannot be caught in-process, so before a model is loaded
 with repacking on such a CPU, a tiny model is run with it in a child process and the verdict is cached.
+
+When AMX is what crashes, a second child repeats the run with AMX denied (runner/amx_guard.py): if that works,
+repacking stays available with llama.cpp's AVX-512/AVX2 kernels, and every process that repacks on this machine
+denies AMX to itself first.
 """
 
 from __future__ import annotations
@@ -20,14 +24,19 @@ from importlib import metadata
 from qrun import settings
 from qrun.errors import UsageError
 from qrun.fsutil import write_json_atomic
+from qrun.runner import amx_guard
 
 # Set in the child so its own Engine.load does not probe again.
 _CHILD_ENV = "QRUN_CPU_PROBE_CHILD"
 _PROBE_MODEL = "deepseek-llm-7b-chat"  # the smallest tiny demo model; any architecture exercises the matmuls
 
+_PROBE_VERSION = 2  # part of the cache key: verdicts of older probes lack "repack_without_amx_ok"
 _CHILD_CODE = """
 import sys
+from qrun.runner import amx_guard
 from qrun.runner.engine import Engine
+if sys.argv[2:] == ["deny-amx"]:
+    assert amx_guard.deny_amx() and amx_guard.amx_request_denied()
 with Engine.load(sys.argv[1], n_ctx=256, n_threads=1, repack=True) as engine:
     ids = engine.tokenize("hello world, " * 8)   # a batch of tokens: the path that uses the repacked kernels
     list(engine.generate(ids, max_tokens=2))
@@ -59,9 +68,17 @@ def _run_probe(notice) -> dict:
            "kernels run here")
     checkpoint = build_demo_checkpoints(root / "checkpoints", models=(_PROBE_MODEL,))[_PROBE_MODEL]
     gguf = convert_model(_PROBE_MODEL, from_dir=checkpoint, quant="Q4_0", out_dir=root / "ggufs")["path"]
+    verdict = _run_child(gguf)
+    if not verdict["repack_ok"] and amx_guard.supported():
+        notice("note: llama.cpp's AMX kernels crash here; checking repacking with AMX denied (AVX-512 kernels)")
+        verdict["repack_without_amx_ok"] = _run_child(gguf, "deny-amx")["repack_ok"]
+    return verdict
+
+
+def _run_child(gguf, *args: str) -> dict:
     env = {**os.environ, _CHILD_ENV: "1", "GGML_NO_BACKTRACE": "1"}
-    child = subprocess.run([sys.executable, "-c", _CHILD_CODE, str(gguf)], env=env, capture_output=True, text=True,
-                           timeout=300)
+    child = subprocess.run([sys.executable, "-c", _CHILD_CODE, str(gguf), *args], env=env, capture_output=True,
+                           text=True, timeout=300)
     died_of = -child.returncode if child.returncode < 0 else None
     return {"repack_ok": child.returncode == 0,
             "exit": signal.Signals(died_of).name if died_of else child.returncode,
@@ -69,15 +86,22 @@ def _run_probe(notice) -> dict:
 
 
 def check_repack(system_info: str, *, notice=lambda _msg: None, force_probe: bool = False) -> dict:
-    """Raise UsageError if repacking is known to crash llama.cpp on this CPU; probe (once, cached) if unsure.
+    """Make sure repacking can run in this process: probe (once per machine, cached) if unsure; where only AMX
+    crashes, deny AMX to this process (amx_guard) so repacking uses the AVX-512/AVX2 kernels; else raise.
+
+    Call it before the first model load with repacking in the process (llama.cpp requests AMX at that load).
 
     Returns:
-        The verdict {"repack_ok", "exit", ...} ({"repack_ok": True, "probed": False} where no probe is needed).
+        The verdict {"repack_ok", "exit", ..., "amx_denied"} ({"repack_ok": True, "probed": False} where no probe is
+        needed).
+
+    Raises:
+        UsageError: repacking crashes here even without AMX.
     """
     if os.environ.get(_CHILD_ENV) or not (force_probe or _needs_probe(system_info)):
         return {"repack_ok": True, "probed": False}
     key = {"cpu": _cpu_model(), "llama_cpp_python": metadata.version("llama-cpp-python"),
-           "system_info": system_info}
+           "system_info": system_info, "probe_version": _PROBE_VERSION}
     cache = settings.qrun_home() / "cpu-probe.json"
     verdict = None
     try:
@@ -89,10 +113,12 @@ def check_repack(system_info: str, *, notice=lambda _msg: None, force_probe: boo
     if verdict is None:
         verdict = _run_probe(notice)
         write_json_atomic(cache, {"key": key, "verdict": verdict})
+    if not verdict["repack_ok"] and verdict.get("repack_without_amx_ok") and amx_guard.deny_amx():
+        return {**verdict, "probed": True, "amx_denied": True}
     if not verdict["repack_ok"]:
         raise UsageError(
             f"llama.cpp's repacked weights crash on this CPU ({verdict['exit']} in a test run: it advertises AMX "
             f"but the machine does not enable it)",
             "drop --repack (and unset QRUN_REPACK); qrun runs without repacking by default",
         )
-    return {**verdict, "probed": True}
+    return {**verdict, "probed": True, "amx_denied": False}

@@ -112,6 +112,7 @@ class Engine:
         self._llama = llama
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self.path, self.spec, self.header, self.load_s = path, spec, header, load_s
+        self.amx_denied = False  # set by load(): repacked with the AVX-512/AVX2 kernels because AMX traps here
         self.n_ctx_requested = n_ctx_requested
         self.n_ctx = llama_cpp.llama_n_ctx(llama.ctx)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
@@ -154,8 +155,13 @@ class Engine:
                              "trained on", f"use --ctx {header.context_length} or less")
         threads = n_threads or settings.default_threads()
         repack = settings.repack_weights(repack) and not vocab_only
+        amx_denied = False
         if repack:
-            cpu_probe.check_repack(system_info(), notice=notice)
+            verdict = cpu_probe.check_repack(system_info(), notice=notice)
+            amx_denied = verdict.get("amx_denied", False)
+            if amx_denied:
+                notice("note: AMX is denied to this process (llama.cpp's AMX kernels crash on this machine); "
+                       "repacking uses its AVX-512/AVX2 kernels")
         t0 = time.perf_counter()
         with _captured_llama_log() as log_lines, _model_params(use_extra_bufts=repack):
             try:
@@ -168,8 +174,10 @@ class Engine:
                 reason = "; ".join(line for line in log_lines if line) or str(err)
                 raise GGUFError(f"llama.cpp could not load {path}: {reason}",
                                 "use a GGUF made by `qrun convert` (or re-create this one)") from None
-        return cls(llama, path=path, spec=spec, header=header, load_s=time.perf_counter() - t0,
-                   n_ctx_requested=n_ctx)
+        engine = cls(llama, path=path, spec=spec, header=header, load_s=time.perf_counter() - t0,
+                     n_ctx_requested=n_ctx)
+        engine.amx_denied = amx_denied
+        return engine
 
     def close(self) -> None:
         self._llama.close()

@@ -15,8 +15,9 @@ import pytest
 
 from qrun import registry
 from qrun.convert.archs import converter_for, permute_for_rope
+from qrun.convert.safetensors_io import BF16_BITS
 from qrun.convert.checkpoint import Checkpoint
-from qrun.convert.gguf_writer import write_f16_gguf
+from qrun.convert.gguf_writer import write_gguf
 from qrun.convert.safetensors_io import f32_to_bf16_bits, write_safetensors
 from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
 from qrun.errors import CheckpointError, UnsupportedConfigError
@@ -94,7 +95,7 @@ def read_gguf(path: Path) -> tuple[dict, dict]:
     data_start = -(-pos // kv.get("general.alignment", 32)) * kv.get("general.alignment", 32)
     tensors = {}
     for name, shape, ggml_type, offset in infos:
-        dtype = {0: np.float32, 1: np.float16}[ggml_type]
+        dtype = {0: np.float32, 1: np.float16, 30: np.uint16}[ggml_type]  # 30 = BF16, as its bits
         count = int(np.prod(shape))
         start = data_start + offset
         data = blob[start:start + count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
@@ -104,14 +105,14 @@ def read_gguf(path: Path) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def f16_ggufs(tiny_checkpoints, tmp_path_factory):
-    """{model: (gguf path, write info, progress calls)} written by write_f16_gguf directly (lazily per model)."""
+    """{model: (gguf path, write info, progress calls)} written by write_gguf directly (lazily per model)."""
     out, cache = tmp_path_factory.mktemp("f16"), {}
 
     def get(model):
         if model not in cache:
             calls = []
             converter = converter_for(registry.get(model), tiny_checkpoints[model])
-            info = write_f16_gguf(converter, out / f"{model}-F16.gguf", progress=lambda *a: calls.append(a))
+            info = write_gguf(converter, out / f"{model}-F16.gguf", progress=lambda *a: calls.append(a))
             cache[model] = (out / f"{model}-F16.gguf", info, calls)
         return cache[model]
 
@@ -205,6 +206,23 @@ def test_gguf_values_come_from_the_right_hf_tensors(f16_ggufs, tiny_checkpoints,
         assert np.array_equal(tensors[gguf_name][2], want), gguf_name
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_bf16_gguf_copies_the_checkpoints_bits(tmp_path, tiny_checkpoints, model):
+    """weight_type BF16 (the default intermediate for bf16 checkpoints): the same tensors, each weight's bf16 bits
+    exactly as stored (rope rows permuted), norms in F32, and the GGUF's file type says BF16."""
+    converter = converter_for(registry.get(model), tiny_checkpoints[model], weight_type="BF16")
+    write_gguf(converter, tmp_path / "m.gguf")
+    kv, tensors = read_gguf(tmp_path / "m.gguf")
+    assert kv["general.file_type"] == gguf.LlamaFileType.MOSTLY_BF16
+    assert {t for _, t, _ in tensors.values()} == {0, 30}
+    checkpoint = Checkpoint(tiny_checkpoints[model])
+    for gguf_name, (hf_name, rope_heads) in SOURCES[model].items():
+        bits = checkpoint.read(hf_name, dtype=BF16_BITS if len(checkpoint.shape(hf_name)) == 2 else np.float32)
+        if rope_heads:
+            bits = permute_for_rope(bits, rope_heads)
+        assert np.array_equal(tensors[gguf_name][2], bits), gguf_name
+
+
 def test_rope_permutation_pairs_each_heads_halves():
     # one head of 8 rows: HF rotates (0,4), (1,5), (2,6), (3,7); llama.cpp rotates adjacent rows (0,1), (2,3), ...
     rows = np.arange(8, dtype=np.float32).reshape(8, 1)
@@ -248,7 +266,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, tiny_checkpoints):
     converter.tensors = interrupted
     out = tmp_path / "x-F16.gguf"
     with pytest.raises(KeyboardInterrupt):
-        write_f16_gguf(converter, out)
+        write_gguf(converter, out)
     assert list(tmp_path.iterdir()) == []
 
 

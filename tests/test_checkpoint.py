@@ -16,7 +16,8 @@ import safetensors.numpy
 from safetensors import TensorSpec, serialize_file
 
 from qrun.convert.checkpoint import Checkpoint
-from qrun.convert.safetensors_io import SafetensorsFile, bf16_bits_to_f32, f32_to_bf16_bits, write_safetensors
+from qrun.convert.safetensors_io import (BF16_BITS, SafetensorsFile, bf16_bits_to_f32, f32_to_bf16_bits,
+                                        write_safetensors)
 from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
 from qrun.convert.torch_pickle import TorchZipFile
 from qrun.errors import CheckpointError
@@ -107,6 +108,19 @@ def test_reader_matches_reference_writer_for_f32_f16_bf16(tmp_path):
     assert np.array_equal(reader.read("c.bf16"), bf16_bits_to_f32(f32_to_bf16_bits(arrays["c.bf16"])))
     assert np.abs(reader.read("c.bf16") - arrays["c.bf16"]).max() < 2**-7 * np.abs(arrays["c.bf16"]).max()
     assert reader.read("d.scalar").shape == () and float(reader.read("d.scalar")) == 2.5
+
+
+def test_reading_as_bf16_bits_copies_bf16_and_rounds_the_rest(tmp_path):
+    rng = np.random.default_rng(2)
+    arrays = {"a.f32": rng.standard_normal((5, 7)).astype(np.float32),
+              "b.f16": rng.standard_normal((3, 4)).astype(np.float16),
+              "c.bf16": rng.standard_normal((6, 3)).astype(np.float32)}
+    path = tmp_path / "model.safetensors"
+    _save_with_reference_writer(path, arrays, bf16={"c.bf16"})
+    reader = SafetensorsFile(path)
+    assert reader.read("c.bf16", dtype=BF16_BITS).tolist() == f32_to_bf16_bits(arrays["c.bf16"]).tolist()
+    assert reader.read("a.f32", dtype=BF16_BITS).tolist() == f32_to_bf16_bits(arrays["a.f32"]).tolist()
+    assert reader.read("b.f16", dtype=BF16_BITS).tolist() == f32_to_bf16_bits(arrays["b.f16"]).tolist()
 
 
 @pytest.mark.parametrize("dtype", ["F16", "F32"])

@@ -40,7 +40,7 @@ def test_manifest_describes_the_file(model, tiny_ggufs, tiny_checkpoints):
     assert (manifest["model"], manifest["quant"], manifest["gguf"]) == (model, "Q4_K_M", q4.name)
     assert manifest["sha256"] == sha256_file(q4)
     assert manifest["size_bytes"] == q4.stat().st_size
-    assert manifest["f16_size_bytes"] == f16.stat().st_size
+    assert (manifest["unquantized_type"], manifest["unquantized_size_bytes"]) == ("F16", f16.stat().st_size)
     assert manifest["source"]["kind"] == "local"
     assert manifest["source"]["path"] == str(Path(tiny_checkpoints[model]).resolve())
     assert manifest["source"]["fingerprint"] == ws.fingerprint(Path(tiny_checkpoints[model]), _spec(model))
@@ -157,7 +157,7 @@ def test_kill_mid_convert_and_mid_quantize_then_rerun_completes(tiny_checkpoints
     model, out = "chatglm3-6b", tmp_path / "out"
     args = ["convert", "chatglm3", "--from", str(tiny_checkpoints[model]), "--out", str(out), "--threads", "1"]
     final = gguf_path_for(model, "Q4_K_M", out)
-    intermediate = ws.intermediate_path(_spec(model), out)
+    intermediate = ws.intermediate_path(_spec(model), out, "BF16")  # the tiny checkpoints are bf16, like the real
 
     _kill_when_exists(_qrun_process(args, {}), intermediate.with_name(intermediate.name + ".partial"))
     assert not final.exists() and not intermediate.exists()
@@ -178,7 +178,7 @@ def test_kill_mid_convert_and_mid_quantize_then_rerun_completes(tiny_checkpoints
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "removed leftover of an interrupted run: chatglm3-6b-Q4_K_M.gguf.partial" in stderr
-    assert "reusing the complete F16 intermediate" in stderr
+    assert "reusing the complete BF16 intermediate" in stderr
     assert stdout.startswith("chatglm3-6b  Q4_K_M")
     assert sorted(p.name for p in out.iterdir()) == ["chatglm3-6b-Q4_K_M.gguf", "chatglm3-6b-Q4_K_M.json"]
     manifest = mf.check_manifest(final)
@@ -211,6 +211,32 @@ def test_not_enough_disk_fails_before_writing(tiny_checkpoints, tiny_ggufs, tmp_
     assert f"not enough free disk in {out}" in line
     f16_gb = ws.estimate_gguf_bytes(n_params, "F16") / 1e9
     q4_gb = ws.estimate_gguf_bytes(n_params, "Q4_K_M") / 1e9
-    assert f"F16 intermediate {f16_gb:.2f} GB + Q4_K_M output {q4_gb:.2f} GB" in line
+    assert f"BF16 intermediate {f16_gb:.2f} GB + Q4_K_M output {q4_gb:.2f} GB" in line
     assert "--out DIR" in line
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(("dtype", "weight_type"), [("bf16", "BF16"), ("f16", "F16"), ("f32", "F16")])
+def test_quantizes_from_the_checkpoints_own_type(tmp_path, dtype, weight_type, capfd):
+    """A bf16 checkpoint goes through an exact BF16 intermediate (its bits copied, no float arithmetic), others
+    through F16; the manifest records which, and the intermediate is gone afterwards."""
+    from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
+    from tiny_models import TOKENIZERS_DIR
+
+    model, out = "deepseek-llm-7b-chat", tmp_path / "out"
+    folder = write_random_checkpoint(model, tmp_path / "ckpt", tokenizer_dir=TOKENIZERS_DIR / model,
+                                     config_overrides=TINY_OVERRIDES[model], dtype=dtype)
+    assert ws.natural_weight_type(Path(folder)) == weight_type
+    manifest = convert_model(model, from_dir=folder, quant="Q8_0", out_dir=out, threads=1)
+    assert manifest["unquantized_type"] == weight_type
+    assert f"-> {weight_type} GGUF" in capfd.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [f"{model}-Q8_0.gguf", f"{model}-Q8_0.json"]
+
+
+def test_keep_f16_with_bf16_output_is_refused(tiny_checkpoints, tmp_path):
+    from qrun.errors import UsageError
+
+    with pytest.raises(UsageError, match="--keep-f16"):
+        convert_model("chatglm3-6b", from_dir=tiny_checkpoints["chatglm3-6b"], quant="BF16", keep_f16=True,
+                      out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -133,3 +133,39 @@ def test_tolerance_catches_conversion_mistakes(model, mistake, logits_pair, f16_
     wrong = rf.logits_from_weights(config, mistake(monkeypatch, weights), PROMPT_IDS[model])
     assert relative_errors(got, wrong).max() > 10 * MAX_REL_ERR
     assert (got.argmax(axis=1) != wrong.argmax(axis=1)).any()
+
+
+# --- BF16: what `qrun convert` writes by default from a bf16 checkpoint before quantizing -----------------------
+# The GGUF holds the checkpoint's bf16 bits unchanged, so the reference runs on the unrounded weights. llama.cpp's
+# BF16 matmul rounds activations to bf16 (8 mantissa bits against f16's 11), which costs precision against the F16
+# path: measured 3.5e-3..7.7e-3 of the largest logit on these models; BF16_MAX_REL_ERR leaves ~2x headroom, stays
+# 20x below the smallest conversion mistake above (0.4).
+BF16_MAX_REL_ERR = 1.5e-2
+
+
+@pytest.fixture(scope="module")
+def bf16_ggufs(tiny_checkpoints, tmp_path_factory):
+    from qrun.convert.pipeline import convert_model
+
+    out = tmp_path_factory.mktemp("bf16")
+    cache = {}
+
+    def get(model):
+        if model not in cache:
+            cache[model] = convert_model(model, from_dir=tiny_checkpoints[model], quant="BF16", out_dir=out)
+        return cache[model]
+
+    return get
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bf16_gguf_keeps_the_bits_and_matches_reference_forward(model, bf16_ggufs, tiny_checkpoints):
+    manifest = bf16_ggufs(model)
+    assert set(manifest["tensor_types"]) == {"BF16", "F32"} and manifest["unquantized_type"] == "BF16"
+    config, weights = rf.load_checkpoint(tiny_checkpoints[model])
+    ids = PROMPT_IDS[model]
+    got, ref = llama_cpp_logits(manifest["path"], ids), rf.logits_from_weights(config, weights, ids)
+    errors = relative_errors(got, ref)
+    assert errors.max() < BF16_MAX_REL_ERR, f"relative errors {np.round(errors, 5)}"
+    margin = BF16_MAX_REL_ERR * np.abs(ref).max(axis=1)
+    assert (ref[np.arange(len(ref)), got.argmax(axis=1)] >= ref.max(axis=1) - margin).all()

@@ -66,15 +66,18 @@ def test_small_shape_end_to_end(tmp_path, capsys):
     doc = json.loads((work / "results" / "realscale.json").read_text())
     m = doc["models"]["chatglm3-6b"]
     assert m["checkpoint"]["fill"] == "tiled" and m["checkpoint"]["bytes"] > 0
-    assert set(m["convert"]) == {"Q4_K_M", "Q4_0"}
-    assert m["convert"]["Q4_0"]["steps"]["convert"]["reused"] is True  # the kept F16 was quantized again
-    for quant, c in m["convert"].items():
+    # qrun's own step alone first (BF16: the checkpoint is bf16), then each 4-bit type quantized from that file
+    assert list(m["convert"]) == ["BF16", "Q4_K_M", "Q4_0"]
+    assert "quantize" not in m["convert"]["BF16"]["steps"] and m["convert"]["BF16"]["unquantized_type"] == "BF16"
+    quantized = {q: c for q, c in m["convert"].items() if q != "BF16"}
+    for quant, c in quantized.items():
+        assert c["steps"]["convert"]["reused"] is True and c["steps"]["quantize"]["wall_s"] > 0
         assert (work / "ggufs" / f"chatglm3-6b-{quant}.gguf").stat().st_size == c["size_bytes"]
-    assert not (work / "ggufs" / "chatglm3-6b-F16.gguf").exists()  # intermediate removed
+    assert not list((work / "ggufs").glob("*16*"))  # the unquantized file is removed
     assert not (work / "checkpoints" / "chatglm3-6b").exists()  # --delete-as-you-go
     assert m["iofloor"]["read_bytes"] == m["checkpoint"]["bytes"]
     assert m["iofloor"]["page_cache_dropped"] is False  # only with --drop-caches (it slows the whole machine)
-    assert m["iofloor"]["write_bytes"] == sum(c["size_bytes"] for c in m["convert"].values())
+    assert m["iofloor"]["write_bytes"] == sum(c["size_bytes"] for c in quantized.values())
     assert {r["kind"] for r in m["load"]} == {"qrun", "llama.cpp"} and all(r["load_s"] > 0 for r in m["load"])
     b = m["bench"]
     assert b["pp_suite"]["prompt_tokens"] == 512
