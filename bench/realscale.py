@@ -27,14 +27,16 @@ import time
 from pathlib import Path
 
 from qrun import registry, settings
-from qrun.bench import bandwidth, machine
+from qrun.bench import bandwidth, compute_peak, machine
 from qrun.bench import realscale_ckpt as ckpt
 from qrun.bench import realscale_report as report
 from qrun.bench import realscale_tasks as tasks
 from qrun.errors import DiskSpaceError, UsageError
 from qrun.fsutil import write_json_atomic
 
-STEPS = ("checkpoint", "convert", "iofloor", "load", "bench", "llama-bench", "bandwidth")
+MODEL_STEPS = ("checkpoint", "convert", "iofloor", "load", "bench", "llama-bench")
+MACHINE_STEPS = ("bandwidth", "compute")  # measured once, before the models
+STEPS = MODEL_STEPS + MACHINE_STEPS
 # Q4_0 too where Q4_K_M is known to be the slower 4-bit type or a peer ships q4_0 (PERF-FACTS, issue 5 item 5).
 QUANTS = {"chatglm3-6b": ("Q4_K_M", "Q4_0"), "qwen-7b-chat": ("Q4_K_M", "Q4_0"), "deepseek-llm-7b-chat": ("Q4_K_M",)}
 TOKENIZERS_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "tokenizers"
@@ -204,8 +206,15 @@ class Run:
             self.say("memory bandwidth")
             self.doc["bandwidth"] = bandwidth.measure_all(thread_counts=self.args.threads)
             self.save()
+        if "compute" in self.args.steps:
+            self.say("arithmetic peak (float32 SGEMM)")
+            self.doc["compute"] = compute_peak.measure_all(thread_counts=self.args.threads)
+            for model in models:  # what one prompt token multiplies, for prompt tok/s -> FLOP/s
+                if self.gguf(model, "Q4_K_M").exists():
+                    self.model_doc(model)["matmul_weights"] = tasks.matmul_weights(self.gguf(model, "Q4_K_M"))
+            self.save()
         for model in models:
-            for step in STEPS[:-1]:
+            for step in MODEL_STEPS:
                 if step in self.args.steps:
                     getattr(self, "step_" + step.replace("-", "_"))(model)
                     self.save()

@@ -167,8 +167,35 @@ def _fraction(doc: dict) -> list[str]:
     return out + [""]
 
 
+def _compute(doc: dict) -> list[str]:
+    rows = doc.get("compute") or []
+    if not rows:
+        return []
+    out = ["## Arithmetic peak (bench/compute_peak.py: float32 SGEMM, GFLOP/s, median (best) of repeats)", "",
+           "| threads | SGEMM GFLOP/s | BLAS | load avg |", "|---|---|---|---|"]
+    out += [f"| {r['threads']} | {r['median_gflop_per_s']:.1f} ({r['best_gflop_per_s']:.1f}) | {r['blas']} | "
+            f"{r['loadavg']} |" for r in rows]
+    out += ["", "## Prompt speed against the arithmetic peak", "",
+            "achieved = prompt tok/s (pp512, median) x 2 FLOPs x weights multiplied per token (all but the "
+            "token-embedding table); fraction = achieved / SGEMM GFLOP/s at the same threads. llama.cpp multiplies "
+            "Q4 weights in int8, so this compares its int8 path with the measured float32 peak.", "",
+            "| model | threads | weights (G) | qrun pp tok/s | achieved GFLOP/s | SGEMM GFLOP/s | qrun fraction "
+            "| llama-bench pp tok/s | llama-bench fraction |", "|---|---|---|---|---|---|---|---|---|"]
+    peak = {r["threads"]: r["median_gflop_per_s"] for r in rows}
+    for model, m in doc["models"].items():
+        n, b, lb = m.get("matmul_weights"), m.get("bench") or {}, m.get("llama_bench") or {}
+        for t in sorted(b.get("pp", {}), key=int):
+            q, l = b["pp"][t].get("median"), lb.get("pp", {}).get(t, {}).get("median")
+            achieved = q * 2 * n / 1e9 if q and n else None
+            achieved_l = l * 2 * n / 1e9 if l and n else None
+            out.append(f"| {model} | {t} | {_f(n and n / 1e9)} | {_f(q)} | {_f(achieved, '{:.1f}')} | "
+                       f"{_f(peak.get(int(t)), '{:.1f}')} | {_ratio(achieved, peak.get(int(t)))} | {_f(l)} | "
+                       f"{_ratio(achieved_l, peak.get(int(t)))} |")
+    return out + [""]
+
+
 def render(doc: dict) -> str:
     lines = ["# Real-scale performance (python -m qrun.bench.realscale)", ""]
-    lines += _machine(doc) + _bandwidth(doc) + _convert(doc) + _load_table(doc) + _speed(doc) + _fraction(doc)
+    lines += _machine(doc) + _bandwidth(doc) + _convert(doc) + _load_table(doc) + _speed(doc) + _fraction(doc) + _compute(doc)
     lines += ["Commands: " + "; ".join(" ".join(r["argv"]) for r in doc.get("runs", [])), ""]
     return "\n".join(lines)

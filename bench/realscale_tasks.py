@@ -138,6 +138,14 @@ def load_once(kind: str, gguf: str, threads: int, repack: bool, n_ctx: int | Non
             "loadavg_before": load_before}
 
 
+def matmul_weights(gguf: Path) -> int:
+    """Weights one prompt token is multiplied with: every tensor's elements but the token-embedding table's (a
+    lookup, not a product); the norms it also counts are 0.01 % of a 7B model."""
+    from qrun.convert.manifest import read_tensor_infos
+
+    return sum(n for name, _type, n in read_tensor_infos(gguf) if name != "token_embd.weight")
+
+
 def weights_read_per_token_bytes(gguf: Path) -> int:
     """Bytes of tensor data one decoded token reads: every tensor except the token-embedding table (a lookup
     reads one row of it; the output matrix is read whole)."""

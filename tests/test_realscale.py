@@ -144,3 +144,17 @@ def test_bandwidth_measures_both_kernels():
     for r in rows:
         for kernel in ("copy", "triad"):
             assert 0 < r[kernel]["min_gb_per_s"] <= r[kernel]["median_gb_per_s"] <= r[kernel]["best_gb_per_s"]
+
+
+def test_compute_peak_and_the_prompt_fraction(tmp_path):
+    from qrun.bench import compute_peak
+
+    got = compute_peak.measure(threads=1, size=256, repeat=2)
+    assert got["threads"] == 1 and 0 < got["min_gflop_per_s"] <= got["median_gflop_per_s"] <= got["best_gflop_per_s"]
+    # 2 x 6.5e9 weights x 20 tok/s = 260 GFLOP/s achieved against a 130 GFLOP/s SGEMM: fraction 2.0 (int8 > f32)
+    doc = {"machine": {}, "runs": [], "compute": [{**got, "median_gflop_per_s": 130.0, "best_gflop_per_s": 131.0}],
+           "models": {"m": {"matmul_weights": 6.5e9, "bench": {"pp": {"1": {"prompt_tokens_per_s": [20.0],
+                                                                               "median": 20.0}}}}}}
+    md = realscale_report.render(doc)
+    assert "| 1 | 130.0 (131.0) |" in md
+    assert "| m | 1 | 6.50 | 20.00 | 260.0 | 130.0 | 2.000 | — | — |" in md
