@@ -11,6 +11,10 @@ Choice (PERF-FACTS: llama.cpp's defaults are not the best settings on a CPU, and
   prompt = long prompt, short answer -> the highest median prompt tok/s;
 points whose [min, max] over the repetitions overlaps the best one's are ties, broken by less peak RSS, then less
 anonymous memory, then fewer threads, then faster load.
+
+`qrun tune` also measures llama-cpp-python's own defaults (llama_cpp_defaults()) on each file, in the same
+interleaved passes, and records the chosen settings against them ("vs_llama_cpp_defaults": the ratios a user gains
+by tuning, on this machine).
 """
 
 from __future__ import annotations
@@ -51,6 +55,29 @@ def default_threads_values(cores: int | None = None) -> list[int]:
     """The core count and one less (on 2 cores: 1 and 2) — never more threads than cores (PERF-FACTS)."""
     cores = cores or settings.physical_cores()
     return sorted({max(1, cores - 1), cores})
+
+
+def llama_cpp_defaults(cpus: int | None = None) -> dict:
+    """What `Llama(path)` does when given nothing (llama-cpp-python 0.3.36): repacking on (use_extra_bufts), mmap on,
+    n_threads = CPUs // 2, n_threads_batch = CPUs (its own multiprocessing.cpu_count() rule)."""
+    cpus = cpus or os.cpu_count() or 1
+    return {"repack": True, "use_mmap": True, "n_threads": max(cpus // 2, 1), "n_threads_batch": cpus}
+
+
+# Compared between the chosen settings and the defaults: higher is better for the first two, lower for the rest.
+COMPARED = ("chat.gen_tokens_per_s", "prompt.prompt_tokens_per_s", "peak_rss_bytes", "peak_anon_bytes", "load_s")
+
+
+def versus(chosen: dict, baseline: dict | None) -> dict | None:
+    """Medians of the chosen point over the baseline point's (ratios), or the baseline's failure."""
+    if baseline is None:
+        return None
+    out = {"point": baseline["id"], "status": baseline["status"]}
+    if baseline["status"] == "ok":
+        out["ratios"] = {k: chosen[k]["median"] / baseline[k]["median"] for k in COMPARED
+                         if k in chosen and k in baseline and baseline[k]["median"]}
+        out["baseline"] = {k: baseline[k]["median"] for k in COMPARED if k in baseline}
+    return out
 
 
 def make_grid(*, quants, repack=(False, True), use_mmap=(True, False), threads=(1,), threads_batch=None) -> list[dict]:
@@ -176,10 +203,17 @@ def _warm_page_cache(path: Path) -> None:
 
 
 def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat: int, n_ctx=None,
-               progress: Progress = _stderr, measure=run_point) -> dict:
-    """Measure one model's grid -> its profile entry {workload: {settings, gguf, evidence}, "grid": summaries}."""
+               baseline: dict | None = None, progress: Progress = _stderr, measure=run_point) -> dict:
+    """Measure one model's grid -> its profile entry {workload: {settings, gguf, evidence}, "grid": summaries}.
+
+    baseline: load settings (e.g. llama_cpp_defaults()) measured on every file along with the grid, never chosen
+    unless they are also a grid point; each workload's evidence compares the choice with it (same file).
+    """
     paths = dict(files)
     points = make_grid(quants=list(paths), **grid)
+    grid_size = len(points)
+    baselines = [{"quant": q, **baseline} for q in paths] if baseline else []
+    points += [b for b in baselines if b not in points]
     for path in paths.values():
         _warm_page_cache(path)
     runs: dict[int, list[dict]] = {i: [] for i in range(len(points))}
@@ -200,9 +234,13 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
                  f"{result['prompt.prompt_tokens_per_s']:.1f} tok/s, load {result['load_s']:.2f} s, "
                  f"RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, load avg {result.get('loadavg_1m')}")
     summaries = [summarize(p, runs[i], failures.get(i)) for i, p in enumerate(points)]
+    candidates = [s for s in summaries if s["settings"] in points[:grid_size]]
+    by_settings = {json.dumps(s["settings"], sort_keys=True): s for s in summaries}
     entry: dict = {"grid": summaries}
+    if baselines:
+        entry["llama_cpp_defaults"] = baseline
     for workload in WORKLOADS:
-        chosen = choose(summaries, workload)
+        chosen = choose(candidates, workload)
         if chosen is None:
             progress(f"{model}: every grid point failed; no {workload} settings recorded")
             continue
@@ -214,6 +252,10 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
                          **{k: chosen[k] for k in (METRIC[workload], "load_s", "peak_rss_bytes", "peak_anon_bytes")},
                          "loadavg_1m": chosen["loadavg_1m"], "ties_broken_on_memory": chosen["ties"],
                          "fastest": chosen["fastest"]}}
+        if baselines:
+            same_file = {**baseline, "quant": chosen["settings"]["quant"]}
+            entry[workload]["evidence"]["vs_llama_cpp_defaults"] = versus(
+                chosen, by_settings.get(json.dumps(same_file, sort_keys=True)))
     return entry
 
 
@@ -233,6 +275,8 @@ def run_tune(models=(), *, quants=None, threads=None, threads_batch=None, repack
     doc.update(command=command, created_utc=profile_mod.new_document(command=command)["created_utc"])
     for model, files in targets.items():
         n_points = len(make_grid(quants=[q for q, _ in files], **grid))
-        progress(f"qrun tune: {model}: {n_points} grid point(s) x {repeat} repetition(s), one process each")
-        doc["models"][model] = tune_model(model, files, grid=grid, repeat=repeat, n_ctx=n_ctx, progress=progress)
+        progress(f"qrun tune: {model}: {n_points} grid point(s) (+ llama.cpp's defaults where not among them) x "
+                 f"{repeat} repetition(s), one process each")
+        doc["models"][model] = tune_model(model, files, grid=grid, repeat=repeat, n_ctx=n_ctx,
+                                          baseline=llama_cpp_defaults(), progress=progress)
     return doc, profile_mod.write(doc)

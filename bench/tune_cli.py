@@ -64,4 +64,36 @@ def tune_cmd(models, quants, threads, threads_batch, repack, mmap, repeat, force
                          f"{ev['peak_rss_bytes']['median'] / 2**20:.0f}", f"{ev['load_s']['median']:.2f}"])
     click.echo(tabulate(rows, headers=["model", "workload", "quant", "repack", "mmap", "threads", "threads_batch",
                                        "tok/s median (range)", "peak RSS MiB", "load s"], disable_numparse=True))
+    compared = _versus_rows(doc)
+    if compared:
+        click.echo("\ntuned / llama.cpp's defaults (Llama() given nothing: " + _describe(tune.llama_cpp_defaults())
+                   + "), same GGUF, medians:")
+        click.echo(tabulate(compared, headers=["model", "workload", "defaults' tok/s", "tuned tok/s", "speed",
+                                               "peak RSS", "peak anon", "load time"], disable_numparse=True))
     click.echo(f"profile: {path}", err=True)
+
+
+def _describe(settings: dict) -> str:
+    return (f"repack {'on' if settings['repack'] else 'off'}, mmap {'on' if settings['use_mmap'] else 'off'}, "
+            f"threads {settings['n_threads']}, threads_batch {settings['n_threads_batch']}")
+
+
+def _versus_rows(doc: dict) -> list[list[str]]:
+    from qrun.bench import tune
+
+    rows = []
+    for model, entry in doc["models"].items():
+        for workload in tune.WORKLOADS:
+            evidence = (entry.get(workload) or {}).get("evidence") or {}
+            vs = evidence.get("vs_llama_cpp_defaults")
+            if not vs:
+                continue
+            metric = evidence["metric"]
+            if vs["status"] != "ok":
+                rows.append([model, workload, vs["status"], f"{evidence[metric]['median']:.2f}", "", "", "", ""])
+                continue
+            r = vs["ratios"]
+            rows.append([model, workload, f"{vs['baseline'][metric]:.2f}", f"{evidence[metric]['median']:.2f}",
+                         f"{r[metric]:.2f}x", f"{r['peak_rss_bytes']:.2f}x", f"{r['peak_anon_bytes']:.2f}x",
+                         f"{r['load_s']:.2f}x"])
+    return rows

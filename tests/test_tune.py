@@ -89,6 +89,30 @@ def test_a_crashing_point_is_recorded_once_and_excluded(tmp_path):
     assert {s["status"] for s in entry["grid"] if s["settings"]["repack"]} == {"failed: SIGILL"}
 
 
+def test_defaults_are_measured_alongside_but_never_chosen_and_the_choice_is_compared_with_them(tmp_path):
+    gguf = tmp_path / f"{MODEL}-Q4_K_M.gguf"
+    gguf.write_bytes(b"x" * 10)
+    defaults = tune.llama_cpp_defaults(cpus=4)
+    assert defaults == {"repack": True, "use_mmap": True, "n_threads": 2, "n_threads_batch": 4}
+
+    def fake_measure(path, point, n_ctx=None):
+        fastest = point["n_threads"] == 2  # only the (off-grid) defaults point runs 2 threads: the fastest
+        return {**_run(8.0 if fastest else 4.0, 40 if fastest else 20, 3000 if point["repack"] else 1000),
+                "peak_anon_bytes": 1 << 30, "load_s": 2.0 if point["repack"] else 0.5}, None
+
+    entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False,), "use_mmap": (True,),
+                                                            "threads": (1,), "threads_batch": None},
+                            repeat=2, baseline=defaults, progress=lambda _: None, measure=fake_measure)
+    assert [s["settings"] for s in entry["grid"]] == [_point(t=1, tb=1), {"quant": "Q4_K_M", **defaults}]
+    assert entry["llama_cpp_defaults"] == defaults
+    for workload in ("chat", "prompt"):
+        assert entry[workload]["settings"] == _point(t=1, tb=1)  # the only grid point, though slower
+        vs = entry[workload]["evidence"]["vs_llama_cpp_defaults"]
+        assert vs["point"] == "Q4_K_M/repack/mmap/t2/tb4" and vs["status"] == "ok"
+        assert vs["ratios"] == pytest.approx({"chat.gen_tokens_per_s": 0.5, "prompt.prompt_tokens_per_s": 0.5,
+                                             "peak_rss_bytes": 1 / 3, "peak_anon_bytes": 1.0, "load_s": 0.25})
+
+
 def test_busy_machine_refuses_unless_forced(monkeypatch):
     monkeypatch.setattr(tune, "MAX_LOAD_PER_CORE", -1.0)  # any load counts as busy
     with pytest.raises(BenchError, match="busy"):
@@ -115,8 +139,16 @@ def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
     doc = json.loads(profile.profile_path().read_text(encoding="utf-8"))
     assert doc["schema"] == profile.SCHEMA and doc["machine"] == profile.machine_key()
     entry = doc["models"][MODEL]
-    assert [s["status"] for s in entry["grid"]] == ["ok", "ok"]  # mmap on / off, 1 thread, repack off
+    # mmap on / off at 1 thread, repack off; then llama-cpp-python's defaults, measured for comparison (repack on:
+    # where AMX traps, as on this project's VM, it runs with AMX denied; where repacking crashes anyway, it fails)
+    assert [s["status"] for s in entry["grid"]][:2] == ["ok", "ok"]
+    assert entry["grid"][2]["settings"] == {"quant": "Q4_K_M", **tune.llama_cpp_defaults()}
+    assert "tuned / llama.cpp's defaults" in result.output
     for workload in ("chat", "prompt"):
+        vs = entry[workload]["evidence"]["vs_llama_cpp_defaults"]
+        assert vs["point"] == entry["grid"][2]["id"] and vs["status"] == entry["grid"][2]["status"]
+        if vs["status"] == "ok":
+            assert set(vs["ratios"]) == set(tune.COMPARED) and all(r > 0 for r in vs["ratios"].values())
         chosen = entry[workload]
         assert chosen["settings"]["quant"] == "Q4_K_M" and chosen["settings"]["n_threads"] == 1
         assert chosen["gguf"]["name"] == f"{MODEL}-Q4_K_M.gguf"
