@@ -73,6 +73,12 @@ class Run:
     def model_doc(self, model: str) -> dict:
         return self.doc["models"].setdefault(model, {})
 
+    def speed_doc(self, model: str) -> dict:
+        """Where load/bench/llama-bench results of --speed-quant go: the model's own entry for Q4_K_M, else an entry
+        "<model> <QUANT>" (the report's tables then show both files side by side)."""
+        quant = self.args.speed_quant
+        return self.model_doc(model if quant == "Q4_K_M" else f"{model} {quant}")
+
     def say(self, text: str) -> None:
         print(f"[realscale {time.strftime('%H:%M:%S')} load {_loadavg()[0]}] {text}", file=sys.stderr, flush=True)
 
@@ -171,7 +177,7 @@ class Run:
                                                           drop_caches=self.args.drop_caches)
 
     def step_load(self, model: str) -> None:
-        gguf = self.gguf(model, "Q4_K_M")
+        gguf = self.gguf(model, self.args.speed_quant)
         tasks.read_file(gguf)  # page cache warm for every timed load (the first would otherwise read the disk)
         result = []
         n_ctx = None  # the llama.cpp load uses the context qrun chose (4096 capped at the training context)
@@ -180,19 +186,19 @@ class Run:
                 result.append({"kind": kind, "rep": rep + 1, **_in_fresh_process(
                     tasks.load_once, kind, str(gguf), self.args.threads[-1], self.repack, n_ctx)})
                 n_ctx = result[-1]["n_ctx"]
-        self.model_doc(model)["load"] = result
+        self.speed_doc(model)["load"] = result
 
     def step_bench(self, model: str) -> None:
-        self.model_doc(model)["bench"] = tasks.qrun_bench(
-            model, self.gguf(model, "Q4_K_M"), threads=self.args.threads, repeat=self.args.repeat,
+        self.speed_doc(model)["bench"] = tasks.qrun_bench(
+            model, self.gguf(model, self.args.speed_quant), threads=self.args.threads, repeat=self.args.repeat,
             out=self.out / "bench" / model, repack=self.repack)
 
     def step_llama_bench(self, model: str) -> None:
         if not self.args.llama_bench:
             self.say("llama-bench: no --llama-bench PATH given, skipped")
             return
-        self.model_doc(model)["llama_bench"] = tasks.llama_bench(
-            self.args.llama_bench, self.gguf(model, "Q4_K_M"), threads=self.args.threads,
+        self.speed_doc(model)["llama_bench"] = tasks.llama_bench(
+            self.args.llama_bench, self.gguf(model, self.args.speed_quant), threads=self.args.threads,
             repeat=self.args.repeat, repack=self.repack)
 
     def run(self) -> None:
@@ -210,8 +216,9 @@ class Run:
             self.say("arithmetic peak (float32 SGEMM)")
             self.doc["compute"] = compute_peak.measure_all(thread_counts=self.args.threads)
             for model in models:  # what one prompt token multiplies, for prompt tok/s -> FLOP/s
-                if self.gguf(model, "Q4_K_M").exists():
-                    self.model_doc(model)["matmul_weights"] = tasks.matmul_weights(self.gguf(model, "Q4_K_M"))
+                if self.gguf(model, self.args.speed_quant).exists():
+                    self.speed_doc(model)["matmul_weights"] = tasks.matmul_weights(
+                        self.gguf(model, self.args.speed_quant))
             self.save()
         for model in models:
             for step in MODEL_STEPS:
@@ -234,6 +241,8 @@ def parse_args(argv=None):
     p.add_argument("--llama-bench", default=None, help="path to a llama-bench binary (see docs/performance.md)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--speed-quant", default="Q4_K_M", type=str.upper,
+                   help="GGUF type the load, bench and llama-bench steps measure (default Q4_K_M)")
     p.add_argument("--quants", default=None, help="quants to convert each model to (default: Q4_K_M, and Q4_0 "
                    "for ChatGLM3 and Qwen); F16 measures qrun's own conversion step without llama.cpp's quantizer")
     p.add_argument("--convert-threads", type=int, default=None, help="quantizer threads (default: physical cores)")

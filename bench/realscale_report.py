@@ -109,7 +109,8 @@ def _convert(doc: dict) -> list[str]:
 
 
 def _load_table(doc: dict) -> list[str]:
-    out = ["## Load time, Q4_K_M (fresh process each; page cache warm)", "",
+    out = ["## Load time (Q4_K_M unless the model column names another type; fresh process each; page cache warm)",
+           "",
            "| model | qrun Engine.load s | llama.cpp C API s | ratio | load avg |", "|---|---|---|---|---|"]
     any_row = False
     for model, m in doc["models"].items():
@@ -125,7 +126,8 @@ def _load_table(doc: dict) -> list[str]:
 
 
 def _speed(doc: dict) -> list[str]:
-    out = ["## Prompt (pp512) and decode (tg128) speed, Q4_K_M: qrun bench vs llama-bench", "",
+    out = ["## Prompt (pp512) and decode (tg128) speed: qrun bench vs llama-bench (Q4_K_M unless the model column "
+           "names another type)", "",
            "tok/s, median (min–max) of the repetitions; ratio = qrun / llama-bench medians. Goals: pp >= 0.95, "
            "tg >= 0.97.", "",
            "| model | threads | qrun pp | llama-bench pp | pp ratio | qrun tg | llama-bench tg | tg ratio "
