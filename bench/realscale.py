@@ -106,8 +106,8 @@ class Run:
             ck = 0 if ckpt.is_complete(self.ckpt_dir(model)) or "checkpoint" not in self.args.steps else 2 * n
             todo = [q for q in self.quants(model) if not self.gguf(model, q).exists()] if "convert" in self.args.steps \
                 else []
-            f16 = ws.estimate_gguf_bytes(n, "F16") if todo else 0
-            out = sum(ws.estimate_gguf_bytes(n, q) for q in todo)
+            f16 = ws.estimate_gguf_bytes(n, "F16") if todo else 0  # the unquantized GGUF, BF16 or F16 (same size)
+            out = sum(ws.estimate_gguf_bytes(n, q) for q in todo if q not in settings.UNQUANTIZED)
             need_each.append((ck, f16, out))
             outputs += out
         if self.args.delete_as_you_go:  # one checkpoint + one unquantized GGUF at a time, outputs accumulate
