@@ -185,7 +185,9 @@ def _compute(doc: dict) -> list[str]:
             "| llama-bench pp tok/s | llama-bench fraction |", "|---|---|---|---|---|---|---|---|---|"]
     peak = {r["threads"]: r["median_gflop_per_s"] for r in rows}
     for model, m in doc["models"].items():
-        n, b, lb = m.get("matmul_weights"), m.get("bench") or {}, m.get("llama_bench") or {}
+        # "<model> Q4_0" entries (--speed-quant) multiply the same weights as the model's own entry
+        n = m.get("matmul_weights") or doc["models"].get(model.split(" ")[0], {}).get("matmul_weights")
+        b, lb = m.get("bench") or {}, m.get("llama_bench") or {}
         for t in sorted(b.get("pp", {}), key=int):
             q, l = b["pp"][t].get("median"), lb.get("pp", {}).get(t, {}).get("median")
             achieved = q * 2 * n / 1e9 if q and n else None
