@@ -112,18 +112,21 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
 @click.option("--ggufs", "ggufs_dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Folder of converted models [default: QRUN_GGUF_DIR, "
               "then ./ggufs].")
+@click.option("--verify", is_flag=True, help="Hash files whose modified time differs from their manifest's "
+              "(copies) and accept them when the sha256 matches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry and local files as JSON.")
-def models_cmd(ggufs_dir, as_json):
+def models_cmd(ggufs_dir, verify, as_json):
     """List the supported models and which of them are converted locally.
 
     \b
     qrun models                    # names, aliases, hub ids, architecture, chat format, local GGUFs
     qrun models --ggufs /data/ggufs --json
+    qrun models --verify           # after copying GGUFs: check them against their manifests' sha256
     """
     folder = settings.gguf_dir(ggufs_dir)
     local: dict[str, list[dict]] = {}
     for spec, quant, path, _ in find_converted(folder):
-        check = mf.check_manifest(path)
+        check = mf.check_manifest(path, verify_sha256=verify)
         local.setdefault(spec.name, []).append({
             "file": str(path), "quant": quant, "size_bytes": path.stat().st_size,
             "manifest": check.status, "manifest_note": check.reason,

@@ -117,7 +117,8 @@ def remove_manifest(gguf_path: str | os.PathLike) -> None:
 
 @dataclass(frozen=True)
 class ManifestCheck:
-    """How a GGUF relates to its manifest. status: "ok", "missing", "stale" or "unreadable"."""
+    """How a GGUF relates to its manifest. status: "ok", "missing", "stale", "unreadable" or "unverified" (same
+    size, other modified time — a copy, most likely — and not hashed)."""
 
     status: str
     manifest: dict | None
@@ -163,5 +164,8 @@ def check_manifest(gguf_path: str | os.PathLike, *, verify_sha256: bool = False)
     if manifest.get("mtime_ns") != stat.st_mtime_ns:
         if verify_sha256 and sha256_file(gguf_path) == manifest.get("sha256"):
             return ManifestCheck("ok", manifest, "modified time changed, sha256 matches")
-        return ManifestCheck("stale", manifest, "file modified after its manifest was written")
+        if verify_sha256:
+            return ManifestCheck("stale", manifest, "file modified after its manifest was written (sha256 differs)")
+        return ManifestCheck("unverified", manifest, "modified time differs from the manifest's (a copy?); "
+                                                     "`qrun models --verify` compares its sha256")
     return ManifestCheck("ok", manifest)

@@ -143,3 +143,16 @@ def test_not_enough_disk_is_one_line(tiny_checkpoints, tmp_path, monkeypatch):
     out = tmp_path / "out"
     result = run("convert", "chatglm3", "--from", str(tiny_checkpoints["chatglm3-6b"]), "--out", str(out))
     assert_one_error_line(result, f"not enough free disk in {out}", "F16 intermediate", "Q4_K_M output")
+
+
+def test_models_verify_accepts_plain_copies_by_sha256(tiny_ggufs, tmp_path):
+    ggufs = tmp_path / "ggufs"
+    shutil.copytree(tiny_ggufs["deepseek-llm-7b-chat"]["Q4_K_M"].parent, ggufs, copy_function=shutil.copy)  # new mtimes
+
+    def statuses(*extra):
+        listing = json.loads(run("models", "--ggufs", str(ggufs), "--json", *extra).stdout)
+        return {f["quant"]: f["manifest"] for m in listing["models"] for f in m["converted"]}
+
+    assert statuses() == {"F16": "unverified", "Q4_K_M": "unverified"}
+    assert "qrun models --verify" in run("models", "--ggufs", str(ggufs)).stdout
+    assert statuses("--verify") == {"F16": "ok", "Q4_K_M": "ok"}

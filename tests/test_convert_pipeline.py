@@ -113,7 +113,16 @@ def test_rerun_is_up_to_date_and_copies_are_verified_by_sha256(tiny_ggufs, tiny_
     # A plain copy changes mtimes: the sha256 in the manifest decides.
     copied = tmp_path / "copied"
     shutil.copytree(out, copied, copy_function=shutil.copy)
-    assert mf.check_manifest(copied / f"{model}-Q4_K_M.gguf").status == "stale"
+    check = mf.check_manifest(copied / f"{model}-Q4_K_M.gguf")
+    assert check.status == "unverified" and "qrun models --verify" in check.reason
+    assert mf.check_manifest(copied / f"{model}-Q4_K_M.gguf", verify_sha256=True).status == "ok"
+    with open(copied / f"{model}-Q4_K_M.gguf", "r+b") as f:  # same size, other bytes: hashing tells
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    assert mf.check_manifest(copied / f"{model}-Q4_K_M.gguf", verify_sha256=True).status == "stale"
+    shutil.copy(out / f"{model}-Q4_K_M.gguf", copied / f"{model}-Q4_K_M.gguf")  # undo the damage (a copy again)
     again = convert_model(model, from_dir=tiny_checkpoints[model], out_dir=copied, keep_f16=True)
     assert again["status"] == "up_to_date"
 
