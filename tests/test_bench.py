@@ -148,12 +148,13 @@ def test_ctrl_c_writes_partial_results(ggufs, tmp_path, two_question_suite):
     out = tmp_path / "out"
     proc = subprocess.Popen(QRUN + ["bench", "--ggufs", str(ggufs), "--out", str(out), "--suite",
                                     str(two_question_suite), "--threads", "1", "--repeat", "4", "--max-tokens",
-                                    "48"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    "48"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see below
     deadline = time.time() + 90
     while not any(e["event"] == "rep" for e in _events(out)):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # (SIGINT restored above: a suite run as `cmd &` starts with it ignored)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Interrupted." in stderr and "partial results written" in stderr

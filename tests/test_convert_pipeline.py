@@ -148,7 +148,14 @@ def test_other_quant_reuses_the_kept_f16(tiny_ggufs, tiny_checkpoints, tmp_path,
 def _qrun_process(args: list[str], env: dict) -> subprocess.Popen:
     code = "from qrun.cli import main; main(" + repr(args) + ")"
     return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """Ctrl-C behaves as in a terminal even when the suite runs as a background job (`cmd &` starts it with
+    SIGINT ignored, and an ignored signal stays ignored across exec: Python would then never raise
+    KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _kill_when_exists(proc: subprocess.Popen, path: Path, timeout_s: float = 90, sig=signal.SIGKILL) -> int:
