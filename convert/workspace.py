@@ -79,8 +79,9 @@ def natural_weight_type(folder: Path) -> str:
     """The unquantized GGUF type that keeps a checkpoint's weights as they are: "BF16" when every matrix in its
     safetensors files is stored in bfloat16 (as all three models ship), else "F16".
 
-    BF16 weights then go into the GGUF as copied bits: exact (F16 cannot hold bf16's range) and ~10x less CPU than
-    decoding them to f32 and rounding to f16. llama.cpp's quantizer reads BF16 as well as F16. Pickle checkpoints
+    BF16 weights then go into the GGUF as copied bits: exact (F16 cannot hold bf16's range) and without the
+    per-value decode to f32 and rounding to f16 (docs/performance.md: the conversion step's time against its I/O
+    floor). llama.cpp's quantizer reads BF16 as well as F16. Pickle checkpoints
     get "F16" (their headers are not read here; the converter handles any stored type either way).
     """
     files = sorted(folder.glob("*.safetensors"))
