@@ -78,15 +78,26 @@ def measure_all(*, thread_counts=None, array_bytes: int = DEFAULT_ARRAY_BYTES, r
     return [measure(threads=t, array_bytes=array_bytes, repeat=repeat) for t in counts]
 
 
+def thread_counts_arg(value: str) -> list[int]:
+    """argparse type of --threads: "1,2" -> [1, 2] (positive integers)."""
+    try:
+        counts = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"positive integers separated by commas, e.g. 1,2 (got {value!r})")
+    return counts
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all CPUs)")
+    parser.add_argument("--threads", default=None, type=thread_counts_arg,
+                        help="comma-separated thread counts (default: 1 and all CPUs)")
     parser.add_argument("--array-mib", type=int, default=DEFAULT_ARRAY_BYTES >> 20)
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    counts = [int(x) for x in args.threads.split(",")] if args.threads else None
-    results = measure_all(thread_counts=counts, array_bytes=args.array_mib << 20, repeat=args.repeat)
+    results = measure_all(thread_counts=args.threads, array_bytes=args.array_mib << 20, repeat=args.repeat)
     if args.json:
         print(json.dumps(results, indent=1))
     else:

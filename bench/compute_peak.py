@@ -20,6 +20,8 @@ import statistics
 import subprocess
 import sys
 
+from qrun.bench.bandwidth import thread_counts_arg
+
 DEFAULT_SIZE = 1024  # float32 n x n: 4 MiB per matrix, past L2, the size BLAS reaches its peak at
 DEFAULT_REPEAT = 7
 _ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -74,13 +76,13 @@ def measure_all(*, thread_counts=None, size: int = DEFAULT_SIZE, repeat: int = D
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all CPUs)")
+    parser.add_argument("--threads", default=None, type=thread_counts_arg,
+                        help="comma-separated thread counts (default: 1 and all CPUs)")
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    counts = [int(x) for x in args.threads.split(",")] if args.threads else None
-    results = measure_all(thread_counts=counts, size=args.size, repeat=args.repeat)
+    results = measure_all(thread_counts=args.threads, size=args.size, repeat=args.repeat)
     if args.json:
         print(json.dumps(results, indent=1))
     else:

@@ -176,8 +176,16 @@ class Run:
         self.model_doc(model)["iofloor"] = tasks.io_floor(folder, out_bytes or 4 * _GiB, scratch=self.work / "scratch",
                                                           drop_caches=self.args.drop_caches)
 
-    def step_load(self, model: str) -> None:
+    def speed_gguf(self, model: str) -> Path:
+        """The --speed-quant GGUF the load/bench/llama-bench steps measure; UsageError when it was not converted."""
         gguf = self.gguf(model, self.args.speed_quant)
+        if not gguf.is_file():
+            raise UsageError(f"no {gguf.name} in {self.ggufs()}",
+                             f"run the convert step first (--steps convert --quants {self.args.speed_quant})")
+        return gguf
+
+    def step_load(self, model: str) -> None:
+        gguf = self.speed_gguf(model)
         tasks.read_file(gguf)  # page cache warm for every timed load (the first would otherwise read the disk)
         result = []
         n_ctx = None  # the llama.cpp load uses the context qrun chose (4096 capped at the training context)
@@ -190,7 +198,7 @@ class Run:
 
     def step_bench(self, model: str) -> None:
         self.speed_doc(model)["bench"] = tasks.qrun_bench(
-            model, self.gguf(model, self.args.speed_quant), threads=self.args.threads, repeat=self.args.repeat,
+            model, self.speed_gguf(model), threads=self.args.threads, repeat=self.args.repeat,
             out=self.out / "bench" / model, repack=self.repack)
 
     def step_llama_bench(self, model: str) -> None:
@@ -198,7 +206,7 @@ class Run:
             self.say("llama-bench: no --llama-bench PATH given, skipped")
             return
         self.speed_doc(model)["llama_bench"] = tasks.llama_bench(
-            self.args.llama_bench, self.gguf(model, self.args.speed_quant), threads=self.args.threads,
+            self.args.llama_bench, self.speed_gguf(model), threads=self.args.threads,
             repeat=self.args.repeat, repack=self.repack)
 
     def run(self) -> None:
@@ -241,7 +249,7 @@ def parse_args(argv=None):
     p.add_argument("--llama-bench", default=None, help="path to a llama-bench binary (see docs/performance.md)")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--speed-quant", default="Q4_K_M", type=str.upper,
+    p.add_argument("--speed-quant", default="Q4_K_M", type=_quant_arg,
                    help="GGUF type the load, bench and llama-bench steps measure (default Q4_K_M)")
     p.add_argument("--quants", default=None, help="quants to convert each model to (default: Q4_K_M, and Q4_0 "
                    "for ChatGLM3 and Qwen); F16 measures qrun's own conversion step without llama.cpp's quantizer")
@@ -264,6 +272,15 @@ def parse_args(argv=None):
     args.out = args.out or str(Path(args.work) / "results")
     args.config_overrides = {registry.get(k).name: v for k, v in json.loads(args.config_overrides).items()}
     return args
+
+
+def _quant_arg(value: str) -> str:
+    from qrun.errors import UsageError
+
+    try:
+        return settings.check_quant(value)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(err.one_line()) from None
 
 
 def main(argv=None) -> int:

@@ -125,8 +125,6 @@ def convert_model(
         raise UsageError("--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
                          "drop --keep-f16, or run `qrun convert --quant F16` as well")
     final = out / f"{spec.name}-{quant}.gguf"
-    f16_final = out / f"{spec.name}-F16.gguf"
-    want_f16_output = keep_f16 or quant == "F16"
     unquantized_final = {t: out / f"{spec.name}-{t}.gguf" for t in settings.UNQUANTIZED}
 
     for leftover in ws.clean_stale_partials(spec, out):
@@ -143,8 +141,8 @@ def convert_model(
 
     def wanted_up_to_date() -> dict | None:
         done = _up_to_date(final, checkpoint_fingerprint=local_fingerprint, revision=revision, source=source)
-        if done and want_f16_output and quant != "F16":
-            if not _up_to_date(f16_final, checkpoint_fingerprint=local_fingerprint, revision=revision, source=source):
+        if done and keep_f16 and quant != "F16":
+            if not _up_to_date(unquantized_final["F16"], checkpoint_fingerprint=local_fingerprint, revision=revision, source=source):
                 return None
         return done
 

@@ -147,7 +147,10 @@ def test_not_enough_disk_is_one_line(tiny_checkpoints, tmp_path, monkeypatch):
 
 def test_models_verify_accepts_plain_copies_by_sha256(tiny_ggufs, tmp_path):
     ggufs = tmp_path / "ggufs"
-    shutil.copytree(tiny_ggufs["deepseek-llm-7b-chat"]["Q4_K_M"].parent, ggufs, copy_function=shutil.copy)  # new mtimes
+    ggufs.mkdir()
+    for gguf in tiny_ggufs["deepseek-llm-7b-chat"].values():  # plain copies: new mtimes
+        shutil.copy(gguf, ggufs)
+        shutil.copy(mf.manifest_path_for(gguf), ggufs)
 
     def statuses(*extra):
         listing = json.loads(run("models", "--ggufs", str(ggufs), "--json", *extra).stdout)

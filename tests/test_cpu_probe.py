@@ -64,6 +64,10 @@ def _cache_verdict(verdict: dict) -> None:
 
 @pytest.mark.skipif(not amx_guard.supported(), reason="the AMX guard is for Linux x86-64")
 def test_amx_guard_fails_only_the_amx_request():
+    plain = subprocess.run([sys.executable, "-c", "from qrun.runner import amx_guard as g; "
+                            "print(g.amx_request_denied())"], capture_output=True, text=True, timeout=60)
+    if plain.stdout.strip() != "False":
+        pytest.skip("this kernel refuses AMX anyway: nothing for the guard to change")
     code = ("import os; from qrun.runner import amx_guard; "
             "assert amx_guard.deny_amx() and amx_guard.deny_amx(); "
             "assert amx_guard.amx_request_denied(); "
