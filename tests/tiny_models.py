@@ -69,6 +69,22 @@ class TinyModels:
                 self._ggufs[key] = path
         return self._ggufs[key]
 
+    def shaped_gguf(self, label: str, model: str, overrides: dict, quant: str) -> Path:
+        """A `model` GGUF of another small shape: TINY_OVERRIDES[model] updated with `overrides` (built once per
+        label), converted and quantized to `quant` through the real pipeline."""
+        key = (f"{model}:{label}", quant)
+        if key not in self._ggufs:
+            from qrun.convert.pipeline import convert_model, gguf_path_for
+            from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
+
+            folder = self.root / "shaped" / label
+            checkpoint = write_random_checkpoint(
+                model, folder / "checkpoint", tokenizer_dir=TOKENIZERS_DIR / model,
+                config_overrides={**TINY_OVERRIDES[model], **overrides}, seed=0, weight_std=WEIGHT_STD)
+            convert_model(model, from_dir=checkpoint, quant=quant, out_dir=folder, threads=_threads())
+            self._ggufs[key] = Path(gguf_path_for(model, quant, folder))
+        return self._ggufs[key]
+
     def _out_dir(self, model: str) -> Path:
         out = self.root / "ggufs" / model
         out.mkdir(parents=True, exist_ok=True)
