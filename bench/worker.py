@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from qrun import measure, settings
+from qrun import interrupts, measure, settings
 from qrun.bench.score import chinese_chars
 from qrun.errors import QrunError
 
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m qrun.bench.worker JOB.json|-", file=sys.stderr)
         return 2
+    interrupts.install(sigterm=True)  # SIGTERM, like Ctrl-C, ends the run with what was measured recorded
     try:
         text = sys.stdin.read() if argv[0] == "-" else Path(argv[0]).read_text(encoding="utf-8")
         run_job(json.loads(text))

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from qrun import __version__, settings
+from qrun import __version__, interrupts, settings
 from qrun.errors import QrunError
 
 
@@ -46,6 +46,7 @@ def main():
     qrun bench --threads 2         # speed, memory and scored answers for every converted model
     qrun tune                      # measure load settings on this machine; ask/chat/bench then use them
     """
+    interrupts.install(sigterm=True)  # Ctrl-C and SIGTERM stop a llama.cpp call within a second, recorded as partial
 
 
 def _register() -> None:

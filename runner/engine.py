@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import llama_cpp
-from llama_cpp._logger import llama_log_callback as _default_log_callback
-
-from qrun import registry, settings
+from qrun import interrupts, registry, settings
 from qrun.errors import GGUFError, UsageError
 from qrun.registry import ModelSpec
 from qrun.runner import cpu_probe, formats, spm_plain
@@ -28,9 +27,18 @@ from qrun.gguf_file import GGUFHeader, read_header
 _GGML_LOG_ERROR = 4
 
 
+@llama_cpp.llama_log_callback
+def _log_after_load(_level, text, _user_data) -> None:
+    """llama.cpp's log once a model is loaded: silent (qrun reports its own errors in one line), all of it with
+    QRUN_DEBUG. llama-cpp-python's own logger would print llama.cpp's warnings, e.g. the "removing memory module
+    entries" line of every interrupted decode, as its level table is off by one (see above)."""
+    if settings.debug() and text:
+        sys.stderr.write(text.decode("utf-8", errors="replace"))
+
+
 @contextlib.contextmanager
 def _captured_llama_log() -> Iterator[list[str]]:
-    """Collect llama.cpp's error lines instead of printing anything; restore llama-cpp-python's logger after."""
+    """Collect llama.cpp's error lines instead of printing anything; then keep it quiet (_log_after_load)."""
     lines: list[str] = []
 
     @llama_cpp.llama_log_callback
@@ -46,7 +54,7 @@ def _captured_llama_log() -> Iterator[list[str]]:
     try:
         yield lines
     finally:
-        llama_cpp.llama_log_set(_default_log_callback, ctypes.c_void_p(0))
+        llama_cpp.llama_log_set(_log_after_load, ctypes.c_void_p(0))
 
 
 @contextlib.contextmanager
@@ -68,6 +76,23 @@ def _model_params(**fields) -> Iterator[None]:
         yield
     finally:
         low.llama_model_default_params = original
+
+
+# llama.cpp polls these during its long calls (after every graph node of a decode, and while loading) and stops when
+# they say so; qrun.interrupts explains why that is what makes Ctrl-C take effect within a second. The abort callback
+# is set only while a prompt is evaluated: a one-token decode is short (a fraction of a second on a 7B), and calling
+# Python after each graph node cost 4.5 % of generation speed on a small model (tools/perf/abort_overhead.py).
+@llama_cpp.ggml_abort_callback
+def _abort_decode(_user_data) -> bool:
+    return interrupts.abort_requested()
+
+
+_NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL function pointer: llama.cpp then polls nothing
+
+
+@llama_cpp.llama_progress_callback
+def _continue_loading(_progress, _user_data) -> bool:
+    return not interrupts.abort_requested()
 
 
 def aligned_ctx(n_ctx: int) -> int:
@@ -162,8 +187,10 @@ class Engine:
             if amx_denied:
                 notice("note: AMX is denied to this process (llama.cpp's AMX kernels crash on this machine); "
                        "repacking uses its AVX-512/AVX2 kernels")
+        interrupts.install()
         t0 = time.perf_counter()
-        with _captured_llama_log() as log_lines, _model_params(use_extra_bufts=repack):
+        with (_captured_llama_log() as log_lines, interrupts.native_call(),
+              _model_params(use_extra_bufts=repack, progress_callback=_continue_loading)):
             try:
                 llama = llama_cpp.Llama(
                     str(path), n_ctx=aligned_ctx(n_ctx), n_batch=min(512, aligned_ctx(n_ctx)), n_threads=threads,
@@ -174,8 +201,8 @@ class Engine:
                 reason = "; ".join(line for line in log_lines if line) or str(err)
                 raise GGUFError(f"llama.cpp could not load {path}: {reason}",
                                 "use a GGUF made by `qrun convert` (or re-create this one)") from None
-        engine = cls(llama, path=path, spec=spec, header=header, load_s=time.perf_counter() - t0,
-                     n_ctx_requested=n_ctx)
+        load_s = time.perf_counter() - t0
+        engine = cls(llama, path=path, spec=spec, header=header, load_s=load_s, n_ctx_requested=n_ctx)
         engine.amx_denied = amx_denied
         return engine
 
@@ -291,14 +318,21 @@ class Engine:
         return Generation(self, list(prompt_ids), chain, max_tokens=max_tokens)
 
     def _decode(self, tokens: Sequence[int]) -> None:
-        """Evaluate prompt tokens in n_batch chunks (positions continue from the KV cache)."""
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
-            arr = (llama_cpp.llama_token * len(chunk))(*chunk)
-            rc = llama_cpp.llama_decode(self._llama.ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
-            if rc != 0:
-                raise GGUFError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
-                                "lower --ctx or the prompt length")
+        """Evaluate prompt tokens in n_batch chunks (positions continue from the KV cache); a signal meanwhile
+        aborts llama.cpp within a graph node and is raised here as KeyboardInterrupt."""
+        ctx = self._llama.ctx
+        llama_cpp.llama_set_abort_callback(ctx, _abort_decode, None)
+        try:
+            for start in range(0, len(tokens), self.n_batch):
+                chunk = tokens[start:start + self.n_batch]
+                arr = (llama_cpp.llama_token * len(chunk))(*chunk)
+                with interrupts.native_call():
+                    rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
+                if rc != 0:
+                    raise GGUFError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
+                                    "lower --ctx or the prompt length")
+        finally:
+            llama_cpp.llama_set_abort_callback(ctx, _NO_ABORT, None)
 
 
 def system_info() -> str:

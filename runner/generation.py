@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import llama_cpp
 
+from qrun import interrupts
 from qrun.errors import GGUFError
 from qrun.measure import MemoryWatch
 
@@ -90,7 +91,7 @@ class Generation:
         ctx, vocab = engine._llama.ctx, engine._vocab
         decode, sample, is_eog = llama_cpp.llama_decode, llama_cpp.llama_sampler_sample, llama_cpp.llama_vocab_is_eog
         stop_ids, eos_id, piece, limit = engine.stop_ids, engine.eos_id, engine.piece, self._limit
-        feed = TextStream().feed
+        feed, native_call = TextStream().feed, interrupts.native_call
         one = (llama_cpp.llama_token * 1)()
         batch = llama_cpp.llama_batch_get_one(one, 1)
         ids, parts = self.token_ids, []
@@ -116,7 +117,9 @@ class Generation:
                     reason = self._limit_reason
                     break
                 one[0] = token
-                if decode(ctx, batch) != 0:
+                with native_call():  # Ctrl-C during the decode aborts it and raises KeyboardInterrupt here
+                    rc = decode(ctx, batch)
+                if rc != 0:
                     raise GGUFError("llama.cpp failed to decode a token (context full?)", "lower --max-tokens")
                 token = sample(chain, ctx, -1)
                 n_sampled += 1
