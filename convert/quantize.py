@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
-from qrun import settings
+from qrun import interrupts, settings
 from qrun.errors import ConversionError, GGUFError, UsageError
 from qrun.fsutil import commit_file, partial_path
 
@@ -85,9 +85,8 @@ def _ctrl_c_aborts(partial: Path):
     Only when Python's default SIGINT handler is in place and this is the main thread; an application that set
     its own handler keeps it.
     """
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not interrupts.is_standard(previous):
         yield
         return
 
@@ -102,7 +101,7 @@ def _ctrl_c_aborts(partial: Path):
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous)
 
 
 def quantize_gguf(

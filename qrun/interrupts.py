@@ -44,6 +44,12 @@ def install(*, sigterm: bool = False) -> None:
         signal.signal(signal.SIGTERM, _handler)
 
 
+def is_standard(handler) -> bool:
+    """True for Python's own SIGINT handler and qrun's: code that temporarily takes SIGINT over (the quantizer)
+    may do so, and put `handler` back after."""
+    return handler is signal.default_int_handler or handler is _handler
+
+
 def abort_requested() -> bool:
     """True once a signal arrived during a native call: llama.cpp's callbacks poll this."""
     return _state.pending_signal is not None
