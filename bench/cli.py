@@ -39,12 +39,17 @@ def _command_line() -> str:
 @click.option("--repeat", default=1, show_default=True, type=int, help="Measured repetitions per question.")
 @click.option("--max-tokens", default=512, show_default=True, type=int,
               help="Answer length limit in tokens (512 = the models' own max_new_tokens default).")
-@click.option("--ctx", "n_ctx", default=None, type=int, help="Context tokens (default 4096, capped at training).")
-@click.option("--threads-batch", default=None, type=int, help="Threads for prompt processing (default: = --threads).")
+@click.option("--ctx", "n_ctx", default=None, type=int,
+              help="Context tokens (default: the suite's longest prompt + --max-tokens, capped at training).")
+@click.option("--threads-batch", default=None, type=int,
+              help="Threads for prompt processing (default: --threads if given, else tuning profile, else the same).")
 @click.option("--repack/--no-repack", default=None,
-              help="llama.cpp's CPU weight repacking (default: QRUN_REPACK, else off; see README, Performance).")
+              help="llama.cpp's CPU weight repacking (default: QRUN_REPACK, else tuning profile, else off).")
 @click.option("--mmap/--no-mmap", default=None,
-              help="Map the GGUF instead of reading it into memory [tuning profile, else mmap].")
+              help="Map the GGUF instead of reading it into memory (default: tuning profile, else on).")
+@click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: tuning profile, else off).")
+@click.option("--kv-type", default=None, metavar="f16|q8_0",
+              help="KV cache type; q8_0 needs --flash-attn (default: tuning profile, else f16).")
 @click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Where converted models are "
               "(default: QRUN_GGUF_DIR, then ./ggufs).")
 @click.option("--out", "out_dir", default="bench-results", show_default=True, metavar="DIR",
@@ -53,8 +58,8 @@ def _command_line() -> str:
 @click.option("--force", is_flag=True, help="Replace earlier results in --out (default: refuse to overwrite them).")
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts (model,question_id,score) that "
               "override the rubric.")
-def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_batch, repack, mmap, ggufs_dir, out_dir,
-              force, verdicts):
+def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_batch, repack, mmap, flash_attn,
+              kv_type, ggufs_dir, out_dir, force, verdicts):
     """Measure speed, memory and answer quality of converted models, one fresh process each.
 
     \b
@@ -68,7 +73,8 @@ def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_
     config = BenchConfig(models=list(models), quant=quant.upper() if quant else None, suite=suite,
                          threads=parse_threads(threads), repeat=repeat, max_tokens=max_tokens, n_ctx=n_ctx,
                          ggufs_dir=ggufs_dir, out_dir=out_dir, verdicts=verdicts, command=_command_line(),
-                         use_mmap=mmap, extra_settings=load_settings(threads_batch=threads_batch, repack=repack))
+                         use_mmap=mmap, extra_settings=load_settings(threads_batch=threads_batch, repack=repack,
+                                                                flash_attn=flash_attn, kv_type=kv_type))
     doc = run_bench(config, force=force)
     click.echo(report.render_table([doc]))
     click.echo(f"results: {Path(out_dir) / 'results.json'}, {Path(out_dir) / 'results.csv'}, "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from qrun.bench import machine as machine_mod
+from qrun.runner import machine as machine_mod
 from qrun.bench.results import METRICS, SUMMARY_METRICS
 from qrun.fsutil import write_json_atomic, write_text_atomic
 

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qrun import registry, settings
-from qrun.bench import machine, report, results as results_mod
+from qrun.bench import report, results as results_mod
+from qrun.runner import machine, resolve
 from qrun.bench import suite as suites
 from qrun.bench.score import load_verdicts
 from qrun.errors import BenchError, UsageError
@@ -64,16 +65,14 @@ class BenchConfig:
     command: str = ""
 
 
-def load_settings(*, threads_batch: int | None = None, repack: bool | None = None) -> dict:
-    """Engine.load settings beyond threads/ctx/mmap that a bench run passes to every worker (only those given)."""
+def load_settings(*, threads_batch: int | None = None, repack: bool | None = None, flash_attn: bool | None = None,
+                  kv_type: str | None = None) -> dict:
+    """Load-setting flags beyond threads/ctx/mmap that a bench run resolves for every worker (only those given)."""
     if threads_batch is not None and threads_batch < 0:  # 0 = same as --threads, as in `qrun ask`
         raise UsageError(f"--threads-batch must be at least 1 (0 = same as --threads), got {threads_batch}")
-    out: dict = {}
-    if threads_batch:
-        out["n_threads_batch"] = threads_batch
-    if repack is not None:
-        out["repack"] = repack
-    return out
+    given = {"n_threads_batch": threads_batch or None, "repack": repack, "flash_attn": flash_attn,
+             "kv_type": resolve.check_kv_type(kv_type)}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def parse_threads(value: str | None) -> list[int]:
@@ -219,19 +218,19 @@ def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dic
                 "temperature": 0.0, "seed": settings.DEFAULT_SEED, "threads": threads, "quant": config.quant,
                 "ggufs_dir": str(ggufs)})
     # per target: flags, then QRUN_*, then the tuning profile's "chat" settings (bench answers are chat-shaped)
-    plan = [(t, *_load_settings(config, t, n, progress)) for t in targets for n in threads]
+    plan = [(t, _load_settings(config, t, n, progress)) for t in targets for n in threads]
     failures: dict[str, dict] = {}
     run_ids: list[str] = []
     progress(f"qrun bench: {len(plan)} run(s) of suite {suite.name!r} ({len(suite.questions)} questions), "
              f"results in {out_dir}/")
     worker = None
     try:
-        for index, (target, load, sources) in enumerate(plan, start=1):
-            run_id = f"{target.model}/{target.quant}/t{load['n_threads']}"
+        for index, (target, load) in enumerate(plan, start=1):
+            run_id = f"{target.model}/{target.quant}/t{load.n_threads}"
             run_ids.append(run_id)
             job = {
                 "run_id": run_id, "model": target.model, "quant": target.quant, "gguf": str(target.gguf.resolve()),
-                "settings": {**config.extra_settings, **load, "n_ctx": config.n_ctx}, "settings_source": sources,
+                "settings": load.to_dict(), "settings_source": load.sources,
                 "questions": [{"id": q.id, "text": q.text} for q in suite.questions],
                 "max_tokens": config.max_tokens, "repeat": config.repeat, "warmup_tokens": WARMUP_TOKENS,
                 "seed": settings.DEFAULT_SEED, "results_path": str(stream_path.resolve()),
@@ -260,17 +259,15 @@ def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dic
     return doc
 
 
-def _load_settings(config: BenchConfig, target: Target, n_threads: int, progress) -> tuple[dict, dict]:
-    """Engine.load settings for one run and where each came from ("flag" | "env" | "profile" | "default")."""
-    from qrun.bench import profile
-
-    values, sources = profile.resolve(str(target.gguf), threads=n_threads if config.threads else None,
-                                      threads_batch=config.extra_settings.get("n_threads_batch"),
-                                      repack=config.extra_settings.get("repack"), use_mmap=config.use_mmap,
-                                      notice=progress)
-    values.pop("quant")
-    sources.pop("quant")
-    return values, sources
+def _load_settings(config: BenchConfig, target: Target, n_threads: int, progress) -> settings.LoadSettings:
+    """One run's load settings (qrun.runner.resolve: flag > QRUN_* > the profile's "chat" entry > default); the
+    worker sizes the context to the suite unless --ctx was given."""
+    extra = config.extra_settings
+    _gguf, load = resolve.resolve(target.gguf, threads=n_threads if config.threads else None,
+                                  threads_batch=extra.get("n_threads_batch"), repack=extra.get("repack"),
+                                  use_mmap=config.use_mmap, ctx=config.n_ctx, flash_attn=extra.get("flash_attn"),
+                                  kv_type=extra.get("kv_type"), notice=progress)
+    return load
 
 
 def _failure(code: int, tail) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from qrun import registry, settings
-from qrun.bench import profile as profile_mod
+from qrun.runner import profile as profile_mod
 from qrun.errors import BenchError, UsageError
 
 # (prompt tokens, generated tokens) per workload: "chat" ~ a question and a paragraph of answer; "prompt" ~ a

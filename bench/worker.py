@@ -80,20 +80,10 @@ def measure_generation(generation, *, prompt_tokens_hint: int = 0) -> dict:
     }
 
 
-def effective_settings(requested: dict, *, n_ctx: int) -> dict:
-    """The settings llama.cpp really got: defaults resolved the way Engine.load resolves them."""
-    out = dict(requested, n_ctx=n_ctx)
-    out["n_threads"] = requested.get("n_threads") or settings.default_threads()
-    out["n_threads_batch"] = requested.get("n_threads_batch") or out["n_threads"]
-    out.setdefault("use_mmap", True)
-    if hasattr(settings, "repack_weights"):  # issue 6's knob: off unless the flag or QRUN_REPACK says otherwise
-        out["repack"] = settings.repack_weights(requested.get("repack"))
-    return out
-
-
 def run_job(job: dict) -> None:
     """Measure one job, streaming lines to job["results_path"] (see the module docstring)."""
-    from qrun.runner.engine import Engine  # imported here: llama.cpp is loaded only in worker processes
+    from qrun.runner import resolve  # imported here: llama.cpp is loaded only in worker processes
+    from qrun.runner.engine import Engine
 
     sink = _Sink(Path(job["results_path"]), job["run_id"])
     gguf = Path(job["gguf"])
@@ -103,11 +93,17 @@ def run_job(job: dict) -> None:
                    gguf_size_bytes=gguf.stat().st_size if gguf.exists() else None, settings=job["settings"],
                    settings_source=job.get("settings_source"), rss_before_load_bytes=measure.rss_bytes(), anon_before_load_bytes=measure.anon_bytes(),
                    loadavg=_loadavg())
+        load = settings.LoadSettings.from_dict(job["settings"])
+        if load.n_ctx is None:  # sized to the longest question's prompt + the answer limit
+            with Engine.load(gguf, load, vocab_only=True) as vocab:
+                longest = max((len(vocab.prompt_ids([{"role": "user", "content": q["text"]}]))
+                               for q in job["questions"]), default=1)
+                load = resolve.size_ctx(load, work_tokens=longest + job["max_tokens"], n_ctx_train=vocab.n_ctx_train)
         _progress(job, f"loading {gguf.name} {job['settings']}")
-        engine = Engine.load(gguf, seed=job["seed"], **job["settings"])
+        engine = Engine.load(gguf, load, seed=job["seed"])
         watch.sample()
         sink.write("load", load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
-                   effective_settings=effective_settings(job["settings"], n_ctx=engine.n_ctx),
+                   effective_settings=engine.settings.to_dict(),
                    rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
                    peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes)
         _progress(job, f"loaded in {engine.load_s:.2f} s")

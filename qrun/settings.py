@@ -4,6 +4,7 @@ constant here."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -131,3 +132,49 @@ def repack_weights(flag: bool | None = None) -> bool:
     if flag is not None:
         return flag
     return env_bool("QRUN_REPACK")
+
+
+# KV cache types llama.cpp's CPU backend runs (llama.h ggml_type; q8_0 for V needs flash attention).
+KV_TYPES = ("f16", "q8_0")
+# The load settings, in the order tables and --json show them.
+LOAD_KEYS = ("quant", "n_threads", "n_threads_batch", "repack", "use_mmap", "n_ctx", "flash_attn", "kv_type")
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How one GGUF is loaded, fully resolved, with where each value came from.
+
+    Built by qrun.runner.resolve (flag > QRUN_* env > tuning profile > default) and nowhere else; Engine.load
+    applies it as it is. `sources` maps each key of LOAD_KEYS to "flag" | "env" | "profile" | "work" (n_ctx sized
+    to the prompt and answer) | "default".
+    """
+
+    n_threads: int
+    n_threads_batch: int
+    repack: bool = False
+    use_mmap: bool = True
+    n_ctx: int | None = None  # None: DEFAULT_CTX_TOKENS, capped at the model's training context
+    flash_attn: bool = False
+    kv_type: str = "f16"
+    quant: str | None = None  # None: a .gguf path used as given
+    sources: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def default(cls, **given) -> "LoadSettings":
+        """The defaults, with `given` values on top (tests and tools that load a file directly)."""
+        named = {k for k, v in given.items() if v is not None}
+        threads = given.pop("n_threads", None) or physical_cores()
+        batch = given.pop("n_threads_batch", None) or threads
+        values = cls(n_threads=threads, n_threads_batch=batch, **{k: v for k, v in given.items() if v is not None})
+        return replace(values, sources={k: "flag" if k in named else "default" for k in LOAD_KEYS})
+
+    def to_dict(self) -> dict:
+        """{key: value for LOAD_KEYS} plus "source": {key: where it came from}."""
+        return {**{k: getattr(self, k) for k in LOAD_KEYS}, "source": dict(self.sources)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LoadSettings":
+        return cls(**{k: data[k] for k in LOAD_KEYS if k in data}, sources=dict(data.get("source") or {}))
+
+    def with_value(self, key: str, value, source: str) -> "LoadSettings":
+        return replace(self, **{key: value}, sources={**self.sources, key: source})

@@ -2,50 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
 from qrun import registry, settings
-from qrun.errors import NotConvertedError, PromptError, UsageError
+from qrun.errors import PromptError
 from qrun.fsutil import sha256_file
 from qrun.measure import MemoryWatch
+from qrun.runner import resolve
 from qrun.runner.engine import Engine, check_sampling
 
 Notice = Callable[[str], None]
 
 
-# load_choice keys (Engine.load's) -> the names ask's "settings" uses
+# LoadSettings keys -> the names ask's "settings" uses
 _SETTING_NAMES = {"n_threads": "threads", "n_threads_batch": "threads_batch"}
 
 
 def _quiet(_message: str) -> None:
     pass
-
-
-def resolve_gguf(model_or_path: str | os.PathLike, *, quant: str | None = None,
-                 ggufs_dir: str | os.PathLike | None = None) -> Path:
-    """A model name/alias -> <ggufs>/<name>-<QUANT>.gguf; anything that looks like a path is used as it is.
-
-    Raises:
-        UnknownModelError: neither a path nor a known model name.
-        NotConvertedError: a known model without a GGUF of that quant (names the `qrun convert` command to run).
-    """
-    text = str(model_or_path)
-    if text.lower().endswith(".gguf") or os.sep in text or Path(text).is_file():
-        return Path(text).expanduser()
-    spec = registry.get(text)
-    quant = settings.check_quant(quant or settings.DEFAULT_QUANT)
-    folder = settings.gguf_dir(ggufs_dir)
-    path = folder / f"{spec.name}-{quant}.gguf"
-    if not path.is_file():
-        command = f"qrun convert {spec.name}"
-        if quant != settings.DEFAULT_QUANT:
-            command += f" --quant {quant}"
-        if ggufs_dir:
-            command += f" --out {folder}"
-        raise NotConvertedError(f"{spec.name} is not converted to {quant} yet (no {path})", f"run `{command}`")
-    return path
 
 
 def gguf_sha256(path: Path) -> str:
@@ -64,20 +39,6 @@ def gguf_sha256(path: Path) -> str:
 def check_prompt(prompt: str) -> None:
     if not prompt or not prompt.strip():
         raise PromptError("the prompt is empty", "give a question, e.g. qrun ask qwen \"你好\"")
-
-
-def check_threads(threads: int | None, *, flag: str = "--threads") -> int:
-    """threads None or 0 = settings.default_threads() (physical cores)."""
-    if threads is None or threads == 0:
-        return settings.default_threads()
-    if threads < 0:
-        raise UsageError(f"{flag} must be at least 1 (0 = physical cores), got {threads}")
-    return threads
-
-
-def check_ctx(ctx: int | None) -> None:
-    if ctx is not None and ctx < 1:
-        raise UsageError(f"--ctx must be at least 1 token, got {ctx}")
 
 
 def check_options(*, max_tokens=None, temperature=None, top_p=None, top_k=None) -> None:
@@ -135,34 +96,25 @@ def sampling_options(spec: registry.ModelSpec, *, max_tokens, temperature, top_p
 
 
 def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None, use_mmap=None, ctx=None, quant=None,
-                ggufs_dir=None, seed=settings.DEFAULT_SEED, vocab_only=False, notice: Notice = _quiet,
+                ggufs_dir=None, flash_attn=None, kv_type=None, seed=settings.DEFAULT_SEED, vocab_only=False,
+                work: Callable[[Engine], int] | None = None, notice: Notice = _quiet,
                 workload: str = "chat") -> Engine:
-    """Resolve MODEL, validate --threads/--ctx, load; a --ctx that llama.cpp would round is rounded with a notice.
+    """Resolve MODEL and its load settings (qrun.runner.resolve), size the context, load.
 
-    threads_batch: threads for prompt processing (None/0 = same as threads); repack: llama.cpp's CPU weight
-    repacking; use_mmap: map the GGUF instead of reading it into memory. Each None setting comes from QRUN_*,
-    then the tuning profile's `workload` entry (qrun.bench.profile), then the default; engine.load_choice says
-    which ({"values", "sources"}).
+    work: given the vocabulary, the tokens the context must hold (prompt + answer); the context is then sized to
+        it unless --ctx was given. None = --ctx, else settings.DEFAULT_CTX_TOKENS (a chat's history grows).
+    engine.settings says what was loaded and where each value came from.
     """
-    check_threads(threads)
-    if threads_batch:
-        check_threads(threads_batch, flag="--threads-batch")
-    check_ctx(ctx)
-    if vocab_only:  # --show-prompt reads no weights: load settings do not matter
-        values = {"quant": quant, "n_threads": check_threads(threads), "n_threads_batch": check_threads(threads),
-                  "repack": False, "use_mmap": True}
-        sources = {}
-    else:
-        from qrun.bench import profile
-
-        values, sources = profile.resolve(model_or_path, quant=quant, ggufs_dir=ggufs_dir, threads=threads,
-                                          threads_batch=threads_batch, repack=repack, use_mmap=use_mmap,
-                                          workload=workload, notice=notice)
-    engine = Engine.load(resolve_gguf(model_or_path, quant=values["quant"], ggufs_dir=ggufs_dir), n_ctx=ctx,
-                         n_threads=values["n_threads"], n_threads_batch=values["n_threads_batch"],
-                         repack=values["repack"], use_mmap=values["use_mmap"], seed=seed, vocab_only=vocab_only,
-                         notice=notice)
-    engine.load_choice = {"values": values, "sources": sources}
+    gguf, load = resolve.resolve(model_or_path, quant=quant, ggufs_dir=ggufs_dir, threads=threads,
+                                 threads_batch=threads_batch, repack=repack, use_mmap=use_mmap, ctx=ctx,
+                                 flash_attn=flash_attn, kv_type=kv_type, workload=workload,
+                                 use_profile=not vocab_only, notice=notice)
+    if vocab_only:
+        return Engine.load(gguf, load, seed=seed, vocab_only=True, notice=notice)
+    if work is not None and load.sources.get("n_ctx") != "flag":
+        with Engine.load(gguf, load, vocab_only=True) as vocab:
+            load = resolve.size_ctx(load, work_tokens=work(vocab), n_ctx_train=vocab.n_ctx_train)
+    engine = Engine.load(gguf, load, seed=seed, notice=notice)
     if ctx is not None and engine.n_ctx != ctx:
         notice(f"note: --ctx {ctx} rounded up to {engine.n_ctx} (llama.cpp allocates the context in multiples of "
                f"{settings.CTX_ALIGN_TOKENS})")
@@ -182,6 +134,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
         seed: int = settings.DEFAULT_SEED, threads: int | None = None, threads_batch: int | None = None,
         repack: bool | None = None, use_mmap: bool | None = None, ctx: int | None = None,
+        flash_attn: bool | None = None, kv_type: str | None = None,
         quant: str | None = None, ggufs_dir=None, truncate: bool = False, with_sha256: bool = True,
         on_text: Callable[[str], None] | None = None, notice: Notice = _quiet, logit_bias=None) -> dict:
     """Answer one prompt with a converted model, streaming text pieces to on_text.
@@ -190,24 +143,32 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         model_or_path: canonical name or alias (uses <ggufs>/<name>-<QUANT>.gguf) or a path to a .gguf.
         system: system prompt; None = the model's default (Qwen: "You are a helpful assistant.").
         max_tokens / temperature / top_p / top_k: None = the model's own defaults; temperature 0 = greedy.
-        threads: None or 0 = physical cores. ctx: context tokens (rounded up to a multiple of 256).
-        threads_batch / repack / use_mmap: load settings, see load_engine() (None: env, tuning profile, default).
+        threads: None or 0 = physical cores. ctx: context tokens (rounded up to a multiple of 256); None = sized
+            to the prompt + max_tokens.
+        threads_batch / repack / use_mmap / flash_attn / kv_type: load settings (None: env, tuning profile, default;
+            see qrun.runner.resolve).
         truncate: drop the oldest part of an overlong prompt instead of failing.
         with_sha256: include the GGUF's sha256 (from its manifest, else hashed: slow for a 4 GB file).
     Returns:
         {"answer", "model", "gguf", "sha256", "stats": {load_s, prompt_tokens, ..., stop_reason, peak_rss_bytes},
-         "settings": {n_ctx, quant, threads, threads_batch, repack, use_mmap, seed, max_tokens, temperature, top_p,
-                      top_k, "source": {load setting: "flag" | "env" | "profile" | "default"}}}
+         "settings": {quant, threads, threads_batch, repack, use_mmap, n_ctx, flash_attn, kv_type, amx_denied, seed,
+                      max_tokens, temperature, top_p, top_k,
+                      "source": {load setting: "flag" | "env" | "profile" | "work" | "default"}}}
     Raises:
         QrunError subclasses for every bad input (see qrun.errors).
     """
     check_prompt(prompt)
-    check_threads(threads)
-    check_ctx(ctx)
     check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+
+    def work(vocab: Engine) -> int:  # the prompt as the model will see it, and room for the whole answer
+        answer = sampling_options(vocab.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                  top_k=top_k)["max_tokens"]
+        return len(vocab.prompt_ids([{"role": "user", "content": prompt}], system=system)) + answer
+
     with MemoryWatch() as load_watch:
         engine = load_engine(model_or_path, threads=threads, threads_batch=threads_batch, repack=repack,
-                             use_mmap=use_mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs_dir, seed=seed, notice=notice)
+                             use_mmap=use_mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs_dir, flash_attn=flash_attn,
+                             kv_type=kv_type, seed=seed, work=work, notice=notice)
     with engine:
         options = sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                    top_k=top_k)
@@ -218,7 +179,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
             if on_text:
                 on_text(text)
         stats = generation.stats.to_dict()
-        chosen = engine.load_choice["values"]
+        load = engine.settings.to_dict()
         stats["peak_rss_bytes"] = max(stats["peak_rss_bytes"], load_watch.peak_rss_bytes)
         stats["peak_anon_bytes"] = max(stats["peak_anon_bytes"], load_watch.peak_anon_bytes)
         return {
@@ -227,8 +188,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
             "gguf": str(engine.path),
             "sha256": gguf_sha256(engine.path) if with_sha256 else None,
             "stats": {"load_s": engine.load_s, **stats},
-            "settings": {"n_ctx": engine.n_ctx, "quant": chosen["quant"], "threads": chosen["n_threads"],
-                         "threads_batch": chosen["n_threads_batch"], "repack": chosen["repack"],
-                         "amx_denied": engine.amx_denied, "use_mmap": chosen["use_mmap"], "seed": seed, **options,
-                         "source": {_SETTING_NAMES.get(k, k): v for k, v in engine.load_choice["sources"].items()}},
+            "settings": {**{_SETTING_NAMES.get(k, k): v for k, v in load.items() if k != "source"},
+                         "amx_denied": engine.amx_denied, "seed": seed, **options,
+                         "source": {_SETTING_NAMES.get(k, k): v for k, v in load["source"].items()}},
         }

@@ -47,13 +47,21 @@ def _model_options(f):
         click.option("--top-p", type=FLOAT, default=None, help="Nucleus sampling, in (0, 1] [model default]."),
         click.option("--top-k", type=INT, default=None, help="Top-k sampling, 0 = off [model default]."),
         click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
-        click.option("--threads", type=INT, default=None, help="CPU threads [QRUN_THREADS, else physical cores; 0 = that]."),
-        click.option("--threads-batch", type=INT, default=None, help="Threads for prompt processing [= --threads]."),
+        click.option("--threads", type=INT, default=None,
+                     help="CPU threads [QRUN_THREADS, else tuning profile, else physical cores; 0 = default]."),
+        click.option("--threads-batch", type=INT, default=None,
+                     help="Threads for prompt processing [--threads if given, else tuning profile, else the same]."),
         click.option("--repack/--no-repack", default=None,
-                     help="llama.cpp's CPU weight repacking [QRUN_REPACK, else off: see README, Performance]."),
-        click.option("--mmap/--no-mmap", default=None, help="Map the GGUF instead of reading it into memory [profile, else mmap]."),
-        click.option("--ctx", type=INT, default=None, help="Context tokens, rounded up to a multiple of 256 [4096]."),
-        click.option("--quant", default=None, help=f"Which GGUF of MODEL to use [{settings.DEFAULT_QUANT}]."),
+                     help="llama.cpp's CPU weight repacking [QRUN_REPACK, else tuning profile, else off]."),
+        click.option("--mmap/--no-mmap", default=None,
+                     help="Map the GGUF instead of reading it into memory [tuning profile, else on]."),
+        click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention [tuning profile, else off]."),
+        click.option("--kv-type", default=None, metavar="|".join(settings.KV_TYPES),
+                     help="KV cache type; q8_0 needs --flash-attn [tuning profile, else f16]."),
+        click.option("--ctx", type=INT, default=None,
+                     help="Context tokens, rounded up to a multiple of 256 [ask: prompt + --max-tokens; chat: 4096]."),
+        click.option("--quant", default=None,
+                     help=f"Which GGUF of MODEL; auto = the type `qrun tune` measured fastest [{settings.DEFAULT_QUANT}]."),
         click.option("--ggufs", type=click.Path(file_okay=False), default=None, help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs]."),
     ]):
         f = option(f)
@@ -85,7 +93,7 @@ def format_stats(result: dict) -> str:
 @click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
 @click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
 def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap,
-            ctx, quant, ggufs, show_stats, as_json, show_prompt, truncate):
+            flash_attn, kv_type, ctx, quant, ggufs, show_stats, as_json, show_prompt, truncate):
     """Answer one PROMPT with MODEL (a name, an alias or a .gguf path), streamed to stdout.
 
     \b
@@ -113,8 +121,8 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
 
     result = ask_lib.ask(model, prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                          top_k=top_k, seed=seed, threads=threads, threads_batch=threads_batch, repack=repack,
-                         use_mmap=mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs,
-                         truncate=truncate, with_sha256=as_json, on_text=None if as_json else stream,
+                         use_mmap=mmap, flash_attn=flash_attn, kv_type=kv_type, ctx=ctx, quant=quant,
+                         ggufs_dir=ggufs, truncate=truncate, with_sha256=as_json, on_text=None if as_json else stream,
                          notice=_notice)
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
@@ -127,8 +135,8 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
 @click.command("chat")
 @click.argument("model")
 @_model_options
-def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap, ctx,
-             quant, ggufs):
+def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap,
+             flash_attn, kv_type, ctx, quant, ggufs):
     """Chat with MODEL in the terminal, multi-turn, in the model's own chat format.
 
     \b
@@ -136,10 +144,10 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
     qrun chat chatglm3 --system "你是一个乐于助人的助手。" --ctx 8192
     Type /reset to clear the history, /exit or Ctrl-D to quit; Ctrl-C stops the current answer.
     """
-    ask_lib.check_threads(threads)
     ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     engine = ask_lib.load_engine(model, threads=threads, threads_batch=threads_batch, repack=repack, use_mmap=mmap,
-                                 ctx=ctx, quant=quant, ggufs_dir=ggufs, seed=seed, notice=_notice)
+                                 flash_attn=flash_attn, kv_type=kv_type, ctx=ctx, quant=quant, ggufs_dir=ggufs,
+                                 seed=seed, notice=_notice)
     with engine:
         sampling = ask_lib.sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature,
                                             top_p=top_p, top_k=top_k)

@@ -87,7 +87,8 @@ def _abort_decode(_user_data) -> bool:
     return interrupts.abort_requested()
 
 
-_NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL function pointer: llama.cpp then polls nothing
+_NO_ABORT = llama_cpp.ggml_abort_callback()
+_KV_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}  # a NULL function pointer: llama.cpp then polls nothing
 
 
 @llama_cpp.llama_progress_callback
@@ -138,6 +139,7 @@ class Engine:
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self.path, self.spec, self.header, self.load_s = path, spec, header, load_s
         self.amx_denied = False  # set by load(): repacked with the AVX-512/AVX2 kernels because AMX traps here
+        self.settings: settings.LoadSettings | None = None  # set by load(): the settings llama.cpp got
         self.n_ctx_requested = n_ctx_requested
         self.n_ctx = llama_cpp.llama_n_ctx(llama.ctx)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
@@ -150,26 +152,25 @@ class Engine:
         self.eos_id = llama_cpp.llama_vocab_eos(self._vocab)
 
     @classmethod
-    def load(cls, gguf_path, *, n_ctx: int | None = None, n_threads: int | None = None,
-             n_threads_batch: int | None = None, seed: int = settings.DEFAULT_SEED, use_mmap: bool = True,
-             vocab_only: bool = False, repack: bool | None = None,
-             notice: Callable[[str], None] = lambda _msg: None) -> "Engine":
-        """Validate and load a GGUF.
+    def load(cls, gguf_path, load: settings.LoadSettings | None = None, *, seed: int = settings.DEFAULT_SEED,
+             vocab_only: bool = False, notice: Callable[[str], None] = lambda _msg: None,
+             **given) -> "Engine":
+        """Validate and load a GGUF with `load` applied as it is (qrun.runner.resolve builds it).
 
         Args:
-            n_ctx: context tokens, rounded up to a multiple of 256; None = 4096 capped at the training context.
-            n_threads / n_threads_batch: None or 0 = settings.default_threads() (physical cores).
-            vocab_only: load only the vocabulary (for --show-prompt: no weights read).
-            repack: llama.cpp's CPU weight repacking; None = settings.repack_weights() (QRUN_REPACK, else off).
-                On a CPU that advertises AMX, checked once first in a child process (runner/cpu_probe.py).
+            load: the resolved load settings; None = LoadSettings.default(**given), e.g. Engine.load(path,
+                n_ctx=256, n_threads=1) in tests and tools that load one file directly.
+            vocab_only: load only the vocabulary (for --show-prompt and context sizing: no weights read).
             notice: where one-line notes go (e.g. that the repacking check is running).
         Raises:
             GGUFError: missing, truncated or non-GGUF file, or llama.cpp's reason for refusing it.
-            UsageError: n_ctx < 1 or above the model's training context.
+            UsageError: n_ctx < 1 or above the model's training context; q8_0 KV cache without flash attention.
         """
+        load = load or settings.LoadSettings.default(**given)
         path = Path(gguf_path)
         header = read_header(path)
         spec = spec_for_header(header, path)
+        n_ctx = load.n_ctx
         if n_ctx is None:
             n_ctx = min(settings.DEFAULT_CTX_TOKENS, header.context_length or settings.DEFAULT_CTX_TOKENS)
         if n_ctx < 1:
@@ -178,8 +179,12 @@ class Engine:
             # no rope scaling is configured: past its training length the model's output degrades silently
             raise UsageError(f"--ctx {n_ctx} is more than the {header.context_length} tokens {spec.name} was "
                              "trained on", f"use --ctx {header.context_length} or less")
-        threads = n_threads or settings.default_threads()
-        repack = settings.repack_weights(repack) and not vocab_only
+        if load.kv_type not in settings.KV_TYPES:
+            raise UsageError(f"unknown KV cache type {load.kv_type!r}", f"use one of: {', '.join(settings.KV_TYPES)}")
+        if load.kv_type != "f16" and not load.flash_attn:
+            # llama.cpp refuses a quantized V cache without flash attention (llama_init_from_model)
+            raise UsageError(f"--kv-type {load.kv_type} needs flash attention", "add --flash-attn")
+        repack = load.repack and not vocab_only
         amx_denied = False
         if repack:
             verdict = cpu_probe.check_repack(system_info(), notice=notice)
@@ -187,14 +192,16 @@ class Engine:
             if amx_denied:
                 notice("note: AMX is denied to this process (llama.cpp's AMX kernels crash on this machine); "
                        "repacking uses its AVX-512/AVX2 kernels")
+        kv_ggml_type = _KV_GGML_TYPES[load.kv_type]
         interrupts.install()
         t0 = time.perf_counter()
         with (_captured_llama_log() as log_lines, interrupts.native_call(),
               _model_params(use_extra_bufts=repack, progress_callback=_continue_loading)):
             try:
                 llama = llama_cpp.Llama(
-                    str(path), n_ctx=aligned_ctx(n_ctx), n_batch=min(512, aligned_ctx(n_ctx)), n_threads=threads,
-                    n_threads_batch=n_threads_batch or threads, seed=seed, use_mmap=use_mmap,
+                    str(path), n_ctx=aligned_ctx(n_ctx), n_batch=min(512, aligned_ctx(n_ctx)),
+                    n_threads=load.n_threads, n_threads_batch=load.n_threads_batch, seed=seed,
+                    use_mmap=load.use_mmap, flash_attn=load.flash_attn, type_k=kv_ggml_type, type_v=kv_ggml_type,
                     vocab_only=vocab_only, verbose=False,
                 )
             except (ValueError, RuntimeError) as err:
@@ -204,6 +211,9 @@ class Engine:
         load_s = time.perf_counter() - t0
         engine = cls(llama, path=path, spec=spec, header=header, load_s=load_s, n_ctx_requested=n_ctx)
         engine.amx_denied = amx_denied
+        # what llama.cpp really got: the context as allocated (a multiple of CTX_ALIGN_TOKENS), repacking as applied
+        engine.settings = load.with_value("n_ctx", engine.n_ctx, load.sources.get("n_ctx", "default")).with_value(
+            "repack", repack, load.sources.get("repack", "default"))
         return engine
 
     def close(self) -> None:
@@ -338,6 +348,6 @@ class Engine:
 def system_info() -> str:
     """llama.cpp's description of its build (the CPU features it was compiled for), for bench's machine record.
 
-    Used by qrun.bench.machine; it lives here because this module owns llama_cpp.
+    Used by qrun.runner.machine; it lives here because this module owns llama_cpp.
     """
     return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()

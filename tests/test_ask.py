@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +14,7 @@ from qrun.cli import main
 from qrun.errors import NotConvertedError, PromptError, UnknownModelError
 from qrun.fsutil import sha256_file
 from qrun.runner import ask as ask_lib
+from qrun.runner import resolve
 
 MODEL = "deepseek-llm-7b-chat"
 FAST = ["--threads", "1", "--max-tokens", "8", "--temperature", "0", "--ctx", "512"]
@@ -44,16 +46,16 @@ def assert_one_line_error(result, *needles):
 
 
 def test_resolve_names_aliases_paths(ggufs, tmp_path):
-    assert ask_lib.resolve_gguf("deepseek", ggufs_dir=ggufs) == ggufs / f"{MODEL}-Q4_K_M.gguf"
-    assert ask_lib.resolve_gguf("some/file.gguf") == ask_lib.Path("some/file.gguf")
+    assert resolve.gguf_for("deepseek", ggufs_dir=ggufs) == ggufs / f"{MODEL}-Q4_K_M.gguf"
+    assert resolve.gguf_for("some/file.gguf") == Path("some/file.gguf")
     with pytest.raises(NotConvertedError) as err:
-        ask_lib.resolve_gguf("qwen", ggufs_dir=ggufs)
+        resolve.gguf_for("qwen", ggufs_dir=ggufs)
     assert f"run `qrun convert qwen-7b-chat --out {ggufs}`" in err.value.one_line()
     with pytest.raises(NotConvertedError) as err:
-        ask_lib.resolve_gguf("deepseek", quant="q8_0")
+        resolve.gguf_for("deepseek", quant="q8_0")
     assert "run `qrun convert deepseek-llm-7b-chat --quant Q8_0`" in err.value.one_line()
     with pytest.raises(UnknownModelError) as err:
-        ask_lib.resolve_gguf("llama-70b")
+        resolve.gguf_for("llama-70b")
     assert "chatglm3-6b" in err.value.one_line()
 
 

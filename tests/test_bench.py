@@ -64,11 +64,16 @@ def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
     assert sorted(r["model"] for r in doc["runs"]) == sorted(MODELS)
     for run in doc["runs"]:
         assert run["status"] == "ok" and run["failure"] is None
-        assert run["settings"] == {"n_threads": 1, "n_threads_batch": 1, "n_ctx": None, "use_mmap": True,
-                                   "repack": False}
-        assert run["settings_source"] == {"n_threads": "flag", "n_threads_batch": "flag", "repack": "default",
-                                          "use_mmap": "default"}
-        assert run["effective_settings"]["n_threads"] == 1 and run["effective_settings"]["n_ctx"] >= 256
+        requested = {k: v for k, v in run["settings"].items() if k != "source"}
+        assert requested == {"quant": None, "n_threads": 1, "n_threads_batch": 1, "n_ctx": None, "use_mmap": True,
+                             "repack": False, "flash_attn": False, "kv_type": "f16"}
+        assert run["settings_source"] == {"quant": "flag", "n_threads": "flag", "n_threads_batch": "flag",
+                                          "repack": "default", "use_mmap": "default", "n_ctx": "default",
+                                          "flash_attn": "default", "kv_type": "default"}
+        effective = run["effective_settings"]
+        # the context is sized to the work: the longest seed question's prompt + --max-tokens, in 256s
+        assert effective["n_threads"] == 1 and effective["source"]["n_ctx"] == "work"
+        assert effective["n_ctx"] % 256 == 0 and 256 <= effective["n_ctx"] <= 1024
         assert run["gguf_size_bytes"] == Path(run["gguf"]).stat().st_size
         assert run["load_s"] > 0 and 0 < run["peak_anon_bytes"] <= run["peak_rss_bytes"]
         assert "mmap" in run["memory_note"]

@@ -9,7 +9,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from qrun.bench import machine, report, results
+from qrun.bench import report, results
+from qrun.runner import machine
 from qrun.bench import suite as suites
 from qrun.cli import main
 from qrun.errors import BenchError

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 
 import pytest
 from click.testing import CliRunner
 
-from qrun.bench import profile, tune
+from qrun.bench import tune
+from qrun.runner import profile
 from qrun.bench.tune_cli import tune_cmd
 from qrun.cli import main
 from qrun.errors import BenchError
@@ -157,7 +159,9 @@ def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
     got = _ask_settings(["deepseek"])
     assert got["threads"] == 1 and got["threads_batch"] == 1 and got["repack"] is False
     assert got["use_mmap"] == entry["chat"]["settings"]["use_mmap"]
-    assert set(got["source"].values()) == {"profile"}
+    tuned = ("threads", "threads_batch", "repack", "use_mmap")
+    assert {k: got["source"][k] for k in tuned} == dict.fromkeys(tuned, "profile")
+    assert got["source"]["quant"] == "default" and got["source"]["n_ctx"] == "work"
 
 
 def _write_profile(**chat_settings):
@@ -181,16 +185,21 @@ def _ask_settings(args, *, notices=None):
 
 def test_profile_settings_are_used_and_flags_override_them(converted):
     _write_profile()
-    got = _ask_settings(["deepseek"])
+    notices: list[str] = []
+    got = _ask_settings(["deepseek"], notices=notices)
     assert (got["quant"], got["threads"], got["threads_batch"], got["use_mmap"], got["repack"]) == \
         ("Q4_K_M", 1, 2, False, False)
-    assert got["source"] == {"quant": "profile", "threads": "profile", "threads_batch": "profile",
-                             "repack": "profile", "use_mmap": "profile"}
-    # (--no-repack: repacking on would die of SIGILL on CPUs whose AMX the kernel withholds, like this project's)
+    assert got["source"] == {"quant": "default", "threads": "profile", "threads_batch": "profile",
+                             "repack": "profile", "use_mmap": "profile", "n_ctx": "work", "flash_attn": "default",
+                             "kv_type": "default"}
+    # one line says which settings the profile chose, for which file
+    assert notices == [f"note: {MODEL}-Q4_K_M.gguf: n_threads=1, n_threads_batch=2, repack=off, use_mmap=off "
+                       "from the tuning profile (chat; flags override it)"]
+    # (--no-repack: repacking on would die of SIGILL on CPUs whose AMX the kernel withholds)
     got = _ask_settings(["deepseek", "--threads-batch", "1", "--mmap", "--no-repack"])
     assert (got["threads"], got["threads_batch"], got["use_mmap"], got["repack"]) == (1, 1, True, False)
-    assert got["source"] == {"quant": "profile", "threads": "profile", "threads_batch": "flag", "repack": "flag",
-                             "use_mmap": "flag"}
+    assert {k: got["source"][k] for k in ("threads", "threads_batch", "repack", "use_mmap")} == {
+        "threads": "profile", "threads_batch": "flag", "repack": "flag", "use_mmap": "flag"}
     # --threads alone: prompt processing follows it (as without a profile)
     got = _ask_settings(["deepseek", "--threads", "2"])
     assert (got["threads"], got["threads_batch"]) == (2, 2) and got["source"]["threads_batch"] == "flag"
@@ -204,12 +213,12 @@ def test_bench_uses_the_profile_chat_settings_unless_flagged(converted):
 
     _write_profile()
     target = Target(MODEL, "Q4_K_M", profile.settings.gguf_dir() / f"{MODEL}-Q4_K_M.gguf")
-    values, sources = _load_settings(BenchConfig(), target, 2, print)
-    assert values == {"n_threads": 1, "n_threads_batch": 2, "repack": False, "use_mmap": False}
-    assert set(sources.values()) == {"profile"}
-    values, sources = _load_settings(BenchConfig(threads=[2], use_mmap=True), target, 2, print)
-    assert (values["n_threads"], values["n_threads_batch"], values["use_mmap"]) == (2, 2, True)
-    assert sources["n_threads"] == "flag" and sources["repack"] == "profile"
+    load = _load_settings(BenchConfig(), target, 2, print)
+    assert (load.n_threads, load.n_threads_batch, load.repack, load.use_mmap) == (1, 2, False, False)
+    assert {load.sources[k] for k in ("n_threads", "n_threads_batch", "repack", "use_mmap")} == {"profile"}
+    load = _load_settings(BenchConfig(threads=[2], use_mmap=True), target, 2, print)
+    assert (load.n_threads, load.n_threads_batch, load.use_mmap) == (2, 2, True)
+    assert load.sources["n_threads"] == "flag" and load.sources["repack"] == "profile"
 
 
 def _corrupt(path):
@@ -242,7 +251,26 @@ def test_bad_profiles_are_ignored_with_one_notice(converted, spoil, reason):
     _write_profile()
     spoil(profile.profile_path())
     notices = []
-    got = _ask_settings(["deepseek"], notices=notices)
-    assert set(got["source"].values()) == {"default"}
+    # --quant auto: the one case where the profile's entry for another file (here: a deleted Q4_0) is looked at
+    got = _ask_settings(["deepseek", "--quant", "auto"], notices=notices)
+    assert {v for k, v in got["source"].items() if k != "n_ctx"} == {"default"}
     assert got["quant"] == "Q4_K_M" and got["use_mmap"] is True
-    assert len(notices) == 1 and notices[0].startswith("note: ignoring the tuning profile") and reason in notices[0]
+    assert notices[0].startswith("note: ignoring the tuning profile") and reason in notices[0]
+    assert notices[1:] == [f"note: --quant auto: no usable tuning profile for {MODEL}; using Q4_K_M"]
+
+
+def test_a_profile_never_changes_the_quant_unless_asked(converted, tiny_gguf):
+    """A profile measured on Q4_0 chooses nothing for the Q4_K_M a plain `ask` loads; --quant auto takes Q4_0."""
+    q4_0 = tiny_gguf(MODEL, "Q4_0")
+    shutil.copy(q4_0, profile.settings.gguf_dir() / q4_0.name)
+    doc = _write_profile(quant="Q4_0")
+    doc["models"][MODEL]["chat"]["gguf"] = {"name": q4_0.name, "size_bytes": q4_0.stat().st_size}
+    profile.write(doc)
+    notices: list[str] = []
+    got = _ask_settings(["deepseek"], notices=notices)
+    assert got["quant"] == "Q4_K_M" and got["source"]["quant"] == "default"
+    assert "profile" not in got["source"].values() and notices == []
+    got = _ask_settings(["deepseek", "--quant", "auto"], notices=notices)
+    assert got["quant"] == "Q4_0" and got["source"]["quant"] == "profile" and got["source"]["threads"] == "profile"
+    assert notices[0] == (f"note: --quant auto: {MODEL}-Q4_0.gguf, the type `qrun tune` measured fastest for chat "
+                          "on this machine")

@@ -12,6 +12,7 @@ import platform
 import psutil
 
 from qrun import __version__
+from qrun.runner.engine import system_info
 
 # SIMD features llama.cpp's CPU kernels choose between (ggml-cpu); others in /proc/cpuinfo are noise here.
 _INTERESTING_FLAGS = ("sse3", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f",
@@ -38,8 +39,6 @@ def _cpuinfo() -> tuple[str, list[str]]:
 def llama_cpp_system_info() -> str:
     """llama.cpp's own description of its build (SIMD paths compiled in), via the runner's engine module."""
     try:
-        from qrun.runner.engine import system_info
-
         return " ".join(system_info().split())
     except Exception as err:  # the runner cannot load llama.cpp: say why instead of failing the benchmark
         return f"unavailable ({type(err).__name__}: {err})"

@@ -1,16 +1,17 @@
-"""The per-machine tuning profile: what `qrun tune` chose, read back by `ask`, `chat` and `bench`.
+"""The per-machine tuning profile: what `qrun tune` (qrun.bench.tune) chose, read back by qrun.runner.resolve.
 
 <qrun_home>/tune-profile.json (written atomically)::
 
     {"schema": 1, "created_utc": "...", "command": "qrun tune ...",
-     "machine": {the fingerprint fields of qrun.bench.machine that decide speed},
+     "machine": {the fingerprint fields of qrun.runner.machine that decide speed},
      "models": {"qwen-7b-chat": {
          "chat":   {"settings": {"quant", "repack", "use_mmap", "n_threads", "n_threads_batch"},
                     "gguf": {"name": "qwen-7b-chat-Q4_K_M.gguf", "size_bytes": ...}, "evidence": {...}},
          "prompt": {...}}}}
 
 Precedence where a model is loaded: command-line flag, then QRUN_* environment variable, then the profile, then
-qrun's default — and every loader reports which of those each setting came from. A profile that cannot be trusted
+qrun's default (qrun.runner.resolve) — and every loader reports which of those each setting came from. The profile
+chooses load settings only: which GGUF is loaded changes only with `--quant auto`. A profile that cannot be trusted
 (corrupt, unknown schema, measured on another machine, or for a GGUF that is gone or was replaced) is ignored with
 one line on stderr: running with defaults is always safe, running with another machine's choices is not.
 """
@@ -24,6 +25,7 @@ from typing import Callable
 
 from qrun import settings
 from qrun.fsutil import write_json_atomic
+from qrun.runner import machine
 
 SCHEMA = 1
 FILE_NAME = "tune-profile.json"
@@ -33,6 +35,8 @@ WORKLOADS = ("chat", "prompt")
 MATCH_FIELDS = ("cpu_model", "physical_cores", "logical_cores", "cpu_flags", "ram_bytes", "llama_cpp_python",
                 "llama_cpp_system_info")
 SETTING_KEYS = ("quant", "repack", "use_mmap", "n_threads", "n_threads_batch")
+# Measured by newer `qrun tune` runs only: used when present, absent in older profiles.
+OPTIONAL_SETTING_KEYS = ("flash_attn", "kv_type")
 
 Notice = Callable[[str], None]
 
@@ -42,8 +46,6 @@ def profile_path() -> Path:
 
 
 def machine_key() -> dict:
-    from qrun.bench import machine
-
     full = machine.fingerprint()
     return {k: full.get(k) for k in MATCH_FIELDS}
 
@@ -106,6 +108,7 @@ def entry_for(doc: dict | None, model: str, *, workload: str, gguf: Path | None,
         return None
     try:
         chosen = {k: entry["settings"][k] for k in SETTING_KEYS}
+        chosen.update({k: entry["settings"][k] for k in OPTIONAL_SETTING_KEYS if k in entry["settings"]})
         name, size = entry["gguf"]["name"], entry["gguf"]["size_bytes"]
     except (KeyError, TypeError):
         notice(f"note: ignoring the tuning profile's {model} entry: malformed; rerun `qrun tune`")
@@ -118,65 +121,3 @@ def entry_for(doc: dict | None, model: str, *, workload: str, gguf: Path | None,
         notice(f"note: ignoring the tuning profile's {model} entry: {path} {why}; rerun `qrun tune`")
         return None
     return dict(entry, settings=chosen)
-
-
-def resolve(model_or_path, *, quant=None, ggufs_dir=None, threads=None, threads_batch=None, repack=None,
-            use_mmap=None, workload: str = "chat", notice: Notice) -> tuple[dict, dict]:
-    """Load settings for one model: flag > QRUN_* env > profile > default.
-
-    Returns:
-        (values, sources): values {quant, n_threads, n_threads_batch, repack, use_mmap} (quant None = the path
-        given is used as it is); sources maps each to "flag" | "env" | "profile" | "default".
-    """
-    from qrun import registry
-    from qrun.runner.ask import resolve_gguf  # raises the usual errors for unknown / unconverted models
-
-    text = str(model_or_path)
-    is_path = text.lower().endswith(".gguf") or os.sep in text or Path(text).is_file()
-    doc = read(notice=notice)
-    entry = None
-    if doc is not None:
-        if is_path:
-            from qrun.gguf_file import read_header
-            from qrun.runner.engine import spec_for_header
-
-            from qrun.errors import QrunError
-
-            path = Path(text).expanduser()
-            try:
-                model = spec_for_header(read_header(path), path).name
-            except QrunError:  # not a GGUF qrun knows: Engine.load will say why; no profile applies to it
-                model = None
-            if model:
-                entry = entry_for(doc, model, workload=workload, gguf=path, notice=notice)
-        else:
-            model = registry.get(text).name
-            gguf = resolve_gguf(text, quant=quant, ggufs_dir=ggufs_dir) if quant else None
-            entry = entry_for(doc, model, workload=workload, gguf=gguf, ggufs_dir=ggufs_dir, notice=notice)
-    tuned = entry["settings"] if entry else {}
-    env_threads = settings.env_int("QRUN_THREADS", 0) or None
-    env_repack = settings.env_bool("QRUN_REPACK") if os.environ.get("QRUN_REPACK", "").strip() else None
-    values, sources = {}, {}
-
-    def pick(key, flag, env_value, default):
-        if flag is not None:
-            values[key], sources[key] = flag, "flag"
-        elif env_value is not None:
-            values[key], sources[key] = env_value, "env"
-        elif key in tuned:
-            values[key], sources[key] = tuned[key], "profile"
-        else:
-            values[key], sources[key] = default, "default"
-
-    pick("quant", None if is_path else (quant.upper() if quant else None), None,
-         None if is_path else settings.DEFAULT_QUANT)
-    pick("n_threads", threads or None, env_threads, settings.default_threads())
-    batch_default = values["n_threads"] if sources["n_threads"] != "profile" else settings.default_threads()
-    if sources["n_threads"] in ("flag", "env") and not threads_batch:
-        # --threads 1 alone means "use 1 thread": prompt processing follows it, as before profiles existed
-        values["n_threads_batch"], sources["n_threads_batch"] = values["n_threads"], sources["n_threads"]
-    else:
-        pick("n_threads_batch", threads_batch or None, None, batch_default)
-    pick("repack", repack, env_repack, settings.repack_weights(None))
-    pick("use_mmap", use_mmap, None, True)
-    return values, sources
