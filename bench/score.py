@@ -33,6 +33,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
+from qrun.bench import readers
 from qrun.bench.suite import Criterion, Pattern, Question
 
 ECHO_MIN_CHARS = 6
@@ -176,12 +177,29 @@ def _judge(criterion: Criterion, text: str, parts: list[_Clause]) -> CriterionRe
 
 def score(question: Question, answer: str) -> ScoreResult:
     """Score one answer against its question's rubric (see the module docstring for the rules)."""
+    reader = readers.for_question(normalize(question.text), tuple(c.id for c in question.rubric))
+    if reader is not None:
+        return _score_by_reader(question, answer, reader)
     text = remove_echo(normalize(answer), question.text)
     parts = clauses(text)
     results = [_judge(c, text, parts) for c in question.rubric]
     total = sum(c.weight for c in question.rubric)
     got = sum(r.weight for r in results if r.status == "matched")
     return ScoreResult(question_id=question.id, score=round(got / total, 4), criteria=results)
+
+
+def _score_by_reader(question: Question, answer: str, reader: readers.Reader) -> ScoreResult:
+    text = normalize(answer)
+    if reader.drop_echo:
+        text = remove_echo(text, question.text)
+    statuses = reader.read(readers.Text(text))
+    results = [CriterionResult(c.id, c.weight, *statuses[c.id], c.description) for c in question.rubric]
+    credit = {readers.MATCHED: 1.0, readers.PARTIAL: 0.5}
+    got = sum(r.weight * credit.get(r.status, 0.0) for r in results)
+    if reader.penalize_contradictions:
+        got -= sum(r.weight for r in results if r.status == readers.CONTRADICTED)
+    total = sum(c.weight for c in question.rubric)
+    return ScoreResult(question_id=question.id, score=round(max(got, 0.0) / total, 4), criteria=results)
 
 
 # -- human verdicts and answers files --------------------------------------------------------------------------
