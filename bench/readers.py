@@ -41,7 +41,7 @@ _CONNECTIVE_RE = re.compile(
     r"\bbut\b|\bactually\b|\brather\b|\binstead\b|\bthough\b|\bit'?s\b")
 _CORRECTION_RE = re.compile(r"而是|而不是|而非|但|可是|然而|不过|其实|实际上|事实上|不对|仔细|正相反|"
                             r"\bbut\b|\bactually\b|\brather\b|\binstead\b|other way round|\bit'?s\b")
-_NEGATOR_RE = re.compile(r"不是|并非|而非|并不|绝非|并没有|\bnot\b|n't\b|\bisn'?t\b|rather than|instead of")
+_NEGATOR_RE = re.compile(r"不是|并非|而非|并不|绝非|并没有|不能|不用|不必|不该|不应该|不需要|不宜|\bnot\b|n't\b|\bisn'?t\b|rather than|instead of")
 _HEDGE_RE = re.compile(r"可能|也许|或许|或者|大概|不确定|不好确定|也可以|可以理解为|不一定|\bmaybe\b|\bperhaps\b|"
                        r"\bprobably\b|\bcould\b|\bmight\b|\bpossibly\b")
 _REPORTED_RE = re.compile(r"有人说|以为|误以为|第一反应|乍一看|看起来|表面上|看似|\bseems?\b|\bat first\b")
@@ -71,7 +71,9 @@ class Text:
     """A normalized answer split into clauses, with the reading of any span in it."""
 
     def __init__(self, text: str):
-        self.text = text
+        # single quotes around words ('he', ‘他’) go, apostrophes inside words (doesn't) stay
+        text = re.sub(r"(?<![a-z])['‘’]|['‘’](?![a-z])", "", text)
+        self.text = re.sub(r"(?<=[a-z]) {2,}(?=[a-z])", " ", text)
         self.clauses = self._split(text)
 
     @staticmethod
@@ -137,6 +139,15 @@ class Text:
         return bool(_CORRECTION_RE.search(self.text, a, b))
 
 
+_WORDING_RE = re.compile(r"字面|表面|看起来|形式|写法|文字|literally|wording")
+
+
+def meaning_same(text: Text, key: str, pattern) -> list[Claim]:
+    """Asserted claims that the two sentences mean the same; "字面意思一样" (the wording) is not one."""
+    return [c for c in text.claims(key, pattern) if not c.negated and
+            not _WORDING_RE.search(text.text, text.clause_at(c.start).start, c.start + 2)]
+
+
 def judge(text: Text, right: list[Claim], wrong: list[Claim]) -> tuple[str, str]:
     """The status of one criterion from the claims for it (right) and against it (wrong); see the module doc."""
     events = []  # (end, +1 for / -1 against, hedged, evidence)
@@ -167,10 +178,11 @@ def judge(text: Text, right: list[Claim], wrong: list[Claim]) -> tuple[str, str]
 # -- seed-1: 冬天/夏天 能穿多少穿多少 -------------------------------------------------------------------------------
 _WINTER = r"冬|寒|冷|winter|cold"
 _SUMMER = r"夏|三伏|热|炎|summer|hot|heat"
-_MORE = (r"多穿|穿(得|的)?(越)?多|越多越好|尽(量|可能)(地)?多|能多|偏向多|偏重多|取多|多的意思|往上加|加衣|加法|裹|套|"
-         r"保暖|穿厚|厚实|\bpile on\b|bundle up|as much as|as many as|\bmore\b")
-_LESS = (r"少穿|穿(得|的)?(越)?少|越少|尽(量|可能)(地)?少|能少|偏向少|偏重少|取少|少的意思|往下减|能减|减法|能脱|脱|"
-         r"凉快|清凉|穿薄|轻薄|背心|只穿|as little as|as few as|\bless\b|\bshed\b")
+_MORE = (r"(指|取|偏向?|偏重|侧重|意为|表示|强调|重在)多|多穿|穿(得|的)?(越|太|很)?多|越多越好|尽(量|可能)(地)?多|(?<!不)能多|"
+         r"多的意思|往上加|加衣|加法|裹|套|保暖|穿厚|厚实|\bpile on\b|bundle up|as (much|many)\b|\bmore\b")
+_LESS = (r"(指|取|偏向?|偏重|侧重|意为|表示|强调|重在)少|不(用|必|要|需要)穿(很|太|那么)?多|少穿|穿(得|的)?(越|太|很)?少|越少|"
+         r"尽(量|可能)(地)?少|(?<!不)能少|少的意思|往下减|能减|减法|能脱|脱|凉快|清凉|穿薄|轻薄|背心|只穿|"
+         r"as (little|few)\b|\bless\b|\bfewer\b|\bshed\b")
 _SAME_1 = (r"没(有)?(任何|什么)?区别|意思(完全|都)?(一样|相同)|都是(说|指|一个意思)|同一个意思|都理解为|都是量力|"
            r"mean the same|same thing|regardless of")
 _FLIP_1 = (r"字面|一模一样|完全相同|完全一样|歧义|语境|相反|反过来|偏向|偏重|取多|取少|冷热不同|季节不同|"
@@ -192,14 +204,18 @@ def _season_claims(text: Text) -> dict[str, list[Claim]]:
             before = [s for s in seasons if sentence_start <= s[0] < claim.start]
             after = [s for s in seasons if claim.start <= s[0] and not _SENTENCE_END_RE.search(t, claim.end, s[0])]
             season = before[-1][1] if before else (after[0][1] if after else None)
-            if season:
+            if season and claim.negated:  # two directions only: "冬天不能少穿" says more, "并不是越多越好" less
+                flipped = "less" if direction == "more" else "more"
+                out[f"{season}:{flipped}"].append(Claim(flipped, claim.start, claim.end, False, claim.hedged,
+                                                        claim.evidence))
+            elif season:
                 out[f"{season}:{direction}"].append(claim)
     return out
 
 
 def read_seed1(text: Text) -> dict[str, tuple[str, str]]:
     claims = _season_claims(text)
-    same = [c for c in text.claims("same", _SAME_1) if not c.negated]
+    same = meaning_same(text, "same", _SAME_1)
     winter = judge(text, claims["winter:more"], claims["winter:less"] + same)
     summer = judge(text, claims["summer:less"], claims["summer:more"] + same)
     flip = [c for c in text.claims("flip", _FLIP_1) if not c.negated]
@@ -221,14 +237,15 @@ _READING_A = re.compile(
     f"{_SELF}(自己|本人)?{_DOWN}{_OTHERS}|{_SELF}(自己)?(对)?谁都{_DOWN}|{_SELF}(自己)?(太|很)?挑|"
     r"(眼光|要求|标准|心气)(太|很|过|特别)?高|挑剔|太挑|挑三拣四|这个不行那个也不行|谁来都嫌弃|"
     r"看不上任何人|瞧不上任何人|主动拒绝|\b(he|she)\b (looks|look) down on|\b(he|she)\b rejects (everyone|everybody)|"
-    r"too picky|nobody is good enough for|"
+    r"too picky|nobody is good enough for|\b(he|she) (doesn'?t|does not) (like|want|fancy) (anyone|anybody)|"
+    r"\b(he|she) (likes|wants) (no one|nobody)|looks? down on (everyone|everybody|others|anyone)|"
     f"(看不上|瞧不上|看不起|嫌弃)的(发出者|主体|施事者?|一方)(是|为){_SELF}")
 _READING_B = re.compile(
     f"{_OTHERS}(都|也)?{_DOWN}{_SELF}|(没有人|没人|谁也不|谁都不|没有谁)(能)?{_UP}|没人要|没市场|被(人|别人)?看不上|"
     r"被动被拒|被看不上|不正眼瞧|(nobody|no one) (likes|wants|looks at|is interested in)|"
     f"(看不上|瞧不上|看不起|嫌弃)的(发出者|主体|施事者?|一方)(是|为){_OTHERS}|"
     r"(everyone|everybody|others) rejects? (him|her)")
-_SAME_2 = re.compile(r"没(有)?(任何|什么)?区别|意思(完全|都)?(一样|相同)|同一个(原因|意思)|重复|都是(他|一个意思)|"
+_SAME_2 = re.compile(r"没(有)?(任何|什么)?区别|意思(完全|都)?(一样|相同)|同一个(原因|意思)|只是重复|重复了两遍|重复强调|重复一遍|都是(他|一个意思)|"
                      r"两句都是|类似的意思|也是类似|the same|also means|repeats itself")
 _ROLE_RE = re.compile(r"谁(是|作|做|为|当|就是)?(主语|宾语)|谁 is the (subject|object)")
 _ROLES_BOTH = re.compile(r"(主语|宾语|主动|被动|subject|object|passive|active)")
@@ -248,7 +265,7 @@ def read_seed2(text: Text) -> dict[str, tuple[str, str]]:
     # "the other way round", "谁都看不上他" both also match the A pattern's tail: a B match covering an A match wins
     a_claims = [a for a in a_claims if not any(b.start <= a.start < b.end or a.start <= b.start < a.end
                                                for b in b_claims)]
-    same = [c for c in text.claims("same", _SAME_2) if not c.negated]
+    same = meaning_same(text, "same", _SAME_2)
     # the same reading given for both halves ("一是别人看不上他，二是别人也看不上他") says they do not differ
     halves = [(m.start(), m.group()) for m in re.finditer(r"一是|第一|前(者|一)|二是|第二|后(者|一)|另一", t)]
     firsts = [h for h in halves if h[1][-1] in "一是者" and not h[1].startswith(("二", "后", "另")) and
@@ -309,9 +326,9 @@ def read_seed3(text: Text) -> dict[str, tuple[str, str]]:
             f"(?<!其)(?:{word})(自己|本人)?(才|就|是|也|都)?{_NOT_KNOW}",
             f"{_NOT_KNOW}的(人|那个人|一方|那位)?(只能|就|才|应该|其实|真正)?(是|就是|只能是|即)[^,.;。]{{0,6}}?"
             f"([,]?也就是)?(?:{word})(?![知])",
-            f"(答案|answer)(是|:|is)?\\s*(?:{word})(?![知])",
+            f"(答案|answer)\\s*(是|:|is)?\\s*(?:{word})(?![知])",
             f"(?:{word}) is the (one|person)( who)? (does not|doesn't|did not|didn't) know",
-            f"it'?s (?:{word}) who",
+            f"(it'?s|it is) (?:{word}) who",
             f"(left in the dark|does ?n[o']t know|doesn't know)[^.;]{{0,20}}\\bis\\b[^.;]{{0,4}}(?:{word})",
             f"(?:{word}) (who )?(does not|doesn't|did not|didn't) know",
             f"(read as|或者是|也可能是) ?(?:{word})\\b",
@@ -326,7 +343,8 @@ def read_seed3(text: Text) -> dict[str, tuple[str, str]]:
                 inclusive.append(claim)
     # "他知道", "他当然知道", "他并不是不知道": he knows — against
     knows = text.claims("knows", re.compile(r"他(并)?不是不知道|他(当然|其实|也)?(什么都)?知道(?!我)(?!你)|"
-                                            r"谁都知道|没有人不知道|都知道|无法(确定|判断)|不能确定|everyone else knows"))
+                                            r"(谁|每个人|大家|所有人|三个人|他们)都知道|没有人不知道|无法(确定|判断)|"
+                                            r"不能确定|everyone (else )?knows"))
     knows = [c for c in knows if not c.negated and not re.match(r"他知道$", t[c.start:c.end + 1].rstrip())]
     # a sentence-initial "他知道，我也知道" is scene-setting only if another person is then named as the one
     knows = [c for c in knows if c.evidence != "他知道" or not found["he"]]
@@ -343,7 +361,14 @@ _NAMES = {"M": r"明明|mingming", "B": r"白白|baibai"}
 
 
 def read_seed4(text: Text) -> dict[str, tuple[str, str]]:
-    t = text.text
+    # "她(白白)喜欢他(明明)" and "白白喜欢他 … 他就是明明" name the people the pronouns stand for
+    t = re.sub(r"(他|她|him|her)\s*\((也就是|即|指|就是)?(明明|白白|mingming|baibai)\)", r"\3", text.text)
+    he = re.search(r"(这里的|句中的|句子里的)?他(指的?是|就是|即|也就是|=)(明明|白白)", t)
+    if he:
+        t = re.sub(r"(白白|明明)(是|其实|一直|才是|才|也|就)?(暗恋|喜欢|爱)他(?![(\u4e00-\u9fff])",
+                   lambda mt: mt.group(0)[:-1] + he.group(3), t)
+    if t != text.text:
+        text = Text(t)
     m, b = _NAMES["M"], _NAMES["B"]
     third = r"(他\(?(另一个|别的|某个)|某个男生|另一个男生|别人|第三)"
 
@@ -355,7 +380,7 @@ def read_seed4(text: Text) -> dict[str, tuple[str, str]]:
             f"喜欢(?:{y})的(人|那个人)?(是|就是)(?:{x})",
             f"(?:{x})(才)?是喜欢(?:{y})的",
             f"(?:{x})\\s*(→|->)\\s*(喜欢\\s*(→|->)\\s*)?(?:{y})",
-            f"(?:{x}) (likes|loves) (?:{y})",
+            f"(?:{x}) (likes|loves|adores|has a crush on|is in love with|is fond of|fancies) (?:{y})",
             f"(?:{x})(对|喜欢)他\\((?:{y})\\)",
         ]
     right = [c for p in pair(b, m) for c in text.claims("B>M", re.compile(p))]
@@ -396,19 +421,19 @@ _OCCURRENCES = [
 _GLOSSES = {
     1: r"用意|意图|目的|想(要)?(表达|干|做)(什么|嘛|啥)|想干嘛|到底想|什么意图|intention|intent\b|what do you mean",
     2: r"没(有)?(什么|啥)?(特别|特殊)|没(什么|啥)(?!意思)|随便|随口|nothing (special|in particular|much)",
-    3: r"心意|礼物|小礼|送礼|送点|红包|表示一下|表示表示|意思一下|略表|好处|gift|token|little something|present",
+    3: r"心意|礼物|小礼|送礼|送点|红包|送钱|塞钱|给点|请客|表示一下|表示表示|意思一下|略表|好处|gift|token|little something|present",
     4: r"不够(朋友|义气|仗义|大方|慷慨|交情|情面|厚道)|不讲(义气|交情)|小气|吝啬|不近人情|not generous|"
        r"not (a good|much of a) friend",
-    5: r"微不足道|不值一提|不足挂齿|区区|小事|不成敬意|薄礼|不算(啥|什么)|trifle|small thing|no big deal|not a big deal",
-    6: r"有趣|好玩|幽默|风趣|会做人|上道|懂事|识趣|会来事|会办事|interesting|funny|play the game",
+    5: r"微不足道|不值一提|不足挂齿|区区|小事|不成敬意|薄礼|不算(啥|什么)|小东西|不值钱|微薄|trifle|small thing|no big deal|not a big deal",
+    6: r"有趣|好玩|幽默|风趣|会做人|上道|懂事|识趣|会来事|会办事|懂规矩|识相|有眼力|机灵|有一套|interesting|funny|play the game",
     7: r"没(有)?别的(意图|用意|目的|想法|企图|要求)|别无(他意|所求|所图)|ulterior|no other (intention|purpose|motive)",
-    8: r"收下|笑纳|却之不恭|接受|难为情|accept",
-    9: r"过意不去|抱歉|歉意|惭愧|客套|客气|sorry|apolog",
+    8: r"收下|收了|笑纳|不好推辞|却之不恭|接受|难为情|accept",
+    9: r"过意不去|抱歉|歉意|惭愧|客套|客气|谦虚|自谦|sorry|apolog",
 }
 _ORDINALS = {"一": 1, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
 _CIRCLED = "①②③④⑤⑥⑦⑧⑨"
 _INDEX_RE = re.compile(r"(?:(?<![0-9])([1-9])(?:\s*-\s*([1-9]))?(?=[.、:)\s]|$)|第([一二三四五六七八九1-9])(?:个|句|处)|"
-                       r"(最后一个|最后那个)|([①②③④⑤⑥⑦⑧⑨]))")
+                       r"(最后一个|最后那个)|([①②③④⑤⑥⑦⑧⑨])|(?<![\u4e00-\u9fff])([一二三四五六七八九])(?=、))")
 _SAME_5 = re.compile(r"(所有|以上|这些|全部)的?.{0,4}意思.{0,6}(其实|都)(都)?(是|指)(同一个|一个|送礼|含义)|"
                      r"都是同一个意思|其实都是(一个|同一个)")
 
@@ -422,8 +447,10 @@ def _items_by_index(t: str) -> dict[int, tuple[int, int]]:
             lo = hi = _ORDINALS.get(mt.group(3)) or int(mt.group(3))
         elif mt.group(4):
             lo = hi = 9
-        else:
+        elif mt.group(5):
             lo = hi = _CIRCLED.index(mt.group(5)) + 1
+        else:
+            lo = hi = _ORDINALS[mt.group(6)]
         marks.append((mt.start(), mt.end(), lo, hi))
     # an index list counts when it runs in order from the start (1, 2, ... or 第一个, 第三个, ...)
     marks = [mk for i, mk in enumerate(marks) if i == 0 or mk[2] > marks[i - 1][3]]
@@ -480,7 +507,7 @@ def read_seed5(text: Text) -> dict[str, tuple[str, str]]:
         body = t[a:b]
         for _, phrase in _OCCURRENCES:  # the quoted phrase is not its own gloss ("没什么意思" is not "没什么")
             body = re.sub(phrase, " ", body)
-        sub = Text(body)
+        sub = Text(body.replace("?", ","))  # a gloss may itself be a question: "你想干什么?"
         own = sub.claims("own", _GLOSSES[k])
         other = [c for j, g in _GLOSSES.items() if j != k for c in sub.claims("other", g)]
         if own:
