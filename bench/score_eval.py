@@ -18,6 +18,7 @@ from pathlib import Path
 
 from qrun.bench import suite as suites
 from qrun.bench.score import score
+from qrun.errors import QrunError
 
 AGREEMENT_TOLERANCE = 0.25
 SPLITS = ("tune", "heldout")
@@ -67,7 +68,15 @@ def main(argv=None) -> int:
     parser.add_argument("--suite", default="seed")
     parser.add_argument("--failures", choices=SPLITS, help="list the answers of this split that disagree")
     args = parser.parse_args(argv)
-    evaluated = evaluate(load_labelled(args.labelled), suites.load(args.suite))
+    try:
+        evaluated = evaluate(load_labelled(args.labelled), suites.load(args.suite))
+    except QrunError as err:
+        print(f"Error: {err.one_line()}", file=sys.stderr)
+        return 1
+    except (OSError, UnicodeDecodeError, ValueError, KeyError) as err:  # JSONDecodeError is a ValueError
+        print(f"Error: cannot read labelled answers {args.labelled}: {err} — give a JSONL file like "
+              "tests/data/scorer/labelled.jsonl", file=sys.stderr)
+        return 1
     for split in SPLITS:
         agree, total = agreement(evaluated, split)
         print(f"{split:<8} agreement: {agree}/{total} = {100 * agree / total:.1f}% (|score - label| <= "
