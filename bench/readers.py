@@ -1,31 +1,13 @@
 """Claim readers for the five seed questions: what an answer asserts, not which words it contains.
 
 A keyword rubric gives credit to "冬天少穿，夏天多穿" (the right words, the wrong claim) and none to "天冷往身上
-加衣服，天热能脱就脱" (the right claim in other words). A reader instead extracts the claims an answer makes —
-which way each season goes, who looks down on whom, who does not know, who likes whom, which gloss goes with
-which 意思 — and judges each rubric criterion from them:
+加衣服，天热能脱就脱" (the right claim in other words). A reader extracts the claims an answer makes — which way
+each season goes, who looks down on whom (and which reading has 谁 as subject), who does not know, who likes
+whom, which gloss goes with which 意思 — and judges each rubric criterion from them with qrun.bench.claims (see
+there for negation, hedges, corrections and contradictions).
 
-- *matched*: the answer's last word on the claim is the right one;
-- *contradicted*: its last word is the opposite (or it denies the right claim), or it asserts both sides with no
-  correction between them ("白白喜欢明明，也就是说明明对白白有好感");
-- *partial*: it hedges ("可能是…也可能是…"), or asserts the right claim together with another ("我们俩都不知道");
-- *missing*: no claim either way.
-
-How claims are read (the same for every reader):
-
-1. The text is already normalized (qrun.bench.score.normalize). It is split into clauses at punctuation and
-   before contrastive or corrective connectives (而是, 但, 其实, 实际上, 不对, but, actually, …).
-2. A claim in a clause that ends with "?" asserts nothing. A claim after a negator in its clause (不是, 并非,
-   并不, not, isn't, …) is negated: a negated right claim counts against; a negated wrong claim is no evidence
-   ("不是明明喜欢白白" alone does not say who likes whom).
-3. Reported or tentative claims ("有人说…", "很多人以为…", "第一反应是…", "看起来…") assert nothing until the
-   next correction or sentence end. Hedged clauses (可能, 也许, 或者, maybe, probably, could, …) give hedged
-   claims, worth half.
-4. When an answer asserts both sides, a correction marker between them (而是, 不对, 其实, 实际上, 但, 不过,
-   仔细…, actually, but) means the later claim replaces the earlier; without one the answer contradicts itself.
-
-Each reader is tied to its question's exact text and criterion ids (see seed.json); a suite that changes either
-is scored by its patterns instead (qrun.bench.score).
+Each reader is tied to its question's exact text and criterion ids (bench/suites/seed.json); a suite that changes
+either is scored by its patterns instead (qrun.bench.score).
 """
 
 from __future__ import annotations
@@ -33,147 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-MATCHED, PARTIAL, CONTRADICTED, MISSING = "matched", "partial", "contradicted", "missing"
-
-_CLAUSE_PUNCT_RE = re.compile(r"[,.!?;:。、\n|—…()\[\]]+|--+|->|→|/")
-_CONNECTIVE_RE = re.compile(
-    r"而是|而不是|而非|但是|但(?=[^是])|可是|然而|不过|其实|实际上|事实上|不对|仔细|才是|也就是说|"
-    r"\bbut\b|\bactually\b|\brather\b|\binstead\b|\bthough\b|\bit'?s\b")
-_CORRECTION_RE = re.compile(r"而是|而不是|而非|但|可是|然而|不过|其实|实际上|事实上|不对|仔细|正相反|"
-                            r"\bbut\b|\bactually\b|\brather\b|\binstead\b|other way round|\bit'?s\b")
-_NEGATOR_RE = re.compile(r"不是|并非|而非|并不|绝非|并没有|不能|不用|不必|不该|不应该|不需要|不宜|\bnot\b|n't\b|\bisn'?t\b|rather than|instead of")
-_HEDGE_RE = re.compile(r"可能|也许|或许|或者|大概|不确定|不好确定|也可以|可以理解为|不一定|\bmaybe\b|\bperhaps\b|"
-                       r"\bprobably\b|\bcould\b|\bmight\b|\bpossibly\b")
-_REPORTED_RE = re.compile(r"有人说|以为|误以为|第一反应|乍一看|看起来|表面上|看似|\bseems?\b|\bat first\b")
-_SENTENCE_END_RE = re.compile(r"[.!?;。\n]")
-
-
-@dataclass(frozen=True)
-class Clause:
-    start: int
-    end: int
-    question: bool
-    hedged: bool
-    reported: bool
-
-
-@dataclass(frozen=True)
-class Claim:
-    key: str
-    start: int
-    end: int
-    negated: bool
-    hedged: bool
-    evidence: str
-
-
-class Text:
-    """A normalized answer split into clauses, with the reading of any span in it."""
-
-    def __init__(self, text: str):
-        # single quotes around words ('he', ‘他’) go, apostrophes inside words (doesn't) stay
-        text = re.sub(r"(?<![a-z])['‘’]|['‘’](?![a-z])", "", text)
-        self.text = re.sub(r"(?<=[a-z]) {2,}(?=[a-z])", " ", text)
-        self.clauses = self._split(text)
-
-    @staticmethod
-    def _split(text: str) -> list[Clause]:
-        bounds = []
-        start = 0
-        for m in _CLAUSE_PUNCT_RE.finditer(text):
-            bounds.append((start, m.start(), "?" in m.group()))
-            start = m.end()
-        bounds.append((start, len(text), False))
-        pieces = []
-        for a, b, question in bounds:
-            cuts = [m.start() for m in _CONNECTIVE_RE.finditer(text, a, b) if m.start() > a]
-            edges = [a, *cuts, b]
-            pieces.extend((x, y, question) for x, y in zip(edges, edges[1:]) if y > x)
-        out, reported = [], False
-        for i, (a, b, question) in enumerate(pieces):
-            body = text[a:b]
-            if _CORRECTION_RE.match(body.strip()) or (i and _SENTENCE_END_RE.search(text, pieces[i - 1][1], a + 1)):
-                reported = False
-            if _REPORTED_RE.search(body):
-                reported = True
-            out.append(Clause(a, b, question, bool(_HEDGE_RE.search(body)), reported))
-        return out
-
-    def clause_at(self, pos: int) -> Clause:
-        for c in self.clauses:
-            if c.start <= pos < c.end:
-                return c
-        return self.clauses[-1]
-
-    def claims(self, key: str, pattern: re.Pattern | str, *, within: tuple[int, int] | None = None) -> list[Claim]:
-        """Every asserted (possibly negated or hedged) match of pattern; questions and reported speech dropped."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        a, b = within or (0, len(self.text))
-        out = []
-        for m in regex.finditer(self.text, a, b):
-            if m.end() == m.start():
-                continue
-            clause = self.clause_at(m.start())
-            last = self.clause_at(m.end() - 1)
-            if last.question or clause.reported or last.reported:
-                continue
-            negated = bool(_NEGATOR_RE.search(self.text, clause.start, m.start()))
-            out.append(Claim(key, m.start(), m.end(), negated, clause.hedged or last.hedged, m.group()))
-        return out
-
-    def clause_claims(self, key: str, pattern: re.Pattern | str) -> list[Claim]:
-        """Clauses that consist of pattern alone ("而是他", "答案:他"), read like claims()."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        out = []
-        for c in self.clauses:
-            body = self.text[c.start:c.end]
-            a = c.start + len(body) - len(body.lstrip())
-            b = c.start + len(body.rstrip())
-            m = regex.fullmatch(self.text, a, b)
-            if m and b > a and not c.question and not c.reported:
-                negated = bool(_NEGATOR_RE.search(self.text, a, b))
-                out.append(Claim(key, a, b, negated, c.hedged, m.group()))
-        return out
-
-    def corrected_between(self, a: int, b: int) -> bool:
-        return bool(_CORRECTION_RE.search(self.text, a, b))
-
-
-_WORDING_RE = re.compile(r"字面|表面|看起来|形式|写法|文字|literally|wording")
-
-
-def meaning_same(text: Text, key: str, pattern) -> list[Claim]:
-    """Asserted claims that the two sentences mean the same; "字面意思一样" (the wording) is not one."""
-    return [c for c in text.claims(key, pattern) if not c.negated and
-            not _WORDING_RE.search(text.text, text.clause_at(c.start).start, c.start + 2)]
-
-
-def judge(text: Text, right: list[Claim], wrong: list[Claim]) -> tuple[str, str]:
-    """The status of one criterion from the claims for it (right) and against it (wrong); see the module doc."""
-    events = []  # (end, +1 for / -1 against, hedged, evidence)
-    for c in right:
-        events.append((c.end, -1 if c.negated else 1, c.hedged, c.evidence))
-    for c in wrong:
-        if not c.negated:  # a denied wrong claim says nothing about the right one
-            events.append((c.end, -1, c.hedged, c.evidence))
-    if not events:
-        return MISSING, ""
-    events.sort()
-    firm = [e for e in events if not e[2]]
-    if not firm:  # only hedged claims: the right one alone counts, both sides get half, a hedged wrong one nothing
-        signs = {e[1] for e in events}
-        if len(signs) == 2:
-            return PARTIAL, events[-1][3]
-        return (MATCHED if 1 in signs else MISSING), events[-1][3]
-    final = firm[-1]
-    for earlier in firm[:-1]:
-        if earlier[1] != final[1] and not text.corrected_between(earlier[0], final[0] - len(final[3])):
-            return CONTRADICTED, f"{earlier[3]} … {final[3]}"
-    later_hedges = [e for e in events if e[2] and e[0] > final[0] and e[1] != final[1]]
-    if final[1] > 0:
-        return (PARTIAL if later_hedges else MATCHED), final[3]
-    return CONTRADICTED, final[3]
-
+from qrun.bench.claims import (CONTRADICTED, MATCHED, MISSING, PARTIAL, SENTENCE_END_RE, Claim, Text, judge,
+                               meaning_same)
 
 # -- seed-1: 冬天/夏天 能穿多少穿多少 -------------------------------------------------------------------------------
 _WINTER = r"冬|寒|冷|winter|cold"
@@ -200,9 +43,9 @@ def _season_claims(text: Text) -> dict[str, list[Claim]]:
     out: dict[str, list[Claim]] = {f"{s}:{d}": [] for s in ("winter", "summer") for d in ("more", "less")}
     for direction, pattern in (("more", _MORE), ("less", _LESS)):
         for claim in masked.claims(direction, pattern):
-            sentence_start = max([m.end() for m in _SENTENCE_END_RE.finditer(t, 0, claim.start)] or [0])
+            sentence_start = max([m.end() for m in SENTENCE_END_RE.finditer(t, 0, claim.start)] or [0])
             before = [s for s in seasons if sentence_start <= s[0] < claim.start]
-            after = [s for s in seasons if claim.start <= s[0] and not _SENTENCE_END_RE.search(t, claim.end, s[0])]
+            after = [s for s in seasons if claim.start <= s[0] and not SENTENCE_END_RE.search(t, claim.end, s[0])]
             season = before[-1][1] if before else (after[0][1] if after else None)
             if season and claim.negated:  # two directions only: "冬天不能少穿" says more, "并不是越多越好" less
                 flipped = "less" if direction == "more" else "more"
@@ -295,8 +138,8 @@ def read_seed2(text: Text) -> dict[str, tuple[str, str]]:
                 ok = (role == "object") if has_a else (role == "subject")
                 (right_role if ok else wrong_role).append(m.group())
     both_roles = {m.group() for m in _ROLES_BOTH.finditer(t)}
-    names_contrast = len({w for w in both_roles} & {"主语", "宾语"}) == 2 or {"主动", "被动"} <= both_roles or \
-        {"subject", "object"} <= both_roles or "passive" in both_roles
+    names_contrast = any(pair <= both_roles for pair in ({"主语", "宾语"}, {"主动", "被动"}, {"subject", "object"})) \
+        or "passive" in both_roles
     if wrong_role:
         grammar = (CONTRADICTED, wrong_role[-1])
     elif right_role or names_contrast:
@@ -387,13 +230,14 @@ def read_seed4(text: Text) -> dict[str, tuple[str, str]]:
     right += text.claims("B>M", re.compile(
         f"(被喜欢的(那位|人|一方)?(就)?是(?:{m}))|((?:{m})(是|就是)被喜欢的)|(动心的是(?:{b}))|"
         f"((?:{b})是喜欢人的)|(对象是(?:{m}))|(the other way round)"))
-    right = [c for c in right if not (c.evidence == "the other way round" and not any(
-        re.search(r"(mingming|明明).{0,12}(likes|喜欢).{0,3}(baibai|白白)", t[max(0, c.start - 60):c.start])
-        for _ in [0]))]
+    # "the other way round" reverses a denied "Mingming likes Baibai" just before it, and nothing else
+    denied_reverse = r"(mingming|明明).{0,12}(likes|喜欢).{0,3}(baibai|白白)"
+    right = [c for c in right if c.evidence != "the other way round" or
+             re.search(denied_reverse, t[max(0, c.start - 60):c.start])]
     wrong = [c for p in pair(m, b) for c in text.claims("M>B", re.compile(p))]
     wrong += text.claims("M>B", re.compile(f"((?:{b})是被喜欢的)|(被喜欢的(人|一方)?(就)?是(?:{b}))"))
     wrong += text.claims("third", re.compile(f"(?:{b}){_LIKE}{third}|(?:{b})也喜欢他(?!\\()|没有谁喜欢谁"))
-    if any(re.search(third, t) for _ in [0]) and not right:
+    if re.search(third, t) and not right:  # 他 was said to be someone else: "白白喜欢他" is about that one
         wrong += text.claims("third", re.compile(f"(?:{b}){_LIKE}他"))
     wrong = [c for c in wrong if c.key != "third" or not c.negated]
     status = judge(text, right, wrong)
@@ -401,8 +245,9 @@ def read_seed4(text: Text) -> dict[str, tuple[str, str]]:
     if mutual and not any(c.negated for c in mutual):
         status = (PARTIAL, mutual[-1].evidence) if status[0] in (MATCHED, MISSING) else status
     if status[0] == MISSING:  # "白白喜欢他" with 他 never resolved: the parse, not the answer to who likes whom
-        unresolved = [c for c in text.claims("B>he", re.compile(f"(?:{b}){_LIKE}(他|“他”)(?![(\\u4e00-\\u9fff])"))
-                      if not c.negated and "/" not in t[text.clause_at(c.start).start - 1:c.start]]
+        parse_shown = [c for c in text.clauses if c.start and t[c.start - 1] == "/"]  # 明明/明明白白/白白喜欢他
+        unresolved = [c for c in text.claims("B>he", re.compile(f"(?:{b}){_LIKE}他(?![(\\u4e00-\\u9fff])"))
+                      if not c.negated and text.clause_at(c.start) not in parse_shown]
         if unresolved:
             status = (PARTIAL, unresolved[-1].evidence)
     understands = text.claims("understands", re.compile(

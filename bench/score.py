@@ -1,10 +1,10 @@
 """Score an answer against its question's rubric: 0..1, with the criteria matched and contradicted shown.
 
-The five seed questions are read for the claims an answer makes (qrun.bench.readers): which way each season
-goes, who looks down on whom, who does not know, who likes whom, which gloss goes with which 意思. Each criterion
-is then matched (weight counts), partial (hedged or "both": half), contradicted (the opposite claim, a denial, or
-both sides without a correction; on seed-1..4 a wrong claim costs its weight) or missing; score = credit / total
-weight, at least 0. Agreement with human labels: `python -m qrun.bench.score_eval tests/data/scorer/labelled.jsonl`.
+The five seed questions are read for the claims an answer makes (qrun.bench.readers; the reading rules are in
+qrun.bench.claims): which way each season goes, who looks down on whom, who does not know, who likes whom, which
+gloss goes with which 意思. Each criterion is then matched (weight counts), partial (hedged or "both": half),
+contradicted (the opposite claim, a denial, or both sides without a correction; on seed-1..4 a wrong claim costs
+its weight) or missing; score = credit / total weight, at least 0. Agreement with human labels: `python -m qrun.bench.score_eval tests/data/scorer/labelled.jsonl`.
 
 Any other question — another suite, or a seed question whose text or criterion ids were edited — is scored by
 the patterns in its suite file, read like this (the same steps for every suite):
@@ -40,7 +40,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
-from qrun.bench import readers
+from qrun.bench import claims, readers
 from qrun.bench.suite import Criterion, Pattern, Question
 
 ECHO_MIN_CHARS = 6
@@ -203,12 +203,12 @@ def _score_by_reader(question: Question, answer: str, reader: readers.Reader) ->
     text = normalize(answer)
     if reader.drop_echo:
         text = remove_echo(text, question.text)
-    statuses = reader.read(readers.Text(text))
+    statuses = reader.read(claims.Text(text))
     results = [CriterionResult(c.id, c.weight, *statuses[c.id], c.description) for c in question.rubric]
-    credit = {readers.MATCHED: 1.0, readers.PARTIAL: 0.5}
+    credit = {claims.MATCHED: 1.0, claims.PARTIAL: 0.5}
     got = sum(r.weight * credit.get(r.status, 0.0) for r in results)
     if reader.penalize_contradictions:
-        got -= sum(r.weight for r in results if r.status == readers.CONTRADICTED)
+        got -= sum(r.weight for r in results if r.status == claims.CONTRADICTED)
     total = sum(c.weight for c in question.rubric)
     return ScoreResult(question_id=question.id, score=round(max(got, 0.0) / total, 4), criteria=results)
 
