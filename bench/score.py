@@ -1,6 +1,13 @@
 """Score an answer against its question's rubric: 0..1, with the criteria matched and contradicted shown.
 
-How an answer is read (the same steps for every suite):
+The five seed questions are read for the claims an answer makes (qrun.bench.readers; the reading rules are in
+qrun.bench.claims): which way each season goes, who looks down on whom, who does not know, who likes whom, which
+gloss goes with which 意思. Each criterion is then matched (weight counts), partial (hedged or "both": half),
+contradicted (the opposite claim, a denial, or both sides without a correction; on seed-1..4 a wrong claim costs
+its weight) or missing; score = credit / total weight, at least 0. Agreement with human labels: `python -m qrun.bench.score_eval tests/data/scorer/labelled.jsonl`.
+
+Any other question — another suite, or a seed question whose text or criterion ids were edited — is scored by
+the patterns in its suite file, read like this (the same steps for every suite):
 
 1. Normalize: Unicode NFKC (full-width ，：？ become , : ?), lower case, markdown emphasis and quotation marks
    removed (`**白白**喜欢“明明”` reads 白白喜欢明明), whitespace collapsed, spaces between two Chinese characters
@@ -33,6 +40,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
+from qrun.bench import claims, readers
 from qrun.bench.suite import Criterion, Pattern, Question
 
 ECHO_MIN_CHARS = 6
@@ -126,7 +134,7 @@ def _reading(text: str, parts: list[_Clause], start: int, end: int) -> str:
 class CriterionResult:
     id: str
     weight: float
-    status: str  # "matched" | "contradicted" | "missing"
+    status: str  # "matched" | "partial" (half the weight; claim readers only) | "contradicted" | "missing"
     evidence: str = ""  # the deciding piece of the (normalized) answer
     description: str = ""
 
@@ -146,9 +154,13 @@ class ScoreResult:
     def contradicted(self) -> list[str]:
         return [c.id for c in self.criteria if c.status == "contradicted"]
 
+    @property
+    def partial(self) -> list[str]:
+        return [c.id for c in self.criteria if c.status == "partial"]
+
     def to_dict(self) -> dict:
         data = asdict(self)
-        data["matched"], data["contradicted"] = self.matched, self.contradicted
+        data["matched"], data["contradicted"], data["partial"] = self.matched, self.contradicted, self.partial
         return data
 
     @classmethod
@@ -176,12 +188,29 @@ def _judge(criterion: Criterion, text: str, parts: list[_Clause]) -> CriterionRe
 
 def score(question: Question, answer: str) -> ScoreResult:
     """Score one answer against its question's rubric (see the module docstring for the rules)."""
+    reader = readers.for_question(normalize(question.text), tuple(c.id for c in question.rubric))
+    if reader is not None:
+        return _score_by_reader(question, answer, reader)
     text = remove_echo(normalize(answer), question.text)
     parts = clauses(text)
     results = [_judge(c, text, parts) for c in question.rubric]
     total = sum(c.weight for c in question.rubric)
     got = sum(r.weight for r in results if r.status == "matched")
     return ScoreResult(question_id=question.id, score=round(got / total, 4), criteria=results)
+
+
+def _score_by_reader(question: Question, answer: str, reader: readers.Reader) -> ScoreResult:
+    text = normalize(answer)
+    if reader.drop_echo:
+        text = remove_echo(text, question.text)
+    statuses = reader.read(claims.Text(text))
+    results = [CriterionResult(c.id, c.weight, *statuses[c.id], c.description) for c in question.rubric]
+    credit = {claims.MATCHED: 1.0, claims.PARTIAL: 0.5}
+    got = sum(r.weight * credit.get(r.status, 0.0) for r in results)
+    if reader.penalize_contradictions:
+        got -= sum(r.weight for r in results if r.status == claims.CONTRADICTED)
+    total = sum(c.weight for c in question.rubric)
+    return ScoreResult(question_id=question.id, score=round(max(got, 0.0) / total, 4), criteria=results)
 
 
 # -- human verdicts and answers files --------------------------------------------------------------------------

@@ -1,13 +1,21 @@
-"""The rubric scorer on crafted right, wrong, partial and negated answers for every seed question."""
+"""The rubric scorer on crafted right, wrong, partial and negated answers for every seed question, and its
+measured agreement with the human-labelled answers in tests/data/scorer/labelled.jsonl."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from qrun.bench import score as scoring
+from qrun.bench import score_eval
 from qrun.bench import suite as suites
 from qrun.cli import main
 from qrun.errors import SuiteError
@@ -154,3 +162,88 @@ def test_bad_verdicts_file_names_the_line(tmp_path):
     verdicts.write_text("qwen,seed-1,1\nqwen,seed-2,7\n", encoding="utf-8")
     with pytest.raises(SuiteError, match=r'line 2: field "score" must be a number from 0 to 1'):
         scoring.load_verdicts(verdicts)
+
+
+# -- claims, not keywords --------------------------------------------------------------------------------------
+# (question, answer, expected score, expected statuses): answers a keyword rubric gets wrong
+CLAIM_CASES = [
+    # the right words, the wrong claim
+    ("seed-1", "冬天能穿多少穿多少，意思是少穿一点，因为有暖气；夏天能穿多少穿多少，意思是多穿一点防晒。", 0.0,
+     {"winter-more": "contradicted", "summer-less": "contradicted"}),
+    ("seed-2", "第一句“谁”是主语，表示别人都看不上他；第二句“谁”也是主语，意思相同。", 0.0,
+     {"reading-nobody-wants-them": "contradicted"}),
+    ("seed-4", "明明明白白白喜欢他，所以白白是被喜欢的人，明明喜欢白白。", 0.0, {"baibai-likes-mingming": "contradicted"}),
+    ("seed-5", "1. 什么意思：送礼\n2. 没什么意思：有趣\n3. 意思意思：意图\n4. 不够意思：微不足道", 0.0,
+     {"1-intention": "contradicted", "3-token-gift": "contradicted"}),
+    # the right claim in other words
+    ("seed-1", "天冷，衣服能往上加就往上加；天热，能脱就脱。", 0.8, {"winter-more": "matched", "summer-less": "matched"}),
+    ("seed-2", "前者是我挑别人，后者是别人挑我——一个主动拒绝，一个被动被拒。", 1.0, {}),
+    ("seed-3", "被蒙在鼓里的是他。", 1.0, {"he-does-not-know": "matched"}),
+    ("seed-4", "动心的是白白，对象是明明。", 0.75, {"baibai-likes-mingming": "matched"}),
+    ("seed-5", "意图；没什么；心意；不够朋友；微不足道；有趣；没别的意图；收下；抱歉。", 1.0, {}),
+    # hedges and "both": half
+    ("seed-3", "可能是他不知道，也可能是你不知道。", 0.5, {"he-does-not-know": "partial"}),
+    ("seed-3", "是他不知道，也是我不知道，我们俩都不知道。", 0.5, {"he-does-not-know": "partial"}),
+    ("seed-4", "明明和白白互相喜欢。", 0.375, {"baibai-likes-mingming": "partial"}),
+    # saying both sides without a correction is a contradiction; with one, the correction counts
+    ("seed-4", "答案是白白喜欢明明，也就是说明明对白白有好感。", 0.0, {"baibai-likes-mingming": "contradicted"}),
+    ("seed-2", "第一个是他看不上别人，第二个是别人看不上他。所以两句话其实没有区别。", 0.0, {}),
+    ("seed-4", "很多人以为是明明喜欢白白，其实不然，白白才是喜欢明明的那个人。", 0.75,
+     {"baibai-likes-mingming": "matched"}),
+    ("seed-1", "冬天不能少穿，夏天不能多穿。", 0.8, {"winter-more": "matched", "summer-less": "matched"}),
+]
+
+
+@pytest.mark.parametrize(("qid", "answer", "expected", "statuses"), CLAIM_CASES)
+def test_claims_decide_the_score(seed, qid, answer, expected, statuses):
+    got, criteria = judge(seed, qid, answer)
+    assert got == pytest.approx(expected), criteria
+    for cid, status in statuses.items():
+        assert criteria[cid] == status, criteria
+
+
+def test_an_edited_seed_rubric_is_scored_by_its_patterns(tmp_path):
+    """The claim readers belong to the seed text and criterion ids; a suite that changes them gets its patterns."""
+    raw = copy.deepcopy(suites.load("seed").raw)
+    raw["questions"][0]["rubric"][0]["id"] = "winter-more-renamed"
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(raw, ensure_ascii=False), encoding="utf-8")
+    edited = suites.load(str(path)).question("seed-1")
+    answer = "天冷，衣服能往上加就往上加；天热，能脱就脱。"  # the readers' 0.8; the patterns know none of these words
+    assert scoring.score(edited, answer).score == 0.0
+    assert scoring.score(suites.load("seed").question("seed-1"), answer).score == 0.8
+
+
+# -- agreement with human labels ---------------------------------------------------------------------------------
+LABELLED = Path(__file__).parent / "data" / "scorer" / "labelled.jsonl"
+HELD_OUT_GOAL = 0.95
+CATEGORIES = {"plain-correct", "plain-wrong", "unusual-words", "reuses-words", "negation", "hedged", "partial",
+              "english", "garbled", "contradiction"}
+
+
+def test_labelled_set_is_large_varied_and_split_by_its_hash():
+    rows = score_eval.load_labelled(LABELLED)
+    assert len(rows) >= 150 and len({r["id"] for r in rows}) == len(rows)
+    per_question = Counter(r["question_id"] for r in rows)
+    assert sorted(per_question) == [f"seed-{i}" for i in range(1, 6)] and min(per_question.values()) >= 30
+    assert set(Counter(r["category"] for r in rows)) == CATEGORIES
+    assert all(r["reason"].strip() for r in rows)
+    for r in rows:  # the split is fixed by the text (tests/data/scorer/README.md), not chosen after scoring
+        odd = hashlib.sha256(f"{r['question_id']}\n{r['answer']}".encode()).digest()[0] % 2
+        assert r["split"] == ("heldout" if odd else "tune"), r["id"]
+
+
+def test_scorer_meets_its_held_out_agreement():
+    evaluated = score_eval.evaluate(score_eval.load_labelled(LABELLED), suites.load("seed"))
+    agree, total = score_eval.agreement(evaluated, "heldout")
+    # no list of the failing answers here: the rubric is tuned on the "tune" half only (see score_eval)
+    assert agree / total >= HELD_OUT_GOAL, f"held-out agreement {agree}/{total} is below {HELD_OUT_GOAL:.0%}"
+
+
+def test_score_eval_command_prints_both_halves():
+    result = subprocess.run([sys.executable, "-m", "qrun.bench.score_eval", str(LABELLED)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("tune     agreement: ") and lines[1].startswith("heldout  agreement: ")
+    assert "seed-5" in result.stdout and "contradiction" in result.stdout
