@@ -61,7 +61,7 @@ def _needs_probe(system_info: str) -> bool:
 
 def _run_probe(notice) -> dict:
     from qrun.convert.pipeline import convert_model
-    from qrun.demo_checkpoints import build_demo_checkpoints
+    from qrun.demo.checkpoints import build_demo_checkpoints
 
     root = settings.qrun_home() / "cpu-probe"
     notice("note: this CPU advertises AMX; checking once, in a child process, that llama.cpp's repacked (AMX) "

@@ -2,7 +2,7 @@
 
 Each checkpoint has exactly the real Hugging Face layout (written by qrun.convert.synthetic.write_random_checkpoint):
 the real config.json shape shrunk to 2 layers and hidden 256, the vocabulary sizes those of the small demo
-tokenizers (qrun/demo_tokenizers.py). No file of the real models is shipped or needed: the base configs below are
+tokenizers (qrun/demo/tokenizers.py). No file of the real models is shipped or needed: the base configs below are
 the models' published hyper-parameters.
 """
 
@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from qrun import demo_tokenizers
+from qrun.demo import tokenizers as demo_tokenizers
 from qrun.fsutil import write_json_atomic
 
 DEMO_MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
