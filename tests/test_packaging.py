@@ -1,5 +1,6 @@
 """The wheel holds what users run: the qrun package, its commands and the built-in suites, none of the perf tooling
-(tools/perf/: real-scale runs, bandwidth, compute peak, the peers, perf suites), which runs from a checkout."""
+(tools/perf/: real-scale runs, bandwidth, compute peak, the peers, perf suites), which runs from a checkout. And
+`python -m qrun` is the same command line as the `qrun` script."""
 
 from __future__ import annotations
 
@@ -69,3 +70,14 @@ def test_the_built_wheel_holds_no_perf_tooling(tmp_path):
                 for pkg, folder in _package_dirs().items() for p in folder.glob("*.py")}
     assert expected <= set(names)
     assert "qrun/bench/suites/seed.json" in names and "qrun/cli.py" in names
+
+
+def test_python_dash_m_qrun_is_the_command_line(tmp_path):
+    help_run = subprocess.run([sys.executable, "-m", "qrun", "--help"], capture_output=True, text=True, timeout=60)
+    assert help_run.returncode == 0, help_run.stderr
+    assert all(f"\n  {cmd} " in help_run.stdout for cmd in ("ask", "bench", "convert", "demo", "tune"))
+    missing = tmp_path / "missing.gguf"
+    bad = subprocess.run([sys.executable, "-m", "qrun", "ask", str(missing), "hi"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith(f"Error: GGUF file not found: {missing} — ") and bad.stderr.count("\n") == 1
