@@ -1,5 +1,5 @@
 """The `qrun` command: a Click group whose subcommands live next to the library they drive
-(convert/cli.py, runner/cli.py, bench/cli.py, qrun/demo.py). Errors are turned into one line here, in one place."""
+(convert/cli.py, runner/cli.py, bench/cli.py, qrun/demo/cli.py). Errors are turned into one line here, in one place."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _register() -> None:
     from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
     from qrun.bench.tune_cli import tune_cmd
     from qrun.convert.cli import convert_cmd, models_cmd
-    from qrun.demo import demo_cmd
+    from qrun.demo.cli import demo_cmd
     from qrun.runner.cli import ask_cmd, chat_cmd
 
     for cmd in (demo_cmd, convert_cmd, models_cmd, ask_cmd, chat_cmd, bench_cmd, report_cmd, score_cmd, tune_cmd):

@@ -28,7 +28,6 @@ from qrun.runner import amx_guard
 
 # Set in the child so its own Engine.load does not probe again.
 _CHILD_ENV = "QRUN_CPU_PROBE_CHILD"
-_PROBE_MODEL = "deepseek-llm-7b-chat"  # the smallest tiny demo model; any architecture exercises the matmuls
 
 _PROBE_VERSION = 2  # part of the cache key: verdicts of older probes lack "repack_without_amx_ok"
 _CHILD_CODE = """
@@ -60,14 +59,19 @@ def _needs_probe(system_info: str) -> bool:
 
 
 def _run_probe(notice) -> dict:
+    from qrun.convert import synthetic
     from qrun.convert.pipeline import convert_model
-    from qrun.demo_checkpoints import build_demo_checkpoints
 
     root = settings.qrun_home() / "cpu-probe"
     notice("note: this CPU advertises AMX; checking once, in a child process, that llama.cpp's repacked (AMX) "
            "kernels run here")
-    checkpoint = build_demo_checkpoints(root / "checkpoints", models=(_PROBE_MODEL,))[_PROBE_MODEL]
-    gguf = convert_model(_PROBE_MODEL, from_dir=checkpoint, quant="Q4_0", out_dir=root / "ggufs")["path"]
+    # the tiny shape of the test suite with a byte-level vocabulary (no tokenizer library needed); any architecture
+    # exercises the matmuls
+    model = synthetic.BYTE_BPE_MODEL
+    tokenizer_dir = synthetic.write_byte_bpe_tokenizer_dir(root / "checkpoints" / "tokenizers" / model)
+    checkpoint = synthetic.write_random_checkpoint(model, root / "checkpoints" / model, tokenizer_dir=tokenizer_dir,
+                                                   config_overrides=synthetic.TINY_OVERRIDES[model], seed=0)
+    gguf = convert_model(model, from_dir=checkpoint, quant="Q4_0", out_dir=root / "ggufs")["path"]
     verdict = _run_child(gguf)
     if not verdict["repack_ok"] and amx_guard.supported():
         notice("note: llama.cpp's AMX kernels crash here; checking repacking with AMX denied (AVX-512 kernels)")

@@ -22,7 +22,7 @@ from qrun.convert.safetensors_io import f32_to_bf16_bits, write_safetensors
 from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
 from qrun.errors import CheckpointError, UnsupportedConfigError
 
-from test_checkpoint import write_torch_zip
+from helpers import write_torch_zip
 from tiny_models import MODELS, TOKENIZERS_DIR, open_llama
 
 # What llama.cpp expects per layer (src/models/{llama,qwen,chatglm}.cpp), as (gguf name, numpy shape) for the tiny

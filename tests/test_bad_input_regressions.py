@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from qrun.bench import report
 from qrun.cli import main
-from test_report import _doc
+from helpers import bench_doc
 
 
 def _one_error_line(result) -> None:
@@ -31,7 +31,7 @@ def test_convert_out_that_is_a_file_is_one_error_line(tmp_path):
 
 def test_report_out_that_is_a_file_is_one_error_line(tmp_path):
     results_json = tmp_path / "results.json"
-    results_json.write_text(json.dumps(_doc(), ensure_ascii=False), encoding="utf-8")
+    results_json.write_text(json.dumps(bench_doc(), ensure_ascii=False), encoding="utf-8")
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
     result = CliRunner().invoke(main, ["report", str(results_json), "--out", str(a_file)])
@@ -39,7 +39,7 @@ def test_report_out_that_is_a_file_is_one_error_line(tmp_path):
 
 
 def test_report_on_a_damaged_results_file_is_one_error_line(tmp_path):
-    doc = json.loads(json.dumps(_doc(), ensure_ascii=False))
+    doc = json.loads(json.dumps(bench_doc(), ensure_ascii=False))
     del doc["runs"][0]["questions"][0]["median"]
     damaged = tmp_path / "results.json"
     damaged.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
@@ -66,7 +66,7 @@ def test_bad_threads_batch_error_names_its_own_flag(tiny_gguf):
 
 
 def test_machine_table_rows_keep_two_columns():
-    doc = _doc()
+    doc = bench_doc()
     doc["machine"]["llama_cpp_system_info"] = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 |"
     markdown = report.render_markdown([doc])
     row = next(line for line in markdown.splitlines() if line.startswith("| llama.cpp system info"))

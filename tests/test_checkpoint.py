@@ -22,6 +22,7 @@ from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
 from qrun.convert.torch_pickle import TorchZipFile
 from qrun.errors import CheckpointError
 
+from helpers import pickle_tuple, write_torch_zip
 from tiny_models import TOKENIZERS_DIR, WEIGHT_STD
 
 
@@ -36,42 +37,6 @@ def _save_with_reference_writer(path: Path, arrays: dict[str, np.ndarray], *, bf
         specs[name] = TensorSpec(dtype="bfloat16" if name in bf16 else data.dtype.name, shape=data.shape,
                                  data_ptr=data.ctypes.data, data_len=data.nbytes)
     serialize_file(specs, str(path), metadata=None)
-
-
-def _pickle_str(text: str) -> bytes:
-    data = text.encode()
-    return b"X" + struct.pack("<I", len(data)) + data
-
-
-def _pickle_int(value: int) -> bytes:
-    return b"J" + struct.pack("<i", value)
-
-
-def _pickle_tuple(items: list[bytes]) -> bytes:
-    return b"(" + b"".join(items) + b"t"
-
-
-_ORDERED_DICT = b"ccollections\nOrderedDict\n)R"
-
-
-def write_torch_zip(path: Path, tensors: dict[str, tuple], storages: dict[str, tuple[str, np.ndarray]]) -> None:
-    """A torch.save()-layout zip written by hand: tensors = {name: (storage_key, offset, shape, stride)},
-    storages = {key: ("FloatStorage"|"HalfStorage"|"BFloat16Storage", raw little-endian array)}."""
-    pkl = b"\x80\x02" + _ORDERED_DICT + b"("
-    for name, (key, offset, shape, stride) in tensors.items():
-        storage_type, raw = storages[key]
-        persistent_id = _pickle_tuple([_pickle_str("storage"), f"ctorch\n{storage_type}\n".encode(), _pickle_str(key),
-                                       _pickle_str("cpu"), _pickle_int(raw.size)]) + b"Q"
-        args = _pickle_tuple([persistent_id, _pickle_int(offset), _pickle_tuple([_pickle_int(d) for d in shape]),
-                              _pickle_tuple([_pickle_int(s) for s in stride]), b"\x89", _ORDERED_DICT])
-        pkl += _pickle_str(name) + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R"
-    pkl += b"u."
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr("archive/data.pkl", pkl)
-        zf.writestr("archive/byteorder", "little")
-        for key, (_, raw) in storages.items():
-            zf.writestr(f"archive/data/{key}", raw.tobytes())
-        zf.writestr("archive/version", "3\n")
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> Path:
@@ -199,7 +164,7 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, protocol):
 
 
 def test_storage_from_bytes_loader_is_refused(tmp_path):
-    pkl = b"\x80\x02ctorch.storage\n_load_from_bytes\n" + _pickle_tuple([b"C\x00"]) + b"R."
+    pkl = b"\x80\x02ctorch.storage\n_load_from_bytes\n" + pickle_tuple([b"C\x00"]) + b"R."
     path = tmp_path / "pytorch_model.bin"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("archive/data.pkl", pkl)

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from qrun.cli import main
-from qrun.demo import BANNER, DEMO_QUANT
+from qrun.demo.cli import BANNER, DEMO_QUANT
 
 ALL_MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
 N_QUESTIONS = 5  # the seed suite

@@ -17,11 +17,11 @@ import sentencepiece as spm
 import tiktoken
 from tokenizers import Tokenizer
 
-from qrun import demo_tokenizers as dt
+from qrun.demo import tokenizers as dt
 from qrun.convert.vocab import chatglm3_vocab, deepseek_vocab, qwen_vocab
 from qrun.convert.vocab_bpe import load_tiktoken_ranks, recover_merges
-from qrun.demo_checkpoints import DEMO_MODELS, VOCAB_ALIGN, write_demo_tokenizer_dir
-from qrun.demo_corpus import SEED_QUESTIONS
+from qrun.demo.checkpoints import DEMO_MODELS, VOCAB_ALIGN, write_demo_tokenizer_dir
+from qrun.demo.corpus import SEED_QUESTIONS
 from tokenizer_corpus import corpus  # tests/ is on sys.path (rootdir conftest), as for tiny_models
 
 SAMPLES = (
@@ -59,7 +59,7 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def test_made_in_a_fresh_process_the_files_are_byte_identical(demo_tok_dirs, tmp_path):
     # A different hash seed and process: nothing may depend on dict/set iteration order or threads.
-    code = ("import sys; from pathlib import Path; from qrun.demo_checkpoints import DEMO_MODELS, "
+    code = ("import sys; from pathlib import Path; from qrun.demo.checkpoints import DEMO_MODELS, "
             "write_demo_tokenizer_dir as w; [w(m, Path(sys.argv[1]) / m) for m in DEMO_MODELS]")
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env={"PYTHONHASHSEED": "12345",
                                                                               **_path_env()})

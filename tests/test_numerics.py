@@ -17,22 +17,9 @@ import numpy as np
 import pytest
 
 import reference_forward as rf
+from helpers import PROMPT_IDS
 from tiny_models import llama_cpp_logits
 
-# Real token ids of "你好，世界！Hello, world. 今天天气怎么样？" from each model's reference tokenizer (tiktoken with
-# qwen.tiktoken and Qwen's split pattern; sentencepiece with tokenizer.model; tokenizers with tokenizer.json), wrapped
-# in each model's own special tokens as its chat prompt would be.
-PROMPT_IDS = {
-    # <|im_start|> ... <|im_end|> "\n"
-    "qwen-7b-chat": [151644, 108386, 3837, 99489, 6313, 9707, 11, 1879, 13, 220, 100644, 104307, 104472, 11319,
-                     151645, 198],
-    # [gMASK] sop <|user|> ...
-    "chatglm3-6b": [64790, 64792, 64795, 36474, 54591, 31123, 31661, 31404, 24218, 30932, 993, 30930, 53456, 33071,
-                    35367, 31514],
-    # <｜begin▁of▁sentence｜> ... <｜end▁of▁sentence｜> <｜begin▁of▁sentence｜>
-    "deepseek-llm-7b-chat": [100000, 84313, 19304, 4997, 2160, 17464, 11, 1843, 13, 207, 7029, 17770, 32865, 2224,
-                             100001, 100000],
-}
 MODELS = tuple(PROMPT_IDS)
 
 MAX_REL_ERR = 2e-3  # max |llama.cpp - reference| over the vocab / max |reference|, per position

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_numerics import PROMPT_IDS
+from helpers import PROMPT_IDS
 from tiny_models import llama_cpp_logits, load_failure, open_llama
 
 MODELS = tuple(PROMPT_IDS)

@@ -1,7 +1,8 @@
-"""The real-scale benchmark script (bench/realscale*.py, bench/bandwidth.py) on a small shape.
+"""The real-scale benchmark script (tools/perf/realscale*.py, tools/perf/bandwidth.py) on a small shape.
 
 The full-size run takes an hour and ~50 GB of disk (docs/performance.md); here the same code paths run on a
 ChatGLM3 shape with hidden 512 and 2 layers: checkpoint -> convert -> I/O floor -> load -> bench -> report.
+The perf tooling is not part of the installed package (it runs from a checkout), so its tests are all `slow`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from qrun.bench import bandwidth, realscale, realscale_ckpt, realscale_report, realscale_tasks
 from qrun.convert import synthetic
 from qrun.convert.safetensors_io import SafetensorsFile
 from qrun.errors import DiskSpaceError
+from tools.perf import bandwidth, compute_peak, realscale, realscale_ckpt, realscale_report, realscale_tasks
+
+pytestmark = pytest.mark.slow
 
 TOKENIZERS = Path(__file__).parent / "data" / "tokenizers"
 SMALL = {"hidden_size": 512, "num_attention_heads": 4, "kv_channels": 128, "multi_query_group_num": 2,
@@ -147,8 +150,6 @@ def test_bandwidth_measures_both_kernels():
 
 
 def test_compute_peak_and_the_prompt_fraction(tmp_path):
-    from qrun.bench import compute_peak
-
     got = compute_peak.measure(threads=1, size=256, repeat=2)
     assert got["threads"] == 1 and 0 < got["min_gflop_per_s"] <= got["median_gflop_per_s"] <= got["best_gflop_per_s"]
     # 2 x 6.5e9 weights x 20 tok/s = 260 GFLOP/s achieved against a 130 GFLOP/s SGEMM: fraction 2.0 (int8 > f32)

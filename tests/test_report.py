@@ -1,4 +1,4 @@
-"""report.md / results.csv / the merged table from saved results (constructed here: no engine needed)."""
+"""report.md / results.csv / the merged table from saved results (built by tests/helpers.py: no engine needed)."""
 
 from __future__ import annotations
 
@@ -10,54 +10,14 @@ import pytest
 from click.testing import CliRunner
 
 from qrun.bench import report, results
-from qrun.runner import machine
-from qrun.bench import suite as suites
 from qrun.cli import main
 from qrun.errors import BenchError
 
-ANSWERS = {"seed-1": "冬天多穿，夏天少穿。", "seed-2": "眼光太高。", "seed-3": "他不知道。", "seed-4": "明明喜欢白白。",
-           "seed-5": "不知道。"}
-
-
-def _lines(run_id, model, *, gen_tps, answers=ANSWERS, done=True, reps=2):
-    lines = [
-        {"run_id": run_id, "event": "start", "model": model, "quant": "Q4_K_M", "gguf": f"/g/{model}-Q4_K_M.gguf",
-         "gguf_size_bytes": 4 * 2**30, "settings": {"n_threads": 2, "n_threads_batch": 2, "n_ctx": 4096,
-                                                    "use_mmap": True}, "rss_before_load_bytes": 50 * 2**20},
-        {"run_id": run_id, "event": "load", "load_s": 4.3, "peak_rss_bytes": 6000 * 2**20,
-         "peak_anon_bytes": 2900 * 2**20},
-    ]
-    for qid, answer in answers.items():
-        for rep in range(1, reps + 1):
-            lines.append({"run_id": run_id, "event": "rep", "question_id": qid, "rep": rep, "answer": answer,
-                          "prompt_tokens": 30, "ttft_s": 1.5, "prompt_tokens_per_s": 20.0, "gen_tokens": 11,
-                          "gen_tokens_per_s": gen_tps + rep, "total_s": 2.5, "decode_s": 1.0, "zh_chars": 5,
-                          "zh_chars_per_s": 5.0, "stop_reason": "eos", "loadavg": [0.5, 0.4, 0.3],
-                          "loadavg_1m": 0.5, "peak_rss_bytes": 6981 * 2**20, "peak_anon_bytes": 2953 * 2**20})
-    if done:
-        lines.append({"run_id": run_id, "event": "done", "peak_rss_bytes": 6981 * 2**20,
-                      "peak_anon_bytes": 2953 * 2**20, "memory_note": "rss vs anon"})
-    return lines
-
-
-def _doc(hostname="box-a", *, partial=False, failure=None):
-    seed = suites.load("seed")
-    fp = dict(machine.fingerprint(), hostname=hostname)
-    doc = results.new_document(command="qrun bench --threads 2", machine=fp, suite=seed, verdicts_path=None,
-                               config={"max_tokens": 64, "repeat": 2, "warmup_tokens": 16, "temperature": 0.0,
-                                       "seed": 42})
-    lines = _lines("qwen-7b-chat/Q4_K_M/t2", "qwen-7b-chat", gen_tps=6.0) + \
-        _lines("chatglm3-6b/Q4_K_M/t2", "chatglm3-6b", gen_tps=8.0, answers={"seed-3": "我不知道"}, done=False)
-    doc["runs"] = [results.build_run("qwen-7b-chat/Q4_K_M/t2", lines, failure=None, suite=seed, verdicts={}),
-                   results.build_run("chatglm3-6b/Q4_K_M/t2", lines, suite=seed, verdicts={},
-                                     failure=failure or {"exit_code": -9, "signal": 9, "reason": "worker died of "
-                                                         "SIGKILL", "last_stderr": "Killed", "interrupted": False})]
-    doc["partial"] = partial
-    return doc
+from helpers import bench_doc
 
 
 def test_build_run_medians_spread_summary_and_scores():
-    doc = _doc()
+    doc = bench_doc()
     qwen, glm = doc["runs"]
     assert qwen["status"] == "ok" and glm["status"] == "failed"
     q3 = qwen["questions"][2]
@@ -73,7 +33,7 @@ def test_build_run_medians_spread_summary_and_scores():
 
 
 def test_markdown_and_csv(tmp_path):
-    doc = _doc(partial=True)
+    doc = bench_doc(partial=True)
     paths = report.write_outputs([doc], tmp_path, results_json=True)
     md = paths["report"].read_text(encoding="utf-8")
     assert "PARTIAL RESULTS" in md and "qrun bench --threads 2" in md
@@ -91,8 +51,8 @@ def test_markdown_and_csv(tmp_path):
 
 def test_qrun_report_regenerates_and_merges_with_verdicts(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    report.write_outputs([_doc("box-a")], a, results_json=True)
-    report.write_outputs([_doc("box-b")], b, results_json=True)
+    report.write_outputs([bench_doc("box-a")], a, results_json=True)
+    report.write_outputs([bench_doc("box-b")], b, results_json=True)
     (a / "report.md").unlink()
     result = CliRunner().invoke(main, ["report", str(a / "results.json")])
     assert result.exit_code == 0, result.output
@@ -119,7 +79,7 @@ def test_qrun_report_regenerates_and_merges_with_verdicts(tmp_path):
     (lambda d: d.update(runs=None), "field runs is not a list"),
 ])
 def test_a_damaged_results_file_names_the_field(tmp_path, damage, field):
-    doc = json.loads(json.dumps(_doc(), ensure_ascii=False))
+    doc = json.loads(json.dumps(bench_doc(), ensure_ascii=False))
     damage(doc)
     path = tmp_path / "results.json"
     path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
@@ -129,7 +89,7 @@ def test_a_damaged_results_file_names_the_field(tmp_path, damage, field):
 
 
 def test_answers_cut_by_max_tokens_are_marked():
-    doc = _doc()
+    doc = bench_doc()
     doc["runs"][0]["questions"][4]["stop_reason"] = "max_tokens"
     md = report.render_markdown([doc])
     assert md.count("(cut at 64 tokens)") == 1 and "不知道。 (cut at 64 tokens) |" in md

@@ -1,4 +1,4 @@
-"""The measurements behind `python -m qrun.bench.realscale`, one function each (see realscale.py for the flow).
+"""The measurements behind `python -m tools.perf.realscale`, one function each (see realscale.py for the flow).
 
 Functions named *_one / load_once run in a fresh process (realscale._in_fresh_process), so their wall time and
 peak memory are theirs alone. Every result carries the load average before and after it was taken.

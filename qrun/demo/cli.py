@@ -1,6 +1,6 @@
 """`qrun demo`: the whole pipeline offline in about a minute, on tiny random-weight models of the three architectures.
 
-It makes small tokenizers of each kind itself (qrun/demo_tokenizers.py), writes tiny checkpoints in the real Hugging
+It makes small tokenizers of each kind itself (qrun/demo/tokenizers.py), writes tiny checkpoints in the real Hugging
 Face layout, then runs exactly what a user runs on real models: convert (BF16 GGUF -> Q4_K_M), ask (one streamed
 answer per model), bench (the seed suite, scored) and report. The answers are gibberish by design.
 """
@@ -15,7 +15,7 @@ from typing import Callable
 import click
 
 from qrun import registry, settings
-from qrun.demo_checkpoints import DEMO_MODELS, build_demo_checkpoints
+from qrun.demo.checkpoints import DEMO_MODELS, build_demo_checkpoints
 from qrun.errors import BenchError, UsageError
 
 BANNER = ("tiny random-weight models: the answers are gibberish by design; "

@@ -1,4 +1,4 @@
-"""Small tokenizers of each kind that `qrun demo` makes itself, from the built-in corpus (qrun/demo_corpus.py).
+"""Small tokenizers of each kind that `qrun demo` makes itself, from the built-in corpus (qrun/demo/corpus.py).
 
 The package must not ship the models' own vocabularies, yet the demo has to exercise exactly the code paths the real
 files take through the converter and llama.cpp. So each made tokenizer has the real one's FORMAT and settings, only a
@@ -28,7 +28,7 @@ import sentencepiece as spm
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from qrun.convert.vocab_bpe import byte_to_unicode
-from qrun.demo_corpus import corpus_lines
+from qrun.demo.corpus import corpus_lines
 
 # Source: Qwen-7B-Chat tokenization_qwen.py PAT_STR (cl100k-style, but single digits).
 QWEN_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""

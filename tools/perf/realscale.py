@@ -1,7 +1,7 @@
 """Real-scale performance (issue 5): full-size random-weight checkpoints -> qrun convert -> qrun bench, side by side
 with llama.cpp's own llama-bench and this machine's memory bandwidth.
 
-    python -m qrun.bench.realscale [--models M,...] [--steps S,...] [--work DIR] [--out DIR]
+    python -m tools.perf.realscale [--models M,...] [--steps S,...] [--work DIR] [--out DIR]
         [--llama-bench PATH] [--threads 1,2] [--repeat 3] [--delete-as-you-go]
 
 Steps, per model, in order (each skips what its results file or the work folder already holds; --redo forces):
@@ -27,10 +27,11 @@ import time
 from pathlib import Path
 
 from qrun import registry, settings
-from qrun.bench import bandwidth, compute_peak, machine
-from qrun.bench import realscale_ckpt as ckpt
-from qrun.bench import realscale_report as report
-from qrun.bench import realscale_tasks as tasks
+from qrun.bench import machine
+from tools.perf import bandwidth, compute_peak
+from tools.perf import realscale_ckpt as ckpt
+from tools.perf import realscale_report as report
+from tools.perf import realscale_tasks as tasks
 from qrun.errors import DiskSpaceError, UsageError
 from qrun.fsutil import write_json_atomic
 
@@ -39,7 +40,7 @@ MACHINE_STEPS = ("bandwidth", "compute")  # measured once, before the models
 STEPS = MODEL_STEPS + MACHINE_STEPS
 # Q4_0 too where Q4_K_M is known to be the slower 4-bit type or a peer ships q4_0 (PERF-FACTS, issue 5 item 5).
 QUANTS = {"chatglm3-6b": ("Q4_K_M", "Q4_0"), "qwen-7b-chat": ("Q4_K_M", "Q4_0"), "deepseek-llm-7b-chat": ("Q4_K_M",)}
-TOKENIZERS_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "tokenizers"
+TOKENIZERS_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "tokenizers"
 _GiB = 1 << 30
 
 
@@ -241,7 +242,7 @@ class Run:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m qrun.bench.realscale", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.perf.realscale", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(QUANTS), help="comma-separated (default: all three)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     p.add_argument("--work", default=None, help="checkpoints and GGUFs (default: <qrun home>/realscale)")

@@ -50,7 +50,7 @@ import threading
 import time
 from pathlib import Path
 
-# The folder the peers were built in (bench/peers/README.md): its venv, binaries, shim and model files.
+# The folder the peers were built in (tools/perf/peers/README.md): its venv, binaries, shim and model files.
 HERE = Path(os.environ.get("PEERS_DIR", ".")).resolve()
 CHATGLM_MODEL = HERE / "chatglm3-6b-q4_0.bin"
 QWEN_MODEL = HERE / "qwen-7b-chat-q4_0.bin"

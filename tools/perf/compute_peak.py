@@ -8,7 +8,7 @@ whose per-instruction width is 4x float32's, so this is the measured float32 pea
 
 Each thread count runs in a fresh process with the BLAS limited to one thread (OPENBLAS/OMP/MKL_NUM_THREADS=1) and
 N Python threads multiplying their own matrices (numpy releases the GIL), so N means N busy cores, as in
-bench/bandwidth.py. Run: `python -m qrun.bench.compute_peak [--json]`.
+tools/perf/bandwidth.py. Run: `python -m tools.perf.compute_peak [--json]`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
-from qrun.bench.bandwidth import thread_counts_arg
+from tools.perf.bandwidth import thread_counts_arg
 
 DEFAULT_SIZE = 1024  # float32 n x n: 4 MiB per matrix, past L2, the size BLAS reaches its peak at
 DEFAULT_REPEAT = 7
+# The child imports this module by name: it runs from the checkout, like `python -m tools.perf.compute_peak`.
+_CHECKOUT = Path(__file__).resolve().parents[2]
 _ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -31,7 +34,7 @@ def _measure_here(threads: int, size: int, repeat: int) -> dict:
     """In this process (BLAS already limited to one thread): GFLOP/s of `threads` concurrent SGEMMs."""
     import numpy as np
 
-    from qrun.bench.bandwidth import _run_threads
+    from tools.perf.bandwidth import _run_threads
 
     rng = np.random.default_rng(0)
     mats = [(rng.standard_normal((size, size), dtype=np.float32), rng.standard_normal((size, size), dtype=np.float32),
@@ -63,9 +66,9 @@ def _blas_name() -> str:
 
 def measure(*, threads: int, size: int = DEFAULT_SIZE, repeat: int = DEFAULT_REPEAT) -> dict:
     """SGEMM GFLOP/s at `threads` threads (1 GFLOP = 1e9 floating-point operations), measured in a fresh process."""
-    code = f"import json; from qrun.bench.compute_peak import _measure_here; print(json.dumps(_measure_here({threads}, {size}, {repeat})))"
+    code = f"import json; from tools.perf.compute_peak import _measure_here; print(json.dumps(_measure_here({threads}, {size}, {repeat})))"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **_ONE_BLAS_THREAD}, capture_output=True,
-                         text=True, check=True, timeout=600).stdout
+                         text=True, check=True, timeout=600, cwd=_CHECKOUT).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -2,8 +2,8 @@
 
 Each checkpoint has exactly the real Hugging Face layout (written by qrun.convert.synthetic.write_random_checkpoint):
 the real config.json shape shrunk to 2 layers and hidden 256, the vocabulary sizes those of the small demo
-tokenizers (qrun/demo_tokenizers.py). No file of the real models is shipped or needed: the base configs below are
-the models' published hyper-parameters.
+tokenizers (qrun/demo/tokenizers.py). No file of the real models is shipped or needed: the base configs
+(qrun.convert.synthetic.BASE_CONFIGS) are the models' published hyper-parameters.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from qrun import demo_tokenizers
+from qrun.convert.synthetic import BASE_CONFIGS, TINY_OVERRIDES, write_random_checkpoint
+from qrun.demo import tokenizers as demo_tokenizers
 from qrun.fsutil import write_json_atomic
 
 DEMO_MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
@@ -24,40 +25,6 @@ _MARKER = ".qrun-demo.json"  # written last into a finished checkpoint: what it 
 _VOCAB_KEYS = {"qwen-7b-chat": ("vocab_size", "padded_vocab_size"), "chatglm3-6b": ("padded_vocab_size",),
                "deepseek-llm-7b-chat": ("vocab_size",)}
 
-# The real full-size configs (public hyper-parameters). Sources: Qwen-7B-Chat config.json (Aug-2023 key names),
-# THUDM/chatglm3-6b config.json, deepseek-llm-7b-chat config (the values llama.cpp's GGUF of it carries).
-# Vocabulary-dependent keys are filled in by demo_config().
-BASE_CONFIGS: dict[str, dict] = {
-    "qwen-7b-chat": {
-        "activation": "swiglu", "apply_residual_connection_post_layernorm": False,
-        "architectures": ["QWenLMHeadModel"], "attn_pdrop": 0.0, "bf16": False, "fp16": False, "fp32": False,
-        "bias_dropout_fusion": True, "embd_pdrop": 0.0, "ffn_hidden_size": 22016, "initializer_range": 0.02,
-        "kv_channels": 128, "layer_norm_epsilon": 1e-06, "model_type": "qwen", "n_embd": 4096, "n_head": 32,
-        "n_layer": 32, "n_positions": 6144, "no_bias": True, "onnx_safe": None, "params_dtype": "torch.bfloat16",
-        "pos_emb": "rotary", "resid_pdrop": 0.1, "rotary_emb_base": 10000, "rotary_pct": 1.0,
-        "scale_attn_weights": True, "seq_length": 2048, "tie_word_embeddings": False,
-        "tokenizer_type": "QWenTokenizer", "use_cache": True, "use_flash_attn": "auto", "use_dynamic_ntk": True,
-        "use_logn_attn": True,
-    },
-    "chatglm3-6b": {
-        "model_type": "chatglm", "architectures": ["ChatGLMModel"], "add_bias_linear": False,
-        "add_qkv_bias": True, "apply_query_key_layer_scaling": True,
-        "apply_residual_connection_post_layernorm": False, "attention_dropout": 0.0,
-        "attention_softmax_in_fp32": True, "bias_dropout_fusion": True, "ffn_hidden_size": 13696,
-        "fp32_residual_connection": False, "hidden_dropout": 0.0, "hidden_size": 4096, "kv_channels": 128,
-        "layernorm_epsilon": 1e-05, "multi_query_attention": True, "multi_query_group_num": 2,
-        "num_attention_heads": 32, "num_layers": 28, "original_rope": True, "post_layer_norm": True,
-        "rmsnorm": True, "seq_length": 8192, "use_cache": True, "torch_dtype": "float16",
-        "tie_word_embeddings": False, "eos_token_id": 2, "pad_token_id": 0,
-    },
-    "deepseek-llm-7b-chat": {
-        "architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
-        "intermediate_size": 11008, "max_position_embeddings": 4096, "model_type": "llama",
-        "num_attention_heads": 32, "num_hidden_layers": 30, "num_key_value_heads": 32, "pretraining_tp": 1,
-        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0, "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "use_cache": True,
-    },
-}
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -108,8 +75,6 @@ def write_demo_tokenizer_dir(model: str, out_dir: Path) -> dict:
 
 def demo_config_overrides(model: str, vocab: dict) -> dict:
     """config.json overrides of a demo checkpoint: the test suite's tiny shape with the demo vocabulary size."""
-    from qrun.convert.synthetic import TINY_OVERRIDES
-
     overrides = dict(TINY_OVERRIDES[model])
     for key in _VOCAB_KEYS[model]:
         overrides[key] = vocab["vocab_size"]
@@ -123,8 +88,6 @@ def build_demo_checkpoints(root: Path, *, models=DEMO_MODELS,
     Returns:
         {model name: checkpoint folder}.
     """
-    from qrun.convert.synthetic import write_random_checkpoint
-
     say = progress or (lambda _msg: None)
     checkpoints = {}
     for model in models:

@@ -50,7 +50,7 @@ def _bandwidth(doc: dict) -> list[str]:
     rows = doc.get("bandwidth") or []
     if not rows:
         return []
-    out = ["## Memory bandwidth (bench/bandwidth.py, GB/s = 1e9 B/s, median (best) of repeats)", "",
+    out = ["## Memory bandwidth (tools/perf/bandwidth.py, GB/s = 1e9 B/s, median (best) of repeats)", "",
            "| threads | copy | triad | load avg |", "|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['threads']} | {r['copy']['median_gb_per_s']:.1f} ({r['copy']['best_gb_per_s']:.1f}) | "
@@ -173,7 +173,7 @@ def _compute(doc: dict) -> list[str]:
     rows = doc.get("compute") or []
     if not rows:
         return []
-    out = ["## Arithmetic peak (bench/compute_peak.py: float32 SGEMM, GFLOP/s, median (best) of repeats)", "",
+    out = ["## Arithmetic peak (tools/perf/compute_peak.py: float32 SGEMM, GFLOP/s, median (best) of repeats)", "",
            "| threads | SGEMM GFLOP/s | BLAS | load avg |", "|---|---|---|---|"]
     out += [f"| {r['threads']} | {r['median_gflop_per_s']:.1f} ({r['best_gflop_per_s']:.1f}) | {r['blas']} | "
             f"{r['loadavg']} |" for r in rows]
@@ -199,7 +199,7 @@ def _compute(doc: dict) -> list[str]:
 
 
 def render(doc: dict) -> str:
-    lines = ["# Real-scale performance (python -m qrun.bench.realscale)", ""]
+    lines = ["# Real-scale performance (python -m tools.perf.realscale)", ""]
     lines += _machine(doc) + _bandwidth(doc) + _convert(doc) + _load_table(doc) + _speed(doc) + _fraction(doc) + _compute(doc)
     lines += ["Commands: " + "; ".join(" ".join(r["argv"]) for r in doc.get("runs", [])), ""]
     return "\n".join(lines)

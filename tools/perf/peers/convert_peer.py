@@ -32,7 +32,7 @@ import types
 from collections.abc import Mapping
 from pathlib import Path
 
-# The folder the peers were built in (bench/peers/README.md): its venv, binaries, shim and model files.
+# The folder the peers were built in (tools/perf/peers/README.md): its venv, binaries, shim and model files.
 HERE = Path(os.environ.get("PEERS_DIR", ".")).resolve()
 
 CONVERTER_CANDIDATES = {

@@ -3,7 +3,7 @@
 Decoding one token reads every weight once, so bandwidth / bytes read per token is the ceiling on generation
 tokens/s (PERF-FACTS). numpy's copy and ufuncs run on one thread but release the GIL on large arrays, so N Python
 threads over N disjoint slices load N cores. Bytes are counted as STREAM does (copy: read a + write b = 2 arrays;
-triad a = b + s*c: 3 arrays; write-allocate traffic not counted). Run: `python -m qrun.bench.bandwidth [--json]`.
+triad a = b + s*c: 3 arrays; write-allocate traffic not counted). Run: `python -m tools.perf.bandwidth [--json]`.
 """
 
 from __future__ import annotations

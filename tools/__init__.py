@@ -1,0 +1,1 @@
+"""Developer tooling that lives in the checkout only: it is not part of the installed qrun package."""
