@@ -57,11 +57,18 @@ def default_threads_values(cores: int | None = None) -> list[int]:
     return sorted({max(1, cores - 1), cores})
 
 
+# The baseline's context: llama-cpp-python's own default (512) cannot hold the prompt workload; 4096 is what qrun
+# loaded before it sized contexts to the work, and a usual chat setting.
+BASELINE_N_CTX = 4096
+
+
 def llama_cpp_defaults(cpus: int | None = None) -> dict:
-    """What `Llama(path)` does when given nothing (llama-cpp-python 0.3.36): repacking on (use_extra_bufts), mmap on,
-    n_threads = CPUs // 2, n_threads_batch = CPUs (its own multiprocessing.cpu_count() rule)."""
+    """What `Llama(path, n_ctx=4096)` does (llama-cpp-python 0.3.36): repacking on (use_extra_bufts), mmap on,
+    n_threads = CPUs // 2, n_threads_batch = CPUs (its own multiprocessing.cpu_count() rule), flash attention off,
+    f16 KV cache. Grid points instead get a context sized to the workload, as qrun loads models."""
     cpus = cpus or os.cpu_count() or 1
-    return {"repack": True, "use_mmap": True, "n_threads": max(cpus // 2, 1), "n_threads_batch": cpus}
+    return {"repack": True, "use_mmap": True, "n_threads": max(cpus // 2, 1), "n_threads_batch": cpus,
+            "flash_attn": False, "kv_type": "f16", "n_ctx": BASELINE_N_CTX}
 
 
 # Compared between the chosen settings and the defaults: higher is better for the first two, lower for the rest.
@@ -80,17 +87,25 @@ def versus(chosen: dict, baseline: dict | None) -> dict | None:
     return out
 
 
-def make_grid(*, quants, repack=(False, True), use_mmap=(True, False), threads=(1,), threads_batch=None) -> list[dict]:
-    """Every combination, as Engine.load-style settings dicts (quant first, so one quant's points stay together)."""
+# (flash attention, KV cache type) pairs llama.cpp runs on the CPU: a q8_0 V cache needs flash attention.
+ATTENTION = ((False, "f16"), (True, "f16"), (True, "q8_0"))
+
+
+def make_grid(*, quants, repack=(False, True), use_mmap=(True, False), threads=(1,), threads_batch=None,
+              attention=ATTENTION) -> list[dict]:
+    """Every combination, as LoadSettings-style dicts (quant first, so one quant's points stay together)."""
     batch = threads_batch or threads
-    return [{"quant": q, "repack": r, "use_mmap": m, "n_threads": t, "n_threads_batch": b}
-            for q, r, m, t, b in itertools.product(quants, repack, use_mmap, threads, batch)]
+    return [{"quant": q, "repack": r, "use_mmap": m, "n_threads": t, "n_threads_batch": b, "flash_attn": fa,
+             "kv_type": kv}
+            for q, r, m, t, b, (fa, kv) in itertools.product(quants, repack, use_mmap, threads, batch, attention)]
 
 
 def point_id(point: dict) -> str:
     repack = "repack" if point["repack"] else "norepack"
     mmap = "mmap" if point["use_mmap"] else "nommap"
-    return f"{point['quant']}/{repack}/{mmap}/t{point['n_threads']}/tb{point['n_threads_batch']}"
+    attention = f"/{'fa' if point.get('flash_attn') else 'nofa'}/kv-{point.get('kv_type', 'f16')}"
+    ctx = f"/ctx{point['n_ctx']}" if point.get("n_ctx") else ""
+    return f"{point['quant']}/{repack}/{mmap}/t{point['n_threads']}/tb{point['n_threads_batch']}{attention}{ctx}"
 
 
 def schedule(points: list, repeat: int) -> list[tuple[int, int]]:
@@ -135,7 +150,7 @@ def choose(summaries: list[dict], workload: str) -> dict | None:
     def cost(s):
         st = s["settings"]
         return (s["peak_rss_bytes"]["median"], s["peak_anon_bytes"]["median"], st["n_threads"] + st["n_threads_batch"],
-                s["load_s"]["median"])
+                bool(st.get("flash_attn")), s["load_s"]["median"])
 
     chosen = min(tied, key=cost)
     return dict(chosen, ties=[s["id"] for s in tied if s is not chosen], fastest=best["id"])
@@ -177,8 +192,9 @@ def find_grid_targets(models, *, quants, ggufs_dir) -> dict[str, list[tuple[str,
 
 def run_point(gguf: Path, point: dict, *, n_ctx: int | None = None) -> tuple[dict | None, str | None]:
     """Measure one point in a fresh process -> (flat result, None) or (None, failure reason)."""
-    job = {"gguf": str(gguf), "settings": {k: point[k] for k in ("repack", "use_mmap", "n_threads", "n_threads_batch")},
-           "n_ctx": n_ctx, "workloads": WORKLOADS, "seed": settings.DEFAULT_SEED}
+    keys = ("repack", "use_mmap", "n_threads", "n_threads_batch", "flash_attn", "kv_type")
+    job = {"gguf": str(gguf), "settings": {k: point[k] for k in keys if k in point},
+           "n_ctx": point.get("n_ctx") or n_ctx, "workloads": WORKLOADS, "seed": settings.DEFAULT_SEED}
     env = dict(os.environ, GGML_NO_BACKTRACE="1")
     try:
         proc = subprocess.run([sys.executable, "-m", "qrun.bench.tune_worker", json.dumps(job)], capture_output=True,
@@ -260,8 +276,8 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
 
 
 def run_tune(models=(), *, quants=None, threads=None, threads_batch=None, repack=None, use_mmap=None,
-             repeat: int = DEFAULT_REPEAT, force: bool = False, ggufs_dir=None, n_ctx=None, command: str = "qrun tune",
-             progress: Progress = _stderr) -> tuple[dict, Path]:
+             flash_attn=None, kv_types=None, repeat: int = DEFAULT_REPEAT, force: bool = False, ggufs_dir=None,
+             n_ctx=None, command: str = "qrun tune", progress: Progress = _stderr) -> tuple[dict, Path]:
     """Tune every named (or converted) model; merge into and write the profile. Returns (profile, its path)."""
     if repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
@@ -270,7 +286,12 @@ def run_tune(models=(), *, quants=None, threads=None, threads_batch=None, repack
     grid = {"repack": (False, True) if repack is None else (repack,),
             "use_mmap": (True, False) if use_mmap is None else (use_mmap,),
             "threads": tuple(threads or default_threads_values()),
-            "threads_batch": tuple(threads_batch) if threads_batch else None}
+            "threads_batch": tuple(threads_batch) if threads_batch else None,
+            "attention": tuple((fa, kv) for fa, kv in ATTENTION
+                               if (flash_attn is None or fa == flash_attn) and (not kv_types or kv in kv_types))}
+    if not grid["attention"]:
+        raise UsageError("--no-flash-attn with only --kv-type q8_0 leaves nothing to measure",
+                         "a q8_0 KV cache needs flash attention: add --flash-attn or --kv-type f16")
     doc = profile_mod.read(notice=progress) or profile_mod.new_document(command=command)
     doc.update(command=command, created_utc=profile_mod.new_document(command=command)["created_utc"])
     for model, files in targets.items():

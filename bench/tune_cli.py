@@ -23,6 +23,14 @@ def _ints(value: str | None, option: str) -> list[int] | None:
     return out
 
 
+def _kv_types(value: str | None) -> list[str] | None:
+    from qrun.runner.resolve import check_kv_type
+
+    if not value:
+        return None
+    return [check_kv_type(part) for part in value.split(",") if part.strip()]
+
+
 @click.command("tune")
 @click.argument("models", nargs=-1)
 @click.option("--quant", "quants", multiple=True, metavar="Q[,Q...]",
@@ -33,10 +41,14 @@ def _ints(value: str | None, option: str) -> list[int] | None:
               help="Prompt-processing thread counts to try (default: the --threads values).")
 @click.option("--repack/--no-repack", default=None, help="Measure only this repacking setting (default: both).")
 @click.option("--mmap/--no-mmap", default=None, help="Measure only this mmap setting (default: both).")
+@click.option("--flash-attn/--no-flash-attn", default=None,
+              help="Measure only this flash-attention setting (default: both).")
+@click.option("--kv-type", "kv_types", default=None, metavar="T[,T...]",
+              help="KV cache types to try: f16, q8_0 (q8_0 only with flash attention; default: both).")
 @click.option("--repeat", default=3, show_default=True, type=int, help="Measured repetitions per grid point.")
 @click.option("--force", is_flag=True, help="Measure even when the machine is busy (load average above 0.5/CPU).")
 @click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs].")
-def tune_cmd(models, quants, threads, threads_batch, repack, mmap, repeat, force, ggufs_dir):
+def tune_cmd(models, quants, threads, threads_batch, repack, mmap, flash_attn, kv_types, repeat, force, ggufs_dir):
     """Measure load settings on this machine and save the fastest per model in qrun's tuning profile.
 
     \b
@@ -50,6 +62,7 @@ def tune_cmd(models, quants, threads, threads_batch, repack, mmap, repeat, force
     command = " ".join(["qrun", "tune", *map(shlex.quote, sys.argv[2:])]) if len(sys.argv) > 1 else "qrun tune"
     doc, path = tune.run_tune(models, quants=quant_list or None, threads=_ints(threads, "--threads"),
                               threads_batch=_ints(threads_batch, "--threads-batch"), repack=repack, use_mmap=mmap,
+                              flash_attn=flash_attn, kv_types=_kv_types(kv_types),
                               repeat=repeat, force=force, ggufs_dir=ggufs_dir, command=command)
     rows = []
     for model, entry in doc["models"].items():
@@ -60,13 +73,15 @@ def tune_cmd(models, quants, threads, threads_batch, repack, mmap, repeat, force
             metric = ev[ev["metric"]]
             rows.append([model, workload, st["quant"], "on" if st["repack"] else "off",
                          "on" if st["use_mmap"] else "off", st["n_threads"], st["n_threads_batch"],
+                         "on" if st.get("flash_attn") else "off", st.get("kv_type", "f16"),
                          f"{metric['median']:.1f} ({metric['min']:.1f}-{metric['max']:.1f})",
                          f"{ev['peak_rss_bytes']['median'] / 2**20:.0f}", f"{ev['load_s']['median']:.2f}"])
     click.echo(tabulate(rows, headers=["model", "workload", "quant", "repack", "mmap", "threads", "threads_batch",
+                                       "flash attn", "KV",
                                        "tok/s median (range)", "peak RSS MiB", "load s"], disable_numparse=True))
     compared = _versus_rows(doc)
     if compared:
-        click.echo("\ntuned / llama.cpp's defaults (Llama() given nothing: " + _describe(tune.llama_cpp_defaults())
+        click.echo("\ntuned / llama.cpp's defaults (Llama(path, n_ctx=4096) otherwise given nothing: " + _describe(tune.llama_cpp_defaults())
                    + "), same GGUF, medians:")
         click.echo(tabulate(compared, headers=["model", "workload", "defaults' tok/s", "tuned tok/s", "speed",
                                                "peak RSS", "peak anon", "load time"], disable_numparse=True))

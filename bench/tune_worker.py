@@ -5,7 +5,8 @@ on stdout. A fresh process per grid point because load time and peak memory are 
 setting can kill it: llama.cpp's AMX repacking dies with SIGILL on CPUs whose kernel does not grant AMX to the
 process — qrun.bench.tune records that as a failed point instead of dying with it.
 
-Job: {"gguf", "settings": {"repack", "use_mmap", "n_threads", "n_threads_batch"}, "n_ctx": int|None,
+Job: {"gguf", "settings": {"repack", "use_mmap", "n_threads", "n_threads_batch", "flash_attn", "kv_type"},
+      "n_ctx": int|None (None: sized to the longest workload),
       "workloads": {"chat": [prompt_tokens, gen_tokens], "prompt": [...]}, "seed": 42}
 Output: {"load_s", "peak_rss_bytes", "peak_anon_bytes", "loadavg_1m", "n_ctx",
          "workloads": {name: {"prompt_tokens", "prompt_tokens_per_s", "gen_tokens", "gen_tokens_per_s"}}}
@@ -40,14 +41,13 @@ def _loadavg_1m() -> float | None:
 
 
 def run_job(job: dict) -> dict:
-    from qrun.runner.engine import Engine  # llama.cpp is loaded in the worker only
+    from qrun.runner.engine import Engine, aligned_ctx  # llama.cpp is loaded in the worker only
 
     out = {"loadavg_1m": _loadavg_1m(), "workloads": {}}
     with measure.MemoryWatch() as watch:
-        s = job["settings"]
-        engine = Engine.load(job["gguf"], n_ctx=job.get("n_ctx"), n_threads=s["n_threads"],
-                             n_threads_batch=s["n_threads_batch"], repack=s["repack"], use_mmap=s["use_mmap"],
-                             seed=job.get("seed", 42))
+        # no n_ctx: sized to the work (the longest workload and its answer), as qrun loads models
+        n_ctx = job.get("n_ctx") or aligned_ctx(max(p + g for p, g in job["workloads"].values()))
+        engine = Engine.load(job["gguf"], n_ctx=n_ctx, seed=job.get("seed", 42), **job["settings"])
         out["load_s"], out["n_ctx"], out["amx_denied"] = engine.load_s, engine.n_ctx, engine.amx_denied
         # every answer runs to its full length: end-of-turn and stop tokens are banned (random or tiny models
         # would otherwise stop at different points for different settings)

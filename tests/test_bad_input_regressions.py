@@ -82,7 +82,7 @@ def test_score_of_an_empty_answers_file_is_an_error(tmp_path):
 
 
 # Was defect R-P1-1: QRUN_REPACK=off / False / NO / OFF turns repacking ON (qrun/settings.py repack_weights and
-# bench/profile.py resolve compare case-sensitively against ("", "0", "false", "no")). On this project's AMX Xeon
+# the profile resolver compared case-sensitively against ("", "0", "false", "no")). On an Intel VM whose AMX traps
 # that is a SIGILL: `QRUN_REPACK=off qrun ask deepseek hi` dies with "Illegal instruction", exit 132, no message.
 # Same parser for QRUN_DEBUG ("off" turns tracebacks on).
 @pytest.mark.parametrize("value", ["off", "False", "NO", "Off"])

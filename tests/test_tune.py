@@ -21,9 +21,12 @@ MODEL = "deepseek-llm-7b-chat"
 # -- grid and schedule ---------------------------------------------------------------------------------------------
 def test_grid_is_every_combination():
     grid = tune.make_grid(quants=["Q4_0", "Q4_K_M"], repack=(False, True), use_mmap=(True, False), threads=(1, 2))
-    assert len(grid) == 2 * 2 * 2 * 2 * 2
+    # x 3 attention settings: no flash attention (f16 KV), flash attention with f16 or q8_0 KV
+    assert len(grid) == 2 * 2 * 2 * 2 * 2 * 3
     assert len({tune.point_id(p) for p in grid}) == len(grid)
-    assert grid[0] == {"quant": "Q4_0", "repack": False, "use_mmap": True, "n_threads": 1, "n_threads_batch": 1}
+    assert grid[0] == {"quant": "Q4_0", "repack": False, "use_mmap": True, "n_threads": 1, "n_threads_batch": 1,
+                       "flash_attn": False, "kv_type": "f16"}
+    assert not any(p["kv_type"] == "q8_0" and not p["flash_attn"] for p in grid)
 
 
 def test_schedule_interleaves_repetitions_and_rotates_the_start():
@@ -38,7 +41,11 @@ def test_default_threads_never_exceed_the_cores():
 
 # -- choice rule on synthetic measurements ---------------------------------------------------------------------------
 def _point(quant="Q4_K_M", repack=False, mmap=True, t=2, tb=2):
-    return {"quant": quant, "repack": repack, "use_mmap": mmap, "n_threads": t, "n_threads_batch": tb}
+    return {"quant": quant, "repack": repack, "use_mmap": mmap, "n_threads": t, "n_threads_batch": tb,
+            "flash_attn": False, "kv_type": "f16"}
+
+
+NO_FLASH_ATTN = ((False, "f16"),)
 
 
 def _run(gen, pp, rss_mib, anon_mib=50, load_s=0.5):
@@ -82,7 +89,8 @@ def test_a_crashing_point_is_recorded_once_and_excluded(tmp_path):
         return {**_run(5.0 + point["n_threads"], 20, 100), "peak_rss_bytes": 100 << 20}, None
 
     entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False, True), "use_mmap": (True,),
-                                                            "threads": (1, 2), "threads_batch": None},
+                                                            "threads": (1, 2), "threads_batch": None,
+                                                            "attention": NO_FLASH_ATTN},
                             repeat=2, progress=lambda _: None, measure=fake_measure)
     repack_calls = [c for c in calls if "/repack/" in c]
     assert sorted(repack_calls) == sorted(set(repack_calls)) and len(repack_calls) == 4  # never retried
@@ -95,7 +103,8 @@ def test_defaults_are_measured_alongside_but_never_chosen_and_the_choice_is_comp
     gguf = tmp_path / f"{MODEL}-Q4_K_M.gguf"
     gguf.write_bytes(b"x" * 10)
     defaults = tune.llama_cpp_defaults(cpus=4)
-    assert defaults == {"repack": True, "use_mmap": True, "n_threads": 2, "n_threads_batch": 4}
+    assert defaults == {"repack": True, "use_mmap": True, "n_threads": 2, "n_threads_batch": 4, "flash_attn": False,
+                        "kv_type": "f16", "n_ctx": 4096}
 
     def fake_measure(path, point, n_ctx=None):
         fastest = point["n_threads"] == 2  # only the (off-grid) defaults point runs 2 threads: the fastest
@@ -103,14 +112,15 @@ def test_defaults_are_measured_alongside_but_never_chosen_and_the_choice_is_comp
                 "peak_anon_bytes": 1 << 30, "load_s": 2.0 if point["repack"] else 0.5}, None
 
     entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False,), "use_mmap": (True,),
-                                                            "threads": (1,), "threads_batch": None},
+                                                            "threads": (1,), "threads_batch": None,
+                                                            "attention": NO_FLASH_ATTN},
                             repeat=2, baseline=defaults, progress=lambda _: None, measure=fake_measure)
     assert [s["settings"] for s in entry["grid"]] == [_point(t=1, tb=1), {"quant": "Q4_K_M", **defaults}]
     assert entry["llama_cpp_defaults"] == defaults
     for workload in ("chat", "prompt"):
         assert entry[workload]["settings"] == _point(t=1, tb=1)  # the only grid point, though slower
         vs = entry[workload]["evidence"]["vs_llama_cpp_defaults"]
-        assert vs["point"] == "Q4_K_M/repack/mmap/t2/tb4" and vs["status"] == "ok"
+        assert vs["point"] == "Q4_K_M/repack/mmap/t2/tb4/nofa/kv-f16/ctx4096" and vs["status"] == "ok"
         assert vs["ratios"] == pytest.approx({"chat.gen_tokens_per_s": 0.5, "prompt.prompt_tokens_per_s": 0.5,
                                              "peak_rss_bytes": 1 / 3, "peak_anon_bytes": 1.0, "load_s": 0.25})
 
@@ -136,19 +146,22 @@ def converted(tiny_gguf):
 
 
 def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
-    result = CliRunner().invoke(tune_cmd, [MODEL, "--threads", "1", "--no-repack", "--repeat", "1", "--force"])
+    result = CliRunner().invoke(tune_cmd, [MODEL, "--threads", "1", "--no-repack", "--mmap", "--repeat", "1",
+                                           "--force"])
     assert result.exit_code == 0, result.output
     doc = json.loads(profile.profile_path().read_text(encoding="utf-8"))
     assert doc["schema"] == profile.SCHEMA and doc["machine"] == profile.machine_key()
     entry = doc["models"][MODEL]
-    # mmap on / off at 1 thread, repack off; then llama-cpp-python's defaults, measured for comparison (repack on:
-    # where AMX traps, as on this project's VM, it runs with AMX denied; where repacking crashes anyway, it fails)
-    assert [s["status"] for s in entry["grid"]][:2] == ["ok", "ok"]
-    assert entry["grid"][2]["settings"] == {"quant": "Q4_K_M", **tune.llama_cpp_defaults()}
+    # the three attention settings at 1 thread, repack off, mmap on (flash attention and a q8_0 KV cache really
+    # load and run); then llama-cpp-python's defaults, measured for comparison (repack on: where AMX traps it runs
+    # with AMX denied; where repacking crashes anyway, it fails)
+    assert [s["status"] for s in entry["grid"]][:3] == ["ok", "ok", "ok"]
+    assert [(s["settings"]["flash_attn"], s["settings"]["kv_type"]) for s in entry["grid"][:3]] == list(tune.ATTENTION)
+    assert entry["grid"][3]["settings"] == {"quant": "Q4_K_M", **tune.llama_cpp_defaults()}
     assert "tuned / llama.cpp's defaults" in result.output
     for workload in ("chat", "prompt"):
         vs = entry[workload]["evidence"]["vs_llama_cpp_defaults"]
-        assert vs["point"] == entry["grid"][2]["id"] and vs["status"] == entry["grid"][2]["status"]
+        assert vs["point"] == entry["grid"][3]["id"] and vs["status"] == entry["grid"][3]["status"]
         if vs["status"] == "ok":
             assert set(vs["ratios"]) == set(tune.COMPARED) and all(r > 0 for r in vs["ratios"].values())
         chosen = entry[workload]

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from qrun import registry, settings
-from qrun.bench import machine
+from qrun.runner import machine
 from tools.perf import bandwidth, compute_peak
 from tools.perf import realscale_ckpt as ckpt
 from tools.perf import realscale_report as report
