@@ -66,8 +66,8 @@ class BenchConfig:
 
 def load_settings(*, threads_batch: int | None = None, repack: bool | None = None) -> dict:
     """Engine.load settings beyond threads/ctx/mmap that a bench run passes to every worker (only those given)."""
-    if threads_batch is not None and threads_batch < 0:  # 0 = same as --threads, as in `qrun ask`
-        raise UsageError(f"--threads-batch must be at least 1 (0 = same as --threads), got {threads_batch}")
+    if threads_batch is not None:  # 0 = same as --threads, as in `qrun ask`
+        settings.check_threads(threads_batch, flag="--threads-batch")
     out: dict = {}
     if threads_batch:
         out["n_threads_batch"] = threads_batch
@@ -80,18 +80,9 @@ def parse_threads(value: str | None) -> list[int]:
     """"1,2" -> [1, 2]; 0 = the physical core count (as in ask/chat/convert); None/"" -> [].
 
     Raises:
-        UsageError: anything but whole numbers >= 0.
+        UsageError: anything but whole numbers from 0 to settings.max_threads().
     """
-    if not value:
-        return []
-    try:
-        out = [int(part) for part in str(value).split(",") if part.strip()]
-    except ValueError:
-        out = []
-    if not out or any(n < 0 for n in out):
-        raise UsageError(f"--threads takes positive integers (0 = physical cores) separated by commas, got {value!r}",
-                         "e.g. --threads 1,2")
-    out = [n or settings.physical_cores() for n in out]
+    out = [n or settings.physical_cores() for n in settings.check_thread_list(value, flag="--threads")]
     return list(dict.fromkeys(out))  # "0,2" on a 2-core machine is one run, not the same run twice
 
 

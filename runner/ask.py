@@ -67,12 +67,10 @@ def check_prompt(prompt: str) -> None:
 
 
 def check_threads(threads: int | None, *, flag: str = "--threads") -> int:
-    """threads None or 0 = settings.default_threads() (physical cores)."""
-    if threads is None or threads == 0:
+    """threads None or 0 = settings.default_threads() (physical cores); the bound is settings.check_threads'."""
+    if threads is None:
         return settings.default_threads()
-    if threads < 0:
-        raise UsageError(f"{flag} must be at least 1 (0 = physical cores), got {threads}")
-    return threads
+    return settings.check_threads(threads, flag=flag) or settings.default_threads()
 
 
 def check_ctx(ctx: int | None) -> None:
