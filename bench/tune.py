@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from qrun import registry, settings
+from qrun import lifeline, registry, settings
 from qrun.bench import profile as profile_mod
 from qrun.errors import BenchError, UsageError
 
@@ -179,7 +179,7 @@ def run_point(gguf: Path, point: dict, *, n_ctx: int | None = None) -> tuple[dic
     """Measure one point in a fresh process -> (flat result, None) or (None, failure reason)."""
     job = {"gguf": str(gguf), "settings": {k: point[k] for k in ("repack", "use_mmap", "n_threads", "n_threads_batch")},
            "n_ctx": n_ctx, "workloads": WORKLOADS, "seed": settings.DEFAULT_SEED}
-    env = dict(os.environ, GGML_NO_BACKTRACE="1")
+    env = lifeline.child_env(dict(os.environ, GGML_NO_BACKTRACE="1"))
     try:
         proc = subprocess.run([sys.executable, "-m", "qrun.bench.tune_worker", json.dumps(job)], capture_output=True,
                               text=True, env=env, timeout=_WORKER_TIMEOUT_S, stdin=subprocess.DEVNULL)

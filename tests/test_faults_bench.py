@@ -86,3 +86,148 @@ def test_measurement_tools_share_the_thread_bound(tool):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr  # argparse's usage error
     assert f"is more threads than qrun allows on this machine ({settings.max_threads()}" in proc.stderr
+
+
+# -- bench: a killed parent, a folder in use, earlier measurements -------------------------------------------------
+
+import json  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+import psutil  # noqa: E402
+
+
+@pytest.fixture()
+def deepseek_ggufs(tiny_gguf, tmp_path) -> Path:
+    folder = tmp_path / "ggufs"
+    folder.mkdir()
+    (folder / f"{DEEPSEEK}-Q4_K_M.gguf").symlink_to(tiny_gguf(DEEPSEEK))
+    return folder
+
+
+@pytest.fixture()
+def one_question_suite(tmp_path) -> Path:
+    seed = json.loads((Path(__file__).parents[1] / "bench" / "suites" / "seed.json").read_text(encoding="utf-8"))
+    seed["name"], seed["questions"] = "one", seed["questions"][:1]
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(seed, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _events(out: Path, event: str) -> int:
+    path = out / "measurements.jsonl"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    return sum(1 for line in text.splitlines() if line.endswith("}") and json.loads(line)["event"] == event)
+
+
+def _reps(out: Path) -> int:
+    return _events(out, "rep")
+
+
+def _start_long_bench(ggufs: Path, out: Path, suite: Path, *, max_tokens: int = 32,
+                      wait_for: str = "rep") -> tuple[subprocess.Popen, int]:
+    """A `qrun bench` that measures for minutes; returns it and its worker's pid once `wait_for` is on disk."""
+    proc = subprocess.Popen(QRUN + ["bench", "deepseek", "--ggufs", str(ggufs), "--out", str(out), "--suite",
+                                    str(suite), "--threads", "1", "--repeat", "1000", "--max-tokens",
+                                    str(max_tokens)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    for line in proc.stderr:
+        if "worker pid" in line:
+            worker = int(line.rsplit("pid", 1)[1])
+            break
+    else:
+        raise AssertionError(f"no worker started (exit {proc.wait()})")
+    deadline = time.time() + 60
+    while _events(out, wait_for) < 1:
+        assert proc.poll() is None and time.time() < deadline, f"the worker never got to {wait_for!r}"
+        time.sleep(0.05)
+    return proc, worker
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:  # dead, waiting for init to reap it
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _kill_if_alive(pid: int) -> None:
+    try:
+        process = psutil.Process(pid)
+        if process.status() != psutil.STATUS_ZOMBIE:
+            process.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
+def test_sigkill_of_bench_ends_its_worker_and_the_next_run_cleans_up(deepseek_ggufs, tmp_path, one_question_suite):
+    out = tmp_path / "out"
+    # killed during a 3000-token answer (about 25 s for the tiny model on one thread): the worker writes nothing
+    # until it ends, so only being tied to its parent (not a broken stderr pipe) stops it within seconds
+    proc, worker = _start_long_bench(deepseek_ggufs, out, one_question_suite, max_tokens=3000, wait_for="warmup")
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    try:
+        assert _gone_within(worker, 5), "the worker outlived its killed `qrun bench` by 5 s"
+    finally:
+        _kill_if_alive(worker)  # never leave it measuring if the assertion failed
+    assert (out / ".jobs").is_dir() and _events(out, "warmup") == 1  # what the dead run left
+    before = snapshot(out)
+
+    again = qrun("bench", "deepseek", "--ggufs", str(deepseek_ggufs), "--out", str(out), "--suite",
+                 str(one_question_suite), "--threads", "1", "--max-tokens", "2")
+    assert_one_error_line(again, "measurements.jsonl holds the measurements of an earlier run", "--force")
+    assert snapshot(out) == before  # the earlier measurements survive, byte for byte
+
+    forced = qrun("bench", "deepseek", "--ggufs", str(deepseek_ggufs), "--out", str(out), "--suite",
+                  str(one_question_suite), "--threads", "1", "--max-tokens", "2", "--force")
+    assert forced.returncode == 0, forced.stderr.decode()
+    assert b"note: removing" in forced.stderr and not (out / ".jobs").exists()
+    assert not list(out.glob(".*.tmp")) and _reps(out) == 1
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"][0]["status"] == "ok"
+
+
+def test_a_second_bench_into_a_folder_in_use_is_refused(deepseek_ggufs, tmp_path, one_question_suite):
+    out = tmp_path / "out"
+    proc, worker = _start_long_bench(deepseek_ggufs, out, one_question_suite)
+    try:
+        second = qrun("bench", "deepseek", "--ggufs", str(deepseek_ggufs), "--out", str(out), "--suite",
+                      str(one_question_suite), "--threads", "1", "--max-tokens", "2", "--force")
+        assert_one_error_line(second, f"is in use by another `qrun bench` (pid {proc.pid})")
+        assert (out / ".jobs").is_dir() and psutil.pid_exists(worker)  # the live run's files were not touched
+        reps = _reps(out)
+        deadline = time.time() + 30
+        while _reps(out) <= reps:  # and it goes on measuring into the same file
+            assert time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 130 and _reps(out) > reps
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["partial"] is True
+
+
+def test_the_parent_watch_works_without_prctl(tmp_path):
+    # the fallback for kernels without PR_SET_PDEATHSIG: a thread that polls os.getppid()
+    grandchild = ("import time; from qrun.lifeline import tie_to_parent; tie_to_parent(use_prctl=False); "
+                  "time.sleep(120)")
+    middle = ("import subprocess, sys, time; from qrun.lifeline import child_env; "
+              f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}], env=child_env()); "
+              "print(p.pid, flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", middle], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    time.sleep(1.0)  # let the grandchild start its watch
+    assert psutil.pid_exists(pid)
+    proc.kill()
+    proc.wait(timeout=10)
+    try:
+        assert _gone_within(pid, 5)
+    finally:
+        _kill_if_alive(pid)
