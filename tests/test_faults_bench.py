@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from qrun import settings
+from qrun.bench import tune, tune_log
 
 QRUN = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0] = 'qrun'; main()"]
 DEEPSEEK = "deepseek-llm-7b-chat"
@@ -231,3 +232,69 @@ def test_the_parent_watch_works_without_prctl(tmp_path):
         assert _gone_within(pid, 5)
     finally:
         _kill_if_alive(pid)
+
+
+# -- tune: an unwritable qrun home, an interrupted tune ----------------------------------------------------------
+
+TUNE = ["tune", "deepseek", "--threads", "1", "--no-repack", "--no-mmap", "--repeat", "2", "--force"]
+
+
+@pytest.fixture()
+def converted_deepseek(tiny_gguf, tmp_path) -> dict:
+    folder = tmp_path / "ggufs"
+    folder.mkdir()
+    (folder / f"{DEEPSEEK}-Q4_K_M.gguf").symlink_to(tiny_gguf(DEEPSEEK))
+    return {"QRUN_GGUF_DIR": str(folder), "QRUN_HOME": str(tmp_path / "home")}
+
+
+@pytest.mark.parametrize("home", ["a-file", "a-file/qrun"])
+def test_tune_with_an_unwritable_home_is_refused_before_measuring(converted_deepseek, tmp_path, home):
+    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
+    env = {**converted_deepseek, "QRUN_HOME": str(tmp_path / home)}
+    started = time.monotonic()
+    proc = qrun(*TUNE, env=env)
+    assert_one_error_line(proc, "cannot write to the qrun home", "QRUN_HOME")
+    assert time.monotonic() - started < 20  # nothing was measured (one grid point alone loads a model)
+    assert (tmp_path / "a-file").read_text(encoding="utf-8") == "not a folder"
+
+
+def _point_lines(home: Path) -> list[dict]:
+    path = home / "tune-points.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.endswith("}") and json.loads(line)["event"] == "point"]
+
+
+def test_a_killed_tune_loses_no_measurement_and_the_rerun_reuses_them(converted_deepseek):
+    home = Path(converted_deepseek["QRUN_HOME"])
+    home.mkdir()
+    earlier_profile = home / "tune-profile.json"
+    earlier_profile.write_text('{"schema": 1, "note": "an earlier profile"}\n', encoding="utf-8")
+    proc = subprocess.Popen(QRUN + TUNE, env={**os.environ, **converted_deepseek}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(_point_lines(home)) < 2:
+        assert proc.poll() is None and time.time() < deadline, "the tune measured nothing"
+        time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert all(_gone_within(w.pid, 5) for w in workers)  # its grid point's process died with it
+    measured = _point_lines(home)
+    assert len(measured) >= 2 and all(p["result"]["load_s"] > 0 for p in measured)
+    assert earlier_profile.read_text(encoding="utf-8") == '{"schema": 1, "note": "an earlier profile"}\n'
+    log_before = (home / "tune-points.jsonl").read_bytes()
+
+    rerun = qrun(*TUNE, env=converted_deepseek, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    stderr = rerun.stderr.decode()
+    assert f"{len(measured)} measurement(s) of an interrupted tune" in stderr
+    assert stderr.count("(measured by the interrupted tune)") == len(measured)
+    assert (home / "tune-points.jsonl").read_bytes().startswith(log_before)  # the record is only appended to
+    doc = json.loads(earlier_profile.read_text(encoding="utf-8"))
+    grid = doc["models"][DEEPSEEK]["grid"]
+    assert sum(s["n"] for s in grid) == 2 * 2  # the mmap-off point and llama.cpp's defaults, 2 repetitions each
+    # a finished tune is not reused: the next one measures afresh
+    os.environ["QRUN_HOME"] = str(home)  # (the autouse fixture restores it)
+    assert tune_log.PointLog(workloads=tune.WORKLOADS, n_ctx=None).reusable == 0
