@@ -298,3 +298,107 @@ def test_a_killed_tune_loses_no_measurement_and_the_rerun_reuses_them(converted_
     # a finished tune is not reused: the next one measures afresh
     os.environ["QRUN_HOME"] = str(home)  # (the autouse fixture restores it)
     assert tune_log.PointLog(workloads=tune.WORKLOADS, n_ctx=None).reusable == 0
+
+
+# -- report: a bench folder is never rewritten; wrong types are one line -----------------------------------------
+
+import copy  # noqa: E402
+
+from qrun.bench import report, results  # noqa: E402
+from qrun.bench import suite as suites  # noqa: E402
+from qrun.errors import QrunError  # noqa: E402
+from test_report import _doc  # noqa: E402
+
+
+@pytest.fixture()
+def bench_folder(tmp_path) -> Path:
+    folder = tmp_path / "bench-results"
+    report.write_outputs([_doc()], folder, results_json=True)
+    return folder
+
+
+def test_report_never_rewrites_a_bench_folder(bench_folder, tmp_path):
+    verdicts = tmp_path / "v.csv"
+    verdicts.write_text("model,question_id,score\nqwen,seed-4,1\n", encoding="utf-8")
+    before = snapshot(bench_folder)
+    results_json = str(bench_folder / "results.json")
+    for args in (["--verdicts", str(verdicts)], ["--suite", "seed"], [], ["--out", str(bench_folder)],
+                 ["--verdicts", str(verdicts), "--out", str(bench_folder)]):
+        proc = qrun("report", results_json, *args, cwd=tmp_path)
+        assert_one_error_line(proc, "give --out")
+        assert snapshot(bench_folder) == before
+    out = tmp_path / "rescored"
+    proc = qrun("report", results_json, "--verdicts", str(verdicts), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.csv"]
+    assert "1.00 (verdict)" in (out / "report.md").read_text(encoding="utf-8")
+    assert snapshot(bench_folder) == before  # written only under --out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-results", "rescored", "v.csv"]
+
+
+@pytest.mark.parametrize(("damage", "needle"), [
+    (lambda d: d.update(schema_version="1"), "schema_version is '1', not a whole number"),
+    (lambda d: d.update(machine=None), "field machine is not an object"),
+    (lambda d: d.update(config=None), "field config is not an object"),
+    (lambda d: d["machine"].update(ram_bytes="8 GB"), "machine.ram_bytes"),
+    (lambda d: d["runs"][0]["summary"].update(accuracy="high"), "runs[0].summary.accuracy"),
+])
+def test_results_json_with_wrong_types_is_one_line(tmp_path, damage, needle):
+    doc = json.loads(json.dumps(_doc(), ensure_ascii=False))
+    damage(doc)
+    damaged = tmp_path / "results.json"
+    damaged.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    before = damaged.read_bytes()
+    proc = qrun("report", str(damaged), "--out", str(tmp_path / "out"))
+    assert_one_error_line(proc, f"{damaged} is damaged", needle)
+    assert not (tmp_path / "out").exists() and damaged.read_bytes() == before
+
+
+def _field_paths(doc: dict) -> list[tuple[tuple, str]]:
+    """(parent path, key) of every field the report reads, down to a question's repetitions and criteria."""
+    q = doc["runs"][0]["questions"][0]
+    nested = [(), ("machine",), ("config",), ("suite",), ("suite", "definition"), ("runs", 0, "questions", 0),
+              ("runs", 0, "questions", 0, "score"), ("runs", 0, "questions", 0, "median"),
+              ("runs", 0, "questions", 0, "spread"), ("runs", 0, "questions", 0, "spread", "gen_tokens_per_s"),
+              ("runs", 0, "questions", 0, "repetitions", 0), ("runs", 0, "questions", 0, "score", "criteria", 0)]
+    for r in (0, 1):
+        nested += [("runs", r), ("runs", r, "summary"), ("runs", r, "summary", "range"), ("runs", r, "settings")]
+        nested += [("runs", r, "failure")] if doc["runs"][r].get("failure") else []
+    assert q["score"]["criteria"]
+    out = []
+    for parent in nested:
+        obj = doc
+        for step in parent:
+            obj = obj[step]
+        out += [(parent, key) for key in obj]
+    return out
+
+
+def test_no_wrong_type_anywhere_in_results_json_crashes_the_report(tmp_path):
+    # every field the report reads, set to every JSON type (and removed): a BenchError naming it, or a report
+    base = json.loads(json.dumps(_doc(), ensure_ascii=False))
+    seed = suites.load("seed")
+    path = tmp_path / "results.json"
+    crashes = []
+    for parent, key in _field_paths(base):
+        for value in ("x", None, ["a"], 1.5, {"a": 1}, True, KeyError):
+            doc = copy.deepcopy(base)
+            obj = doc
+            for step in parent:
+                obj = obj[step]
+            if value is KeyError:
+                del obj[key]
+            else:
+                obj[key] = value
+            path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+            try:
+                loaded = [results.load(path)]
+                loaded += [copy.deepcopy(loaded[0]), copy.deepcopy(loaded[0])]
+                results.rescore(loaded[1], seed, {})
+                results.rescore(loaded[2], None, {})
+                report.render_markdown(loaded), report.render_csv(loaded), report.render_table(loaded)
+            except QrunError:
+                pass
+            except Exception as err:  # noqa: BLE001 - the point of the test
+                crashes.append(f"{'.'.join(map(str, parent))}.{key} = {value!r}: {type(err).__name__}: {err}")
+    assert not crashes, "\n".join(crashes[:20])
