@@ -402,3 +402,65 @@ def test_no_wrong_type_anywhere_in_results_json_crashes_the_report(tmp_path):
             except Exception as err:  # noqa: BLE001 - the point of the test
                 crashes.append(f"{'.'.join(map(str, parent))}.{key} = {value!r}: {type(err).__name__}: {err}")
     assert not crashes, "\n".join(crashes[:20])
+
+
+# -- text that is not UTF-8 ------------------------------------------------------------------------------------------
+
+def test_a_prompt_argument_that_is_not_utf8_is_one_line(tiny_gguf):
+    gguf = str(tiny_gguf(DEEPSEEK))
+    for prompt in (b"\xff\xfe", "你好".encode() + b"\xc3"):  # a stray byte, a truncated sequence
+        proc = qrun("ask", gguf, prompt, "--max-tokens", "2")
+        assert_one_error_line(proc, "the prompt is not valid UTF-8 text: byte 0x")
+        assert proc.stdout == b""
+    proc = qrun("ask", gguf, "你好", "--system", b"\xed\xa0\x80", "--max-tokens", "2")  # an encoded surrogate
+    assert_one_error_line(proc, "--system is not valid UTF-8 text")
+    proc = qrun("ask", gguf, b"\xff", "--show-prompt")
+    assert_one_error_line(proc, "the prompt is not valid UTF-8 text")
+
+
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])  # the C locale hides bad bytes as surrogates; UTF-8 raises
+def test_stdin_that_is_not_utf8_is_one_line(tiny_gguf, locale):
+    proc = qrun("ask", str(tiny_gguf(DEEPSEEK)), "-", "--max-tokens", "2", input="你好".encode() + b"\xff\n",
+                env={"LC_ALL": locale, "LANG": locale, "PYTHONUTF8": "0"})
+    assert_one_error_line(proc, "the prompt on stdin is not valid UTF-8 text: byte 0xff at byte 7")
+
+
+def _chat(gguf: Path, *lines: bytes) -> subprocess.CompletedProcess:
+    return qrun("chat", str(gguf), "--ctx", "256", "--max-tokens", "8", "--temperature", "0",
+                input=b"".join(line + b"\n" for line in lines))
+
+
+def test_chat_survives_bad_lines_and_keeps_its_history(tiny_gguf):
+    gguf = tiny_gguf(DEEPSEEK)
+    overlong = "长" * 600  # more tokens than the 256-token context holds on its own
+    hostile = _chat(gguf, "你好".encode(), b"\xff\xfe", b"\xed\xa0\x80", overlong.encode(), "再见".encode())
+    clean = _chat(gguf, "你好".encode(), "再见".encode())
+    fresh = _chat(gguf, "再见".encode())
+    assert hostile.returncode == 0 and clean.returncode == 0, hostile.stderr.decode()
+    errors = [line for line in hostile.stderr.decode().split(">>> ") if line.startswith("Error:")]
+    assert len(errors) == 3 and all(e.count("\n") == 1 for e in errors), errors
+    assert "this message is not valid UTF-8 text: byte 0xff" in errors[0]
+    assert "this message is not valid UTF-8 text" in errors[1]
+    assert "the context holds 256" in errors[2] and "the history is kept" in errors[2]
+    assert "dropped the oldest" not in hostile.stderr.decode()
+    # both turns answered, the second with the first still in its prompt: the same answers as without the bad lines
+    assert hostile.stdout == clean.stdout and hostile.stdout.count(b"\n") == 2
+    assert clean.stdout.split(b"\n")[1] != fresh.stdout.split(b"\n")[0]  # (the history does change the answer)
+
+
+def test_a_suite_or_answers_file_that_is_not_text_is_one_line(tmp_path):
+    seed = json.loads((Path(__file__).parents[1] / "bench" / "suites" / "seed.json").read_text(encoding="utf-8"))
+    raw = json.dumps(seed, ensure_ascii=False).encode()
+    cases = {"bad-byte.json": raw.replace("冬天".encode(), b"\xff", 1),
+             "surrogate.json": raw.replace("冬天".encode(), b"\\ud800", 1)}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        proc = qrun("bench", "--suite", str(tmp_path / name), "--ggufs", str(tmp_path), cwd=tmp_path)
+        assert_one_error_line(proc, str(tmp_path / name))
+    answers = tmp_path / "answers.jsonl"
+    answers.write_bytes(b'{"question_id": "seed-1", "answer": "\xff"}\n')
+    assert_one_error_line(qrun("score", str(answers)), "cannot read answers file", "UTF-8")
+    answers.write_bytes(b'{"question_id": "seed-1", "answer": "\\ud800 \\udcff"}\n')  # scored as the text it is
+    proc = qrun("score", str(answers), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)[0]["score"] == 0.0
+    assert not (tmp_path / "bench-results").exists()
