@@ -464,3 +464,29 @@ def test_a_suite_or_answers_file_that_is_not_text_is_one_line(tmp_path):
     proc = qrun("score", str(answers), "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["score"] == 0.0
     assert not (tmp_path / "bench-results").exists()
+
+
+# -- a tuning profile with wrong types ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spoil", [
+    {"n_threads": "two"}, {"n_threads_batch": 10**9}, {"repack": "yes"},
+])
+def test_a_profile_with_wrong_types_is_ignored_with_a_notice(converted_deepseek, spoil):
+    from qrun.bench import profile
+
+    home = Path(converted_deepseek["QRUN_HOME"])
+    os.environ.update(converted_deepseek)  # (the autouse fixture restores both)
+    gguf = Path(converted_deepseek["QRUN_GGUF_DIR"]) / f"{DEEPSEEK}-Q4_K_M.gguf"
+    doc = profile.new_document(command="test")
+    settings_ = {"quant": "Q4_K_M", "repack": False, "use_mmap": True, "n_threads": 1, "n_threads_batch": 1, **spoil}
+    doc["models"][DEEPSEEK] = {"chat": {"settings": settings_, "evidence": {},
+                                        "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size}}}
+    profile.write(doc)
+    before = (home / "tune-profile.json").read_bytes()
+    proc = qrun("ask", "deepseek", "你好", "--max-tokens", "2", "--json", env=converted_deepseek)
+    assert proc.returncode == 0, proc.stderr.decode()
+    notices = proc.stderr.decode().splitlines()
+    assert len(notices) == 1 and notices[0].startswith(f"note: ignoring the tuning profile's {DEEPSEEK} entry: "
+                                                       "malformed"), notices
+    assert set(json.loads(proc.stdout)["settings"]["source"].values()) == {"default"}
+    assert (home / "tune-profile.json").read_bytes() == before
