@@ -11,6 +11,7 @@ import click
 from tabulate import tabulate
 
 from qrun import settings
+from qrun.errors import UsageError
 
 
 class _RecordsArgs(click.Command):
@@ -89,8 +90,9 @@ def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_
 @click.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", default=None, metavar="DIR", type=click.Path(file_okay=False),
-              help="Where report.md and results.csv go (default: next to a single RESULTS file; "
-                   "./bench-report when merging several).")
+              help="Where report.md and results.csv go (default: next to a single RESULTS file if `qrun bench`'s "
+                   "own are gone, ./bench-report when merging several; required with --verdicts or --suite). "
+                   "A bench folder's report.md and results.csv are never replaced.")
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts that override the rubric.")
 @click.option("--suite", default=None, metavar="NAME|FILE", help="Re-score the saved answers with this suite.")
 def report_cmd(results, out_dir, verdicts, suite):
@@ -111,9 +113,13 @@ def report_cmd(results, out_dir, verdicts, suite):
         for doc in docs:
             results_mod.rescore(doc, loaded_suite, table)
     if out_dir is None:
+        if verdicts or suite:  # a re-scored report is a new result: it never lands among the bench's own files
+            raise UsageError("--verdicts and --suite re-score the saved answers into a new report",
+                             "give --out DIR for it (the bench folder's report.md and results.csv are kept)")
         out_dir = Path(results[0]).parent if len(results) == 1 else Path("bench-report")
         if out_dir.exists() and not out_dir.is_dir():  # the default name, taken by a file
             raise click.UsageError(f"{out_dir} is a file, not a folder; give --out DIR")
+    report.check_report_folder(out_dir)
     paths = report.write_outputs(docs, out_dir, results_json=False)
     click.echo(report.render_table(docs))
     click.echo(f"report: {paths['report']}, {paths['csv']}", err=True)

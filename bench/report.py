@@ -16,6 +16,7 @@ from tabulate import tabulate
 
 from qrun.runner import machine as machine_mod
 from qrun.bench.results import METRICS, SUMMARY_METRICS
+from qrun.errors import UsageError
 from qrun.fsutil import write_json_atomic, write_text_atomic
 
 _MIB = 1024 * 1024
@@ -135,10 +136,10 @@ def _machine_section(label: str, doc: dict) -> list[str]:
     m, c = doc.get("machine", {}), doc.get("config", {})
     cores = f"{m.get('physical_cores')} physical / {m.get('logical_cores')} logical"
     rows = [["CPU", m.get("cpu_model")], ["cores", cores],
-            ["CPU flags", " ".join(m.get("cpu_flags", []))], ["RAM", f"{(m.get('ram_bytes') or 0) / 2**30:.1f} GiB"],
+            ["CPU flags", " ".join(map(str, m.get("cpu_flags") or []))], ["RAM", f"{(m.get('ram_bytes') or 0) / 2**30:.1f} GiB"],
             ["OS", m.get("os")], ["Python", m.get("python")], ["llama-cpp-python", m.get("llama_cpp_python")],
             ["llama.cpp system info", m.get("llama_cpp_system_info")], ["qrun", doc.get("qrun_version")],
-            ["load average at start", " ".join(map(str, m.get("loadavg_at_start", [])))],
+            ["load average at start", " ".join(map(str, m.get("loadavg_at_start") or []))],
             ["started / finished (UTC)", f"{doc.get('created_utc')} / {doc.get('finished_utc') or 'not finished'}"],
             ["decoding", f"greedy (temperature {c.get('temperature')}), seed {c.get('seed')}, "
                          f"max {c.get('max_tokens')} tokens, {c.get('warmup_tokens')}-token warm-up, "
@@ -217,6 +218,21 @@ def render_csv(docs: list[dict]) -> str:
                             row[f"{m}_min"], row[f"{m}_max"] = q["spread"][m]["min"], q["spread"][m]["max"]
                 writer.writerow(row)
     return buf.getvalue()
+
+
+def check_report_folder(out_dir: str | Path) -> None:
+    """`qrun report` never rewrites what `qrun bench` wrote: a folder holding results.json and its report.md or
+    results.csv is refused (a bench folder whose two files are gone may get them back).
+
+    Raises:
+        UsageError: out_dir is such a folder.
+    """
+    out_dir = Path(out_dir)
+    taken = [name for name in ("report.md", "results.csv") if (out_dir / name).exists()]
+    if (out_dir / "results.json").exists() and taken:
+        raise UsageError(f"{out_dir} holds the results of a `qrun bench` run; its {' and '.join(taken)} "
+                         f"{'are' if len(taken) > 1 else 'is'} kept as written",
+                         "give --out NEW_DIR for the new report")
 
 
 def write_outputs(docs: list[dict], out_dir: str | Path, *, results_json: bool) -> dict[str, Path]:

@@ -168,7 +168,11 @@ def load(path: str | Path) -> dict:
         raise BenchError(f"cannot read results file {path}: {err}", "give a results.json written by `qrun bench`")
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise BenchError(f"{path} is not a qrun bench results file", "give a results.json written by `qrun bench`")
-    if doc.get("schema_version", 0) > SCHEMA_VERSION:
+    version = doc.get("schema_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise BenchError(f"{path} is damaged: field schema_version is {version!r}, not a whole number",
+                         "re-run `qrun bench` to write it again, or restore the file from a copy")
+    if version > SCHEMA_VERSION:
         raise BenchError(f"{path} has results schema {doc['schema_version']}; this qrun reads up to {SCHEMA_VERSION}",
                          "upgrade qrun")
     _check(doc, path)
@@ -180,8 +184,11 @@ def load(path: str | Path) -> dict:
 # instead of with a KeyError deep in qrun.bench.report. Types: a tuple allows each; None in it allows null/absent.
 _NUM = (int, float)
 _TYPE_NAMES = {list: "a list", dict: "an object", str: "a string", int: "a number", float: "a number"}
-_DOC_FIELDS = {"runs": (list,), "machine": (dict, None), "config": (dict, None), "suite": (dict, None),
+_DOC_FIELDS = {"runs": (list,), "machine": (dict,), "config": (dict,), "suite": (dict, None),
                "command": (str, None), "created_utc": (str, None), "finished_utc": (str, None)}
+_MACHINE_FIELDS = {"ram_bytes": (int, None), "cpu_flags": (list, None), "loadavg_at_start": (list, None)}
+_SUMMARY_FIELDS = {**{m: (*_NUM, None) for m in SUMMARY_METRICS}, "accuracy": (*_NUM, None),
+                   "range": (dict, None)}
 _RUN_FIELDS = {"run_id": (str,), "model": (str,), "quant": (str,), "status": (str,), "summary": (dict,),
                "questions": (list,), "settings": (dict, None), "effective_settings": (dict, None),
                "failure": (dict, None), "gguf": (str, None), "gguf_size_bytes": (int, None), "load_s": (*_NUM, None),
@@ -211,6 +218,7 @@ def _check(doc: dict, path: Path) -> None:
                 fail(f"{where}{key}", "is not " + " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in allowed)))
 
     fields(doc, _DOC_FIELDS, "")
+    fields(doc["machine"], _MACHINE_FIELDS, "machine.")
     definition = (doc.get("suite") or {}).get("definition")
     if definition is not None and (not isinstance(definition, dict) or not isinstance(
             definition.get("questions", []), list) or not all(isinstance(q, dict) and isinstance(q.get("id"), str)
@@ -221,6 +229,7 @@ def _check(doc: dict, path: Path) -> None:
         if not isinstance(run, dict):
             fail(f"runs[{r}]", "is not an object")
         fields(run, _RUN_FIELDS, where)
+        fields(run["summary"], _SUMMARY_FIELDS, f"{where}summary.")
         for metric, bounds in (run["summary"].get("range") or {}).items():
             if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(v, _NUM) for v in bounds)):
                 fail(f"{where}summary.range.{metric}", "is not [min, max]")
@@ -232,11 +241,22 @@ def _check(doc: dict, path: Path) -> None:
             for metric, value in q["median"].items():
                 if isinstance(value, bool) or not isinstance(value, _NUM):
                     fail(f"{qwhere}.median.{metric}", "is not a number")
+            for metric in q["median"]:
+                if metric not in q["spread"]:
+                    fail(f"{qwhere}.spread.{metric}", "is missing (the median has it)")
             for metric, s in q["spread"].items():
-                if not (isinstance(s, dict) and all(isinstance(s.get(k), _NUM) for k in ("min", "max"))):
-                    fail(f"{qwhere}.spread.{metric}", "is not an object with numbers \"min\" and \"max\"")
+                if not (isinstance(s, dict) and all(isinstance(s.get(k), _NUM) for k in ("min", "max"))
+                        and isinstance(s.get("n", 1), int)):
+                    fail(f"{qwhere}.spread.{metric}", "is not an object with numbers \"min\", \"max\" and \"n\"")
+            if not all(isinstance(r, dict) for r in q["repetitions"]):
+                fail(f"{qwhere}.repetitions", "is not a list of objects")
+            if "score" not in q:
+                fail(f"{qwhere}.score", "is missing")
             if q["score"] is not None:
                 fields(q["score"], _SCORE_FIELDS, f"{qwhere}.score.")
+                for c, criterion in enumerate(q["score"]["criteria"]):
+                    if not (isinstance(criterion, dict) and isinstance(criterion.get("id"), str)):
+                        fail(f"{qwhere}.score.criteria[{c}]", "is not a criterion result with an \"id\"")
                 try:
                     ScoreResult.from_dict(q["score"])
                 except (TypeError, KeyError, ValueError) as err:

@@ -6,7 +6,11 @@ everything measured so far (the report says PARTIAL) and re-raises. The three ou
 atomically after every worker, so even a killed `qrun bench` leaves the results of the workers that finished;
 the raw measurements stream to <out>/measurements.jsonl as they are taken (kept; the job files in <out>/.jobs
 are removed at the end). `qrun bench` exits 1 when any run failed, after writing everything, and refuses to
-replace an earlier <out>/results.json without --force.
+replace an earlier <out>/results.json or a non-empty measurements.jsonl without --force.
+
+A run owns its --out folder (a lock held by the process, qrun.lifeline.owned_folder): a second `qrun bench` into
+it is refused while the first lives. Workers die with the `qrun bench` that started them (qrun.lifeline), so a
+SIGKILL of it leaves no process measuring; the next run into that folder removes the .jobs it left.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qrun import registry, settings
+from qrun import lifeline, registry, settings
 from qrun.bench import report, results as results_mod
 from qrun.runner import machine, resolve
 from qrun.bench import suite as suites
@@ -38,6 +42,8 @@ DEFAULT_OUT_DIR = Path("bench-results")  # under the current directory
 DEFAULT_MAX_TOKENS = 512
 WARMUP_TOKENS = 16
 STREAM_NAME = "measurements.jsonl"
+JOBS_NAME = ".jobs"  # the workers' job files, removed when the run ends (or by the next run, if it was killed)
+LOCK_NAME = ".bench.lock"  # held while a run writes into the folder (qrun.lifeline.owned_folder)
 _STOP_GRACE_S = 10.0
 
 
@@ -68,10 +74,8 @@ class BenchConfig:
 def load_settings(*, threads_batch: int | None = None, repack: bool | None = None, flash_attn: bool | None = None,
                   kv_type: str | None = None) -> dict:
     """Load-setting flags beyond threads/ctx/mmap that a bench run resolves for every worker (only those given)."""
-    if threads_batch is not None and threads_batch < 0:  # 0 = same as --threads, as in `qrun ask`
-        raise UsageError(f"--threads-batch must be at least 1 (0 = same as --threads), got {threads_batch}")
-    given = {"n_threads_batch": threads_batch or None, "repack": repack, "flash_attn": flash_attn,
-             "kv_type": resolve.check_kv_type(kv_type)}
+    given = {"n_threads_batch": resolve.check_threads(threads_batch, flag="--threads-batch"), "repack": repack,
+             "flash_attn": flash_attn, "kv_type": resolve.check_kv_type(kv_type)}
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -79,18 +83,9 @@ def parse_threads(value: str | None) -> list[int]:
     """"1,2" -> [1, 2]; 0 = the physical core count (as in ask/chat/convert); None/"" -> [].
 
     Raises:
-        UsageError: anything but whole numbers >= 0.
+        UsageError: anything but whole numbers from 0 to settings.max_threads().
     """
-    if not value:
-        return []
-    try:
-        out = [int(part) for part in str(value).split(",") if part.strip()]
-    except ValueError:
-        out = []
-    if not out or any(n < 0 for n in out):
-        raise UsageError(f"--threads takes positive integers (0 = physical cores) separated by commas, got {value!r}",
-                         "e.g. --threads 1,2")
-    out = [n or settings.physical_cores() for n in out]
+    out = [n or settings.physical_cores() for n in settings.check_thread_list(value, flag="--threads")]
     return list(dict.fromkeys(out))  # "0,2" on a 2-core machine is one run, not the same run twice
 
 
@@ -147,7 +142,8 @@ class _Worker:
     """A running worker process; its stderr is echoed (progress) and the tail kept (failure reason)."""
 
     def __init__(self, job_path: Path, *, progress):
-        env = dict(os.environ, GGML_NO_BACKTRACE="1")  # an abort prints one line, not a gdb session
+        # GGML_NO_BACKTRACE: an abort prints one line, not a gdb session; child_env: the worker dies with this process
+        env = lifeline.child_env(dict(os.environ, GGML_NO_BACKTRACE="1"))
         self.proc = subprocess.Popen([sys.executable, "-m", "qrun.bench.worker", str(job_path)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env=env, text=True, encoding="utf-8", errors="replace")
@@ -203,14 +199,7 @@ def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dic
     out_dir = Path(config.out_dir) if config.out_dir else DEFAULT_OUT_DIR
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a folder", "give --out a folder (new or existing)")
-    if (out_dir / "results.json").exists() and not force:  # earlier results are worth more than a default path
-        raise UsageError(f"{out_dir / 'results.json'} already holds earlier results",
-                         "give --out NEW_DIR, or --force to replace them")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stream_path = out_dir / STREAM_NAME
-    stream_path.write_text("", encoding="utf-8")
-    jobs_dir = out_dir / ".jobs"
-    jobs_dir.mkdir(exist_ok=True)
+    _refuse_earlier_results(out_dir, force=force)  # before anything is created
 
     doc = results_mod.new_document(
         command=config.command, machine=machine.fingerprint(), suite=suite, verdicts_path=config.verdicts,
@@ -219,6 +208,47 @@ def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dic
                 "ggufs_dir": str(ggufs)})
     # per target: flags, then QRUN_*, then the tuning profile's "chat" settings (bench answers are chat-shaped)
     plan = [(t, _load_settings(config, t, n, progress)) for t in targets for n in threads]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create --out {out_dir}: {err.strerror or err}",
+                         "give --out a folder you can write to") from None
+    with lifeline.owned_folder(out_dir, what="`qrun bench`", lock_name=LOCK_NAME):
+        _refuse_earlier_results(out_dir, force=force)  # again, now that no other run can be writing there
+        _remove_leftovers(out_dir, progress)
+        return _run_plan(plan, doc, config, suite, verdicts, out_dir, progress)
+
+
+def _refuse_earlier_results(out_dir: Path, *, force: bool) -> None:
+    """UsageError when out_dir holds results (or raw measurements of a run that never finished) and not force."""
+    if force:
+        return
+    if (out_dir / "results.json").exists():  # earlier results are worth more than a default path
+        raise UsageError(f"{out_dir / 'results.json'} already holds earlier results",
+                         "give --out NEW_DIR, or --force to replace them")
+    stream = out_dir / STREAM_NAME
+    if stream.is_file() and stream.stat().st_size > 0:  # e.g. a `qrun bench` killed during its first worker
+        raise UsageError(f"{stream} holds the measurements of an earlier run",
+                         "give --out NEW_DIR, or --force to replace them")
+
+
+def _remove_leftovers(out_dir: Path, progress) -> None:
+    """What a killed run left and no live run owns (the caller holds the folder's lock): job files, temp files."""
+    jobs_dir = out_dir / JOBS_NAME
+    if jobs_dir.exists():
+        progress(f"note: removing {jobs_dir}, left by a `qrun bench` that did not finish")
+        shutil.rmtree(jobs_dir, ignore_errors=True)
+    for name in ("results.json", "results.csv", "report.md"):  # qrun.fsutil.atomic_open's temporary names
+        for tmp in out_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, progress) -> dict:
+    """Run every (target, settings) of plan in its own worker, writing results after each (see run_bench)."""
+    stream_path = out_dir / STREAM_NAME
+    stream_path.write_text("", encoding="utf-8")  # absent, empty, or replaced under --force (checked by the caller)
+    jobs_dir = out_dir / JOBS_NAME
+    jobs_dir.mkdir(exist_ok=True)
     failures: dict[str, dict] = {}
     run_ids: list[str] = []
     progress(f"qrun bench: {len(plan)} run(s) of suite {suite.name!r} ({len(suite.questions)} questions), "

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qrun.errors import SuiteError
+from qrun.text import utf8_problem
 
 SUITES_DIR = Path(__file__).parent / "suites"
 REGEX_PREFIX = "re:"
@@ -148,6 +149,10 @@ def parse(text: str, *, path: Path) -> Suite:
             "fix the JSON syntax (a validator such as `python -m json.tool FILE` shows the spot)",
         )
     where = _Where(path)
+    problem = utf8_problem(json.dumps(data, ensure_ascii=False))
+    if problem:  # a "\\ud800" escape decodes to a lone surrogate, which no tokenizer can encode
+        raise SuiteError(f"{path}: holds a string that is not text ({problem.split(' at character')[0]})",
+                         "remove the lone \\uD800-\\uDFFF escape (a pair of them is one character and fine)")
     if not isinstance(data, dict):
         raise where.error(data, "top level", "must be an object with \"name\" and \"questions\"")
     where.known_keys(data, SUITE_KEYS, "top level")

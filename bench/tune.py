@@ -29,7 +29,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from qrun import registry, settings
+from qrun import lifeline, registry, settings
+from qrun.bench import tune_log
 from qrun.runner import profile as profile_mod
 from qrun.errors import BenchError, UsageError
 
@@ -195,7 +196,7 @@ def run_point(gguf: Path, point: dict, *, n_ctx: int | None = None) -> tuple[dic
     keys = ("repack", "use_mmap", "n_threads", "n_threads_batch", "flash_attn", "kv_type")
     job = {"gguf": str(gguf), "settings": {k: point[k] for k in keys if k in point},
            "n_ctx": point.get("n_ctx") or n_ctx, "workloads": WORKLOADS, "seed": settings.DEFAULT_SEED}
-    env = dict(os.environ, GGML_NO_BACKTRACE="1")
+    env = lifeline.child_env(dict(os.environ, GGML_NO_BACKTRACE="1"))
     try:
         proc = subprocess.run([sys.executable, "-m", "qrun.bench.tune_worker", json.dumps(job)], capture_output=True,
                               text=True, env=env, timeout=_WORKER_TIMEOUT_S, stdin=subprocess.DEVNULL)
@@ -219,11 +220,13 @@ def _warm_page_cache(path: Path) -> None:
 
 
 def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat: int, n_ctx=None,
-               baseline: dict | None = None, progress: Progress = _stderr, measure=run_point) -> dict:
+               baseline: dict | None = None, progress: Progress = _stderr, measure=run_point,
+               log: tune_log.PointLog | None = None) -> dict:
     """Measure one model's grid -> its profile entry {workload: {settings, gguf, evidence}, "grid": summaries}.
 
     baseline: load settings (e.g. llama_cpp_defaults()) measured on every file along with the grid, never chosen
     unless they are also a grid point; each workload's evidence compares the choice with it (same file).
+    log: where each measurement goes as it is taken, and where an interrupted tune's measurements come from.
     """
     paths = dict(files)
     points = make_grid(quants=list(paths), **grid)
@@ -239,8 +242,16 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
         if i in failures:
             continue
         point = points[i]
-        result, failure = measure(paths[point["quant"]], point, n_ctx=n_ctx)
+        gguf = paths[point["quant"]]
         label = f"[{step}/{len(order)}] {model} {point_id(point)} rep {rep + 1}/{repeat}"
+        earlier = log.earlier(model, gguf, point, rep) if log else None
+        if earlier is not None:
+            result, failure = earlier
+            label += " (measured by the interrupted tune)"
+        else:
+            result, failure = measure(gguf, point, n_ctx=n_ctx)
+        if log:
+            log.point(model, gguf, point, rep, result, failure)
         if failure:
             failures[i] = failure
             progress(f"{label}: failed: {failure} (excluded)")
@@ -282,6 +293,17 @@ def run_tune(models=(), *, quants=None, threads=None, threads_batch=None, repack
     if repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
     targets = find_grid_targets(list(models), quants=quants, ggufs_dir=ggufs_dir)
+    log = tune_log.PointLog(workloads=WORKLOADS, n_ctx=n_ctx)  # refuses an unwritable qrun home before measuring
+    try:
+        return _tune_targets(targets, log, repack=repack, use_mmap=use_mmap, threads=threads,
+                             threads_batch=threads_batch, flash_attn=flash_attn, kv_types=kv_types, repeat=repeat,
+                             force=force, n_ctx=n_ctx, command=command, progress=progress)
+    finally:
+        log.close()
+
+
+def _tune_targets(targets, log: tune_log.PointLog, *, repack, use_mmap, threads, threads_batch, flash_attn, kv_types,
+                  repeat: int, force: bool, n_ctx, command: str, progress: Progress) -> tuple[dict, Path]:
     check_load(force=force, progress=progress)
     grid = {"repack": (False, True) if repack is None else (repack,),
             "use_mmap": (True, False) if use_mmap is None else (use_mmap,),
@@ -294,10 +316,24 @@ def run_tune(models=(), *, quants=None, threads=None, threads_batch=None, repack
                          "a q8_0 KV cache needs flash attention: add --flash-attn or --kv-type f16")
     doc = profile_mod.read(notice=progress) or profile_mod.new_document(command=command)
     doc.update(command=command, created_utc=profile_mod.new_document(command=command)["created_utc"])
+    if log.reusable:
+        progress(f"qrun tune: {log.reusable} measurement(s) of an interrupted tune in {log.path} are reused where "
+                 "they still apply")
     for model, files in targets.items():
         n_points = len(make_grid(quants=[q for q, _ in files], **grid))
         progress(f"qrun tune: {model}: {n_points} grid point(s) (+ llama.cpp's defaults where not among them) x "
-                 f"{repeat} repetition(s), one process each")
+                 f"{repeat} repetition(s), one process each; every measurement goes to {log.path}")
         doc["models"][model] = tune_model(model, files, grid=grid, repeat=repeat, n_ctx=n_ctx,
-                                          baseline=llama_cpp_defaults(), progress=progress)
-    return doc, profile_mod.write(doc)
+                                          baseline=llama_cpp_defaults(), progress=progress, log=log)
+    path = _write_profile(doc)
+    log.finished()
+    return doc, path
+
+
+def _write_profile(doc: dict) -> Path:
+    try:
+        return profile_mod.write(doc)
+    except OSError as err:  # every measurement is in the point log already
+        raise BenchError(f"cannot write the tuning profile {profile_mod.profile_path()}: {err.strerror or err}",
+                         f"make its folder writable and rerun `qrun tune`: it reuses the measurements in "
+                         f"{tune_log.log_path()}") from None

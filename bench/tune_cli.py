@@ -10,17 +10,9 @@ from tabulate import tabulate
 
 
 def _ints(value: str | None, option: str) -> list[int] | None:
-    from qrun.errors import UsageError
+    from qrun import settings
 
-    if not value:
-        return None
-    try:
-        out = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        out = []
-    if not out or any(n < 1 for n in out):
-        raise UsageError(f"{option} takes positive integers separated by commas, got {value!r}", f"e.g. {option} 1,2")
-    return out
+    return settings.check_thread_list(value, flag=option, zero_ok=False) or None
 
 
 def _kv_types(value: str | None) -> list[str] | None:

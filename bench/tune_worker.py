@@ -19,6 +19,7 @@ import os
 import sys
 
 from qrun import measure
+from qrun.lifeline import tie_to_parent
 
 # Mixed Chinese/English filler: the prompt only has to have a known token count; its content does not matter for
 # speed, only the count does (llama.cpp's cost is per token).
@@ -72,6 +73,7 @@ def run_job(job: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tie_to_parent()  # a grid point whose `qrun tune` was killed would measure for nobody
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m qrun.bench.tune_worker JOB_JSON", file=sys.stderr)

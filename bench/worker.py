@@ -28,6 +28,7 @@ from pathlib import Path
 from qrun import interrupts, measure, settings
 from qrun.bench.score import chinese_chars
 from qrun.errors import QrunError
+from qrun.lifeline import tie_to_parent
 
 MEMORY_NOTE = ("peak_rss_bytes: everything resident, including the mmap'd GGUF (file-backed page cache); "
                "peak_anon_bytes: anonymous memory only (repacked weights, KV cache, buffers)")
@@ -135,6 +136,7 @@ def run_job(job: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tie_to_parent()  # a worker whose `qrun bench` was killed would measure for nobody, holding memory and cores
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m qrun.bench.worker JOB.json|-", file=sys.stderr)

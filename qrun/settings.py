@@ -73,7 +73,8 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     value = os.environ.get(name, "").strip()
     if not value:
         return default
-    if not value.isdigit() or int(value) < minimum:
+    # isdecimal, not isdigit: "²" is a digit that int() refuses
+    if not (value.isascii() and value.isdecimal()) or int(value) < minimum:
         raise UsageError(f"{name}={value!r} is not a whole number >= {minimum}", f"fix or unset {name}")
     return int(value)
 
@@ -100,9 +101,72 @@ def physical_cores() -> int:
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
+# The most threads any option accepts: 4x the logical CPUs (room to measure oversubscription), never more than
+# THREADS_CAP. llama.cpp sizes per-thread state from the count before it checks anything (1,000,000 threads ends
+# the process in std::bad_alloc), and ggml's thread pool holds at most GGML_MAX_N_THREADS = 512 (ggml.h).
+THREADS_PER_CPU_LIMIT = 4
+THREADS_CAP = 512
+
+
+def max_threads() -> int:
+    """The largest thread count qrun passes on (see THREADS_PER_CPU_LIMIT, THREADS_CAP)."""
+    return min(THREADS_PER_CPU_LIMIT * (os.cpu_count() or 1), THREADS_CAP)
+
+
+def check_threads(value, *, flag: str = "--threads") -> int:
+    """A thread count as given (int or text): 0 = the physical core count, else 1..max_threads().
+
+    Every place that reads a thread count (ask, chat, bench, tune, QRUN_THREADS, the realscale tools) calls this,
+    so the bound is the same everywhere.
+
+    Raises:
+        UsageError: not a whole number, negative, or above max_threads().
+    """
+    from qrun.errors import UsageError
+
+    text = str(value).strip()
+    if isinstance(value, bool) or not (isinstance(value, int) or (text.isascii() and text.isdecimal())):
+        raise UsageError(f"{flag} must be a whole number of threads (0 = physical cores), got {value!r}",
+                         "e.g. 2")
+    n = int(text)
+    if n < 0:
+        raise UsageError(f"{flag} must be at least 1 (0 = physical cores), got {n}")
+    if n > max_threads():
+        shown = text if len(text) <= 24 else text[:12] + "..." + text[-6:]
+        setting = f"{flag}=" if flag.startswith("QRUN_") else f"{flag} "
+        raise UsageError(f"{setting}{shown} is more threads than qrun allows on this machine ({max_threads()}: "
+                         f"{THREADS_PER_CPU_LIMIT} x {os.cpu_count() or 1} logical CPUs, at most {THREADS_CAP})",
+                         f"use at most the {physical_cores()} physical cores, e.g. {setting}{physical_cores()}")
+    return n
+
+
+def check_thread_list(value: str | None, *, flag: str = "--threads", zero_ok: bool = True) -> list[int]:
+    """"1,2" -> [1, 2], each checked by check_threads; None/"" -> []. zero_ok=False: 0 is refused too.
+
+    Raises:
+        UsageError: an empty list, a part that is not a thread count, or 0 where it is not allowed.
+    """
+    from qrun.errors import UsageError
+
+    if value is None or not str(value).strip():
+        return []
+    parts = [part.strip() for part in str(value).split(",") if part.strip()]
+    if not parts:
+        raise UsageError(f"{flag} takes thread counts separated by commas, got {value!r}", f"e.g. {flag} 1,2")
+    out = [check_threads(part, flag=flag) for part in parts]
+    if not zero_ok and 0 in out:
+        raise UsageError(f"{flag} takes positive integers separated by commas, got {value!r}", f"e.g. {flag} 1,2")
+    return out
+
+
 def default_threads() -> int:
-    """--threads default: QRUN_THREADS, then the physical core count ("threads 0" also means that)."""
-    return env_int("QRUN_THREADS", 0) or physical_cores()
+    """--threads default: QRUN_THREADS, then the physical core count ("threads 0" also means that).
+
+    Raises:
+        UsageError: QRUN_THREADS is not a thread count (see check_threads).
+    """
+    value = os.environ.get("QRUN_THREADS", "").strip()
+    return (check_threads(value, flag="QRUN_THREADS") if value else 0) or physical_cores()
 
 
 def debug() -> bool:

@@ -10,6 +10,7 @@ from qrun.errors import PromptError
 from qrun.fsutil import sha256_file
 from qrun.measure import MemoryWatch
 from qrun.runner import resolve
+from qrun.text import check_text
 from qrun.runner.engine import Engine, check_sampling
 
 Notice = Callable[[str], None]
@@ -36,9 +37,13 @@ def gguf_sha256(path: Path) -> str:
     return sha256_file(path)
 
 
-def check_prompt(prompt: str) -> None:
+def check_prompt(prompt: str, *, system: str | None = None) -> None:
+    """Raises PromptError for an empty prompt, or a prompt or system prompt that is not UTF-8 text."""
     if not prompt or not prompt.strip():
         raise PromptError("the prompt is empty", "give a question, e.g. qrun ask qwen \"你好\"")
+    check_text(prompt, what="the prompt")
+    if system is not None:
+        check_text(system, what="--system")
 
 
 def check_options(*, max_tokens=None, temperature=None, top_p=None, top_k=None) -> None:
@@ -123,7 +128,7 @@ def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None,
 
 def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_dir=None) -> dict:
     """The exact prompt text and token ids `ask` would run (only the vocabulary is loaded)."""
-    check_prompt(prompt)
+    check_prompt(prompt, system=system)
     with load_engine(model_or_path, quant=quant, ggufs_dir=ggufs_dir, vocab_only=True) as engine:
         messages = [{"role": "user", "content": prompt}]
         return {"prompt_text": engine.prompt_text(messages, system=system),
@@ -157,7 +162,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
     Raises:
         QrunError subclasses for every bad input (see qrun.errors).
     """
-    check_prompt(prompt)
+    check_prompt(prompt, system=system)
     check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
 
     def work(vocab: Engine) -> int:  # the prompt as the model will see it, and room for the whole answer

@@ -11,6 +11,7 @@ import sys
 from typing import Callable, TextIO
 
 from qrun.errors import PromptError, QrunError
+from qrun.text import check_text
 from qrun.runner.ask import answer_reserve
 from qrun.runner.engine import Engine, Generation
 
@@ -30,22 +31,30 @@ class ChatSession:
         self.history.clear()
 
     def fit(self, user_text: str) -> list[int]:
-        """Prompt ids for history + user_text, dropping the oldest turns until they fit with room for an answer."""
+        """Prompt ids for history + user_text, dropping the oldest turns until they fit with room for an answer.
+
+        Raises:
+            PromptError: user_text is not UTF-8 text, or too long for the context on its own; the history is
+                left as it was (turns are dropped only for a message that then fits).
+        """
+        check_text(user_text, what="this message")
         budget = self.engine.n_ctx - answer_reserve(self.engine.n_ctx, self.sampling["max_tokens"])
-        dropped = 0
+        history = list(self.history)
         while True:
-            messages = self.history + [{"role": "user", "content": user_text}]
+            messages = history + [{"role": "user", "content": user_text}]
             ids = self.engine.prompt_ids(messages, system=self.system)
-            if len(ids) <= budget or not self.history:
+            if len(ids) <= budget or not history:
                 break
-            del self.history[:2]
-            dropped += 1
-        if dropped:
-            self.notice(f"note: dropped the oldest {dropped} turn(s) of the history to fit the "
-                        f"{self.engine.n_ctx}-token context")
+            del history[:2]
         if len(ids) >= self.engine.n_ctx:
             raise PromptError(f"this message is {len(ids)} tokens with the chat format; the context holds "
-                              f"{self.engine.n_ctx}", "send a shorter message or restart with a larger --ctx")
+                              f"{self.engine.n_ctx}", "send a shorter message or restart with a larger --ctx "
+                              "(the history is kept)")
+        dropped = (len(self.history) - len(history)) // 2
+        if dropped:
+            self.history[:] = history
+            self.notice(f"note: dropped the oldest {dropped} turn(s) of the history to fit the "
+                        f"{self.engine.n_ctx}-token context")
         return ids
 
     def turn(self, user_text: str, on_text: Callable[[str], None]) -> Generation:

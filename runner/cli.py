@@ -6,6 +6,7 @@ here into UsageErrors (not Click's exit-2 usage screens) so every bad input is o
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 
@@ -13,6 +14,7 @@ import click
 
 from qrun import settings
 from qrun.errors import UsageError
+from qrun.text import check_text, decode_utf8
 from qrun.runner import ask as ask_lib
 from qrun.runner import chat as chat_lib
 
@@ -103,8 +105,10 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
     qrun ask ggufs/qwen-7b-chat-Q4_K_M.gguf "hi" --show-prompt
     """
     if prompt == "-":
-        # `echo ... | qrun ask MODEL -` ends with the newline echo adds: the same prompt as an argument has none
-        prompt = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+        # `echo ... | qrun ask MODEL -` ends with the newline echo adds: the same prompt as an argument has none.
+        # Bytes, decoded here: the locale's decoder would raise (UTF-8 locale) or hide the bad bytes (C locale).
+        prompt = decode_utf8(sys.stdin.buffer.read(), what="the prompt on stdin")
+        prompt = prompt.removesuffix("\n").removesuffix("\r")
     if show_prompt:
         shown = ask_lib.show_prompt(model, prompt, system=system, quant=quant, ggufs_dir=ggufs)
         if as_json:
@@ -145,6 +149,8 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
     Type /reset to clear the history, /exit or Ctrl-D to quit; Ctrl-C stops the current answer.
     """
     ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+    if system is not None:
+        check_text(system, what="--system")
     engine = ask_lib.load_engine(model, threads=threads, threads_batch=threads_batch, repack=repack, use_mmap=mmap,
                                  flash_attn=flash_attn, kv_type=kv_type, ctx=ctx, quant=quant, ggufs_dir=ggufs,
                                  seed=seed, notice=_notice)
@@ -152,4 +158,12 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
         sampling = ask_lib.sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature,
                                             top_p=top_p, top_k=top_k)
         session = chat_lib.ChatSession(engine, system=system, sampling=sampling, seed=seed, notice=_notice)
-        chat_lib.run_chat(session)  # sys.stdin/stdout/stderr (CliRunner swaps them in tests)
+        # lines decoded by qrun (each checked in ChatSession.turn): a bad byte is one error line, not the session's end
+        if not hasattr(sys.stdin, "buffer"):
+            chat_lib.run_chat(session)
+            return
+        stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+        try:
+            chat_lib.run_chat(session, stdin=stdin)  # stdout/stderr: sys's (CliRunner swaps them in tests)
+        finally:
+            stdin.detach()  # sys.stdin.buffer stays open for whoever reads it next

@@ -108,6 +108,9 @@ def check_sampling(*, max_tokens: int, temperature: float, top_p: float, top_k: 
     """Raises UsageError for a sampling option that cannot work."""
     if max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
+    for flag, value in (("--temperature", temperature), ("--top-p", top_p)):
+        if not -float("inf") < value < float("inf"):  # False for NaN and ±inf, which the checks below let through
+            raise UsageError(f"{flag} must be a finite number, got {value}")
     if temperature < 0:
         raise UsageError(f"--temperature must be 0 (greedy) or more, got {temperature}")
     if not 0 < top_p <= 1:

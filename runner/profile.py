@@ -94,6 +94,34 @@ def read(*, path: Path | None = None, notice: Notice, machine: dict | None = Non
     return doc
 
 
+def _malformed(entry) -> str | None:
+    """Why a profile entry cannot be used as load settings (a hand edit, another tool's file), or None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("settings"), dict) or \
+            not isinstance(entry.get("gguf"), dict):
+        return "malformed (no settings or gguf object)"
+    st, gguf = entry["settings"], entry["gguf"]
+    missing = [k for k in SETTING_KEYS if k not in st]
+    if missing:
+        return f"malformed (settings lack {', '.join(missing)})"
+    if st["quant"] not in settings.QUANTS:
+        return f"malformed (quant {st['quant']!r} is not one of {', '.join(settings.QUANTS)})"
+    for key in ("repack", "use_mmap"):
+        if not isinstance(st[key], bool):
+            return f"malformed ({key} {st[key]!r} is not true or false)"
+    for key in ("n_threads", "n_threads_batch"):
+        value = st[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= settings.max_threads():
+            return f"malformed ({key} {value!r} is not a thread count from 1 to {settings.max_threads()})"
+    size = gguf.get("size_bytes")
+    if not isinstance(gguf.get("name"), str) or isinstance(size, bool) or not isinstance(size, int):
+        return "malformed (gguf needs a name and a size_bytes number)"
+    if st.get("flash_attn") is not None and not isinstance(st["flash_attn"], bool):
+        return f"malformed (flash_attn {st['flash_attn']!r} is not true or false)"
+    if st.get("kv_type") is not None and st["kv_type"] not in settings.KV_TYPES:
+        return f"malformed (kv_type {st['kv_type']!r} is not one of {', '.join(settings.KV_TYPES)})"
+    return None
+
+
 def entry_for(doc: dict | None, model: str, *, workload: str, gguf: Path | None, ggufs_dir=None,
               notice: Notice) -> dict | None:
     """The profile's {"settings", ...} for a model and workload, if its measured GGUF is still the one in use.
@@ -103,16 +131,17 @@ def entry_for(doc: dict | None, model: str, *, workload: str, gguf: Path | None,
     """
     if doc is None:
         return None
-    entry = (doc["models"].get(model) or {}).get(workload)
+    model_entry = doc["models"].get(model)
+    entry = model_entry.get(workload) if isinstance(model_entry, dict) else model_entry
     if not entry:
         return None
-    try:
-        chosen = {k: entry["settings"][k] for k in SETTING_KEYS}
-        chosen.update({k: entry["settings"][k] for k in OPTIONAL_SETTING_KEYS if k in entry["settings"]})
-        name, size = entry["gguf"]["name"], entry["gguf"]["size_bytes"]
-    except (KeyError, TypeError):
-        notice(f"note: ignoring the tuning profile's {model} entry: malformed; rerun `qrun tune`")
+    why = _malformed(entry)
+    if why:
+        notice(f"note: ignoring the tuning profile's {model} entry: {why}; rerun `qrun tune`")
         return None
+    chosen = {k: entry["settings"][k] for k in SETTING_KEYS}
+    chosen.update({k: entry["settings"][k] for k in OPTIONAL_SETTING_KEYS if k in entry["settings"]})
+    name, size = entry["gguf"]["name"], entry["gguf"]["size_bytes"]
     if gguf is not None and Path(gguf).name != name:
         return None  # another quant (or file) than the one measured: nothing measured applies to it
     path = Path(gguf) if gguf is not None else settings.gguf_dir(ggufs_dir) / name

@@ -59,12 +59,11 @@ def gguf_for(model_or_path, *, quant: str | None = None, ggufs_dir=None) -> Path
 
 
 def check_threads(threads: int | None, *, flag: str = "--threads") -> int | None:
-    """A --threads / --threads-batch value: None or 0 = not given (the default applies)."""
-    if threads is None or threads == 0:
+    """A --threads / --threads-batch value: None or 0 = not given (the default applies); the bound is
+    settings.check_threads'."""
+    if threads is None:
         return None
-    if threads < 0:
-        raise UsageError(f"{flag} must be at least 1 (0 = physical cores), got {threads}")
-    return threads
+    return settings.check_threads(threads, flag=flag) or None
 
 
 def check_ctx(ctx: int | None) -> None:
@@ -154,7 +153,8 @@ def resolve(model_or_path, *, quant: str | None = None, ggufs_dir=None, threads:
                 return
         values[key], sources[key] = default, "default"
 
-    env_threads = settings.env_int("QRUN_THREADS", 0) or None
+    env_value = os.environ.get("QRUN_THREADS", "").strip()
+    env_threads = (settings.check_threads(env_value, flag="QRUN_THREADS") or None) if env_value else None
     env_repack = settings.env_bool("QRUN_REPACK") if os.environ.get("QRUN_REPACK", "").strip() else None
     pick("n_threads", threads, env_threads, settings.physical_cores())
     if sources["n_threads"] in ("flag", "env") and threads_batch is None:

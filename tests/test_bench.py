@@ -178,7 +178,7 @@ def test_no_converted_models_names_the_convert_command(tmp_path):
     result = CliRunner().invoke(main, ["bench", "qwen", "--ggufs", str(tmp_path), "--quant", "Q4_0"])
     assert result.exit_code == 1 and "run `qrun convert qwen --quant Q4_0`" in result.output
     result = CliRunner().invoke(main, ["bench", "--threads", "0,x", "--ggufs", str(tmp_path)])
-    assert result.exit_code == 1 and "--threads takes positive integers" in result.output
+    assert result.exit_code == 1 and "--threads must be a whole number of threads" in result.output
 
 
 def test_earlier_results_are_kept_unless_force(ggufs, tmp_path, two_question_suite):

@@ -54,6 +54,7 @@ def test_qrun_report_regenerates_and_merges_with_verdicts(tmp_path):
     report.write_outputs([bench_doc("box-a")], a, results_json=True)
     report.write_outputs([bench_doc("box-b")], b, results_json=True)
     (a / "report.md").unlink()
+    (a / "results.csv").unlink()
     result = CliRunner().invoke(main, ["report", str(a / "results.json")])
     assert result.exit_code == 0, result.output
     assert (a / "report.md").exists() and "qwen-7b-chat" in result.stdout and "machine" not in result.stdout

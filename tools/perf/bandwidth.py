@@ -18,6 +18,8 @@ import time
 
 import numpy as np
 
+from qrun import settings
+
 DEFAULT_ARRAY_BYTES = 512 << 20  # per array: far above any cache (L2 here is 2 MB per core)
 DEFAULT_REPEAT = 7
 
@@ -79,12 +81,14 @@ def measure_all(*, thread_counts=None, array_bytes: int = DEFAULT_ARRAY_BYTES, r
 
 
 def thread_counts_arg(value: str) -> list[int]:
-    """argparse type of --threads: "1,2" -> [1, 2] (positive integers)."""
+    """argparse type of --threads: "1,2" -> [1, 2] (positive integers up to settings.max_threads())."""
+    from qrun.errors import UsageError
+
     try:
-        counts = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
+        counts = settings.check_thread_list(value, flag="--threads", zero_ok=False)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(err.one_line()) from None
+    if not counts:
         raise argparse.ArgumentTypeError(f"positive integers separated by commas, e.g. 1,2 (got {value!r})")
     return counts
 

@@ -248,13 +248,14 @@ def parse_args(argv=None):
     p.add_argument("--work", default=None, help="checkpoints and GGUFs (default: <qrun home>/realscale)")
     p.add_argument("--out", default=None, help="results (default: <work>/results)")
     p.add_argument("--llama-bench", default=None, help="path to a llama-bench binary (see docs/performance.md)")
-    p.add_argument("--threads", default="1,2")
+    p.add_argument("--threads", default=[1, 2], type=bandwidth.thread_counts_arg, help="comma-separated (default 1,2)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--speed-quant", default="Q4_K_M", type=_quant_arg,
                    help="GGUF type the load, bench and llama-bench steps measure (default Q4_K_M)")
     p.add_argument("--quants", default=None, help="quants to convert each model to (default: Q4_K_M, and Q4_0 "
                    "for ChatGLM3 and Qwen); F16 measures qrun's own conversion step without llama.cpp's quantizer")
-    p.add_argument("--convert-threads", type=int, default=None, help="quantizer threads (default: physical cores)")
+    p.add_argument("--convert-threads", type=_threads_arg, default=None,
+                   help="quantizer threads (default: physical cores)")
     p.add_argument("--fill", choices=("tiled", "random"), default="tiled", help="see realscale_ckpt.py")
     p.add_argument("--config-overrides", default="{}", help="JSON {model: {config key: value}} (tests: small shapes)")
     p.add_argument("--delete-as-you-go", action="store_true", help="delete each checkpoint once measured")
@@ -267,12 +268,18 @@ def parse_args(argv=None):
     unknown = set(args.steps) - set(STEPS)
     if unknown:
         raise UsageError(f"unknown step(s): {', '.join(sorted(unknown))}", f"steps: {', '.join(STEPS)}")
-    args.threads = [int(t) for t in args.threads.split(",")]
     args.quants = [q.strip().upper() for q in args.quants.split(",")] if args.quants else None
     args.work = args.work or str(settings.qrun_home() / "realscale")
     args.out = args.out or str(Path(args.work) / "results")
     args.config_overrides = {registry.get(k).name: v for k, v in json.loads(args.config_overrides).items()}
     return args
+
+
+def _threads_arg(value: str) -> int:
+    try:
+        return settings.check_threads(value, flag="--convert-threads")
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(err.one_line()) from None
 
 
 def _quant_arg(value: str) -> str:
