@@ -49,7 +49,8 @@ def resolve_gguf(model_or_path: str | os.PathLike, *, quant: str | None = None,
 
 
 def gguf_sha256(path: Path) -> str:
-    """The GGUF's sha256: from its manifest when that is fresh, else computed (reads the whole file)."""
+    """The GGUF's sha256: its manifest's only when the file is the very one the manifest was written for (size,
+    mtime, inode and ctime: convert/manifest.py check_manifest), else computed from the file (reads all of it)."""
     try:
         from qrun.convert.manifest import check_manifest
 

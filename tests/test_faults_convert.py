@@ -1,0 +1,232 @@
+"""Faults around `qrun convert` and converted files: concurrent runs, kills over existing outputs, files changed in
+place, hostile checkpoints, unwritable or full folders, foreign GGUFs. Real processes, signals and files.
+
+Every failure is exit 1 and one `Error:` line; no partial file is left; earlier outputs survive byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qrun.cli import main
+from qrun.convert import manifest as mf
+from qrun.fsutil import sha256_file
+
+CHATGLM, DEEPSEEK = "chatglm3-6b", "deepseek-llm-7b-chat"
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+def run(*args: str, env: dict | None = None):
+    return CliRunner(env=env).invoke(main, list(args))
+
+
+def one_error_line(exit_code: int, stderr: str, *fragments: str) -> str:
+    assert exit_code == 1, (exit_code, stderr)
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def assert_cli_error(result, *fragments: str) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return one_error_line(result.exit_code, result.stderr, *fragments)
+
+
+def qrun_process(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`qrun ARGS` as its own process (the console script's code path), Ctrl-C behaving as in a terminal."""
+    code = "from qrun.cli import main; main(" + repr(list(args)) + ")"
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def partials(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith((".partial", ".tmp")))
+
+
+def wait_for(predicate, proc: subprocess.Popen | None = None, timeout_s: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if proc is not None:
+            assert proc.poll() is None, f"process ended before {what}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """sha256 of every GGUF and manifest in `folder` (lock files excluded)."""
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.suffix in (".gguf", ".json")}
+
+
+def copy_pair(gguf: Path, folder: Path) -> Path:
+    """A GGUF and its manifest copied into `folder` (copy2 keeps the mtime, not the inode: a copy all the same)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(gguf, folder)
+    shutil.copy2(mf.manifest_path_for(gguf), folder)
+    return folder / gguf.name
+
+
+def fresh_checkpoint(src: Path, dst: Path) -> Path:
+    """A copy of a checkpoint with new mtimes: another fingerprint, so converting it redoes the work."""
+    shutil.copytree(src, dst, copy_function=shutil.copy)
+    return dst
+
+
+# -- 1. two runs, one folder -----------------------------------------------------------------------------------------
+def test_two_converts_at_once_share_nothing_and_both_succeed(tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    args = ("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--threads", "1")
+    first, second = qrun_process(*args), qrun_process(*args)
+    results = [proc.communicate(timeout=300) for proc in (first, second)]
+    for proc, (stdout, stderr) in zip((first, second), results):
+        assert proc.returncode == 0, stderr
+        assert "Traceback" not in stderr
+    stderrs = [stderr for _, stderr in results]
+    # one waited for the other's lock and then found the output made
+    assert sum("waiting: another qrun run is writing chatglm3-6b outputs" in e for e in stderrs) == 1, stderrs
+    assert sum("is up to date" in e for e in stderrs) == 1, stderrs
+    final = out / f"{CHATGLM}-Q4_K_M.gguf"
+    assert mf.check_manifest(final).ok and mf.read_manifest(final)["sha256"] == sha256_file(final)
+    assert partials(out) == [] and sorted(snapshot(out)) == [final.name, mf.manifest_path_for(final).name]
+
+
+def test_second_convert_started_mid_quantize_waits_and_leaves_the_first_alone(tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    args = ("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--threads", "1")
+    first = qrun_process(*args)
+    final = out / f"{CHATGLM}-Q4_K_M.gguf"
+    wait_for(lambda: any(out.glob(final.name + ".*.partial")), first, what="the first run's quantize partial")
+    [first_partial] = out.glob(final.name + ".*.partial")
+    assert first_partial.name.startswith(f"{final.name}.{first.pid}-")  # the partial names its owner
+    second = qrun_process(*args)
+    first_out, second_out = first.communicate(timeout=300), second.communicate(timeout=300)
+    assert first.returncode == 0, first_out[1]
+    assert second.returncode == 0, second_out[1]
+    assert "waiting: another qrun run" in second_out[1] and "is up to date" in second_out[1]
+    assert "removed leftover" not in second_out[1]  # the first run's partial was never touched
+    assert mf.check_manifest(final).ok and mf.read_manifest(final)["sha256"] == sha256_file(final)
+    assert partials(out) == []
+
+
+def test_stale_partial_cleanup_spares_files_of_live_processes(tiny_ggufs, tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    final = copy_pair(tiny_ggufs[CHATGLM]["Q4_K_M"], out)
+    sleeper = subprocess.Popen(["sleep", "60"])  # a live process that is not a qrun run holding the lock
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        live_partial = out / f"{final.name}.{sleeper.pid}-0badc0de.partial"
+        dead_partial = out / f"{final.name}.{dead.pid}-deadbeef.partial"
+        dead_tmp = out / f".{CHATGLM}-Q4_K_M.json.{dead.pid}.abc123.tmp"
+        for path in (live_partial, dead_partial, dead_tmp):
+            path.write_bytes(b"half")
+        result = run("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--quant",
+                     "Q8_0")
+        assert result.exit_code == 0, result.output
+        assert live_partial.read_bytes() == b"half"
+        assert not dead_partial.exists() and not dead_tmp.exists()
+        assert f"removed leftover of an interrupted run: {dead_partial.name}" in result.stderr
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+# -- 2. a kill during a re-conversion keeps the old pair -------------------------------------------------------------
+@pytest.mark.parametrize("step", ["convert", "quantize"])
+def test_kill_during_reconversion_keeps_the_old_pair(step, tiny_ggufs, tiny_checkpoints, tmp_path):
+    out = tmp_path / "out"
+    final = copy_pair(tiny_ggufs[CHATGLM]["Q4_K_M"], out)
+    before = snapshot(out)
+    ckpt = fresh_checkpoint(tiny_checkpoints[CHATGLM], tmp_path / "ckpt")  # new mtimes: a re-conversion
+    args = ("convert", "chatglm3", "--from", str(ckpt), "--out", str(out), "--threads", "1")
+    proc = qrun_process(*args)
+    pattern = "*.intermediate.gguf.*.partial" if step == "convert" else final.name + ".*.partial"
+    wait_for(lambda: any(out.glob(pattern)), proc, what=f"the {step} step")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    after = snapshot(out)
+    assert {name: after.get(name) for name in before} == before  # GGUF and manifest byte for byte
+    assert mf.check_manifest(final, verify_sha256=True).ok  # and still a pair that vouches for the file
+
+    rerun = qrun_process(*args)
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert "converted in" in stdout
+    assert mf.check_manifest(final).ok and mf.read_manifest(final)["source"]["path"] == str(ckpt)
+    assert partials(out) == []
+
+
+# -- 5. integrity: a file changed in place ---------------------------------------------------------------------------
+def flip_last_byte_keep_mtime(path: Path) -> None:
+    """Change a byte of the last tensor's data in place, then give the file its old mtime back (os.utime)."""
+    stat = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0x01]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns and path.stat().st_size == stat.st_size
+
+
+def model_statuses(ggufs: Path, *extra: str) -> tuple[int, dict, str]:
+    result = run("models", "--ggufs", str(ggufs), "--json", *extra)
+    listing = json.loads(result.stdout)
+    return result.exit_code, {Path(f["file"]).name: f["manifest"] for m in listing["models"]
+                              for f in m["converted"]}, result.stderr
+
+
+def test_verification_is_remembered_and_an_edit_with_restored_mtime_is_caught(tiny_ggufs, tiny_checkpoints,
+                                                                                tmp_path):
+    ggufs = tmp_path / "ggufs"
+    q4 = copy_pair(tiny_ggufs[DEEPSEEK]["Q4_K_M"], ggufs)
+    f16 = copy_pair(tiny_ggufs[DEEPSEEK]["F16"], ggufs)
+    # copies (mtimes kept by copy2, inodes new): not "ok" until hashed
+    assert model_statuses(ggufs)[:2] == (0, {f16.name: "unverified", q4.name: "unverified"})
+    assert model_statuses(ggufs, "--verify")[:2] == (0, {f16.name: "ok", q4.name: "ok"})
+    assert model_statuses(ggufs)[:2] == (0, {f16.name: "ok", q4.name: "ok"})  # remembered, no hashing
+    q4_manifest_bytes = mf.manifest_path_for(q4).read_bytes()
+
+    flip_last_byte_keep_mtime(q4)
+    code, statuses, _ = model_statuses(ggufs)
+    assert (code, statuses) == (0, {f16.name: "ok", q4.name: "unverified"})
+    code, statuses, stderr = model_statuses(ggufs, "--verify")
+    assert statuses == {f16.name: "ok", q4.name: "stale"}
+    one_error_line(code, stderr, "1 GGUF file(s) do not match their manifests", q4.name, "sha256 differs",
+                   "qrun convert")
+    assert mf.manifest_path_for(q4).read_bytes() == q4_manifest_bytes  # a failed check rewrites nothing
+
+    # `ask --json` reports the sha256 of the file it loaded, never the manifest's for a changed file
+    answer = run("ask", str(q4), "hi", "--json", "--max-tokens", "2", "--threads", "1", "--ctx", "256")
+    assert answer.exit_code == 0, answer.output
+    reported = json.loads(answer.stdout)
+    assert reported["sha256"] == sha256_file(q4) != mf.read_manifest(q4)["sha256"]
+
+    # and convert does not call it up to date: it makes the file again
+    result = run("convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--out", str(ggufs),
+                 "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "up to date" not in result.stdout and "converted in" in result.stdout
+    assert mf.check_manifest(q4, hash_always=True).ok
+
+
+def test_models_verify_exits_1_for_a_missing_or_foreign_manifest(tiny_ggufs, tmp_path):
+    ggufs = tmp_path / "ggufs"
+    q4 = copy_pair(tiny_ggufs[DEEPSEEK]["Q4_K_M"], ggufs)
+    mf.manifest_path_for(q4).unlink()
+    code, statuses, stderr = model_statuses(ggufs, "--verify")
+    assert statuses == {q4.name: "missing"}
+    one_error_line(code, stderr, q4.name, "no manifest")
