@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import struct
 from pathlib import Path
 from typing import Callable, Iterator
@@ -91,14 +92,17 @@ def fingerprint(folder: Path, spec: ModelSpec) -> str:
     """Identity of a checkpoint's input files (names, sizes, mtimes) plus qrun's version: same value, same GGUF."""
     digest = hashlib.sha256(f"qrun {__version__} {spec.name}\n".encode())
     for path in checkpoint_files(folder, spec):
-        stat = path.stat()
-        digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+        info = path.stat()
+        digest.update(f"{path.name} {info.st_size} {info.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:32]
 
 
 def _safetensors_header(path: Path) -> dict | None:
-    """The JSON header of a safetensors file (8-byte length + JSON); None when it cannot be read."""
+    """The JSON header of a safetensors file (8-byte length + JSON); None when it cannot be read (or is not a regular
+    file: opening a FIFO would block; the converter then reports it)."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
         with open(path, "rb") as f:
             (header_bytes,) = struct.unpack("<Q", f.read(8))
             if header_bytes > 100 << 20:
@@ -122,7 +126,7 @@ def _safetensors_params(path: Path) -> int | None:
             begin, end = entry["data_offsets"]
             total += (end - begin) // _SAFETENSORS_ELEMENT_BYTES.get(entry["dtype"], 2)
         return total
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -143,7 +147,11 @@ def natural_weight_type(folder: Path) -> str:
         if header is None:
             return "F16"
         for name, entry in header.items():
-            if name != "__metadata__" and len(entry.get("shape", ())) >= 2 and entry.get("dtype") != "BF16":
+            if name == "__metadata__":
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
+                return "F16"  # a corrupt header: the converter's reader says what is wrong with it
+            if len(entry["shape"]) >= 2 and entry.get("dtype") != "BF16":
                 return "F16"
     return "BF16"
 

@@ -12,7 +12,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import struct
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,150 @@ def test_models_verify_exits_1_for_a_missing_or_foreign_manifest(tiny_ggufs, tmp
     code, statuses, stderr = model_statuses(ggufs, "--verify")
     assert statuses == {q4.name: "missing"}
     one_error_line(code, stderr, q4.name, "no manifest")
+
+
+# -- 3. hostile checkpoints ------------------------------------------------------------------------------------------
+def checkpoint_without_weights(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for path in src.iterdir():
+        if not path.name.endswith((".safetensors", ".bin", ".index.json")):
+            shutil.copy(path, dst / path.name)
+    return dst
+
+
+def with_index(folder: Path, weight_map: dict) -> Path:
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
+
+
+def convert_fails(ckpt: Path, out: Path, *fragments: str) -> str:
+    """`qrun convert deepseek --from ckpt` in its own process: exit 1, one line, nothing new in `out`."""
+    before = snapshot(out) if out.exists() else {}
+    proc = qrun_process("convert", "deepseek", "--from", str(ckpt), "--out", str(out), "--threads", "1")
+    stdout, stderr = proc.communicate(timeout=120)
+    line = one_error_line(proc.returncode, stderr, *fragments)
+    assert stdout == ""
+    assert snapshot(out) == before and partials(out) == []
+    return line
+
+
+@pytest.fixture
+def earlier_output(tiny_ggufs, tmp_path) -> Path:
+    """An output folder holding an earlier Q4_K_M pair, which no failing run may touch."""
+    copy_pair(tiny_ggufs[DEEPSEEK]["Q4_K_M"], tmp_path / "out")
+    return tmp_path / "out"
+
+
+def _real_shard(tiny_checkpoints) -> Path:
+    return Path(tiny_checkpoints[DEEPSEEK]) / "model.safetensors"
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_index_naming_a_shard_outside_the_folder_is_refused(how, tiny_checkpoints, earlier_output, tmp_path):
+    ckpt = checkpoint_without_weights(Path(tiny_checkpoints[DEEPSEEK]), tmp_path / "ckpt")
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(_real_shard(tiny_checkpoints), outside)
+    if how == "dotdot":
+        name, fragment = "../outside.safetensors", "outside the checkpoint folder"
+    elif how == "absolute":
+        name, fragment = str(outside), "outside the checkpoint folder"
+    else:
+        (ckpt / "model-00001-of-00001.safetensors").symlink_to(outside)
+        name, fragment = "model-00001-of-00001.safetensors", "leads outside"
+    with_index(ckpt, {"model.embed_tokens.weight": name})
+    convert_fails(ckpt, earlier_output, fragment, "model.safetensors.index.json")
+
+
+def test_index_with_a_shard_name_that_is_not_a_string(tiny_checkpoints, earlier_output, tmp_path):
+    ckpt = checkpoint_without_weights(Path(tiny_checkpoints[DEEPSEEK]), tmp_path / "ckpt")
+    with_index(ckpt, {"model.embed_tokens.weight": ["a", "b"]})
+    convert_fails(ckpt, earlier_output, "not a file name", "['a', 'b']")
+
+
+@pytest.mark.parametrize("named_by_index", [True, False])
+def test_a_fifo_shard_is_refused_at_once(named_by_index, tiny_checkpoints, earlier_output, tmp_path):
+    ckpt = checkpoint_without_weights(Path(tiny_checkpoints[DEEPSEEK]), tmp_path / "ckpt")
+    name = "model-00001-of-00001.safetensors" if named_by_index else "model.safetensors"
+    os.mkfifo(ckpt / name)
+    if named_by_index:
+        with_index(ckpt, {"model.embed_tokens.weight": name})
+    started = time.monotonic()
+    convert_fails(ckpt, earlier_output, f"{name} is a FIFO")
+    assert time.monotonic() - started < 60
+
+
+def _rewrite_header(src: Path, dst: Path, edit) -> None:
+    data = src.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+def _first_two(header: dict) -> tuple[str, str]:
+    names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
+    return names[0], names[1]
+
+
+@pytest.mark.parametrize("damage", ["overlap", "gap", "not_an_object"])
+def test_safetensors_with_bad_layout_is_refused(damage, tiny_checkpoints, earlier_output, tmp_path):
+    ckpt = checkpoint_without_weights(Path(tiny_checkpoints[DEEPSEEK]), tmp_path / "ckpt")
+
+    def edit(header):
+        first, second = _first_two(header)
+        if damage == "overlap":  # the second tensor reads the first one's bytes (same size, so sizes still agree)
+            size = header[first]["data_offsets"][1] - header[first]["data_offsets"][0]
+            header[second]["shape"], header[second]["dtype"] = header[first]["shape"], header[first]["dtype"]
+            header[second]["data_offsets"] = list(header[first]["data_offsets"])
+            assert size > 0
+        elif damage == "gap":  # the first tensor loses its bytes' claim: they belong to no tensor
+            del header[first]
+        else:
+            header[first] = "not an object"
+
+    _rewrite_header(_real_shard(tiny_checkpoints), ckpt / "model.safetensors", edit)
+    fragment = {"overlap": "overlaps another tensor", "gap": "belong to no tensor",
+                "not_an_object": "is not a JSON object"}[damage]
+    convert_fails(ckpt, earlier_output, "model.safetensors", fragment)
+
+
+def _torch_zip(path: Path, *, storage_numel: int, tensor_shape: tuple, write_storage: bool,
+               compression=zipfile.ZIP_STORED) -> None:
+    from test_checkpoint import _ORDERED_DICT, _pickle_int, _pickle_str, _pickle_tuple
+
+    persistent_id = _pickle_tuple([_pickle_str("storage"), b"ctorch\nFloatStorage\n", _pickle_str("0"),
+                                   _pickle_str("cpu"), _pickle_int(storage_numel)]) + b"Q"
+    args = _pickle_tuple([persistent_id, _pickle_int(0), _pickle_tuple([_pickle_int(d) for d in tensor_shape]),
+                          _pickle_tuple([_pickle_int(1)] * len(tensor_shape)), b"\x89", _ORDERED_DICT])
+    pkl = (b"\x80\x02" + _ORDERED_DICT + b"(" + _pickle_str("model.embed_tokens.weight")
+           + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"Ru.")
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/byteorder", "little")
+        if write_storage:
+            zf.writestr("archive/data/0", bytes(storage_numel * 4))
+
+
+def test_bin_with_a_storage_missing_from_the_zip(tiny_checkpoints, earlier_output, tmp_path):
+    ckpt = checkpoint_without_weights(Path(tiny_checkpoints[DEEPSEEK]), tmp_path / "ckpt")
+    _torch_zip(ckpt / "pytorch_model.bin", storage_numel=4, tensor_shape=(4,), write_storage=False)
+    convert_fails(ckpt, earlier_output, "pytorch_model.bin", "storage 0 is not in the file")
+
+
+def test_bin_decompresses_only_what_its_tensors_need(tmp_path):
+    """A deflated storage that claims 400 MB of zeros (a ~400 KB file) behind a 4-element tensor."""
+    path = tmp_path / "pytorch_model.bin"
+    _torch_zip(path, storage_numel=100_000_000, tensor_shape=(4,), write_storage=True,
+               compression=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 1_000_000
+    code = ("import resource, sys; from qrun.convert.torch_pickle import TorchZipFile\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"r = TorchZipFile({str(path)!r}); a = r.read('model.embed_tokens.weight')\n"
+            "assert a.tolist() == [0.0] * 4\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    grown_kib = int(proc.stdout)
+    assert grown_kib < 50_000, f"peak memory grew by {grown_kib} KiB reading a 16-byte tensor"
