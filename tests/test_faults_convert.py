@@ -379,3 +379,91 @@ def test_bin_decompresses_only_what_its_tensors_need(tmp_path):
     assert proc.returncode == 0, proc.stderr
     grown_kib = int(proc.stdout)
     assert grown_kib < 50_000, f"peak memory grew by {grown_kib} KiB reading a 16-byte tensor"
+
+
+# -- 4. file system --------------------------------------------------------------------------------------------------
+@pytest.fixture
+def mount_tmpfs():
+    """mount_tmpfs(dir, "size=..,ro"): a tmpfs there, unmounted afterwards; skips where mounting is not permitted
+    (it needs root or CAP_SYS_ADMIN, as in CI containers)."""
+    mounted = []
+
+    def mount(folder: Path, options: str) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_out_that_is_a_file_or_inside_one(tiny_checkpoints, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"keep me")
+    ckpt = str(tiny_checkpoints[DEEPSEEK])
+    assert_cli_error(run("convert", "deepseek", "--from", ckpt, "--out", str(a_file / "sub")),
+                     f"--out {a_file / 'sub'} is inside a file, not a folder", "--out DIR")
+    assert_cli_error(run("convert", "deepseek", "--from", ckpt, env={"QRUN_GGUF_DIR": str(a_file)}),
+                     f"QRUN_GGUF_DIR {a_file} is a file, not a folder")
+    assert a_file.read_bytes() == b"keep me" and sorted(tmp_path.iterdir()) == [a_file]
+
+
+def test_read_only_out(tiny_checkpoints, tmp_path, mount_tmpfs):
+    out = mount_tmpfs(tmp_path / "ro", "ro,size=1m")
+    assert_cli_error(run("convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--out", str(out)),
+                     f"cannot write in {out}: Read-only file system", "--out DIR")
+
+
+def test_demo_with_an_unwritable_home(tmp_path, mount_tmpfs):
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"")
+    assert_cli_error(run("demo", "--model", "deepseek", env={"QRUN_HOME": str(a_file / "home")}),
+                     "the demo folder", "inside a file", "QRUN_HOME")
+    home = mount_tmpfs(tmp_path / "ro-home", "ro,size=1m")
+    assert_cli_error(run("demo", "--model", "deepseek", env={"QRUN_HOME": str(home)}),
+                     f"cannot write in the demo folder {home / 'demo'}: Read-only file system", "QRUN_HOME")
+
+
+def test_disk_full_during_the_bf16_step(tiny_ggufs, tiny_checkpoints, tmp_path, mount_tmpfs):
+    """The disk fills up (another program's file grows) while the BF16 intermediate is written: one line, the
+    partial is removed, the earlier output in the folder is intact."""
+    from qrun.convert import workspace as ws
+
+    ckpt = fresh_checkpoint(tiny_checkpoints[DEEPSEEK], tmp_path / "ckpt")  # not what the earlier pair came from
+    n_params = ws.estimate_params(ckpt)
+    # room for the free-space check (estimates of both files, reserve 0) and the earlier pair, little more
+    earlier = tiny_ggufs[DEEPSEEK]["Q4_K_M"]
+    size_mb = (ws.estimate_gguf_bytes(n_params, "BF16") + ws.estimate_gguf_bytes(n_params, "Q4_K_M")
+               + 2 * earlier.stat().st_size) // (1 << 20) + 8
+    for attempt in range(3):
+        out = mount_tmpfs(tmp_path / f"disk{attempt}", f"size={size_mb}m")
+        final = copy_pair(earlier, out)
+        before = snapshot(out)
+        proc = qrun_process("convert", "deepseek", "--from", str(ckpt), "--out", str(out), "--threads", "1",
+                            env={"QRUN_KEEP_FREE_BYTES": "0"})
+        wait_for(lambda: any(out.glob("*.intermediate.gguf.*.partial")), proc, what="the BF16 step")
+        proc.send_signal(signal.SIGSTOP)
+        if any(out.glob("*.intermediate.gguf.*.partial")):
+            break
+        proc.send_signal(signal.SIGCONT)  # the step finished in between: try again on a fresh disk
+        proc.communicate(timeout=120)
+    else:
+        pytest.fail("could not stop the run during its BF16 step in 3 attempts")
+    with open(out / "filler", "wb") as filler:  # everything that is left
+        try:
+            while True:
+                filler.write(bytes(1 << 20))
+                filler.flush()
+        except OSError:
+            pass
+    proc.send_signal(signal.SIGCONT)
+    stdout, stderr = proc.communicate(timeout=120)
+    one_error_line(proc.returncode, stderr, "the disk filled up while writing", "free some space", "--out DIR")
+    (out / "filler").unlink()
+    assert partials(out) == [] and not any(out.glob("*.intermediate.*"))
+    assert snapshot(out) == before and mf.check_manifest(final, verify_sha256=True).ok
