@@ -32,7 +32,7 @@ def resolve_gguf(model_or_path: str | os.PathLike, *, quant: str | None = None,
         NotConvertedError: a known model without a GGUF of that quant (names the `qrun convert` command to run).
     """
     text = str(model_or_path)
-    if text.lower().endswith(".gguf") or os.sep in text or Path(text).is_file():
+    if _is_path(text):
         return Path(text).expanduser()
     spec = registry.get(text)
     quant = settings.check_quant(quant or settings.DEFAULT_QUANT)
@@ -46,6 +46,11 @@ def resolve_gguf(model_or_path: str | os.PathLike, *, quant: str | None = None,
             command += f" --out {folder}"
         raise NotConvertedError(f"{spec.name} is not converted to {quant} yet (no {path})", f"run `{command}`")
     return path
+
+
+def _is_path(model_or_path) -> bool:
+    text = str(model_or_path)
+    return text.lower().endswith(".gguf") or os.sep in text or Path(text).is_file()
 
 
 def gguf_sha256(path: Path) -> str:
@@ -137,14 +142,17 @@ def sampling_options(spec: registry.ModelSpec, *, max_tokens, temperature, top_p
 
 def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None, use_mmap=None, ctx=None, quant=None,
                 ggufs_dir=None, seed=settings.DEFAULT_SEED, vocab_only=False, notice: Notice = _quiet,
-                workload: str = "chat") -> Engine:
+                workload: str = "chat", as_model: str | None = None) -> Engine:
     """Resolve MODEL, validate --threads/--ctx, load; a --ctx that llama.cpp would round is rounded with a notice.
 
     threads_batch: threads for prompt processing (None/0 = same as threads); repack: llama.cpp's CPU weight
     repacking; use_mmap: map the GGUF instead of reading it into memory. Each None setting comes from QRUN_*,
     then the tuning profile's `workload` entry (qrun.bench.profile), then the default; engine.load_choice says
-    which ({"values", "sources"}).
+    which ({"values", "sources"}). as_model: which model a GGUF path not made by `qrun convert` holds (--as).
     """
+    if as_model is not None and not _is_path(model_or_path):
+        raise UsageError(f"--as {as_model} names the model of a .gguf path; {model_or_path!r} is a model name",
+                         "drop --as, or give the path of the GGUF")
     check_threads(threads)
     if threads_batch:
         check_threads(threads_batch, flag="--threads-batch")
@@ -162,7 +170,7 @@ def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None,
     engine = Engine.load(resolve_gguf(model_or_path, quant=values["quant"], ggufs_dir=ggufs_dir), n_ctx=ctx,
                          n_threads=values["n_threads"], n_threads_batch=values["n_threads_batch"],
                          repack=values["repack"], use_mmap=values["use_mmap"], seed=seed, vocab_only=vocab_only,
-                         notice=notice)
+                         notice=notice, as_model=as_model)
     engine.load_choice = {"values": values, "sources": sources}
     if ctx is not None and engine.n_ctx != ctx:
         notice(f"note: --ctx {ctx} rounded up to {engine.n_ctx} (llama.cpp allocates the context in multiples of "
@@ -170,10 +178,10 @@ def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None,
     return engine
 
 
-def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_dir=None) -> dict:
+def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_dir=None, as_model=None) -> dict:
     """The exact prompt text and token ids `ask` would run (only the vocabulary is loaded)."""
     check_prompt(prompt)
-    with load_engine(model_or_path, quant=quant, ggufs_dir=ggufs_dir, vocab_only=True) as engine:
+    with load_engine(model_or_path, quant=quant, ggufs_dir=ggufs_dir, vocab_only=True, as_model=as_model) as engine:
         messages = [{"role": "user", "content": prompt}]
         return {"prompt_text": engine.prompt_text(messages, system=system),
                 "prompt_token_ids": engine.prompt_ids(messages, system=system)}
@@ -184,7 +192,8 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         seed: int = settings.DEFAULT_SEED, threads: int | None = None, threads_batch: int | None = None,
         repack: bool | None = None, use_mmap: bool | None = None, ctx: int | None = None,
         quant: str | None = None, ggufs_dir=None, truncate: bool = False, with_sha256: bool = True,
-        on_text: Callable[[str], None] | None = None, notice: Notice = _quiet, logit_bias=None) -> dict:
+        on_text: Callable[[str], None] | None = None, notice: Notice = _quiet, logit_bias=None,
+        as_model: str | None = None) -> dict:
     """Answer one prompt with a converted model, streaming text pieces to on_text.
 
     Args:
@@ -195,6 +204,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         threads_batch / repack / use_mmap: load settings, see load_engine() (None: env, tuning profile, default).
         truncate: drop the oldest part of an overlong prompt instead of failing.
         with_sha256: include the GGUF's sha256 (from its manifest, else hashed: slow for a 4 GB file).
+        as_model: which model a GGUF path not made by `qrun convert` holds (--as).
     Returns:
         {"answer", "model", "gguf", "sha256", "stats": {load_s, prompt_tokens, ..., stop_reason, peak_rss_bytes},
          "settings": {n_ctx, quant, threads, threads_batch, repack, use_mmap, seed, max_tokens, temperature, top_p,
@@ -208,7 +218,8 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
     check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     with MemoryWatch() as load_watch:
         engine = load_engine(model_or_path, threads=threads, threads_batch=threads_batch, repack=repack,
-                             use_mmap=use_mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs_dir, seed=seed, notice=notice)
+                             use_mmap=use_mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs_dir, seed=seed, notice=notice,
+                             as_model=as_model)
     with engine:
         options = sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                    top_k=top_k)

@@ -55,6 +55,8 @@ def _model_options(f):
         click.option("--ctx", type=INT, default=None, help="Context tokens, rounded up to a multiple of 256 [4096]."),
         click.option("--quant", default=None, help=f"Which GGUF of MODEL to use [{settings.DEFAULT_QUANT}]."),
         click.option("--ggufs", type=click.Path(file_okay=False), default=None, help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs]."),
+        click.option("--as", "as_model", default=None, metavar="MODEL",
+                     help="Which model a .gguf path not made by `qrun convert` holds (picks its chat format)."),
     ]):
         f = option(f)
     return f
@@ -85,7 +87,7 @@ def format_stats(result: dict) -> str:
 @click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
 @click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
 def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap,
-            ctx, quant, ggufs, show_stats, as_json, show_prompt, truncate):
+            ctx, quant, ggufs, as_model, show_stats, as_json, show_prompt, truncate):
     """Answer one PROMPT with MODEL (a name, an alias or a .gguf path), streamed to stdout.
 
     \b
@@ -98,7 +100,7 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
         # `echo ... | qrun ask MODEL -` ends with the newline echo adds: the same prompt as an argument has none
         prompt = sys.stdin.read().removesuffix("\n").removesuffix("\r")
     if show_prompt:
-        shown = ask_lib.show_prompt(model, prompt, system=system, quant=quant, ggufs_dir=ggufs)
+        shown = ask_lib.show_prompt(model, prompt, system=system, quant=quant, ggufs_dir=ggufs, as_model=as_model)
         if as_json:
             click.echo(json.dumps(shown, ensure_ascii=False))
         else:
@@ -115,7 +117,7 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
                          top_k=top_k, seed=seed, threads=threads, threads_batch=threads_batch, repack=repack,
                          use_mmap=mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs,
                          truncate=truncate, with_sha256=as_json, on_text=None if as_json else stream,
-                         notice=_notice)
+                         notice=_notice, as_model=as_model)
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
     else:
@@ -128,7 +130,7 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
 @click.argument("model")
 @_model_options
 def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap, ctx,
-             quant, ggufs):
+             quant, ggufs, as_model):
     """Chat with MODEL in the terminal, multi-turn, in the model's own chat format.
 
     \b
@@ -139,7 +141,7 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
     ask_lib.check_threads(threads)
     ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
     engine = ask_lib.load_engine(model, threads=threads, threads_batch=threads_batch, repack=repack, use_mmap=mmap,
-                                 ctx=ctx, quant=quant, ggufs_dir=ggufs, seed=seed, notice=_notice)
+                                 ctx=ctx, quant=quant, ggufs_dir=ggufs, seed=seed, notice=_notice, as_model=as_model)
     with engine:
         sampling = ask_lib.sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature,
                                             top_p=top_p, top_k=top_k)

@@ -90,19 +90,35 @@ def check_sampling(*, max_tokens: int, temperature: float, top_p: float, top_k: 
         raise UsageError(f"--top-k must be 0 (off) or more, got {top_k}")
 
 
-def spec_for_header(header: GGUFHeader, path: Path) -> ModelSpec:
-    """The model a GGUF holds: the "qrun.model" key our converter writes, else general.architecture."""
+def spec_for_header(header: GGUFHeader, path: Path, *, as_model: str | None = None) -> ModelSpec:
+    """The model a GGUF holds: `as_model` when the user says so (--as), else the "qrun.model" key our converter
+    writes. A GGUF from elsewhere is not guessed from general.architecture: "llama" is DeepSeek's architecture and
+    that of thousands of other models, each with its own chat format, and a wrong format gives fluent nonsense.
+
+    Raises:
+        UnknownModelError: `as_model` is not a registry name.
+        GGUFError: no (known) "qrun.model" key and no `as_model`, or an architecture qrun cannot run.
+    """
+    arch = header.architecture or ""
+    if as_model is not None:
+        spec = registry.get(as_model)
+        if arch and arch != spec.gguf_arch:
+            raise GGUFError(f"{path} holds architecture {arch!r}, not {spec.name}'s {spec.gguf_arch!r}",
+                            f"--as names the model the GGUF holds; qrun runs: {', '.join(registry.names())}")
+        return spec
     name = header.metadata.get("qrun.model")
-    if name:
-        with contextlib.suppress(Exception):
-            return registry.get(name)
-    spec = registry.find_by_arch(header.architecture or "")
-    if spec is None:
+    if isinstance(name, str) and name in registry.names():
+        return registry.get(name)
+    candidates = [spec.name for spec in registry.MODELS if spec.gguf_arch == arch]
+    if not candidates:
         raise GGUFError(
-            f"{path} holds architecture {header.architecture!r}, which qrun has no chat format for",
+            f"{path} holds architecture {arch!r}, which qrun has no chat format for",
             f"qrun runs: {', '.join(registry.names())}",
         )
-    return spec
+    raise GGUFError(f"{path} was not made by `qrun convert` (no qrun.model key), so which model it holds and "
+                    f"which chat format it needs are unknown (architecture {arch!r})",
+                    f"say which it is with --as {candidates[0]} if it is {candidates[0]}; qrun runs: "
+                    f"{', '.join(registry.names())}")
 
 
 class Engine:
@@ -128,7 +144,7 @@ class Engine:
     def load(cls, gguf_path, *, n_ctx: int | None = None, n_threads: int | None = None,
              n_threads_batch: int | None = None, seed: int = settings.DEFAULT_SEED, use_mmap: bool = True,
              vocab_only: bool = False, repack: bool | None = None,
-             notice: Callable[[str], None] = lambda _msg: None) -> "Engine":
+             notice: Callable[[str], None] = lambda _msg: None, as_model: str | None = None) -> "Engine":
         """Validate and load a GGUF.
 
         Args:
@@ -138,13 +154,14 @@ class Engine:
             repack: llama.cpp's CPU weight repacking; None = settings.repack_weights() (QRUN_REPACK, else off).
                 On a CPU that advertises AMX, checked once first in a child process (runner/cpu_probe.py).
             notice: where one-line notes go (e.g. that the repacking check is running).
+            as_model: the model a GGUF not made by `qrun convert` holds (spec_for_header).
         Raises:
             GGUFError: missing, truncated or non-GGUF file, or llama.cpp's reason for refusing it.
             UsageError: n_ctx < 1 or above the model's training context.
         """
         path = Path(gguf_path)
         header = read_header(path)
-        spec = spec_for_header(header, path)
+        spec = spec_for_header(header, path, as_model=as_model)
         if n_ctx is None:
             n_ctx = min(settings.DEFAULT_CTX_TOKENS, header.context_length or settings.DEFAULT_CTX_TOKENS)
         if n_ctx < 1:
@@ -174,6 +191,15 @@ class Engine:
                 reason = "; ".join(line for line in log_lines if line) or str(err)
                 raise GGUFError(f"llama.cpp could not load {path}: {reason}",
                                 "use a GGUF made by `qrun convert` (or re-create this one)") from None
+            except Exception as err:
+                # llama-cpp-python compiles every tokenizer.chat_template of a GGUF with jinja2 when loading it,
+                # although qrun formats prompts itself (runner/formats.py) and never renders one
+                if not type(err).__module__.startswith("jinja2"):
+                    raise
+                raise GGUFError(f"{path}'s tokenizer.chat_template does not compile ({err}); llama-cpp-python "
+                                "compiles it on loading though qrun never uses it",
+                                "remove it: python -m gguf.scripts.gguf_new_metadata --remove-metadata "
+                                "tokenizer.chat_template IN.gguf OUT.gguf") from None
         engine = cls(llama, path=path, spec=spec, header=header, load_s=time.perf_counter() - t0,
                      n_ctx_requested=n_ctx)
         engine.amx_denied = amx_denied

@@ -467,3 +467,65 @@ def test_disk_full_during_the_bf16_step(tiny_ggufs, tiny_checkpoints, tmp_path, 
     (out / "filler").unlink()
     assert partials(out) == [] and not any(out.glob("*.intermediate.*"))
     assert snapshot(out) == before and mf.check_manifest(final, verify_sha256=True).ok
+
+
+# -- 6. GGUFs from elsewhere -----------------------------------------------------------------------------------------
+def edited_gguf(src: Path, dst: Path, *args: str) -> Path:
+    """`src` rewritten by gguf-py's own gguf_new_metadata script (what a user would run on a foreign GGUF)."""
+    proc = subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", *args, str(src), str(dst)],
+                          input="YES\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and dst.is_file(), proc.stderr[-2000:]
+    return dst
+
+
+def ask_args(gguf: Path, *extra: str) -> tuple[str, ...]:
+    return ("ask", str(gguf), "hi", "--max-tokens", "2", "--threads", "1", "--ctx", "256", *extra)
+
+
+def test_a_gguf_without_qrun_model_key_is_not_guessed(tiny_gguf, tmp_path):
+    foreign = edited_gguf(tiny_gguf(DEEPSEEK), tmp_path / "foreign.gguf", "--remove-metadata", "qrun.model")
+    line = assert_cli_error(run(*ask_args(foreign)), "not made by `qrun convert`", "architecture 'llama'",
+                            f"--as {DEEPSEEK}")
+    assert "chat format" in line
+    assert_cli_error(run(*ask_args(foreign, "--as", "qwen")), "architecture 'llama'", "not qwen-7b-chat's 'qwen'")
+    assert_cli_error(run(*ask_args(foreign, "--as", "llama3")), "llama3")
+    assert_cli_error(run("ask", "deepseek", "hi", "--as", "deepseek"), "--as deepseek names the model of a .gguf")
+    said = run(*ask_args(foreign, "--as", "deepseek", "--json"))
+    assert said.exit_code == 0, said.output
+    assert json.loads(said.stdout)["model"] == DEEPSEEK
+    shown = run("ask", str(foreign), "hi", "--show-prompt", "--as", "deepseek")
+    assert shown.exit_code == 0 and "User: hi" in shown.stdout, shown.output
+
+
+def test_a_chat_template_that_does_not_compile(tiny_gguf, tmp_path):
+    broken = edited_gguf(tiny_gguf(DEEPSEEK), tmp_path / "broken.gguf", "--chat-template", "{% if %}")
+    assert_cli_error(run(*ask_args(broken)), "tokenizer.chat_template does not compile",
+                     "--remove-metadata tokenizer.chat_template")
+
+
+def _gguf_with_alignment(path: Path, value) -> Path:
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_string("qrun.model", DEEPSEEK)
+    if isinstance(value, float):
+        writer.add_float32("general.alignment", value)
+    else:
+        writer.add_int32("general.alignment", value)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("value", [32.0, 0, -32, 24])
+def test_a_bad_general_alignment(value, tmp_path):
+    path = tmp_path / "aligned.gguf"
+    try:
+        _gguf_with_alignment(path, value)
+    except (ValueError, ZeroDivisionError, AssertionError):
+        pytest.skip(f"gguf-py refuses to write alignment {value!r}")
+    assert_cli_error(run(*ask_args(path)), f"general.alignment {value!r}", "power of two")
