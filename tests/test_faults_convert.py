@@ -123,6 +123,7 @@ def test_second_convert_started_mid_quantize_waits_and_leaves_the_first_alone(ti
     assert partials(out) == []
 
 
+@pytest.mark.slow
 def test_stale_partial_cleanup_spares_files_of_live_processes(tiny_ggufs, tiny_checkpoints, tmp_path):
     out = tmp_path / "out"
     final = copy_pair(tiny_ggufs[CHATGLM]["Q4_K_M"], out)
@@ -147,7 +148,7 @@ def test_stale_partial_cleanup_spares_files_of_live_processes(tiny_ggufs, tiny_c
 
 
 # -- 2. a kill during a re-conversion keeps the old pair -------------------------------------------------------------
-@pytest.mark.parametrize("step", ["convert", "quantize"])
+@pytest.mark.parametrize("step", [pytest.param("convert", marks=pytest.mark.slow), "quantize"])
 def test_kill_during_reconversion_keeps_the_old_pair(step, tiny_ggufs, tiny_checkpoints, tmp_path):
     out = tmp_path / "out"
     final = copy_pair(tiny_ggufs[CHATGLM]["Q4_K_M"], out)
@@ -191,8 +192,7 @@ def model_statuses(ggufs: Path, *extra: str) -> tuple[int, dict, str]:
                               for f in m["converted"]}, result.stderr
 
 
-def test_verification_is_remembered_and_an_edit_with_restored_mtime_is_caught(tiny_ggufs, tiny_checkpoints,
-                                                                                tmp_path):
+def test_verification_is_remembered_and_an_edit_with_restored_mtime_is_caught(tiny_ggufs, tmp_path):
     ggufs = tmp_path / "ggufs"
     q4 = copy_pair(tiny_ggufs[DEEPSEEK]["Q4_K_M"], ggufs)
     f16 = copy_pair(tiny_ggufs[DEEPSEEK]["F16"], ggufs)
@@ -210,6 +210,15 @@ def test_verification_is_remembered_and_an_edit_with_restored_mtime_is_caught(ti
     one_error_line(code, stderr, "1 GGUF file(s) do not match their manifests", q4.name, "sha256 differs",
                    "qrun convert")
     assert mf.manifest_path_for(q4).read_bytes() == q4_manifest_bytes  # a failed check rewrites nothing
+
+
+@pytest.mark.slow
+def test_ask_and_convert_see_an_edit_with_restored_mtime(tiny_ggufs, tiny_checkpoints, tmp_path):
+    ggufs = tmp_path / "ggufs"
+    q4 = copy_pair(tiny_ggufs[DEEPSEEK]["Q4_K_M"], ggufs)
+    copy_pair(tiny_ggufs[DEEPSEEK]["F16"], ggufs)
+    assert model_statuses(ggufs, "--verify")[0] == 0
+    flip_last_byte_keep_mtime(q4)
 
     # `ask --json` reports the sha256 of the file it loaded, never the manifest's for a changed file
     answer = run("ask", str(q4), "hi", "--json", "--max-tokens", "2", "--threads", "1", "--ctx", "256")
@@ -482,6 +491,7 @@ def ask_args(gguf: Path, *extra: str) -> tuple[str, ...]:
     return ("ask", str(gguf), "hi", "--max-tokens", "2", "--threads", "1", "--ctx", "256", *extra)
 
 
+@pytest.mark.slow
 def test_a_gguf_without_qrun_model_key_is_not_guessed(tiny_gguf, tmp_path):
     foreign = edited_gguf(tiny_gguf(DEEPSEEK), tmp_path / "foreign.gguf", "--remove-metadata", "qrun.model")
     line = assert_cli_error(run(*ask_args(foreign)), "not made by `qrun convert`", "architecture 'llama'",
@@ -497,6 +507,7 @@ def test_a_gguf_without_qrun_model_key_is_not_guessed(tiny_gguf, tmp_path):
     assert shown.exit_code == 0 and "User: hi" in shown.stdout, shown.output
 
 
+@pytest.mark.slow
 def test_a_chat_template_that_does_not_compile(tiny_gguf, tmp_path):
     broken = edited_gguf(tiny_gguf(DEEPSEEK), tmp_path / "broken.gguf", "--chat-template", "{% if %}")
     assert_cli_error(run(*ask_args(broken)), "tokenizer.chat_template does not compile",
