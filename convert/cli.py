@@ -11,9 +11,10 @@ import click
 
 from qrun import registry, settings
 from qrun.convert import manifest as mf
+from qrun.convert import workspace as ws
 from qrun.convert.download import SOURCES
 from qrun.convert.pipeline import convert_model, find_converted
-from qrun.errors import ConversionError, QrunError, UsageError
+from qrun.errors import ConversionError, GGUFError, QrunError, UsageError
 
 
 class StderrProgress:
@@ -112,8 +113,8 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
 @click.option("--ggufs", "ggufs_dir", metavar="DIR", type=click.Path(file_okay=False),
               help="Folder of converted models [default: QRUN_GGUF_DIR, "
               "then ./ggufs].")
-@click.option("--verify", is_flag=True, help="Hash files whose modified time differs from their manifest's "
-              "(copies) and accept them when the sha256 matches.")
+@click.option("--verify", is_flag=True, help="Hash every GGUF and compare it with its manifest's sha256; exit 1 "
+              "when any does not match (a match is remembered: copies then list as ok).")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry and local files as JSON.")
 def models_cmd(ggufs_dir, verify, as_json):
     """List the supported models and which of them are converted locally.
@@ -125,8 +126,13 @@ def models_cmd(ggufs_dir, verify, as_json):
     """
     folder = settings.gguf_dir(ggufs_dir)
     local: dict[str, list[dict]] = {}
+    failed = []
     for spec, quant, path, _ in find_converted(folder):
-        check = mf.check_manifest(path, verify_sha256=verify)
+        check = mf.check_manifest(path, hash_always=verify)
+        if check.hashed and check.ok:
+            _remember_verified(spec, folder, path, check.manifest)
+        if verify and not check.ok:
+            failed.append(f"{path.name} ({check.status}: {check.reason})")
         local.setdefault(spec.name, []).append({
             "file": str(path), "quant": quant, "size_bytes": path.stat().st_size,
             "manifest": check.status, "manifest_note": check.reason,
@@ -138,6 +144,7 @@ def models_cmd(ggufs_dir, verify, as_json):
     } for spec in registry.MODELS]
     if as_json:
         click.echo(json.dumps({"ggufs_dir": str(folder), "models": rows}, ensure_ascii=False, indent=2))
+        _verify_outcome(failed)
         return
     from tabulate import tabulate
 
@@ -154,3 +161,21 @@ def models_cmd(ggufs_dir, verify, as_json):
     else:
         click.echo("  nothing yet: qrun convert MODEL")
     sys.stdout.flush()
+    _verify_outcome(failed)
+
+
+def _remember_verified(spec, folder: Path, path: Path, manifest: dict) -> None:
+    """Save a successful verification in the manifest, unless a convert of the model is running (it owns the
+    manifests then) or the folder is read-only (the next --verify hashes again)."""
+    try:
+        with ws.output_lock(spec, folder, say=lambda _msg: None, wait=False) as held:
+            if held:
+                mf.remember_verified(path, manifest)
+    except UsageError:
+        pass
+
+
+def _verify_outcome(failed: list[str]) -> None:
+    if failed:
+        raise GGUFError(f"{len(failed)} GGUF file(s) do not match their manifests: {'; '.join(failed)}",
+                        "re-create them with `qrun convert MODEL --quant QUANT` (or copy them again)")

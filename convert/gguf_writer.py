@@ -69,7 +69,8 @@ def write_gguf(converter, out_path: str | os.PathLike, *, progress: Progress | N
 
     Args:
         converter: from qrun.convert.archs.converter_for().
-        out_path: final file name; work happens in its `.partial` sibling, renamed when complete.
+        out_path: final file name; work happens in a `.partial` sibling of this process
+            (fsutil.partial_path), renamed when complete.
         progress: called after each tensor with (done_bytes, total_bytes, tensor_name).
 
     Returns:
@@ -111,7 +112,8 @@ def write_gguf(converter, out_path: str | os.PathLike, *, progress: Progress | N
         writer.close()
         os.replace(partial, out_path)
     except BaseException:
-        writer.close()
+        with contextlib.suppress(OSError):  # closing flushes buffered data: on a full disk that fails again
+            writer.close()
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
         raise

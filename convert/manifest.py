@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from qrun.fsutil import sha256_file, write_json_atomic
+from qrun.fsutil import commit_file, file_identity, sha256_file, write_json_atomic
 from qrun.gguf_file import read_tensor_infos
 
 SCHEMA_VERSION = 1
@@ -82,18 +82,21 @@ def build_manifest(
     unquantized_size_bytes: int | None,
     steps: dict,
     threads: int | None,
+    gguf_name: str | None = None,
 ) -> dict:
-    """The manifest dict for a finished GGUF (see module docstring; field names carry their units)."""
+    """The manifest dict for a finished GGUF (see module docstring; field names carry their units).
+
+    gguf_name: the file's final name when `gguf_path` is still its partial (install_gguf() renames it and records
+    the identity of the file under its final name).
+    """
     path = Path(gguf_path)
-    stat = path.stat()
     return {
         "schema_version": SCHEMA_VERSION,
         "model": model,
         "quant": quant,
-        "gguf": path.name,
+        "gguf": gguf_name or path.name,
         "sha256": sha256,
-        "size_bytes": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
+        **file_identity(path),
         "unquantized_type": unquantized_type,  # the F16/BF16 GGUF qrun wrote and llama.cpp quantized
         "unquantized_size_bytes": unquantized_size_bytes,
         **tensor_summary(path),
@@ -115,14 +118,41 @@ def remove_manifest(gguf_path: str | os.PathLike) -> None:
     manifest_path_for(gguf_path).unlink(missing_ok=True)
 
 
+def install_gguf(staged: str | os.PathLike, final: str | os.PathLike, manifest: dict) -> dict:
+    """Rename a finished, hashed GGUF over `final`, then write its manifest; returns the manifest written.
+
+    An earlier `final` and its manifest stay a valid pair until this runs: the new file is complete (and hashed)
+    before it replaces the old one, and the new manifest follows at once. A kill between the two renames leaves the
+    new file with the old manifest, which does not match it (other inode and ctime), so nothing vouches for it.
+    """
+    commit_file(staged, final)
+    manifest = {**manifest, **file_identity(final)}
+    write_manifest(final, manifest)
+    return manifest
+
+
+def remember_verified(gguf_path: str | os.PathLike, manifest: dict) -> bool:
+    """Record in the manifest that the file now there was hashed and matches, so later checks say "ok" without
+    hashing again. False when the manifest cannot be rewritten (a read-only folder): the check just repeats."""
+    gguf_path = Path(gguf_path)
+    updated = {**manifest, **file_identity(gguf_path),
+               "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        write_manifest(gguf_path, updated)
+    except OSError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class ManifestCheck:
     """How a GGUF relates to its manifest. status: "ok", "missing", "stale", "unreadable" or "unverified" (same
-    size, other modified time — a copy, most likely — and not hashed)."""
+    size, other identity — a copy, most likely — and not hashed)."""
 
     status: str
     manifest: dict | None
     reason: str = ""
+    hashed: bool = False  # the sha256 was computed for this check (remember_verified() saves an "ok" one)
 
     @property
     def ok(self) -> bool:
@@ -138,11 +168,15 @@ def read_manifest(gguf_path: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def check_manifest(gguf_path: str | os.PathLike, *, verify_sha256: bool = False) -> ManifestCheck:
+def check_manifest(gguf_path: str | os.PathLike, *, verify_sha256: bool = False,
+                   hash_always: bool = False) -> ManifestCheck:
     """Does the manifest next to `gguf_path` describe the file that is there?
 
-    Size and mtime are compared (cheap). A file that was copied keeps its size but not its mtime; with
-    `verify_sha256` such a file is hashed and accepted when the hash matches.
+    Cheap first: the size, modified time, inode and ctime recorded when the file was written (fsutil.file_identity;
+    a file edited in place and given back its mtime still has another ctime). A file that differs only in those —
+    a copy, a restored backup, a touched or edited file — is "unverified"; with `verify_sha256` it is hashed and
+    "ok" when the sha256 matches (remember_verified() then saves the new identity), else "stale".
+    `hash_always` hashes the file even when its identity matches (`qrun models --verify`: a disk can rot).
     """
     gguf_path = Path(gguf_path)
     mpath = manifest_path_for(gguf_path)
@@ -152,20 +186,23 @@ def check_manifest(gguf_path: str | os.PathLike, *, verify_sha256: bool = False)
     if manifest is None or manifest.get("schema_version") != SCHEMA_VERSION:
         return ManifestCheck("unreadable", manifest, f"{mpath.name} is not a qrun manifest of schema {SCHEMA_VERSION}")
     try:
-        stat = gguf_path.stat()
+        identity = file_identity(gguf_path)
     except OSError:
         return ManifestCheck("stale", manifest, f"{gguf_path.name} does not exist")
     if manifest.get("gguf") != gguf_path.name:
         return ManifestCheck("stale", manifest, f"manifest describes {manifest.get('gguf')!r}, not {gguf_path.name}")
-    if manifest.get("size_bytes") != stat.st_size:
-        return ManifestCheck(
-            "stale", manifest, f"size {stat.st_size} bytes differs from the manifest's {manifest.get('size_bytes')}"
-        )
-    if manifest.get("mtime_ns") != stat.st_mtime_ns:
-        if verify_sha256 and sha256_file(gguf_path) == manifest.get("sha256"):
-            return ManifestCheck("ok", manifest, "modified time changed, sha256 matches")
-        if verify_sha256:
-            return ManifestCheck("stale", manifest, "file modified after its manifest was written (sha256 differs)")
-        return ManifestCheck("unverified", manifest, "modified time differs from the manifest's (a copy?); "
-                                                     "`qrun models --verify` compares its sha256")
-    return ManifestCheck("ok", manifest)
+    if manifest.get("size_bytes") != identity["size_bytes"]:
+        return ManifestCheck("stale", manifest, f"size {identity['size_bytes']} bytes differs from the manifest's "
+                                                f"{manifest.get('size_bytes')}")
+    if not hash_always and all(manifest.get(key) == value for key, value in identity.items()):
+        return ManifestCheck("ok", manifest)
+    if verify_sha256 or hash_always:
+        if sha256_file(gguf_path) == manifest.get("sha256"):
+            return ManifestCheck("ok", manifest, "sha256 matches", hashed=True)
+        return ManifestCheck("stale", manifest, "file changed after its manifest was written (sha256 differs)",
+                             hashed=True)
+    if manifest.get("mtime_ns") != identity["mtime_ns"]:
+        why = "modified time differs from the manifest's (a copy?)"
+    else:
+        why = "the file was replaced, copied or changed since its manifest was written"
+    return ManifestCheck("unverified", manifest, f"{why}; `qrun models --verify` compares its sha256")

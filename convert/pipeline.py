@@ -5,11 +5,15 @@ whichever --quant F16/BF16 asks for. Everything else is llama.cpp's quantizer ru
 
 Steps are resumable: a finished output that matches its manifest is skipped, a complete intermediate from the
 same checkpoint files is reused after an interruption, and nothing half-written ever carries a final name (writers
-use `<name>.partial` and rename; leftovers are deleted on the next run).
+use a `<name>.<pid>-<random>.partial` of their own and rename; leftovers of dead runs are deleted on the next run).
+A run holds its model's output lock in the folder (workspace.output_lock) from start to end; an earlier output and
+its manifest stay a valid pair until a complete, hashed new file replaces them (manifest.install_gguf).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -18,8 +22,8 @@ from typing import Callable
 from qrun import registry, settings
 from qrun.convert import manifest as mf
 from qrun.convert import workspace as ws
-from qrun.errors import CheckpointError, UsageError
-from qrun.fsutil import sha256_file
+from qrun.errors import CheckpointError, ConversionError, DiskSpaceError, QrunError, UsageError
+from qrun.fsutil import os_reason, sha256_file
 from qrun.measure import MemoryWatch
 from qrun.registry import ModelSpec
 
@@ -76,10 +80,15 @@ def _up_to_date(path: Path, *, checkpoint_fingerprint: str | None, revision: str
         return None
     src = check.manifest.get("source") or {}
     if checkpoint_fingerprint is not None:
-        return check.manifest if src.get("fingerprint") == checkpoint_fingerprint else None
-    if revision is not None:
-        matches = src.get("hub") == source and revision in (src.get("requested_revision"), src.get("revision"))
-        return check.manifest if matches else None
+        wanted = src.get("fingerprint") == checkpoint_fingerprint
+    elif revision is not None:
+        wanted = src.get("hub") == source and revision in (src.get("requested_revision"), src.get("revision"))
+    else:
+        wanted = True
+    if not wanted:
+        return None
+    if check.hashed:  # a copy (or a touched file) that matches and is kept: no need to hash it again next time
+        mf.remember_verified(path, check.manifest)
     return check.manifest
 
 
@@ -119,11 +128,51 @@ def convert_model(
     if threads is not None and threads < 0:
         raise UsageError(f"threads must be >= 0, got {threads}", "0 means all physical cores")
     threads = threads or settings.default_threads()
-    out = settings.gguf_dir(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if keep_f16 and quant == "BF16":
         raise UsageError("--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
                          "drop --keep-f16, or run `qrun convert --quant F16` as well")
+    out = _output_dir(out_dir)
+    with ws.output_lock(spec, out, say=_say):
+        try:
+            return _convert_locked(spec, out, from_dir=from_dir, source=source, revision=revision, quant=quant,
+                                   keep_f16=keep_f16, threads=threads, progress=progress)
+        except QrunError:
+            raise
+        except OSError as err:  # the disk filled up, the folder turned read-only, a file vanished under us
+            raise _file_system_error(err, out) from None
+
+
+def _output_dir(out_dir: str | os.PathLike | None) -> Path:
+    """The output folder, created; one-line errors for a path that cannot be a folder."""
+    out = settings.gguf_dir(out_dir)
+    named = "--out" if out_dir else ("QRUN_GGUF_DIR" if os.environ.get("QRUN_GGUF_DIR") else "the output folder")
+    hint = "choose a writable folder with --out DIR (or QRUN_GGUF_DIR)"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{named} {out} is a file, not a folder", hint) from None
+    except NotADirectoryError:
+        raise UsageError(f"{named} {out} is inside a file, not a folder", hint) from None
+    except OSError as err:
+        raise UsageError(f"cannot create {named} {out}: {os_reason(err)}", hint) from None
+    if not out.is_dir():
+        raise UsageError(f"{named} {out} is not a folder", hint)
+    return out
+
+
+def _file_system_error(err: OSError, out: Path) -> QrunError:
+    where = err.filename or out
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskSpaceError(f"the disk filled up while writing {where}",
+                              "free some space or pass --out DIR on a disk with more room, then rerun "
+                              "(a complete intermediate is reused)")
+    return ConversionError(f"cannot write {where}: {os_reason(err)}",
+                           "check the folder's permissions and free space, or pass --out DIR")
+
+
+def _convert_locked(spec: ModelSpec, out: Path, *, from_dir, source, revision, quant, keep_f16, threads,
+                    progress) -> dict:
+    """convert_model() once its output lock is held."""
     final = out / f"{spec.name}-{quant}.gguf"
     unquantized_final = {t: out / f"{spec.name}-{t}.gguf" for t in settings.UNQUANTIZED}
 
@@ -219,33 +268,38 @@ def convert_model(
         steps["convert"] = {**(base_marker.get("convert_step") or {}), "reused": True}
     base_size_bytes = base_path.stat().st_size
 
-    def finish(path: Path, file_quant: str, file_steps: dict) -> dict:
+    def install(staged: Path, path: Path, file_quant: str, file_steps: dict) -> dict:
+        """Hash the finished `staged` file, then put it and its manifest in place of `path` and its manifest."""
         with _measured(file_steps, "hash"):
-            digest = sha256_file(path)
-        manifest = mf.build_manifest(model=spec.name, quant=file_quant, gguf_path=path, sha256=digest,
+            digest = sha256_file(staged)
+        manifest = mf.build_manifest(model=spec.name, quant=file_quant, gguf_path=staged, sha256=digest,
                                      source=source_info, unquantized_type=base_type,
-                                     unquantized_size_bytes=base_size_bytes, steps=file_steps, threads=threads)
-        mf.write_manifest(path, manifest)
-        return manifest
+                                     unquantized_size_bytes=base_size_bytes, steps=file_steps, threads=threads,
+                                     gguf_name=path.name)
+        return mf.install_gguf(staged, path, manifest)
 
     result_manifest = None
     if quantize_needed:
         from qrun.convert.quantize import quantize_gguf
 
         _say(f"[quantize] {base_path.name} -> {final.name} ({threads} threads)")
-        mf.remove_manifest(final)
-        with _measured(steps, "quantize"):
-            quantize_gguf(base_path, final, quant, threads=threads, progress=progress)
-        result_manifest = finish(final, quant, steps)
+        staged = None
+        try:
+            with _measured(steps, "quantize"):
+                staged = quantize_gguf(base_path, final, quant, threads=threads, progress=progress, commit=False)
+            result_manifest = install(staged, final, quant, steps)
+        finally:
+            if staged is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()  # still there only when hashing or installing it failed
     elif quant not in settings.UNQUANTIZED:
         result_manifest = mf.read_manifest(final)
     kept_final = unquantized_final[base_type] if (keep_f16 or quant in settings.UNQUANTIZED) else None
     if kept_final is not None:
         if base_path != kept_final:
-            mf.remove_manifest(kept_final)
-            os.replace(base_path, kept_final)
+            kept_manifest = install(base_path, kept_final, base_type,
+                                    {k: v for k, v in steps.items() if k != "quantize"})
             ws.remove_intermediate(base_path)
-            kept_manifest = finish(kept_final, base_type, {k: v for k, v in steps.items() if k != "quantize"})
         else:
             kept_manifest = mf.read_manifest(kept_final)
         if quant in settings.UNQUANTIZED:

@@ -111,11 +111,12 @@ def quantize_gguf(
     *,
     threads: int | None = None,
     progress: Progress | None = None,
-) -> None:
+    commit: bool = True,
+) -> Path:
     """Quantize `src_path` (an F16 GGUF) to `dst_path` as `quant`, atomically.
 
-    The output is written to `<dst>.partial` and renamed only when llama.cpp reports success, so a crash or kill
-    never leaves a half-written file under the final name. llama.cpp cannot be stopped mid-call and a Ctrl-C
+    The output is written under a name of this process (fsutil.partial_path) and renamed only when llama.cpp
+    reports success, so a crash or kill never leaves a half-written file under the final name. llama.cpp cannot be stopped mid-call and a Ctrl-C
     raised inside its log callback would be dropped by ctypes, so Ctrl-C here deletes the partial file and ends
     the process at once (exit 130) instead of raising KeyboardInterrupt.
 
@@ -125,6 +126,11 @@ def quantize_gguf(
         quant: one of settings.QUANTS (case-insensitive).
         threads: quantizer threads; None or 0 = settings.default_threads().
         progress: optional callback, called as progress("quantize", done=i, total=n, tensor=name) per tensor.
+        commit: False = leave the finished file under its partial name for the caller to hash and install
+            (convert/manifest.py install_gguf), which then owns it.
+
+    Returns:
+        The path written: dst_path, or the finished partial when commit is False.
 
     Raises:
         UsageError: unknown quant or negative threads.
@@ -142,7 +148,6 @@ def quantize_gguf(
         raise GGUFError(f"cannot quantize {src}: file not found", "convert the model first")
 
     tmp = partial_path(dst)
-    tmp.unlink(missing_ok=True)
     log_tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
 
     def on_line(line: str) -> None:
@@ -166,7 +171,9 @@ def quantize_gguf(
                 f"llama.cpp could not quantize {src.name} to {quant.upper()} (code {rc}): {detail}",
                 "check that the F16 GGUF loads (qrun ask) and that the disk is not full",
             )
-        commit_file(tmp, dst)
+        if commit:
+            commit_file(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return dst if commit else tmp

@@ -93,12 +93,17 @@ class SafetensorsFile:
         self.data_start = 8 + header_bytes
         data_bytes = file_bytes - self.data_start
         self.metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise self._corrupt("__metadata__ is not a JSON object")
         for name, entry in header.items():
+            if not isinstance(entry, dict):
+                raise self._corrupt(f"header entry for {name} is not a JSON object")
             try:
                 dtype, shape, (begin, end) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise self._corrupt(f"bad header entry for {name}") from None
-            if any(d < 0 for d in shape) or not all(isinstance(o, int) for o in (begin, end)):
+            if (any(d < 0 for d in shape) or not all(type(o) is int for o in (begin, end))
+                    or not isinstance(dtype, str)):
                 raise self._corrupt(f"bad header entry for {name}")
             itemsize = STORAGE_DTYPES.get(dtype, (None, None))[1]
             if itemsize is not None and end - begin != math.prod(shape) * itemsize:
@@ -106,6 +111,21 @@ class SafetensorsFile:
             if not 0 <= begin <= end <= data_bytes:
                 raise self._corrupt(f"{name} ends at byte {end} of a {data_bytes}-byte data section")
             self.entries[name] = {"dtype": dtype, "shape": tuple(shape), "begin": begin, "end": end}
+        self._check_layout(data_bytes)
+
+    def _check_layout(self, data_bytes: int) -> None:
+        """Tensors tile the data section exactly, as the format requires (and the reference reader checks): two
+        tensors sharing bytes, or bytes that belong to none, mean a corrupt or crafted file."""
+        expected = 0
+        for name, entry in sorted(self.entries.items(), key=lambda kv: (kv[1]["begin"], kv[1]["end"])):
+            if entry["begin"] < expected:
+                raise self._corrupt(f"{name} at bytes {entry['begin']}-{entry['end']} overlaps another tensor")
+            if entry["begin"] > expected:
+                raise self._corrupt(f"bytes {expected}-{entry['begin']} of the data section belong to no tensor "
+                                    f"(before {name})")
+            expected = entry["end"]
+        if expected != data_bytes:
+            raise self._corrupt(f"the tensors cover {expected} of the {data_bytes}-byte data section")
 
     def names(self) -> list[str]:
         return list(self.entries)

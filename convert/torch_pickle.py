@@ -16,6 +16,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from qrun.convert.safetensors_io import STORAGE_DTYPES, convert_rows
 
 # torch storage class name -> safetensors dtype name (same byte layouts)
 _STORAGE_TYPES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16"}
+# data.pkl of a 7B model's state dict is ~100 KB (names and layouts only); more than this is not a state dict.
+_MAX_PICKLE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ class TorchZipFile:
         if byteorder in self._zip.namelist() and self._zip.read(byteorder).strip() != b"little":
             raise CheckpointError(f"{self.path} stores big-endian data", "convert it on the machine that wrote it")
         try:
-            state = _StateDictUnpickler(self._zip.read(pkl_names[0]), source=self.path).load()
+            state = _StateDictUnpickler(self._read_entry(self._zip.getinfo(pkl_names[0]), _MAX_PICKLE_BYTES),
+                                        source=self.path).load()
         except CheckpointError:
             raise
         except Exception as exc:  # malformed opcodes, wrong arity, BUILD on our stand-ins, a bad zip entry, ...
@@ -120,6 +124,42 @@ class TorchZipFile:
         if not isinstance(state, dict) or not all(isinstance(v, TensorRef) for v in state.values()):
             raise CheckpointError(f"{self.path} is not a flat state dict of tensors", "use the safetensors files")
         self.entries: dict[str, TensorRef] = dict(state)
+        self._check_storages()
+
+    def _read_entry(self, info: zipfile.ZipInfo, limit_bytes: int) -> bytes:
+        """At most `limit_bytes` of a zip entry, decompressing no more than that: a deflated entry can claim any
+        size and expand a few KB into gigabytes."""
+        if info.file_size > limit_bytes:
+            raise CheckpointError(f"truncated or corrupt: {self.path} ({info.filename} declares {info.file_size} "
+                                  f"bytes, more than the {limit_bytes} its tensors need)", "re-download the file")
+        with self._zip.open(info) as f:
+            data = f.read(limit_bytes + 1)
+        if len(data) != info.file_size:
+            raise CheckpointError(f"truncated or corrupt: {self.path} ({info.filename} holds {len(data)} bytes, "
+                                  f"its header says {info.file_size})", "re-download the file")
+        return data
+
+    def _check_storages(self) -> None:
+        """Every storage the tensors use is in the zip, sized as declared, and covers the tensors laid on it."""
+        self._needed_bytes: dict[str, int] = {}
+        names = set(self._zip.namelist())
+        for name, ref in self.entries.items():
+            storage = ref.storage
+            entry = f"{self._prefix}data/{storage.key}"
+            if entry not in names:
+                raise CheckpointError(f"truncated or corrupt: {self.path} (tensor {name}'s storage {storage.key} is "
+                                      "not in the file)", "re-download the file")
+            itemsize = STORAGE_DTYPES[storage.dtype][1]
+            n_elements = math.prod(ref.shape)
+            end = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) + 1 if n_elements else 0
+            if end > storage.numel:
+                raise CheckpointError(f"truncated or corrupt: {self.path} (tensor {name} overruns its storage)",
+                                      "re-download the file")
+            info = self._zip.getinfo(entry)
+            if info.file_size != storage.numel * itemsize:
+                raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key})",
+                                      "re-download the file")
+            self._needed_bytes[storage.key] = max(self._needed_bytes.get(storage.key, 0), end * itemsize)
 
     def names(self) -> list[str]:
         return list(self.entries)
@@ -128,30 +168,42 @@ class TorchZipFile:
         return self.entries[name].shape
 
     def _storage_array(self, storage: _Storage) -> np.ndarray:
+        """The part of a storage the tensors use (mapped when stored uncompressed, as torch.save does)."""
         info = self._zip.getinfo(f"{self._prefix}data/{storage.key}")
         raw_dtype, itemsize = STORAGE_DTYPES[storage.dtype]
-        if info.file_size != storage.numel * itemsize:
-            raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key})",
-                                  "re-download the file")
-        if info.compress_type == zipfile.ZIP_STORED:  # torch.save stores uncompressed: map it, don't read it
+        needed_bytes = self._needed_bytes[storage.key]
+        if needed_bytes == 0:
+            return np.zeros(0, dtype=raw_dtype)
+        if info.compress_type == zipfile.ZIP_STORED:  # map it, don't read it
             with open(self.path, "rb") as f:
                 f.seek(info.header_offset)
                 local = f.read(30)
+                file_bytes = os.fstat(f.fileno()).st_size
+            if len(local) < 30:
+                raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key})",
+                                      "re-download the file")
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             start = info.header_offset + 30 + name_len + extra_len
-            if storage.numel == 0:
-                return np.zeros(0, dtype=raw_dtype)
-            return np.memmap(self.path, mode="r", dtype=raw_dtype, offset=start, shape=(storage.numel,))
-        return np.frombuffer(self._zip.read(info), dtype=raw_dtype)
+            if start + needed_bytes > file_bytes:
+                raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key} ends past the "
+                                      "end of the file)", "re-download the file")
+            return np.memmap(self.path, mode="r", dtype=raw_dtype, offset=start, shape=(needed_bytes // itemsize,))
+        try:
+            with self._zip.open(info) as f:  # decompress only what the tensors need, whatever the entry claims
+                data = f.read(needed_bytes)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key}: {exc})",
+                                  "re-download the file") from None
+        if len(data) != needed_bytes:
+            raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key})", "re-download the file")
+        return np.frombuffer(data, dtype=raw_dtype)
 
     def read(self, name: str, *, dtype=np.float32) -> np.ndarray:
         ref = self.entries[name]
         flat = self._storage_array(ref.storage)
+        if math.prod(ref.shape) == 0:
+            return np.zeros(ref.shape, dtype=dtype)
         itemsize = flat.itemsize
-        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) if math.prod(ref.shape) else 0
-        if last >= max(1, ref.storage.numel) and math.prod(ref.shape):
-            raise CheckpointError(f"truncated or corrupt: {self.path} (tensor {name} overruns its storage)",
-                                  "re-download the file")
         view = np.lib.stride_tricks.as_strided(
             flat[ref.offset:], shape=ref.shape, strides=[s * itemsize for s in ref.stride], writeable=False
         )

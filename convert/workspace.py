@@ -4,15 +4,21 @@ interrupted runs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import stat
 import struct
 from pathlib import Path
+from typing import Callable, Iterator
+
+import filelock
 
 from qrun import __version__, settings
-from qrun.errors import DiskSpaceError
-from qrun.fsutil import write_json_atomic
+from qrun.errors import DiskSpaceError, UsageError
+from qrun.fsutil import file_identity, os_reason, owner_pid, pid_alive, write_json_atomic
 from qrun.registry import ModelSpec
 
 # Upper estimates of bits per weight of each output, including the tensors llama.cpp keeps at higher precision
@@ -24,6 +30,52 @@ _EST_BITS_PER_WEIGHT = {"F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 7.0, "Q5
 _GGUF_OVERHEAD_BYTES = 64 << 20
 _SAFETENSORS_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
                               "U8": 1, "BOOL": 1}
+
+
+def lock_path(spec: ModelSpec, out_dir: Path) -> Path:
+    """The lock file of one model's outputs in one folder.
+
+    One lock covers all of a model's outputs there, not one per quant: every quant of a model is made from the same
+    F16/BF16 intermediate, and a run removes intermediates of other types and leftovers of interrupted runs.
+    """
+    return out_dir / f".{spec.name}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(spec: ModelSpec, out_dir: Path, *, say: Callable[[str], None],
+                wait: bool = True) -> Iterator[bool]:
+    """Hold the lock of `spec`'s outputs in `out_dir` for the duration of the block.
+
+    A second run waits for the first (saying so once) and then finds its outputs made. The kernel releases the
+    lock when its process dies, however it dies, so a killed run never blocks the next one. The lock file itself
+    stays (an empty hidden file): removing it on release would let a waiting run and a new one hold two locks.
+
+    Args:
+        wait: False = do not wait; the block then runs with False when another run holds the lock.
+
+    Yields:
+        True when the lock is held.
+
+    Raises:
+        UsageError: the lock file cannot be created (read-only folder, no permission).
+    """
+    lock = filelock.FileLock(lock_path(spec, out_dir))
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if not wait:
+                yield False
+                return
+            say(f"[convert] waiting: another qrun run is writing {spec.name} outputs in {out_dir}")
+            lock.acquire()
+    except OSError as err:
+        raise UsageError(f"cannot write in {out_dir}: {os_reason(err)}",
+                         "choose a writable folder with --out DIR (or QRUN_GGUF_DIR)") from None
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 def checkpoint_files(folder: Path, spec: ModelSpec) -> list[Path]:
@@ -40,14 +92,17 @@ def fingerprint(folder: Path, spec: ModelSpec) -> str:
     """Identity of a checkpoint's input files (names, sizes, mtimes) plus qrun's version: same value, same GGUF."""
     digest = hashlib.sha256(f"qrun {__version__} {spec.name}\n".encode())
     for path in checkpoint_files(folder, spec):
-        stat = path.stat()
-        digest.update(f"{path.name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+        info = path.stat()
+        digest.update(f"{path.name} {info.st_size} {info.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:32]
 
 
 def _safetensors_header(path: Path) -> dict | None:
-    """The JSON header of a safetensors file (8-byte length + JSON); None when it cannot be read."""
+    """The JSON header of a safetensors file (8-byte length + JSON); None when it cannot be read (or is not a regular
+    file: opening a FIFO would block; the converter then reports it)."""
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
         with open(path, "rb") as f:
             (header_bytes,) = struct.unpack("<Q", f.read(8))
             if header_bytes > 100 << 20:
@@ -71,7 +126,7 @@ def _safetensors_params(path: Path) -> int | None:
             begin, end = entry["data_offsets"]
             total += (end - begin) // _SAFETENSORS_ELEMENT_BYTES.get(entry["dtype"], 2)
         return total
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
@@ -92,7 +147,11 @@ def natural_weight_type(folder: Path) -> str:
         if header is None:
             return "F16"
         for name, entry in header.items():
-            if name != "__metadata__" and len(entry.get("shape", ())) >= 2 and entry.get("dtype") != "BF16":
+            if name == "__metadata__":
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
+                return "F16"  # a corrupt header: the converter's reader says what is wrong with it
+            if len(entry["shape"]) >= 2 and entry.get("dtype") != "BF16":
                 return "F16"
     return "BF16"
 
@@ -159,11 +218,9 @@ def marker_path(intermediate: Path) -> Path:
 def write_marker(intermediate: Path, *, checkpoint_fingerprint: str, source: dict, convert_step: dict,
                  writer_info) -> None:
     """Record that `intermediate` is complete and which checkpoint it came from (so a rerun can reuse it)."""
-    stat = intermediate.stat()
     write_json_atomic(marker_path(intermediate), {
         "model_fingerprint": checkpoint_fingerprint,
-        "size_bytes": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
+        **file_identity(intermediate),
         "source": source,
         "convert_step": convert_step,
         "writer": json.loads(json.dumps(writer_info, default=str)) if writer_info is not None else None,
@@ -174,10 +231,12 @@ def reusable_marker(intermediate: Path, checkpoint_fingerprint: str) -> dict | N
     """The marker of a complete intermediate made from the same checkpoint files, else None."""
     try:
         marker = json.loads(marker_path(intermediate).read_text(encoding="utf-8"))
-        stat = intermediate.stat()
+        identity = file_identity(intermediate)
     except (OSError, ValueError):
         return None
-    same_file = marker.get("size_bytes") == stat.st_size and marker.get("mtime_ns") == stat.st_mtime_ns
+    if not isinstance(marker, dict):
+        return None
+    same_file = all(marker.get(key) == value for key, value in identity.items())
     return marker if same_file and marker.get("model_fingerprint") == checkpoint_fingerprint else None
 
 
@@ -187,10 +246,18 @@ def remove_intermediate(intermediate: Path) -> None:
 
 
 def clean_stale_partials(spec: ModelSpec, out_dir: Path) -> list[Path]:
-    """Delete what interrupted runs of this model left: `*.partial` outputs and atomic-write temporaries."""
+    """Delete what interrupted runs of this model left: `*.partial` outputs and atomic-write temporaries.
+
+    Call it holding output_lock(). A file whose name carries the id of a live process (fsutil.partial_path) is
+    kept: a run of a qrun that took no lock may still be writing it. Names without an id are from such older
+    runs too, and are removed only under the lock.
+    """
     removed = []
     for pattern in (f"{spec.name}-*.partial", f".{spec.name}-*.tmp"):
         for path in out_dir.glob(pattern):
+            pid = owner_pid(path)
+            if pid is not None and pid != os.getpid() and pid_alive(pid):
+                continue
             try:
                 path.unlink()
                 removed.append(path)

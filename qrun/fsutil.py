@@ -5,10 +5,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import errno
 import os
+import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+# `<final name>.<pid>-<8 hex>.partial`: unique per process and call, and it names the process that owns it.
+_PARTIAL_OWNER = re.compile(r"\.(\d+)-[0-9a-f]{8}\.partial$")
+# mkstemp temporaries of atomic_open: `.<final name>.<pid>.<random>.tmp`
+_TMP_OWNER = re.compile(r"\.(\d+)\.[^.]+\.tmp$")
 
 
 def _umask() -> int:
@@ -18,8 +26,69 @@ def _umask() -> int:
 
 
 def partial_path(path: Path) -> Path:
-    """The name work in progress is written under, in the same folder (so the final rename is atomic)."""
-    return path.with_name(path.name + ".partial")
+    """A fresh name for work in progress on `path`, in the same folder (so the final rename is atomic).
+
+    Unique per process and call (`<name>.<pid>-<random>.partial`): two runs writing the same output never write
+    into, delete or rename each other's file, and a leftover names the process that made it (owner_pid).
+    """
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+
+
+def owner_pid(path: Path) -> int | None:
+    """The process id in a partial_path() or atomic_open() temporary's name; None for other names."""
+    match = _PARTIAL_OWNER.search(path.name) or _TMP_OWNER.search(path.name)
+    return int(match.group(1)) if match else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (ours included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def file_identity(path: str | os.PathLike) -> dict:
+    """What identifies a file as written: size, mtime, inode and ctime.
+
+    A user can restore a file's mtime after changing it (os.utime, `touch -r`), but not its ctime: the kernel sets
+    that to the current time on every change, the utime call included. A copy gets a new inode and ctime too.
+    """
+    stat = os.stat(path)
+    return {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino,
+            "ctime_ns": stat.st_ctime_ns}
+
+
+def ensure_writable_dir(path: str | os.PathLike, *, what: str, hint: str) -> Path:
+    """Create `path` if needed and prove a file can be created in it (then removed).
+
+    Raises:
+        UsageError: `path` or a parent is a regular file, or the folder cannot be created or written
+            (read-only file system, no permission, disk full), with `hint` as the fix.
+    """
+    from qrun.errors import UsageError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=f".qrun-write-test.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise UsageError(f"{what} {path} is a file, not a folder", hint) from None
+    except NotADirectoryError:
+        raise UsageError(f"{what} {path} is inside a file, not a folder", hint) from None
+    except OSError as err:
+        raise UsageError(f"cannot write in {what} {path}: {os_reason(err)}", hint) from None
+    return path
+
+
+def os_reason(err: OSError) -> str:
+    """An OSError's reason without its Python decoration ("Read-only file system", "No space left on device")."""
+    return err.strerror or errno.errorcode.get(err.errno or 0, str(err))
 
 
 @contextlib.contextmanager
@@ -27,7 +96,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     """Open a temporary file next to `path`; on success fsync and rename it over `path`, on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would have
     try:
         with os.fdopen(fd, mode, **kwargs) as f:

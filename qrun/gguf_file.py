@@ -153,7 +153,12 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
                 ggml_type, offset = cur.unpack("I"), cur.unpack("Q")
                 extents.append(offset + _tensor_bytes(ggml_type, dims))
                 header.tensors.append((name, ggml_type, math.prod(dims)))
-            alignment = int(header.metadata.get("general.alignment") or GGUF_DEFAULT_ALIGNMENT)
+            alignment = header.metadata.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
+            # llama.cpp reads it as a u32 and refuses anything but a power of two (gguf.cpp); a float, 0 or a
+            # negative value would otherwise make the data offset here meaningless (or divide by zero)
+            if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+                raise GGUFError(f"{path} has general.alignment {alignment!r}; GGUF needs a power of two",
+                                _REBUILD_HINT)
             data_start = -(-cur.tell() // alignment) * alignment
             # a vocabulary-only GGUF has no tensors and no padding after its header
             header.data_end_bytes = data_start + max(extents) if extents else cur.tell()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from qrun import registry, settings
-from qrun.errors import PromptError
+from qrun.errors import PromptError, UsageError
 from qrun.fsutil import sha256_file
 from qrun.measure import MemoryWatch
 from qrun.runner import resolve
@@ -25,7 +25,8 @@ def _quiet(_message: str) -> None:
 
 
 def gguf_sha256(path: Path) -> str:
-    """The GGUF's sha256: from its manifest when that is fresh, else computed (reads the whole file)."""
+    """The GGUF's sha256: its manifest's only when the file is the very one the manifest was written for (size,
+    mtime, inode and ctime: convert/manifest.py check_manifest), else computed from the file (reads all of it)."""
     try:
         from qrun.convert.manifest import check_manifest
 
@@ -103,33 +104,37 @@ def sampling_options(spec: registry.ModelSpec, *, max_tokens, temperature, top_p
 def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None, use_mmap=None, ctx=None, quant=None,
                 ggufs_dir=None, flash_attn=None, kv_type=None, seed=settings.DEFAULT_SEED, vocab_only=False,
                 work: Callable[[Engine], int] | None = None, notice: Notice = _quiet,
-                workload: str = "chat") -> Engine:
+                workload: str = "chat", as_model: str | None = None) -> Engine:
     """Resolve MODEL and its load settings (qrun.runner.resolve), size the context, load.
 
     work: given the vocabulary, the tokens the context must hold (prompt + answer); the context is then sized to
         it unless --ctx was given. None = --ctx, else settings.DEFAULT_CTX_TOKENS (a chat's history grows).
+    as_model: which model a GGUF path not made by `qrun convert` holds (--as).
     engine.settings says what was loaded and where each value came from.
     """
+    if as_model is not None and not resolve.is_path(model_or_path):
+        raise UsageError(f"--as {as_model} names the model of a .gguf path; {model_or_path!r} is a model name",
+                         "drop --as, or give the path of the GGUF")
     gguf, load = resolve.resolve(model_or_path, quant=quant, ggufs_dir=ggufs_dir, threads=threads,
                                  threads_batch=threads_batch, repack=repack, use_mmap=use_mmap, ctx=ctx,
                                  flash_attn=flash_attn, kv_type=kv_type, workload=workload,
-                                 use_profile=not vocab_only, notice=notice)
+                                 use_profile=not vocab_only, as_model=as_model, notice=notice)
     if vocab_only:
-        return Engine.load(gguf, load, seed=seed, vocab_only=True, notice=notice)
+        return Engine.load(gguf, load, seed=seed, vocab_only=True, notice=notice, as_model=as_model)
     if work is not None and load.sources.get("n_ctx") != "flag":
-        with Engine.load(gguf, load, vocab_only=True) as vocab:
+        with Engine.load(gguf, load, vocab_only=True, as_model=as_model) as vocab:
             load = resolve.size_ctx(load, work_tokens=work(vocab), n_ctx_train=vocab.n_ctx_train)
-    engine = Engine.load(gguf, load, seed=seed, notice=notice)
+    engine = Engine.load(gguf, load, seed=seed, notice=notice, as_model=as_model)
     if ctx is not None and engine.n_ctx != ctx:
         notice(f"note: --ctx {ctx} rounded up to {engine.n_ctx} (llama.cpp allocates the context in multiples of "
                f"{settings.CTX_ALIGN_TOKENS})")
     return engine
 
 
-def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_dir=None) -> dict:
+def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_dir=None, as_model=None) -> dict:
     """The exact prompt text and token ids `ask` would run (only the vocabulary is loaded)."""
     check_prompt(prompt, system=system)
-    with load_engine(model_or_path, quant=quant, ggufs_dir=ggufs_dir, vocab_only=True) as engine:
+    with load_engine(model_or_path, quant=quant, ggufs_dir=ggufs_dir, vocab_only=True, as_model=as_model) as engine:
         messages = [{"role": "user", "content": prompt}]
         return {"prompt_text": engine.prompt_text(messages, system=system),
                 "prompt_token_ids": engine.prompt_ids(messages, system=system)}
@@ -141,7 +146,8 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         repack: bool | None = None, use_mmap: bool | None = None, ctx: int | None = None,
         flash_attn: bool | None = None, kv_type: str | None = None,
         quant: str | None = None, ggufs_dir=None, truncate: bool = False, with_sha256: bool = True,
-        on_text: Callable[[str], None] | None = None, notice: Notice = _quiet, logit_bias=None) -> dict:
+        on_text: Callable[[str], None] | None = None, notice: Notice = _quiet, logit_bias=None,
+        as_model: str | None = None) -> dict:
     """Answer one prompt with a converted model, streaming text pieces to on_text.
 
     Args:
@@ -154,6 +160,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
             see qrun.runner.resolve).
         truncate: drop the oldest part of an overlong prompt instead of failing.
         with_sha256: include the GGUF's sha256 (from its manifest, else hashed: slow for a 4 GB file).
+        as_model: which model a GGUF path not made by `qrun convert` holds (--as).
     Returns:
         {"answer", "model", "gguf", "sha256", "stats": {load_s, prompt_tokens, ..., stop_reason, peak_rss_bytes},
          "settings": {quant, threads, threads_batch, repack, use_mmap, n_ctx, flash_attn, kv_type, amx_denied, seed,
@@ -173,7 +180,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
     with MemoryWatch() as load_watch:
         engine = load_engine(model_or_path, threads=threads, threads_batch=threads_batch, repack=repack,
                              use_mmap=use_mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs_dir, flash_attn=flash_attn,
-                             kv_type=kv_type, seed=seed, work=work, notice=notice)
+                             kv_type=kv_type, seed=seed, work=work, notice=notice, as_model=as_model)
     with engine:
         options = sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                    top_k=top_k)

@@ -65,6 +65,8 @@ def _model_options(f):
         click.option("--quant", default=None,
                      help=f"Which GGUF of MODEL; auto = the type `qrun tune` measured fastest [{settings.DEFAULT_QUANT}]."),
         click.option("--ggufs", type=click.Path(file_okay=False), default=None, help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs]."),
+        click.option("--as", "as_model", default=None, metavar="MODEL",
+                     help="Which model a .gguf path not made by `qrun convert` holds (picks its chat format)."),
     ]):
         f = option(f)
     return f
@@ -95,7 +97,7 @@ def format_stats(result: dict) -> str:
 @click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
 @click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
 def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap,
-            flash_attn, kv_type, ctx, quant, ggufs, show_stats, as_json, show_prompt, truncate):
+            flash_attn, kv_type, ctx, quant, ggufs, as_model, show_stats, as_json, show_prompt, truncate):
     """Answer one PROMPT with MODEL (a name, an alias or a .gguf path), streamed to stdout.
 
     \b
@@ -110,7 +112,7 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
         prompt = decode_utf8(sys.stdin.buffer.read(), what="the prompt on stdin")
         prompt = prompt.removesuffix("\n").removesuffix("\r")
     if show_prompt:
-        shown = ask_lib.show_prompt(model, prompt, system=system, quant=quant, ggufs_dir=ggufs)
+        shown = ask_lib.show_prompt(model, prompt, system=system, quant=quant, ggufs_dir=ggufs, as_model=as_model)
         if as_json:
             click.echo(json.dumps(shown, ensure_ascii=False))
         else:
@@ -127,7 +129,7 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
                          top_k=top_k, seed=seed, threads=threads, threads_batch=threads_batch, repack=repack,
                          use_mmap=mmap, flash_attn=flash_attn, kv_type=kv_type, ctx=ctx, quant=quant,
                          ggufs_dir=ggufs, truncate=truncate, with_sha256=as_json, on_text=None if as_json else stream,
-                         notice=_notice)
+                         notice=_notice, as_model=as_model)
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
     else:
@@ -140,7 +142,7 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
 @click.argument("model")
 @_model_options
 def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap,
-             flash_attn, kv_type, ctx, quant, ggufs):
+             flash_attn, kv_type, ctx, quant, ggufs, as_model):
     """Chat with MODEL in the terminal, multi-turn, in the model's own chat format.
 
     \b
@@ -153,7 +155,7 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
         check_text(system, what="--system")
     engine = ask_lib.load_engine(model, threads=threads, threads_batch=threads_batch, repack=repack, use_mmap=mmap,
                                  flash_attn=flash_attn, kv_type=kv_type, ctx=ctx, quant=quant, ggufs_dir=ggufs,
-                                 seed=seed, notice=_notice)
+                                 seed=seed, notice=_notice, as_model=as_model)
     with engine:
         sampling = ask_lib.sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature,
                                             top_p=top_p, top_k=top_k)

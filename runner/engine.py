@@ -96,6 +96,33 @@ def _continue_loading(_progress, _user_data) -> bool:
     return not interrupts.abort_requested()
 
 
+class _UnusedChatTemplate:
+    """Stands in for llama-cpp-python's Jinja2ChatFormatter while a model loads: Llama() compiles every
+    tokenizer.chat_template in a GGUF's metadata (llama_cpp/llama.py), and a template that does not compile would
+    stop a model from loading whose prompts qrun builds itself (runner/formats.py) and never renders."""
+
+    def __init__(self, **_template):
+        pass
+
+    def to_chat_handler(self):
+        def refuse(**_kwargs):
+            raise RuntimeError("qrun builds prompts itself (runner/formats.py); GGUF chat templates are not rendered")
+
+        return refuse
+
+
+@contextlib.contextmanager
+def _chat_templates_not_compiled() -> Iterator[None]:
+    import llama_cpp.llama as high_level
+
+    original = high_level.llama_chat_format.Jinja2ChatFormatter
+    high_level.llama_chat_format.Jinja2ChatFormatter = _UnusedChatTemplate
+    try:
+        yield
+    finally:
+        high_level.llama_chat_format.Jinja2ChatFormatter = original
+
+
 def aligned_ctx(n_ctx: int) -> int:
     """n_ctx rounded up to llama.cpp's multiple (settings.CTX_ALIGN_TOKENS). llama.cpp rounds it anyway, and
     llama-cpp-python 0.3.36 sizes its buffers from the unrounded value, then crashes (numpy broadcast error) on
@@ -119,19 +146,35 @@ def check_sampling(*, max_tokens: int, temperature: float, top_p: float, top_k: 
         raise UsageError(f"--top-k must be 0 (off) or more, got {top_k}")
 
 
-def spec_for_header(header: GGUFHeader, path: Path) -> ModelSpec:
-    """The model a GGUF holds: the "qrun.model" key our converter writes, else general.architecture."""
+def spec_for_header(header: GGUFHeader, path: Path, *, as_model: str | None = None) -> ModelSpec:
+    """The model a GGUF holds: `as_model` when the user says so (--as), else the "qrun.model" key our converter
+    writes. A GGUF from elsewhere is not guessed from general.architecture: "llama" is DeepSeek's architecture and
+    that of thousands of other models, each with its own chat format, and a wrong format gives fluent nonsense.
+
+    Raises:
+        UnknownModelError: `as_model` is not a registry name.
+        GGUFError: no (known) "qrun.model" key and no `as_model`, or an architecture qrun cannot run.
+    """
+    arch = header.architecture or ""
+    if as_model is not None:
+        spec = registry.get(as_model)
+        if arch and arch != spec.gguf_arch:
+            raise GGUFError(f"{path} holds architecture {arch!r}, not {spec.name}'s {spec.gguf_arch!r}",
+                            f"--as names the model the GGUF holds; qrun runs: {', '.join(registry.names())}")
+        return spec
     name = header.metadata.get("qrun.model")
-    if name:
-        with contextlib.suppress(Exception):
-            return registry.get(name)
-    spec = registry.find_by_arch(header.architecture or "")
-    if spec is None:
+    if isinstance(name, str) and name in registry.names():
+        return registry.get(name)
+    candidates = [spec.name for spec in registry.MODELS if spec.gguf_arch == arch]
+    if not candidates:
         raise GGUFError(
-            f"{path} holds architecture {header.architecture!r}, which qrun has no chat format for",
+            f"{path} holds architecture {arch!r}, which qrun has no chat format for",
             f"qrun runs: {', '.join(registry.names())}",
         )
-    return spec
+    raise GGUFError(f"{path} was not made by `qrun convert` (no qrun.model key), so which model it holds and "
+                    f"which chat format it needs are unknown (architecture {arch!r})",
+                    f"say which it is with --as {candidates[0]} if it is {candidates[0]}; qrun runs: "
+                    f"{', '.join(registry.names())}")
 
 
 class Engine:
@@ -157,7 +200,7 @@ class Engine:
     @classmethod
     def load(cls, gguf_path, load: settings.LoadSettings | None = None, *, seed: int = settings.DEFAULT_SEED,
              vocab_only: bool = False, notice: Callable[[str], None] = lambda _msg: None,
-             **given) -> "Engine":
+             as_model: str | None = None, **given) -> "Engine":
         """Validate and load a GGUF with `load` applied as it is (qrun.runner.resolve builds it).
 
         Args:
@@ -165,6 +208,7 @@ class Engine:
                 n_ctx=256, n_threads=1) in tests and tools that load one file directly.
             vocab_only: load only the vocabulary (for --show-prompt and context sizing: no weights read).
             notice: where one-line notes go (e.g. that the repacking check is running).
+            as_model: the model a GGUF not made by `qrun convert` holds (spec_for_header).
         Raises:
             GGUFError: missing, truncated or non-GGUF file, or llama.cpp's reason for refusing it.
             UsageError: n_ctx < 1 or above the model's training context; q8_0 KV cache without flash attention.
@@ -172,7 +216,7 @@ class Engine:
         load = load or settings.LoadSettings.default(**given)
         path = Path(gguf_path)
         header = read_header(path)
-        spec = spec_for_header(header, path)
+        spec = spec_for_header(header, path, as_model=as_model)
         n_ctx = load.n_ctx
         if n_ctx is None:
             n_ctx = min(settings.DEFAULT_CTX_TOKENS, header.context_length or settings.DEFAULT_CTX_TOKENS)
@@ -198,7 +242,7 @@ class Engine:
         kv_ggml_type = _KV_GGML_TYPES[load.kv_type]
         interrupts.install()
         t0 = time.perf_counter()
-        with (_captured_llama_log() as log_lines, interrupts.native_call(),
+        with (_captured_llama_log() as log_lines, interrupts.native_call(), _chat_templates_not_compiled(),
               _model_params(use_extra_bufts=repack, progress_callback=_continue_loading)):
             try:
                 llama = llama_cpp.Llama(

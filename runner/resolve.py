@@ -80,9 +80,9 @@ def check_kv_type(kv_type: str | None) -> str | None:
     return name
 
 
-def _model_of(gguf: Path) -> str | None:
+def _model_of(gguf: Path, as_model: str | None) -> str | None:
     try:
-        return spec_for_header(read_header(gguf), gguf).name
+        return spec_for_header(read_header(gguf), gguf, as_model=as_model).name
     except QrunError:  # not a GGUF qrun knows: Engine.load will say why; no profile applies to it
         return None
 
@@ -90,8 +90,8 @@ def _model_of(gguf: Path) -> str | None:
 def resolve(model_or_path, *, quant: str | None = None, ggufs_dir=None, threads: int | None = None,
             threads_batch: int | None = None, repack: bool | None = None, use_mmap: bool | None = None,
             ctx: int | None = None, flash_attn: bool | None = None, kv_type: str | None = None,
-            workload: str = "chat", use_profile: bool = True, notice: Notice = _quiet
-            ) -> tuple[Path, settings.LoadSettings]:
+            workload: str = "chat", use_profile: bool = True, as_model: str | None = None,
+            notice: Notice = _quiet) -> tuple[Path, settings.LoadSettings]:
     """The GGUF to load and its LoadSettings (n_ctx None unless --ctx: size it with size_ctx once the work is known).
 
     Args:
@@ -100,6 +100,7 @@ def resolve(model_or_path, *, quant: str | None = None, ggufs_dir=None, threads:
         threads / threads_batch: None or 0 = not given. --threads alone sets both, as before profiles existed.
         workload: the profile entry that applies, "chat" (short prompt, long answer) or "prompt".
         use_profile: False ignores the tuning profile (tune itself measures settings as given).
+        as_model: which model a .gguf path not made by `qrun convert` holds (--as).
     Raises:
         UsageError / UnknownModelError / NotConvertedError: bad flags, unknown or unconverted model.
     """
@@ -124,7 +125,7 @@ def resolve(model_or_path, *, quant: str | None = None, ggufs_dir=None, threads:
         chosen_quant = None
         sources["quant"] = "flag"  # the file named is the one loaded
         if use_profile:
-            entry = entry_for(_model_of(gguf), gguf)
+            entry = entry_for(_model_of(gguf, as_model), gguf)
     else:
         model = registry.get(str(model_or_path)).name
         if auto:

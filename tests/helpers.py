@@ -18,12 +18,12 @@ from qrun.bench import suite as suites
 
 
 # --- torch.save() zips (test_checkpoint.py, test_archs.py) ------------------------------------------------------
-def _pickle_str(text: str) -> bytes:
+def pickle_str(text: str) -> bytes:
     data = text.encode()
     return b"X" + struct.pack("<I", len(data)) + data
 
 
-def _pickle_int(value: int) -> bytes:
+def pickle_int(value: int) -> bytes:
     return b"J" + struct.pack("<i", value)
 
 
@@ -31,20 +31,20 @@ def pickle_tuple(items: list[bytes]) -> bytes:
     return b"(" + b"".join(items) + b"t"
 
 
-_ORDERED_DICT = b"ccollections\nOrderedDict\n)R"
+ORDERED_DICT = b"ccollections\nOrderedDict\n)R"
 
 
 def write_torch_zip(path: Path, tensors: dict[str, tuple], storages: dict[str, tuple[str, np.ndarray]]) -> None:
     """A torch.save()-layout zip written by hand: tensors = {name: (storage_key, offset, shape, stride)},
     storages = {key: ("FloatStorage"|"HalfStorage"|"BFloat16Storage", raw little-endian array)}."""
-    pkl = b"\x80\x02" + _ORDERED_DICT + b"("
+    pkl = b"\x80\x02" + ORDERED_DICT + b"("
     for name, (key, offset, shape, stride) in tensors.items():
         storage_type, raw = storages[key]
-        persistent_id = pickle_tuple([_pickle_str("storage"), f"ctorch\n{storage_type}\n".encode(), _pickle_str(key),
-                                      _pickle_str("cpu"), _pickle_int(raw.size)]) + b"Q"
-        args = pickle_tuple([persistent_id, _pickle_int(offset), pickle_tuple([_pickle_int(d) for d in shape]),
-                             pickle_tuple([_pickle_int(s) for s in stride]), b"\x89", _ORDERED_DICT])
-        pkl += _pickle_str(name) + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R"
+        persistent_id = pickle_tuple([pickle_str("storage"), f"ctorch\n{storage_type}\n".encode(), pickle_str(key),
+                                      pickle_str("cpu"), pickle_int(raw.size)]) + b"Q"
+        args = pickle_tuple([persistent_id, pickle_int(offset), pickle_tuple([pickle_int(d) for d in shape]),
+                             pickle_tuple([pickle_int(s) for s in stride]), b"\x89", ORDERED_DICT])
+        pkl += pickle_str(name) + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"R"
     pkl += b"u."
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("archive/data.pkl", pkl)

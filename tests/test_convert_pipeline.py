@@ -25,6 +25,11 @@ from qrun.gguf_file import read_header
 MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
 
 
+def _names(folder: Path) -> list[str]:
+    """The files in an output folder, without the hidden lock files runs leave (workspace.lock_path)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
 def _copy_outputs(src_dir: Path, dst_dir: Path) -> Path:
     """A private copy of a fixture's ggufs folder (fixtures are shared and read-only); copy2 keeps mtimes."""
     shutil.copytree(src_dir, dst_dir, copy_function=shutil.copy2)
@@ -105,11 +110,13 @@ def _spec(model):
 def test_rerun_is_up_to_date_and_copies_are_verified_by_sha256(tiny_ggufs, tiny_checkpoints, tmp_path, capfd):
     model = "deepseek-llm-7b-chat"
     out = _copy_outputs(tiny_ggufs[model]["Q4_K_M"].parent, tmp_path / "out")
-    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()}
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.gguf")}
     result = convert_model(model, from_dir=tiny_checkpoints[model], out_dir=out, keep_f16=True)
     assert result["status"] == "up_to_date" and result["path"] == str(out / f"{model}-Q4_K_M.gguf")
     assert "up to date" in capfd.readouterr().err
-    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()} == before
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.gguf")} == before
+    # The copies were hashed once; their manifests now record them, so the next check needs no hashing.
+    assert mf.check_manifest(out / f"{model}-Q4_K_M.gguf").status == "ok"
     # A plain copy changes mtimes: the sha256 in the manifest decides.
     copied = tmp_path / "copied"
     shutil.copytree(out, copied, copy_function=shutil.copy)
@@ -139,7 +146,7 @@ def test_other_quant_reuses_the_kept_f16(tiny_ggufs, tiny_checkpoints, tmp_path,
     assert result["status"] == "converted" and result["quant"] == "Q8_0"
     assert result["steps"]["convert"]["reused"] is True
     assert set(result["tensor_types"]) == {"Q8_0", "F32"}
-    assert sorted(p.name for p in out.iterdir()) == sorted([
+    assert _names(out) == sorted([
         "chatglm3-6b-F16.gguf", "chatglm3-6b-F16.json", "chatglm3-6b-Q8_0.gguf", "chatglm3-6b-Q8_0.json"])
     found = [(spec.name, quant, manifest is not None) for spec, quant, _, manifest in find_converted(out)]
     assert found == [("chatglm3-6b", "F16", True), ("chatglm3-6b", "Q8_0", True)]
@@ -158,10 +165,15 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _partials(path: Path) -> list[Path]:
+    """The partial files of `path` (fsutil.partial_path: `<name>.<pid>-<random>.partial`)."""
+    return sorted(path.parent.glob(path.name + ".*.partial"))
+
+
 def _kill_when_exists(proc: subprocess.Popen, path: Path, timeout_s: float = 90, sig=signal.SIGKILL) -> int:
-    """Send `sig` to `proc` as soon as `path` appears (a writer's .partial file: the step is under way)."""
+    """Send `sig` to `proc` as soon as a partial of `path` appears (a writer's file: the step is under way)."""
     deadline = time.monotonic() + timeout_s
-    while not path.exists():
+    while not _partials(path):
         assert proc.poll() is None, f"finished before {path.name} appeared: {proc.communicate()}"
         assert time.monotonic() < deadline, f"{path.name} never appeared"
         time.sleep(0.002)
@@ -175,28 +187,30 @@ def test_kill_mid_convert_and_mid_quantize_then_rerun_completes(tiny_checkpoints
     final = gguf_path_for(model, "Q4_K_M", out)
     intermediate = ws.intermediate_path(_spec(model), out, "BF16")  # the tiny checkpoints are bf16, like the real
 
-    _kill_when_exists(_qrun_process(args, {}), intermediate.with_name(intermediate.name + ".partial"))
+    _kill_when_exists(_qrun_process(args, {}), intermediate)
     assert not final.exists() and not intermediate.exists()
 
-    _kill_when_exists(_qrun_process(args, {}), final.with_name(final.name + ".partial"))
+    _kill_when_exists(_qrun_process(args, {}), final)
     assert not final.exists()  # killed mid-quantize: only the .partial and the complete intermediate are there
     assert intermediate.is_file() and ws.marker_path(intermediate).is_file()
-    os.unlink(final.with_name(final.name + ".partial"))
+    for partial in _partials(final):
+        os.unlink(partial)
 
     # Ctrl-C mid-quantize: llama.cpp cannot be interrupted, so qrun removes the partial and exits 130 at once.
-    code = _kill_when_exists(_qrun_process(args, {}), final.with_name(final.name + ".partial"), sig=signal.SIGINT)
+    code = _kill_when_exists(_qrun_process(args, {}), final, sig=signal.SIGINT)
     assert code == 130
-    assert sorted(p.name for p in out.iterdir()) == [intermediate.name, ws.marker_path(intermediate).name]
+    assert _names(out) == [intermediate.name, ws.marker_path(intermediate).name]
 
-    _kill_when_exists(_qrun_process(args, {}), final.with_name(final.name + ".partial"))
+    _kill_when_exists(_qrun_process(args, {}), final)
+    [leftover] = _partials(final)
 
     proc = _qrun_process(args, {})
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
-    assert "removed leftover of an interrupted run: chatglm3-6b-Q4_K_M.gguf.partial" in stderr
+    assert f"removed leftover of an interrupted run: {leftover.name}" in stderr
     assert "reusing the complete BF16 intermediate" in stderr
     assert stdout.startswith("chatglm3-6b  Q4_K_M")
-    assert sorted(p.name for p in out.iterdir()) == ["chatglm3-6b-Q4_K_M.gguf", "chatglm3-6b-Q4_K_M.json"]
+    assert _names(out) == ["chatglm3-6b-Q4_K_M.gguf", "chatglm3-6b-Q4_K_M.json"]
     manifest = mf.check_manifest(final)
     assert manifest.ok and manifest.manifest["steps"]["convert"]["reused"] is True
     assert manifest.manifest["sha256"] == sha256_file(final)
@@ -210,7 +224,7 @@ def test_ctrl_c_during_convert_leaves_nothing(tiny_checkpoints, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         convert_model(model, from_dir=tiny_checkpoints[model], out_dir=out, progress=interrupt)
-    assert list(out.iterdir()) == []
+    assert _names(out) == []
 
 
 def test_not_enough_disk_fails_before_writing(tiny_checkpoints, tiny_ggufs, tmp_path, monkeypatch):
@@ -223,13 +237,13 @@ def test_not_enough_disk_fails_before_writing(tiny_checkpoints, tiny_ggufs, tmp_
     monkeypatch.setenv("QRUN_KEEP_FREE_BYTES", str(free_bytes + 10**12))  # more than the disk has free
     with pytest.raises(DiskSpaceError) as err:
         convert_model(model, from_dir=tiny_checkpoints[model], out_dir=out)
+    assert _names(out) == []
     line = err.value.one_line()
     assert f"not enough free disk in {out}" in line
     f16_gb = ws.estimate_gguf_bytes(n_params, "F16") / 1e9
     q4_gb = ws.estimate_gguf_bytes(n_params, "Q4_K_M") / 1e9
     assert f"BF16 intermediate {f16_gb:.2f} GB + Q4_K_M output {q4_gb:.2f} GB" in line
     assert "--out DIR" in line
-    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize(("dtype", "weight_type"), [("bf16", "BF16"), ("f16", "F16"), ("f32", "F16")])
@@ -246,7 +260,7 @@ def test_quantizes_from_the_checkpoints_own_type(tmp_path, dtype, weight_type, c
     manifest = convert_model(model, from_dir=folder, quant="Q8_0", out_dir=out, threads=1)
     assert manifest["unquantized_type"] == weight_type
     assert f"-> {weight_type} GGUF" in capfd.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == [f"{model}-Q8_0.gguf", f"{model}-Q8_0.json"]
+    assert _names(out) == [f"{model}-Q8_0.gguf", f"{model}-Q8_0.json"]
 
 
 def test_keep_f16_with_bf16_output_is_refused(tiny_checkpoints, tmp_path):

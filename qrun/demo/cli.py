@@ -17,6 +17,7 @@ import click
 from qrun import registry, settings
 from qrun.demo.checkpoints import DEMO_MODELS, build_demo_checkpoints
 from qrun.errors import BenchError, UsageError
+from qrun.fsutil import ensure_writable_dir
 
 BANNER = ("tiny random-weight models: the answers are gibberish by design; "
           "this checks the pipeline, not the models")
@@ -75,6 +76,10 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
     if threads is not None and threads < 0:
         raise UsageError(f"--threads must be at least 1 (0 = physical cores), got {threads}")
     threads = threads or settings.default_threads()
+    # before anything is built: an unwritable folder is one line, not a traceback halfway through
+    ensure_writable_dir(out, what="the demo folder",
+                        hint="pass --out DIR, or set QRUN_HOME to a writable folder" if not out_dir
+                        else "pass --out a writable folder")
     write = echo or _stdout
     say = progress or (lambda _msg: None)
     steps_s: dict[str, float] = {}
