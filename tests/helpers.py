@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qrun.bench import machine, results
+from qrun.bench import results
+from qrun.runner import machine
 from qrun.bench import suite as suites
 
 
