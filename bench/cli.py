@@ -57,10 +57,12 @@ def _command_line() -> str:
               type=click.Path(file_okay=False),
               help="Where results.json, results.csv and report.md go (relative to the current directory).")
 @click.option("--force", is_flag=True, help="Replace earlier results in --out (default: refuse to overwrite them).")
-@click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts (model,question_id,score) that "
-              "override the rubric.")
+@click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts (model,quant,question_id,answer_sha256,"
+              "score) that override the rubric.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results document (as in results.json) on stdout "
+              "instead of the table.")
 def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_batch, repack, mmap, flash_attn,
-              kv_type, ggufs_dir, out_dir, force, verdicts):
+              kv_type, ggufs_dir, out_dir, force, verdicts, as_json):
     """Measure speed, memory and answer quality of converted models, one fresh process each.
 
     \b
@@ -77,7 +79,7 @@ def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_
                          use_mmap=mmap, extra_settings=load_settings(threads_batch=threads_batch, repack=repack,
                                                                 flash_attn=flash_attn, kv_type=kv_type))
     doc = run_bench(config, force=force)
-    click.echo(report.render_table([doc]))
+    _echo_json(doc) if as_json else click.echo(report.render_table([doc]))
     click.echo(f"results: {Path(out_dir) / 'results.json'}, {Path(out_dir) / 'results.csv'}, "
                f"{Path(out_dir) / 'report.md'}", err=True)
     failed = [run["run_id"] for run in doc["runs"] if run["status"] != "ok"]
@@ -95,23 +97,29 @@ def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_
                    "A bench folder's report.md and results.csv are never replaced.")
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts that override the rubric.")
 @click.option("--suite", default=None, metavar="NAME|FILE", help="Re-score the saved answers with this suite.")
-def report_cmd(results, out_dir, verdicts, suite):
+@click.option("--verdicts-template", "template_path", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+              help="Only write a verdicts CSV with every answer's model, quant, question and hash filled in (the "
+                   "score left for you to fill in); FILE must not exist yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results document on stdout instead of the table "
+              "(several RESULTS: {\"schema\": \"qrun-bench-report\", \"documents\": [...]}).")
+def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
     """Regenerate or merge reports from saved results (e.g. runs from two machines).
 
     \b
     qrun report bench-results/results.json
     qrun report laptop/results.json server/results.json --out compare
+    qrun report bench-results/results.json --verdicts-template verdicts.csv
     """
     from qrun.bench import report, results as results_mod
     from qrun.bench import suite as suites
+    from qrun.bench.results import write_verdicts_template
     from qrun.bench.score import load_verdicts
 
     docs = [results_mod.load(path) for path in results]
-    if verdicts or suite:
-        loaded_suite = suites.load(suite) if suite else None
-        table = load_verdicts(verdicts) if verdicts else {}
-        for doc in docs:
-            results_mod.rescore(doc, loaded_suite, table)
+    if template_path:
+        path = write_verdicts_template(docs, template_path)
+        click.echo(f"verdicts template: {path} (fill in the score column, then pass it to --verdicts)", err=True)
+        return
     if out_dir is None:
         if verdicts or suite:  # a re-scored report is a new result: it never lands among the bench's own files
             raise UsageError("--verdicts and --suite re-score the saved answers into a new report",
@@ -120,9 +128,28 @@ def report_cmd(results, out_dir, verdicts, suite):
         if out_dir.exists() and not out_dir.is_dir():  # the default name, taken by a file
             raise click.UsageError(f"{out_dir} is a file, not a folder; give --out DIR")
     report.check_report_folder(out_dir)
+    unmatched = []
+    if verdicts or suite:
+        loaded_suite = suites.load(suite) if suite else None
+        table = load_verdicts(verdicts) if verdicts else None
+        if table is not None and table.note():
+            click.echo(table.note(), err=True)
+        unmatched = results_mod.rescore(docs, loaded_suite, table)
     paths = report.write_outputs(docs, out_dir, results_json=False)
-    click.echo(report.render_table(docs))
+    if as_json:
+        clean = [{k: v for k, v in doc.items() if not k.startswith("_")} for doc in docs]
+        _echo_json(clean[0] if len(clean) == 1 else {"schema": "qrun-bench-report", "schema_version": 1,
+                                                     "documents": clean})
+    else:
+        click.echo(report.render_table(docs))
     click.echo(f"report: {paths['report']}, {paths['csv']}", err=True)
+    if unmatched:
+        click.echo(report.unmatched_line(unmatched, paths["report"]), err=True)
+
+
+def _echo_json(data) -> None:
+    """One JSON document on stdout (the human table and progress go to stderr): for scripts, `| jq`."""
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
 @click.command("score")
@@ -140,7 +167,7 @@ def score_cmd(answers, suite, verdicts, as_json):
     from qrun.bench import suite as suites
     from qrun.bench.score import load_verdicts, score_answers_file
 
-    scored = score_answers_file(answers, suites.load(suite), verdicts=load_verdicts(verdicts) if verdicts else {})
+    scored = score_answers_file(answers, suites.load(suite), verdicts=load_verdicts(verdicts) if verdicts else None)
     if as_json:
         click.echo(json.dumps(scored, ensure_ascii=False, indent=2))
         return

@@ -20,6 +20,7 @@ from qrun.errors import UsageError
 from qrun.fsutil import write_json_atomic, write_text_atomic
 
 _MIB = 1024 * 1024
+SHA_PREFIX_HEX = 12  # in tables; results.json and results.csv carry all 64 hex digits
 
 
 def _mib(value) -> str:
@@ -129,7 +130,47 @@ def render_markdown(docs: list[dict]) -> str:
     for label, doc in zip(labels, docs):
         out += _machine_section(label, doc)
     out += _questions_section(docs, labels)
+    out += _unmatched_section(docs)
     return "\n".join(out) + "\n"
+
+
+def _sha_prefix(run: dict) -> str:
+    digest = run.get("gguf_sha256")
+    if not digest:
+        return "(not hashed)"
+    return digest[:SHA_PREFIX_HEX] + (" (not its manifest's)" if run.get("manifest_sha256_matches") is False else "")
+
+
+def unmatched_verdicts(docs: list[dict]) -> list[dict]:
+    """The verdicts that applied to no answer (qrun.bench.results.apply_verdicts), once each."""
+    seen, out = set(), []
+    for doc in docs:
+        for v in doc.get("verdicts_unmatched") or []:
+            key = json.dumps(v, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                out.append(v)
+    return out
+
+
+def unmatched_line(unmatched: list[dict], report_path) -> str:
+    """One stderr line naming the verdicts that matched nothing."""
+    lines = ", ".join(str(v["line"]) for v in unmatched)
+    return (f"warning: {len(unmatched)} verdict(s) matched no answer (line(s) {lines}); why each did not is under "
+            f"\"Verdicts that matched nothing\" in {report_path}")
+
+
+def _unmatched_section(docs: list[dict]) -> list[str]:
+    unmatched = unmatched_verdicts(docs)
+    if not unmatched:
+        return []
+    files = sorted({d.get("verdicts") for d in docs if d.get("verdicts")})
+    rows = [[v["line"], v["model"], v["quant"], v["question_id"], v.get("answer_sha256") or "", v["score"],
+             v["reason"]] for v in unmatched]
+    return ["## Verdicts that matched nothing", "",
+            f"These lines of {', '.join(files) or 'the verdicts file'} applied to no answer; the rubric's score "
+            "stands there.", "",
+            _md_table(rows, ["line", "model", "quant", "question", "answer_sha256", "score", "why"]), ""]
 
 
 def _machine_section(label: str, doc: dict) -> list[str]:
@@ -145,12 +186,13 @@ def _machine_section(label: str, doc: dict) -> list[str]:
                          f"max {c.get('max_tokens')} tokens, {c.get('warmup_tokens')}-token warm-up, "
                          f"{c.get('repeat')} repetition(s)"],
             ["suite", (doc.get("suite") or {}).get("name")]]
-    runs = [[r["run_id"], r.get("gguf"), json.dumps(r.get("effective_settings") or r.get("settings") or {},
-                                                     sort_keys=True)] for r in doc.get("runs", [])]
+    runs = [[r["run_id"], r.get("gguf"), _sha_prefix(r), _mib(r.get("gguf_size_bytes")),
+             json.dumps(r.get("effective_settings") or r.get("settings") or {}, sort_keys=True)]
+            for r in doc.get("runs", [])]
     return [f"## Machine: {label}", "", "```", doc.get("command") or "(command not recorded)", "```", "",
             _md_table(rows, ["", ""]), "",
             "Settings llama.cpp got, per run:", "",
-            _md_table(runs, ["run", "GGUF", "settings"]), ""]
+            _md_table(runs, ["run", "GGUF", "sha256 (hashed from the file)", "size MiB", "settings"]), ""]
 
 
 def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
@@ -192,13 +234,14 @@ def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
 
 
 CSV_RUN_FIELDS = ["machine", "run_id", "model", "quant", "status", "settings", "gguf_size_bytes", "load_s",
-                  "peak_rss_bytes", "peak_anon_bytes"]
+                  "peak_rss_bytes", "peak_anon_bytes", "gguf_sha256"]
 
 
 def render_csv(docs: list[dict]) -> str:
     """One row per (machine, run, question): medians of every metric, the score and its source."""
     buf = io.StringIO()
-    fields = CSV_RUN_FIELDS + ["question_id", "score", "score_source", "stop_reason", "repetitions"] + \
+    fields = CSV_RUN_FIELDS + ["question_id", "answer_sha256", "score", "score_source", "stop_reason",
+                               "repetitions"] + \
         [f"{m}_median" for m in METRICS] + [f"{m}_min" for m in METRICS] + [f"{m}_max" for m in METRICS]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -210,7 +253,8 @@ def render_csv(docs: list[dict]) -> str:
                 row = dict(base)
                 if q:
                     sc = q.get("score") or {}
-                    row.update(question_id=q["question_id"], score=sc.get("score"), score_source=sc.get("source"),
+                    row.update(question_id=q["question_id"], answer_sha256=q.get("answer_sha256"),
+                               score=sc.get("score"), score_source=sc.get("source"),
                                stop_reason=q.get("stop_reason"), repetitions=len(q.get("repetitions", [])))
                     for m in METRICS:
                         if m in q.get("median", {}):

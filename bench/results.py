@@ -6,11 +6,15 @@ Schema "qrun-bench-results" version 1::
      "finished_utc": "..." | null, "partial": false, "command": "qrun bench ...",
      "machine": {...machine.fingerprint()...}, "config": {"max_tokens", "repeat", "warmup_tokens", "temperature",
      "seed", "threads", "quant", "ggufs_dir"}, "suite": {"name", "path", "definition"}, "verdicts": path | null,
-     "runs": [{"run_id", "model", "quant", "gguf", "gguf_size_bytes", "settings": {Engine.load kwargs as requested},
+     "verdicts_unmatched": [{verdict, "reason"}],
+     "runs": [{"run_id", "model", "quant", "gguf", "gguf_size_bytes", "gguf_sha256" (hashed from the file, not a
+               manifest), "gguf_sha256_s", "manifest_sha256_matches": true | false | null, "quant_in_file",
+               "settings": {Engine.load kwargs as requested},
                "effective_settings": {the same with defaults resolved: n_ctx, threads, use_mmap, repack},
                "status": "ok" | "failed" | "interrupted", "failure": {...} | null,
                "load_s", "peak_rss_bytes", "peak_anon_bytes", "rss_before_load_bytes", "memory_note",
-               "questions": [{"question_id", "answer", "answers_identical", "score": {ScoreResult},
+               "questions": [{"question_id", "answer", "answer_sha256" (qrun.bench.verdicts.answer_sha256),
+                              "answers_identical", "score": {ScoreResult},
                               "median": {metric: value}, "spread": {metric: {"min", "max", "stdev"}},
                               "stop_reason", "repetitions": [every measured field of every repetition]}],
                "summary": {"ttft_s", "prompt_tokens_per_s", "gen_tokens_per_s", "zh_chars_per_s", "accuracy",
@@ -28,9 +32,11 @@ import time
 from pathlib import Path
 
 from qrun import __version__
+from qrun.bench import verdicts as verdicts_mod
 from qrun.bench.score import ScoreResult, apply_verdict, score
 from qrun.bench.suite import Suite
-from qrun.errors import BenchError
+from qrun.errors import BenchError, UsageError
+from qrun.fsutil import write_text_atomic
 
 SCHEMA = "qrun-bench-results"
 SCHEMA_VERSION = 1
@@ -45,7 +51,7 @@ def new_document(*, command: str, machine: dict, suite: Suite, verdicts_path: st
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished_utc": None, "partial": False,
         "command": command, "machine": machine, "config": config,
         "suite": {"name": suite.name, "path": str(suite.path), "definition": suite.raw},
-        "verdicts": verdicts_path, "runs": [],
+        "verdicts": verdicts_path, "verdicts_unmatched": [], "runs": [],
     }
 
 
@@ -69,7 +75,7 @@ def spread(values: list[float]) -> dict:
             "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
-def _question(qid: str, reps: list[dict], suite: Suite | None, model: str, verdicts: dict) -> dict:
+def _question(qid: str, reps: list[dict], suite: Suite | None) -> dict:
     reps = sorted(reps, key=lambda r: r["rep"])
     median, spreads = {}, {}
     for metric in METRICS:
@@ -81,9 +87,9 @@ def _question(qid: str, reps: list[dict], suite: Suite | None, model: str, verdi
     result = None
     if suite is not None:
         result = score(suite.question(qid), answer)
-        result = apply_verdict(result, verdicts, model=model)
     stops = sorted({r["stop_reason"] for r in reps})
-    return {"question_id": qid, "answer": answer, "answers_identical": all(r["answer"] == answer for r in reps),
+    return {"question_id": qid, "answer": answer, "answer_sha256": verdicts_mod.answer_sha256(answer),
+            "answers_identical": all(r["answer"] == answer for r in reps),
             "score": result.to_dict() if result else None, "stop_reason": "/".join(stops),
             "median": median, "spread": spreads,
             "repetitions": [{k: v for k, v in r.items() if k not in ("run_id", "event")} for r in reps]}
@@ -108,11 +114,12 @@ def summarize(run: dict) -> dict:
     return summary
 
 
-def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Suite | None, verdicts: dict) -> dict:
+def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Suite | None,
+              verdicts: verdicts_mod.Verdicts | None) -> dict:
     """One run's record from the measurement lines (whatever got measured before a crash counts)."""
     mine = [line for line in lines if line.get("run_id") == run_id]
     first = {}
-    for event in ("start", "load", "done"):
+    for event in ("start", "identity", "load", "done"):
         first[event] = next((line for line in mine if line["event"] == event), {})
     start = first["start"]
     model, quant = start.get("model") or run_id.split("/")[0], start.get("quant") or run_id.split("/")[1]
@@ -121,7 +128,7 @@ def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Su
         if line["event"] == "rep":
             reps_by_q.setdefault(line["question_id"], []).append(line)
     order = [q.id for q in suite.questions] if suite else list(reps_by_q)
-    questions = [_question(qid, reps_by_q[qid], suite, model, verdicts) for qid in order if qid in reps_by_q]
+    questions = [_question(qid, reps_by_q[qid], suite) for qid in order if qid in reps_by_q]
     peaks = [line for line in mine if "peak_rss_bytes" in line]
     status = "ok" if first["done"] and not failure else ("interrupted" if failure and failure.get("interrupted")
                                                          else "failed")
@@ -129,7 +136,12 @@ def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Su
         status = "failed"
     run = {
         "run_id": run_id, "model": model, "quant": quant, "gguf": start.get("gguf"),
-        "gguf_size_bytes": start.get("gguf_size_bytes"), "settings": start.get("settings", {}),
+        "gguf_size_bytes": first["identity"].get("gguf_size_bytes", start.get("gguf_size_bytes")),
+        # hashed from the file by the worker before loading it (qrun.bench.worker.file_identity)
+        "gguf_sha256": first["identity"].get("gguf_sha256"), "gguf_sha256_s": first["identity"].get("gguf_sha256_s"),
+        "manifest_sha256_matches": first["identity"].get("manifest_sha256_matches"),
+        "quant_in_file": first["load"].get("quant_in_file"),
+        "settings": start.get("settings", {}),
         "effective_settings": first["load"].get("effective_settings"),
         "settings_source": start.get("settings_source"),
         "status": status, "failure": failure,
@@ -142,21 +154,58 @@ def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Su
     }
     run["summary"] = summarize(run)
     run["summary"]["questions_total"] = len(order)
+    apply_verdicts([run], verdicts)  # this run alone; qrun.bench.run applies them again over every run
     return run
 
 
-def rescore(doc: dict, suite: Suite | None, verdicts: dict) -> None:
-    """Apply verdicts (and, given a suite, re-score answers) in a loaded results document, in place."""
-    for run in doc.get("runs", []):
+def rescore(docs: list[dict], suite: Suite | None, verdicts: verdicts_mod.Verdicts | None) -> list[dict]:
+    """Re-score answers with a suite (if given) and apply verdicts over every run of `docs`, in place.
+
+    Returns:
+        The verdicts that applied to nothing, each with its reason (also stored as each doc's
+        "verdicts_unmatched").
+    """
+    runs = [run for doc in docs for run in doc.get("runs", [])]
+    for run in runs:
         for q in run["questions"]:
             if suite is not None:
-                result = score(suite.question(q["question_id"]), q["answer"])
-            elif q.get("score"):
-                result = ScoreResult.from_dict(q["score"])
-            else:
-                continue
-            q["score"] = apply_verdict(result, verdicts, model=run["model"]).to_dict()
+                q["score"] = score(suite.question(q["question_id"]), q["answer"]).to_dict()
+    unmatched = apply_verdicts(runs, verdicts)
+    for doc in docs:
+        doc["verdicts"] = verdicts.path if verdicts else None  # earlier verdicts were undone above
+        doc["verdicts_unmatched"] = unmatched
+    return unmatched
+
+
+def apply_verdicts(runs: list[dict], verdicts: verdicts_mod.Verdicts | None) -> list[dict]:
+    """Put human verdicts over the rubric scores of `runs`, in place, deciding over all their answers at once (a
+    verdict without an answer hash applies only where the answers it covers are one text); earlier verdicts are
+    undone first. Returns the verdicts that applied to nothing, each with its reason."""
+    verdicts = verdicts or verdicts_mod.Verdicts()
+    scored = [(run, q) for run in runs for q in run["questions"] if q.get("score")]
+    answers = [verdicts_mod.Answer(run["model"], run["quant"], q["question_id"], q["answer"]) for run, q in scored]
+    chosen, unmatched = verdicts.resolve(answers)
+    for (run, q), verdict in zip(scored, chosen):
+        q["score"] = apply_verdict(ScoreResult.from_dict(q["score"]), verdict).to_dict()
+    for run in runs:
         run["summary"].update(accuracy=summarize(run)["accuracy"])
+    return unmatched
+
+
+def write_verdicts_template(docs: list[dict], path: str | Path) -> Path:
+    """Write a verdicts CSV (qrun.bench.verdicts) with one line per distinct answer in `docs`, score left empty.
+
+    Raises:
+        UsageError: `path` exists already (an earlier verdicts file is a person's work: never overwritten).
+    """
+    path = Path(path)
+    if path.exists():
+        raise UsageError(f"{path} already exists", "give --verdicts-template a new file name")
+    rows = [{"model": run["model"], "quant": run["quant"], "question_id": q["question_id"], "answer": q["answer"],
+             "rubric_score": ScoreResult.from_dict(q["score"]).rubric().score if q.get("score") else None}
+            for doc in docs for run in doc.get("runs", []) for q in run["questions"]]
+    write_text_atomic(path, verdicts_mod.template(rows))
+    return path
 
 
 def load(path: str | Path) -> dict:
@@ -185,13 +234,15 @@ def load(path: str | Path) -> dict:
 _NUM = (int, float)
 _TYPE_NAMES = {list: "a list", dict: "an object", str: "a string", int: "a number", float: "a number"}
 _DOC_FIELDS = {"runs": (list,), "machine": (dict,), "config": (dict,), "suite": (dict, None),
-               "command": (str, None), "created_utc": (str, None), "finished_utc": (str, None)}
+               "command": (str, None), "created_utc": (str, None), "finished_utc": (str, None),
+               "verdicts_unmatched": (list, None)}
 _MACHINE_FIELDS = {"ram_bytes": (int, None), "cpu_flags": (list, None), "loadavg_at_start": (list, None)}
 _SUMMARY_FIELDS = {**{m: (*_NUM, None) for m in SUMMARY_METRICS}, "accuracy": (*_NUM, None),
                    "range": (dict, None)}
 _RUN_FIELDS = {"run_id": (str,), "model": (str,), "quant": (str,), "status": (str,), "summary": (dict,),
                "questions": (list,), "settings": (dict, None), "effective_settings": (dict, None),
                "failure": (dict, None), "gguf": (str, None), "gguf_size_bytes": (int, None), "load_s": (*_NUM, None),
+               "gguf_sha256": (str, None),
                "peak_rss_bytes": (int, None), "peak_anon_bytes": (int, None)}
 _QUESTION_FIELDS = {"question_id": (str,), "answer": (str,), "median": (dict,), "spread": (dict,),
                     "repetitions": (list,), "score": (dict, None), "stop_reason": (str, None)}
@@ -219,6 +270,10 @@ def _check(doc: dict, path: Path) -> None:
 
     fields(doc, _DOC_FIELDS, "")
     fields(doc["machine"], _MACHINE_FIELDS, "machine.")
+    for i, verdict in enumerate(doc.get("verdicts_unmatched") or []):
+        if not isinstance(verdict, dict) or isinstance(verdict.get("line"), bool) or not isinstance(
+                verdict.get("line"), int):
+            fail(f"verdicts_unmatched[{i}]", "is not a verdict with its CSV line number")
     definition = (doc.get("suite") or {}).get("definition")
     if definition is not None and (not isinstance(definition, dict) or not isinstance(
             definition.get("questions", []), list) or not all(isinstance(q, dict) and isinstance(q.get("id"), str)

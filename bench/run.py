@@ -187,7 +187,9 @@ def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dic
     if config.max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1, got {config.max_tokens}")
     suite = suites.load(config.suite)
-    verdicts = load_verdicts(config.verdicts) if config.verdicts else {}
+    verdicts = load_verdicts(config.verdicts) if config.verdicts else None
+    if verdicts is not None and verdicts.note():
+        progress(verdicts.note())
     ggufs = settings.gguf_dir(config.ggufs_dir)
     targets = find_targets(config.models, quant=config.quant, ggufs=ggufs)
     threads = config.threads or [settings.default_threads()]
@@ -286,6 +288,8 @@ def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, pr
     finally:  # job files only feed the workers; measurements.jsonl stays (the record that survives a crash)
         shutil.rmtree(jobs_dir, ignore_errors=True)
     _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=False, done=True)
+    if doc["verdicts_unmatched"]:
+        progress(report.unmatched_line(doc["verdicts_unmatched"], out_dir / "report.md"))
     return doc
 
 
@@ -317,6 +321,7 @@ def _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, *, par
     lines = results_mod.read_stream(stream_path)
     doc["runs"] = [results_mod.build_run(run_id, lines, failure=failures.get(run_id), suite=suite,
                                          verdicts=verdicts) for run_id in run_ids]
+    doc["verdicts_unmatched"] = results_mod.apply_verdicts(doc["runs"], verdicts)  # over every run at once
     doc["partial"] = partial
     doc["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if done else None
     report.write_outputs([doc], out_dir, results_json=True)

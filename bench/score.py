@@ -31,7 +31,8 @@ the patterns in its suite file, read like this (the same steps for every suite):
    the opposite is contradicted. No evidence: missing.
 6. score = sum of the weights of matched criteria / sum of all weights. Contradicted and missing criteria add 0.
 
-A human verdict (qrun.bench.verdicts) replaces the score and is marked source="verdict".
+A human verdict (qrun.bench.verdicts) replaces the score and is marked source="verdict"; the rubric's score is kept
+in rubric_score.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
-from qrun.bench import claims, readers
+from qrun.bench import claims, readers, verdicts as verdicts_mod
 from qrun.bench.suite import Criterion, Pattern, Question
 
 ECHO_MIN_CHARS = 6
@@ -145,6 +146,8 @@ class ScoreResult:
     score: float
     criteria: list[CriterionResult] = field(default_factory=list)
     source: str = "rubric"  # "rubric" or "verdict" (a human's score from a verdicts file)
+    rubric_score: float | None = None  # with source "verdict": what the rubric gave
+    verdict: dict | None = None  # with source "verdict": the verdict line that applied (qrun.bench.verdicts)
 
     @property
     def matched(self) -> list[str]:
@@ -167,7 +170,14 @@ class ScoreResult:
     def from_dict(cls, data: dict) -> "ScoreResult":
         criteria = [CriterionResult(**c) for c in data.get("criteria", [])]
         return cls(question_id=data["question_id"], score=float(data["score"]), criteria=criteria,
-                   source=data.get("source", "rubric"))
+                   source=data.get("source", "rubric"), rubric_score=data.get("rubric_score"),
+                   verdict=data.get("verdict"))
+
+    def rubric(self) -> "ScoreResult":
+        """The rubric's own result (undoing a verdict, so a new verdicts file decides afresh)."""
+        if self.source != "verdict" or self.rubric_score is None:
+            return self
+        return ScoreResult(self.question_id, self.rubric_score, self.criteria)
 
 
 def _judge(criterion: Criterion, text: str, parts: list[_Clause]) -> CriterionResult:
@@ -214,71 +224,30 @@ def _score_by_reader(question: Question, answer: str, reader: readers.Reader) ->
 
 
 # -- human verdicts and answers files --------------------------------------------------------------------------
-ANY_MODEL = "*"
+def load_verdicts(path) -> verdicts_mod.Verdicts:
+    """A human verdicts CSV (format: qrun.bench.verdicts). Raises SuiteError naming the line of a bad entry."""
+    return verdicts_mod.load(path)
 
 
-def _model_key(name: str | None) -> str:
-    """Verdicts and answers name models by canonical name or alias; "" or "*" in a verdict means any model."""
-    name = (name or "").strip()
-    if name in ("", ANY_MODEL):
-        return ANY_MODEL
-    from qrun import registry
+def apply_verdict(result: ScoreResult, verdict: verdicts_mod.Verdict | None) -> ScoreResult:
+    """The rubric's result with a human verdict's score (source "verdict"), or unchanged when verdict is None.
 
-    try:
-        return registry.get(name).name
-    except Exception:  # a model qrun does not know (answers collected elsewhere): keep the name as written
-        return name.lower()
-
-
-def load_verdicts(path) -> dict[tuple[str, str], float]:
-    """A human verdicts CSV (model,question_id,score; header optional) -> {(model, question_id): score}.
-
-    Raises:
-        SuiteError: unreadable file, a line without three fields, or a score outside 0..1 (with the line number).
+    Which verdict applies to which answer is decided by Verdicts.resolve over every answer at once: a verdict
+    without an answer hash applies only where its answers are one text.
     """
-    import csv
-    from pathlib import Path
-
-    from qrun.errors import SuiteError
-
-    path = Path(path)
-    try:
-        rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
-    except (OSError, UnicodeDecodeError) as err:
-        raise SuiteError(f"cannot read verdicts file {path}: {err}", "give a CSV: model,question_id,score")
-    verdicts = {}
-    for lineno, row in enumerate(rows, start=1):
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        if lineno == 1 and [c.strip().lower() for c in row] == ["model", "question_id", "score"]:
-            continue
-        if len(row) != 3:
-            raise SuiteError(f"{path}, line {lineno}: expected 3 fields (model,question_id,score), got {len(row)}",
-                             "one verdict per line, e.g. chatglm3-6b,seed-4,1")
-        try:
-            value = float(row[2])
-        except ValueError:
-            value = -1.0
-        if not 0.0 <= value <= 1.0:
-            raise SuiteError(f"{path}, line {lineno}: field \"score\" must be a number from 0 to 1, got {row[2]!r}",
-                             "one verdict per line, e.g. chatglm3-6b,seed-4,1")
-        verdicts[(_model_key(row[0]), row[1].strip())] = value
-    return verdicts
+    result = result.rubric()
+    if verdict is None:
+        return result
+    return ScoreResult(result.question_id, verdict.score, result.criteria, source="verdict",
+                       rubric_score=result.score, verdict=verdict.to_dict())
 
 
-def apply_verdict(result: ScoreResult, verdicts: dict, *, model: str | None) -> ScoreResult:
-    """The result with a human verdict's score (source "verdict") if one covers (model, question)."""
-    for key in ((_model_key(model), result.question_id), (ANY_MODEL, result.question_id)):
-        if key in verdicts:
-            return ScoreResult(result.question_id, verdicts[key], result.criteria, source="verdict")
-    return result
-
-
-def score_answers_file(path, suite, *, verdicts: dict | None = None) -> list[dict]:
-    """Score a JSONL of {"question_id", "answer", optional "model"} lines, in input order.
+def score_answers_file(path, suite, *, verdicts: verdicts_mod.Verdicts | None = None) -> list[dict]:
+    """Score a JSONL of {"question_id", "answer", optional "model", optional "quant"} lines, in input order.
 
     Returns:
-        [{"question_id", "model", "score", "source", "matched", "contradicted", "criteria", "line"}, ...]
+        [{"question_id", "model", "quant", "answer_sha256", "score", "source", "matched", "contradicted",
+        "criteria", "line"}, ...]
     Raises:
         SuiteError: unreadable file, a line that is not such an object, an unknown question id (line number), or
             no answers at all (empty or blank file).
@@ -314,8 +283,17 @@ def score_answers_file(path, suite, *, verdicts: dict | None = None) -> list[dic
             question = suite.question(item["question_id"])
         except SuiteError as err:
             raise SuiteError(f"{path}, line {lineno}: {err.message}", err.hint)
-        result = apply_verdict(score(question, item["answer"]), verdicts or {}, model=model)
-        out.append({"line": lineno, "model": model, **result.to_dict()})
+        quant = item.get("quant")
+        if quant is not None and not isinstance(quant, str):
+            raise SuiteError(f"{path}, line {lineno}: field \"quant\" must be a string", hint)
+        out.append({"line": lineno, "model": model, "quant": quant,
+                    "answer_sha256": verdicts_mod.answer_sha256(item["answer"]),
+                    **score(question, item["answer"]).to_dict(), "_answer": item["answer"]})
+    answers = [verdicts_mod.Answer(o["model"], o["quant"], o["question_id"], o.pop("_answer")) for o in out]
+    chosen, _unmatched = (verdicts or verdicts_mod.Verdicts()).resolve(answers)
+    for i, verdict in enumerate(chosen):
+        if verdict is not None:
+            out[i].update(apply_verdict(ScoreResult.from_dict(out[i]), verdict).to_dict())
     if not out:  # scoring nothing "successfully" would hide a wrong path or an export that failed
         raise SuiteError(f"no answers in {path}", 'give a JSONL file, one answer per line: {"question_id": "seed-1", '
                                                   '"answer": "..."}')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 
@@ -40,7 +41,10 @@ def _kv_types(value: str | None) -> list[str] | None:
 @click.option("--repeat", default=3, show_default=True, type=int, help="Measured repetitions per grid point.")
 @click.option("--force", is_flag=True, help="Measure even when the machine is busy (load average above 0.5/CPU).")
 @click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs].")
-def tune_cmd(models, quants, threads, threads_batch, repack, mmap, flash_attn, kv_types, repeat, force, ggufs_dir):
+@click.option("--json", "as_json", is_flag=True, help="Print the tuning profile document (plus \"profile_path\") on "
+              "stdout instead of the tables.")
+def tune_cmd(models, quants, threads, threads_batch, repack, mmap, flash_attn, kv_types, repeat, force, ggufs_dir,
+             as_json):
     """Measure load settings on this machine and save the fastest per model in qrun's tuning profile.
 
     \b
@@ -56,6 +60,9 @@ def tune_cmd(models, quants, threads, threads_batch, repack, mmap, flash_attn, k
                               threads_batch=_ints(threads_batch, "--threads-batch"), repack=repack, use_mmap=mmap,
                               flash_attn=flash_attn, kv_types=_kv_types(kv_types),
                               repeat=repeat, force=force, ggufs_dir=ggufs_dir, command=command)
+    if as_json:  # stdout is the document alone; progress went to stderr
+        click.echo(json.dumps({**doc, "profile_path": str(path)}, ensure_ascii=False, indent=2))
+        return
     rows = []
     for model, entry in doc["models"].items():
         for workload in tune.WORKLOADS:

@@ -12,8 +12,9 @@ The job (written by run.py)::
      "questions": [{"id": "seed-1", "text": "..."}], "max_tokens": 256, "repeat": 1, "warmup_tokens": 16,
      "seed": 42, "results_path": "/out/measurements.jsonl"}
 
-Lines written (each carries "run_id" and "event"): start, load, warmup, rep (one per question and repetition),
-done. Memory: peak RSS counts the mmap'd GGUF pages (file-backed, droppable page cache); peak anonymous memory
+Lines written (each carries "run_id" and "event"): start, identity, load, warmup, rep (one per question and
+repetition), done. identity is the GGUF's sha256, hashed from the file itself before it is loaded (a manifest's
+hash is only compared with it, never copied), with its size and the seconds hashing took. Memory: peak RSS counts the mmap'd GGUF pages (file-backed, droppable page cache); peak anonymous memory
 is what the process really allocated (llama.cpp's repacked weights, KV cache, buffers). See qrun.measure.
 """
 
@@ -27,7 +28,10 @@ from pathlib import Path
 
 from qrun import interrupts, measure, settings
 from qrun.bench.score import chinese_chars
-from qrun.errors import QrunError
+from qrun.convert.manifest import read_manifest
+from qrun.convert.quantize import ftype_for
+from qrun.errors import GGUFError, QrunError
+from qrun.fsutil import sha256_file
 from qrun.lifeline import tie_to_parent
 
 MEMORY_NOTE = ("peak_rss_bytes: everything resident, including the mmap'd GGUF (file-backed page cache); "
@@ -81,6 +85,35 @@ def measure_generation(generation, *, prompt_tokens_hint: int = 0) -> dict:
     }
 
 
+def file_identity(gguf: Path, *, progress=lambda _text: None) -> dict:
+    """The GGUF's sha256 hashed from its bytes (streamed), its size, how long hashing took, and whether the
+    manifest next to it (if any, and about this file name) records the same hash.
+
+    Raises:
+        GGUFError: the file is missing or unreadable.
+    """
+    try:
+        size_bytes = gguf.stat().st_size
+        t0 = time.perf_counter()
+        digest = sha256_file(gguf)
+        sha256_s = time.perf_counter() - t0
+    except OSError as err:
+        raise GGUFError(f"cannot read {gguf}: {err.strerror or err}", "check the path, or convert the model again")
+    manifest = read_manifest(gguf) or {}
+    recorded = manifest.get("sha256") if manifest.get("gguf") == gguf.name else None
+    if recorded and recorded != digest:
+        progress(f"warning: {gguf.name} is not the file its manifest describes (sha256 {digest[:12]}, manifest "
+                 f"{recorded[:12]}); results record the file's own hash")
+    return {"gguf_sha256": digest, "gguf_sha256_s": round(sha256_s, 4), "gguf_size_bytes": size_bytes,
+            "manifest_sha256": recorded, "manifest_sha256_matches": None if not recorded else recorded == digest}
+
+
+def quant_in_file(file_type) -> str | None:
+    """The QUANT name of a GGUF's general.file_type (llama.cpp's LLAMA_FTYPE_MOSTLY_*), None if not one of ours."""
+    by_ftype = {ftype_for(q): q for q in settings.QUANTS}
+    return by_ftype.get(file_type) if isinstance(file_type, int) else None
+
+
 def run_job(job: dict) -> None:
     """Measure one job, streaming lines to job["results_path"] (see the module docstring)."""
     from qrun.runner import resolve  # imported here: llama.cpp is loaded only in worker processes
@@ -94,6 +127,7 @@ def run_job(job: dict) -> None:
                    gguf_size_bytes=gguf.stat().st_size if gguf.exists() else None, settings=job["settings"],
                    settings_source=job.get("settings_source"), rss_before_load_bytes=measure.rss_bytes(), anon_before_load_bytes=measure.anon_bytes(),
                    loadavg=_loadavg())
+        sink.write("identity", **file_identity(gguf, progress=lambda text: _progress(job, text)))
         load = settings.LoadSettings.from_dict(job["settings"])
         if load.n_ctx is None:  # sized to the longest question's prompt + the answer limit
             with Engine.load(gguf, load, vocab_only=True) as vocab:
@@ -104,6 +138,7 @@ def run_job(job: dict) -> None:
         engine = Engine.load(gguf, load, seed=job["seed"])
         watch.sample()
         sink.write("load", load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
+                   quant_in_file=quant_in_file(engine.header.metadata.get("general.file_type")),
                    effective_settings=engine.settings.to_dict(),
                    rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
                    peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes)

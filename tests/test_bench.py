@@ -102,7 +102,8 @@ def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "PARTIAL" not in md and "### seed-5" in md and "peak anon" in md
     events = _events(out)
-    assert [e["event"] for e in events if e["run_id"] == doc["runs"][0]["run_id"]][:3] == ["start", "load", "warmup"]
+    assert [e["event"] for e in events if e["run_id"] == doc["runs"][0]["run_id"]][:4] == ["start", "identity", "load",
+                                                                                       "warmup"]
 
 
 def test_a_crashed_and_a_killed_worker_do_not_stop_the_others(ggufs, tmp_path, two_question_suite):

@@ -394,8 +394,8 @@ def test_no_wrong_type_anywhere_in_results_json_crashes_the_report(tmp_path):
             try:
                 loaded = [results.load(path)]
                 loaded += [copy.deepcopy(loaded[0]), copy.deepcopy(loaded[0])]
-                results.rescore(loaded[1], seed, {})
-                results.rescore(loaded[2], None, {})
+                results.rescore([loaded[1]], seed, None)
+                results.rescore([loaded[2]], None, None)
                 report.render_markdown(loaded), report.render_csv(loaded), report.render_table(loaded)
             except QrunError:
                 pass
