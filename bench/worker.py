@@ -12,8 +12,10 @@ The job (written by run.py)::
      "questions": [{"id": "seed-1", "text": "..."}], "max_tokens": 256, "repeat": 1, "warmup_tokens": 16,
      "seed": 42, "results_path": "/out/measurements.jsonl"}
 
-Lines written (each carries "run_id" and "event"): start, load, warmup, rep (one per question and repetition),
-done. Memory: peak RSS counts the mmap'd GGUF pages (file-backed, droppable page cache); peak anonymous memory
+Lines written (each carries "run_id" and "event"): start, then per repetition a fresh load, a warm-up and one rep
+line per question, then done. Every load and rep line carries the noise fields of its window
+(qrun.measure.noise_fields: "noisy" true/false/null, other processes' and steal CPU time, the load average at both
+ends). Memory: peak RSS counts the mmap'd GGUF pages (file-backed, droppable page cache); peak anonymous memory
 is what the process really allocated (llama.cpp's repacked weights, KV cache, buffers). See qrun.measure.
 """
 
@@ -91,6 +93,29 @@ def effective_settings(requested: dict, *, n_ctx: int) -> dict:
     return out
 
 
+def _load_and_warm_up(engine_cls, job: dict, sink: _Sink, watch: measure.MemoryWatch, rep: int):
+    """One timed load (its own noise window, a "load" line) and the warm-up -> (engine, [(question id, ids)])."""
+    gguf = Path(job["gguf"])
+    _progress(job, f"loading {gguf.name} {job['settings']} (repetition {rep}/{job['repeat']})")
+    with measure.NoiseWindow() as window:
+        engine = engine_cls.load(gguf, seed=job["seed"], **job["settings"])
+    noise = window.fields()
+    watch.sample()
+    sink.write("load", rep=rep, load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
+               effective_settings=effective_settings(job["settings"], n_ctx=engine.n_ctx),
+               rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
+               peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes, **noise)
+    _progress(job, f"loaded in {engine.load_s:.2f} s" + (" (noisy)" if noise["noisy"] else ""))
+    prompts = [(q["id"], engine.prompt_ids([{"role": "user", "content": q["text"]}])) for q in job["questions"]]
+    if job.get("warmup_tokens", 0) > 0 and prompts:
+        # One warm-up per load: pages the weights in and spins up the thread pool before anything is timed.
+        warm = measure_generation(engine.generate(prompts[0][1], max_tokens=job["warmup_tokens"],
+                                                  temperature=0.0, seed=job["seed"]))
+        sink.write("warmup", rep=rep, question_id=prompts[0][0], total_s=warm["total_s"],
+                   gen_tokens=warm["gen_tokens"])
+    return engine, prompts
+
+
 def run_job(job: dict) -> None:
     """Measure one job, streaming lines to job["results_path"] (see the module docstring)."""
     from qrun.runner.engine import Engine  # imported here: llama.cpp is loaded only in worker processes
@@ -103,33 +128,25 @@ def run_job(job: dict) -> None:
                    gguf_size_bytes=gguf.stat().st_size if gguf.exists() else None, settings=job["settings"],
                    settings_source=job.get("settings_source"), rss_before_load_bytes=measure.rss_bytes(), anon_before_load_bytes=measure.anon_bytes(),
                    loadavg=_loadavg())
-        _progress(job, f"loading {gguf.name} {job['settings']}")
-        engine = Engine.load(gguf, seed=job["seed"], **job["settings"])
-        watch.sample()
-        sink.write("load", load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
-                   effective_settings=effective_settings(job["settings"], n_ctx=engine.n_ctx),
-                   rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
-                   peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes)
-        _progress(job, f"loaded in {engine.load_s:.2f} s")
-        prompts = [(q["id"], engine.prompt_ids([{"role": "user", "content": q["text"]}])) for q in job["questions"]]
-        if job.get("warmup_tokens", 0) > 0 and prompts:
-            # One warm-up: pages the weights in and spins up the thread pool before anything is timed.
-            warm = measure_generation(engine.generate(prompts[0][1], max_tokens=job["warmup_tokens"],
-                                                      temperature=0.0, seed=job["seed"]))
-            sink.write("warmup", question_id=prompts[0][0], total_s=warm["total_s"], gen_tokens=warm["gen_tokens"])
-        for qid, ids in prompts:
-            for rep in range(1, job["repeat"] + 1):
+        # A fresh load per repetition, before its questions: load time gets a median and a spread like every other
+        # figure, and each repetition's answers follow their own load and warm-up.
+        for rep in range(1, job["repeat"] + 1):
+            engine, prompts = _load_and_warm_up(Engine, job, sink, watch, rep)
+            for qid, ids in prompts:
                 loadavg = _loadavg()
-                result = measure_generation(engine.generate(ids, max_tokens=job["max_tokens"], temperature=0.0,
-                                                            seed=job["seed"]))
+                with measure.NoiseWindow() as window:
+                    result = measure_generation(engine.generate(ids, max_tokens=job["max_tokens"], temperature=0.0,
+                                                                seed=job["seed"]))
+                noise = window.fields()
                 watch.sample()
                 sink.write("rep", question_id=qid, rep=rep, **result, loadavg=loadavg,
-                           loadavg_1m=loadavg[0] if loadavg else None,
+                           loadavg_1m=loadavg[0] if loadavg else None, **noise,
                            peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
                            peak_anon_bytes=watch.peak_anon_bytes)
                 _progress(job, f"{qid} rep {rep}/{job['repeat']}: {result['gen_tokens']} tokens, "
-                               f"{result['gen_tokens_per_s']:.1f} tok/s, stop {result['stop_reason']}")
-        engine.close()
+                               f"{result['gen_tokens_per_s']:.1f} tok/s, stop {result['stop_reason']}"
+                               + (" (noisy)" if noise["noisy"] else ""))
+            engine.close()
         watch.__exit__(None, None, None)
         sink.write("done", wall_s=watch.wall_s, memory_note=MEMORY_NOTE,
                    peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
