@@ -8,7 +8,8 @@ process — qrun.bench.tune records that as a failed point instead of dying with
 Job: {"gguf", "settings": {"repack", "use_mmap", "n_threads", "n_threads_batch"}, "n_ctx": int|None,
       "workloads": {"chat": [prompt_tokens, gen_tokens], "prompt": [...]}, "seed": 42}
 Output: {"load_s", "peak_rss_bytes", "peak_anon_bytes", "loadavg_1m", "n_ctx",
-         "workloads": {name: {"prompt_tokens", "prompt_tokens_per_s", "gen_tokens", "gen_tokens_per_s"}}}
+         "workloads": {name: {"prompt_tokens", "prompt_tokens_per_s", "gen_tokens", "gen_tokens_per_s"}},
+         "noise": {"load" | name: qrun.measure.noise_fields of that window}, "noisy": true | false | null}
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ def _loadavg_1m() -> float | None:
 def run_job(job: dict) -> dict:
     from qrun.runner.engine import Engine  # llama.cpp is loaded in the worker only
 
-    out = {"loadavg_1m": _loadavg_1m(), "workloads": {}}
+    out = {"loadavg_1m": _loadavg_1m(), "workloads": {}, "noise": {}}
     with measure.MemoryWatch() as watch:
         s = job["settings"]
-        engine = Engine.load(job["gguf"], n_ctx=job.get("n_ctx"), n_threads=s["n_threads"],
-                             n_threads_batch=s["n_threads_batch"], repack=s["repack"], use_mmap=s["use_mmap"],
-                             seed=job.get("seed", 42))
+        with measure.NoiseWindow() as window:
+            engine = Engine.load(job["gguf"], n_ctx=job.get("n_ctx"), n_threads=s["n_threads"],
+                                 n_threads_batch=s["n_threads_batch"], repack=s["repack"], use_mmap=s["use_mmap"],
+                                 seed=job.get("seed", 42))
+        out["noise"]["load"] = window.fields()
         out["load_s"], out["n_ctx"], out["amx_denied"] = engine.load_s, engine.n_ctx, engine.amx_denied
         # every answer runs to its full length: end-of-turn and stop tokens are banned (random or tiny models
         # would otherwise stop at different points for different settings)
@@ -58,9 +61,11 @@ def run_job(job: dict) -> dict:
         for _ in engine.generate(ids[:WARMUP_PROMPT_TOKENS], max_tokens=WARMUP_GEN_TOKENS, logit_bias=banned):
             pass
         for name, (n_prompt, n_gen) in job["workloads"].items():
-            generation = engine.generate(ids[:n_prompt], max_tokens=n_gen, temperature=0.0, logit_bias=banned)
-            for _ in generation:
-                pass
+            with measure.NoiseWindow() as window:
+                generation = engine.generate(ids[:n_prompt], max_tokens=n_gen, temperature=0.0, logit_bias=banned)
+                for _ in generation:
+                    pass
+            out["noise"][name] = window.fields()
             st = generation.stats
             out["workloads"][name] = {"prompt_tokens": st.prompt_tokens, "prompt_tokens_per_s": st.prompt_tokens_per_s,
                                       "gen_tokens": st.gen_tokens, "gen_tokens_per_s": st.gen_tokens_per_s}
@@ -68,6 +73,10 @@ def run_job(job: dict) -> dict:
         engine.close()
     out["peak_rss_bytes"] = max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start())
     out["peak_anon_bytes"] = watch.peak_anon_bytes
+    # one flag per measurement: noisy if any of its windows (load, each workload) is, unknown if none is and any is
+    # unknown (qrun.measure's rule)
+    flags = [w["noisy"] for w in out["noise"].values()]
+    out["noisy"] = True if True in flags else (None if None in flags else False)
     return out
 
 
