@@ -60,16 +60,6 @@ def _accuracy(run: dict) -> str:
     return f"{acc:.2f}" + (f" ({verdicts} by verdict)" if verdicts else "")
 
 
-def noise_mark(counts: dict | None) -> str:
-    """"NOISY 3/12" (noisy samples / all), "quiet", "4/12 unknown"; "" for results from before samples were judged."""
-    if not counts or not counts.get("samples"):
-        return ""
-    unknown = f"{counts['unknown']}/{counts['samples']} unknown" if counts.get("unknown") else ""
-    if counts.get("noisy"):
-        return f"NOISY {counts['noisy']}/{counts['samples']}" + (f", {unknown}" if unknown else "")
-    return unknown or "quiet"
-
-
 NOISE_LEGEND = ("noise: " + measure.NOISE_RULE + ". A run is NOISY when any of its samples (loads and answers) is; "
                 "NOISY k/n counts them. No sample is dropped.")
 
@@ -103,7 +93,7 @@ def summary_rows(docs: list[dict], *, with_spread: bool = False) -> tuple[list[s
                     cell += f" ({rng[0]:.{digits}f}–{rng[1]:.{digits}f})"
                 speeds.append(cell)
             rows.append(([label] if many else []) + [
-                run["model"], run["quant"], _threads(run), _status(run), noise_mark(run.get("noise")),
+                run["model"], run["quant"], _threads(run), _status(run), measure.noise_mark(run.get("noise")),
                 _mib(run.get("gguf_size_bytes")), _load_cell(run, with_spread), _mib(run.get("peak_rss_bytes")),
                 _mib(run.get("peak_anon_bytes")),
                 *speeds, _accuracy(run)])

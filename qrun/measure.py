@@ -266,6 +266,16 @@ def count_noisy(samples: list[dict]) -> dict:
             "unknown": sum(1 for f in flags if f is not True and f is not False)}
 
 
+def noise_mark(counts: dict | None) -> str:
+    """count_noisy() in a table cell: "NOISY 3/12" (noisy / all samples), "quiet", "4/12 unknown"; "" for none."""
+    if not counts or not counts.get("samples"):
+        return ""
+    unknown = f"{counts['unknown']}/{counts['samples']} unknown" if counts.get("unknown") else ""
+    if counts.get("noisy"):
+        return f"NOISY {counts['noisy']}/{counts['samples']}" + (f", {unknown}" if unknown else "")
+    return unknown or "quiet"
+
+
 # -- when one setting is really faster than another -----------------------------------------------------------------
 # A claim needs the repetitions to separate: the worst sample of one beats the best of the other. With 3 samples a
 # side and no real difference, every ordering of the 6 is equally likely and only 1 in 20 puts all of one side above
