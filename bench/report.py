@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from qrun import measure
 from qrun.runner import machine as machine_mod
 from qrun.bench.results import METRICS, SUMMARY_METRICS
 from qrun.errors import UsageError
@@ -61,8 +62,20 @@ def _accuracy(run: dict) -> str:
     return f"{acc:.2f}" + (f" ({verdicts} by verdict)" if verdicts else "")
 
 
-SUMMARY_HEADERS = ["model", "quant", "threads", "status", "size MiB", "load s", "peak RSS MiB", "peak anon MiB",
-                   "TTFT s", "prompt tok/s", "gen tok/s", "zh chars/s", "accuracy"]
+NOISE_LEGEND = ("noise: " + measure.NOISE_RULE + ". A run is NOISY when any of its samples (loads and answers) is; "
+                "NOISY k/n counts them. No sample is dropped.")
+
+
+def _load_cell(run: dict, with_spread: bool) -> str:
+    cell = _num(run.get("load_s"))
+    spr = run.get("load_spread") or {}
+    if with_spread and cell and spr.get("n", 1) > 1:
+        cell += f" ({spr['min']:.2f}–{spr['max']:.2f})"
+    return cell
+
+
+SUMMARY_HEADERS = ["model", "quant", "threads", "status", "noise", "size MiB", "load s", "peak RSS MiB",
+                   "peak anon MiB", "TTFT s", "prompt tok/s", "gen tok/s", "zh chars/s", "accuracy"]
 
 
 def summary_rows(docs: list[dict], *, with_spread: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -82,15 +95,16 @@ def summary_rows(docs: list[dict], *, with_spread: bool = False) -> tuple[list[s
                     cell += f" ({rng[0]:.{digits}f}–{rng[1]:.{digits}f})"
                 speeds.append(cell)
             rows.append(([label] if many else []) + [
-                run["model"], run["quant"], _threads(run), _status(run), _mib(run.get("gguf_size_bytes")),
-                _num(run.get("load_s")), _mib(run.get("peak_rss_bytes")), _mib(run.get("peak_anon_bytes")),
+                run["model"], run["quant"], _threads(run), _status(run), measure.noise_mark(run.get("noise")),
+                _mib(run.get("gguf_size_bytes")), _load_cell(run, with_spread), _mib(run.get("peak_rss_bytes")),
+                _mib(run.get("peak_anon_bytes")),
                 *speeds, _accuracy(run)])
     return headers, rows
 
 
 def render_table(docs: list[dict], *, tablefmt: str = "simple") -> str:
     headers, rows = summary_rows(docs)
-    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
+    return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True) + "\n" + NOISE_LEGEND
 
 
 def _cell(text) -> str:
@@ -113,12 +127,13 @@ def render_markdown(docs: list[dict]) -> str:
     headers, rows = summary_rows(docs, with_spread=True)
     out += ["## Summary", "",
             "Medians over questions of each question's median over repetitions; in brackets the range over every "
-            "repetition. Times in seconds, memory in MiB (1 MiB = 2^20 bytes). *peak RSS* includes the mmap'd GGUF "
+            "repetition. *load s*: median of one fresh load per repetition. Times in seconds, memory in MiB "
+            "(1 MiB = 2^20 bytes). *peak RSS* includes the mmap'd GGUF "
             "(file-backed page cache); *peak anon* is anonymous memory only (repacked weights, KV cache, buffers). "
             "*zh chars/s*: Chinese characters of the answer per second of decoding. *accuracy*: mean rubric score "
             "0..1 (human verdicts where marked). The raw measurement of every repetition is in measurements.jsonl "
             "next to results.json, written line by line as it is taken: the record that survives a crash.", "",
-            _md_table(rows, headers), ""]
+            _md_table(rows, headers), "", f"*{NOISE_LEGEND}*", ""]
     failed = [(label, run) for label, doc in zip(labels, docs) for run in doc.get("runs", []) if run.get("failure")]
     if failed:
         out += ["## Failures", ""]
@@ -219,6 +234,9 @@ def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
                 speed = _num(med.get("gen_tokens_per_s"), 1)
                 if spr.get("n", 1) > 1:
                     speed += f" ({spr['min']:.1f}–{spr['max']:.1f})"
+                noisy = measure.count_noisy(answer.get("repetitions", []))["noisy"]
+                if noisy:
+                    speed += f" NOISY {noisy}/{len(answer['repetitions'])}"
                 score_cell = _num(sc.get("score")) + (" (verdict)" if sc.get("source") == "verdict" else "")
                 criteria = ", ".join(sc.get("matched", [])) + (
                     "; contradicted: " + ", ".join(sc["contradicted"]) if sc.get("contradicted") else "")
@@ -235,13 +253,14 @@ def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
 
 CSV_RUN_FIELDS = ["machine", "run_id", "model", "quant", "status", "settings", "gguf_size_bytes", "load_s",
                   "peak_rss_bytes", "peak_anon_bytes", "gguf_sha256"]
+CSV_NOISE_FIELDS = ["load_s_min", "load_s_max", "load_samples", "run_noisy_samples", "run_samples", "noisy_repetitions"]
 
 
 def render_csv(docs: list[dict]) -> str:
     """One row per (machine, run, question): medians of every metric, the score and its source."""
     buf = io.StringIO()
-    fields = CSV_RUN_FIELDS + ["question_id", "answer_sha256", "score", "score_source", "stop_reason",
-                               "repetitions"] + \
+    fields = CSV_RUN_FIELDS + CSV_NOISE_FIELDS + \
+        ["question_id", "answer_sha256", "score", "score_source", "stop_reason", "repetitions"] + \
         [f"{m}_median" for m in METRICS] + [f"{m}_min" for m in METRICS] + [f"{m}_max" for m in METRICS]
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -249,13 +268,18 @@ def render_csv(docs: list[dict]) -> str:
         for run in doc.get("runs", []):
             base = {k: run.get(k) for k in CSV_RUN_FIELDS if k in run}
             base.update(machine=label, settings=json.dumps(run.get("settings", {}), sort_keys=True))
+            load_spread, noise = run.get("load_spread") or {}, run.get("noise") or {}
+            base.update(load_s_min=load_spread.get("min"), load_s_max=load_spread.get("max"),
+                        load_samples=load_spread.get("n"), run_noisy_samples=noise.get("noisy"),
+                        run_samples=noise.get("samples"))
             for q in run["questions"] or [{}]:
                 row = dict(base)
                 if q:
                     sc = q.get("score") or {}
                     row.update(question_id=q["question_id"], answer_sha256=q.get("answer_sha256"),
                                score=sc.get("score"), score_source=sc.get("source"),
-                               stop_reason=q.get("stop_reason"), repetitions=len(q.get("repetitions", [])))
+                               stop_reason=q.get("stop_reason"), repetitions=len(q.get("repetitions", [])),
+                               noisy_repetitions=measure.count_noisy(q.get("repetitions", []))["noisy"])
                     for m in METRICS:
                         if m in q.get("median", {}):
                             row[f"{m}_median"] = q["median"][m]

@@ -12,7 +12,9 @@ Schema "qrun-bench-results" version 1::
                "settings": {Engine.load kwargs as requested},
                "effective_settings": {the same with defaults resolved: n_ctx, threads, use_mmap, repack},
                "status": "ok" | "failed" | "interrupted", "failure": {...} | null,
-               "load_s", "peak_rss_bytes", "peak_anon_bytes", "rss_before_load_bytes", "memory_note",
+               "load_s" (median over one fresh load per repetition), "load_spread": {"min", "max", "stdev", "n"},
+               "load_samples": [every load line], "noisy": bool, "noise": {"samples", "noisy", "unknown", "rule"},
+               "peak_rss_bytes", "peak_anon_bytes", "rss_before_load_bytes", "memory_note",
                "questions": [{"question_id", "answer", "answer_sha256" (qrun.bench.verdicts.answer_sha256),
                               "answers_identical", "score": {ScoreResult},
                               "median": {metric: value}, "spread": {metric: {"min", "max", "stdev"}},
@@ -21,7 +23,9 @@ Schema "qrun-bench-results" version 1::
                            "questions_answered", "questions_total", "range": {metric: [min, max]}}}]}
 
 Units are in the names (_s seconds, _bytes bytes, _per_s per second). Medians and spreads are over repetitions;
-the summary takes the median over questions of the per-question medians.
+the summary takes the median over questions of the per-question medians. Every load and repetition carries the
+noise fields of its window (qrun.measure.noise_fields); a run is noisy when any of its samples is; no sample is
+dropped for being noisy.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import statistics
 import time
 from pathlib import Path
 
-from qrun import __version__
+from qrun import __version__, measure
 from qrun.bench import verdicts as verdicts_mod
 from qrun.bench.score import ScoreResult, apply_verdict, score
 from qrun.bench.suite import Suite
@@ -119,6 +123,7 @@ def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Su
     """One run's record from the measurement lines (whatever got measured before a crash counts)."""
     mine = [line for line in lines if line.get("run_id") == run_id]
     first = {}
+    loads = [line for line in mine if line["event"] == "load"]
     for event in ("start", "identity", "load", "done"):
         first[event] = next((line for line in mine if line["event"] == event), {})
     start = first["start"]
@@ -145,17 +150,36 @@ def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Su
         "effective_settings": first["load"].get("effective_settings"),
         "settings_source": start.get("settings_source"),
         "status": status, "failure": failure,
-        "load_s": first["load"].get("load_s"),
+        **load_figures(loads),
         "peak_rss_bytes": max((p["peak_rss_bytes"] for p in peaks), default=None),
         "peak_anon_bytes": max((p["peak_anon_bytes"] for p in peaks), default=None),
         "rss_before_load_bytes": start.get("rss_before_load_bytes"),
         "memory_note": first["done"].get("memory_note"),
         "questions": questions,
     }
+    run["noise"] = noise_summary(loads + [r for q in questions for r in q["repetitions"]])
+    run["noisy"] = run["noise"]["noisy"] > 0
     run["summary"] = summarize(run)
     run["summary"]["questions_total"] = len(order)
     apply_verdicts([run], verdicts)  # this run alone; qrun.bench.run applies them again over every run
     return run
+
+
+# Kept from each "load" line in a run's load_samples (the settings and memory are the run's, already above).
+_LOAD_SAMPLE_SKIP = ("run_id", "event", "effective_settings", "model_detected")
+
+
+def load_figures(loads: list[dict]) -> dict:
+    """load_s (median over the fresh loads, one per repetition), load_spread and every load sample."""
+    values = [line["load_s"] for line in loads if isinstance(line.get("load_s"), (int, float))]
+    return {"load_s": statistics.median(values) if values else None,
+            "load_spread": spread(values) if values else None,
+            "load_samples": [{k: v for k, v in line.items() if k not in _LOAD_SAMPLE_SKIP} for line in loads]}
+
+
+def noise_summary(samples: list[dict]) -> dict:
+    """How many of a run's samples (loads and answers) the noise rule marked noisy, or could not judge."""
+    return {**measure.count_noisy(samples), "rule": measure.NOISE_RULE}
 
 
 def rescore(docs: list[dict], suite: Suite | None, verdicts: verdicts_mod.Verdicts | None) -> list[dict]:
@@ -243,6 +267,7 @@ _RUN_FIELDS = {"run_id": (str,), "model": (str,), "quant": (str,), "status": (st
                "questions": (list,), "settings": (dict, None), "effective_settings": (dict, None),
                "failure": (dict, None), "gguf": (str, None), "gguf_size_bytes": (int, None), "load_s": (*_NUM, None),
                "gguf_sha256": (str, None),
+               "load_spread": (dict, None), "load_samples": (list, None), "noise": (dict, None),
                "peak_rss_bytes": (int, None), "peak_anon_bytes": (int, None)}
 _QUESTION_FIELDS = {"question_id": (str,), "answer": (str,), "median": (dict,), "spread": (dict,),
                     "repetitions": (list,), "score": (dict, None), "stop_reason": (str, None)}

@@ -10,11 +10,16 @@ Choice (PERF-FACTS: llama.cpp's defaults are not the best settings on a CPU, and
   chat   = short prompt, long answer -> the highest median gen tok/s;
   prompt = long prompt, short answer -> the highest median prompt tok/s;
 points whose [min, max] over the repetitions overlaps the best one's are ties, broken by less peak RSS, then less
-anonymous memory, then fewer threads, then faster load.
+anonymous memory, then fewer threads, then faster load. That choice is kept only when it is shown better than
+qrun's own defaults (qrun_defaults(), measured in the same passes): its repetitions must separate from theirs
+(qrun.measure.compare_samples: at least 3 a side, the worst of one beating the best of the other), faster, or as
+fast and lighter. With fewer repetitions, or a difference inside the noise, the profile keeps qrun's defaults and
+its evidence says why ("decision"). Every measurement also records what else used the CPU (qrun.measure's noise
+rule); noisy repetitions are kept and counted, never dropped.
 
 `qrun tune` also measures llama-cpp-python's own defaults (llama_cpp_defaults()) on each file, in the same
 interleaved passes, and records the chosen settings against them ("vs_llama_cpp_defaults": the ratios a user gains
-by tuning, on this machine).
+by tuning, on this machine — given only where the repetitions separate).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from qrun import lifeline, registry, settings
+from qrun import measure as measure_mod  # (tune_model takes a "measure" function)
 from qrun.bench import tune_log
 from qrun.runner import profile as profile_mod
 from qrun.errors import BenchError, UsageError
@@ -74,22 +80,75 @@ def llama_cpp_defaults(cpus: int | None = None) -> dict:
 
 # Compared between the chosen settings and the defaults: higher is better for the first two, lower for the rest.
 COMPARED = ("chat.gen_tokens_per_s", "prompt.prompt_tokens_per_s", "peak_rss_bytes", "peak_anon_bytes", "load_s")
+HIGHER_IS_BETTER = ("chat.gen_tokens_per_s", "prompt.prompt_tokens_per_s")
+
+
+def separation(chosen: dict, baseline: dict, metric: str) -> dict:
+    """qrun.measure.compare_samples on one metric's repetitions of two point summaries."""
+    return measure_mod.compare_samples((chosen.get(metric) or {}).get("values", []),
+                                   (baseline.get(metric) or {}).get("values", []),
+                                   higher_is_better=metric in HIGHER_IS_BETTER)
 
 
 def versus(chosen: dict, baseline: dict | None) -> dict | None:
-    """Medians of the chosen point over the baseline point's (ratios), or the baseline's failure."""
+    """The chosen point against the baseline point, metric by metric, or the baseline's failure.
+
+    "separation" holds each metric's verdict (qrun.measure.compare_samples); "ratios" (medians, chosen / baseline)
+    only the metrics whose repetitions separate: any other ratio would claim what the samples do not show.
+    """
     if baseline is None:
         return None
     out = {"point": baseline["id"], "status": baseline["status"]}
     if baseline["status"] == "ok":
-        out["ratios"] = {k: chosen[k]["median"] / baseline[k]["median"] for k in COMPARED
-                         if k in chosen and k in baseline and baseline[k]["median"]}
+        out["separation"] = {k: separation(chosen, baseline, k) for k in COMPARED if k in chosen and k in baseline}
+        out["ratios"] = {k: v["ratio"] for k, v in out["separation"].items() if v["ratio"] is not None}
         out["baseline"] = {k: baseline[k]["median"] for k in COMPARED if k in baseline}
     return out
 
 
 # (flash attention, KV cache type) pairs llama.cpp runs on the CPU: a q8_0 V cache needs flash attention.
 ATTENTION = ((False, "f16"), (True, "f16"), (True, "q8_0"))
+
+
+def qrun_defaults(quant: str) -> dict:
+    """The load settings `qrun ask` uses without a profile or flags (qrun.settings), as a grid point."""
+    threads = settings.default_threads()
+    return {"quant": quant, "repack": settings.repack_weights(None), "use_mmap": True, "n_threads": threads,
+            "n_threads_batch": threads, "flash_attn": False, "kv_type": "f16"}
+
+
+def decide(chosen: dict, default: dict | None, workload: str) -> dict:
+    """Keep qrun's defaults unless the chosen point is shown better: {"keep_default": bool, "reason", "speed",
+    "memory"} (speed / memory: qrun.measure.compare_samples verdicts against the default point).
+
+    The chosen point replaces the default only when its repetitions separate from the default's: faster on the
+    workload's metric, or as fast within the noise and with less peak RSS. Otherwise (one repetition, a difference
+    inside the noise, or slower) the profile keeps the defaults and says why.
+    """
+    if default is None or default["status"] != "ok":
+        why = "not measured" if default is None else default["status"]
+        return {"keep_default": False, "reason": f"qrun's defaults could not be compared ({why})", "speed": None,
+                "memory": None}
+    if chosen["id"] == default["id"]:
+        return {"keep_default": True, "reason": "qrun's defaults measured best", "speed": None, "memory": None}
+    metric = METRIC[workload]
+    speed = separation(chosen, default, metric)
+    memory = separation(chosen, default, "peak_rss_bytes")
+    out = {"speed": speed, "memory": memory}
+    if speed["verdict"] == "better":
+        return {**out, "keep_default": False, "reason": f"{metric} {speed['ratio']:.2f}x qrun's defaults, every "
+                f"repetition faster (worst/best ratio {speed['ratio_bounds'][0]:.2f})"}
+    if speed["verdict"] == measure_mod.INSIDE_THE_NOISE and memory["verdict"] == "better":
+        return {**out, "keep_default": False, "reason": f"as fast as qrun's defaults within the noise, peak RSS "
+                f"{memory['ratio']:.2f}x theirs in every repetition"}
+    if speed["verdict"] == measure_mod.NOT_MEASURED_ENOUGH:
+        reason = (f"{measure_mod.NOT_MEASURED_ENOUGH}: {speed['n'][0]} and {speed['n'][1]} repetition(s), a claim "
+                  f"needs {measure_mod.MIN_SAMPLES_FOR_CLAIM} a side (--repeat {measure_mod.MIN_SAMPLES_FOR_CLAIM})")
+    elif speed["verdict"] == "worse":
+        reason = f"{chosen['id']} is slower than qrun's defaults in every repetition"
+    else:
+        reason = f"{chosen['id']} vs qrun's defaults: {metric} {measure_mod.INSIDE_THE_NOISE} (repetitions overlap)"
+    return {**out, "keep_default": True, "reason": reason + "; keeping qrun's defaults"}
 
 
 def make_grid(*, quants, repack=(False, True), use_mmap=(True, False), threads=(1,), threads_batch=None,
@@ -131,11 +190,16 @@ def summarize(point: dict, runs: list[dict], failure: str | None) -> dict:
         if not failure:
             out["status"] = "failed: no measurement"
         return out
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and k != "loadavg_1m"]
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and k not in ("loadavg_1m", "noisy")]
     for key in keys:
         values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
         out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values),
-                    "spread": max(values) - min(values)}
+                    "spread": max(values) - min(values), "values": values}
+    # every repetition stays in the figures above, noisy or not; these say how many were disturbed
+    out["noise"] = measure_mod.count_noisy(runs)
+    out["noise_samples"] = [{window: {k: w.get(k) for k in ("noisy", "other_cpu_fraction", "steal_fraction",
+                                                             "window_s")}
+                             for window, w in (r.get("noise") or {}).items()} for r in runs]
     return out
 
 
@@ -233,6 +297,9 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
     grid_size = len(points)
     baselines = [{"quant": q, **baseline} for q in paths] if baseline else []
     points += [b for b in baselines if b not in points]
+    # what the profile keeps unless a grid point is shown better (decide()): qrun's own defaults, on its default quant
+    default_point = qrun_defaults(settings.DEFAULT_QUANT if settings.DEFAULT_QUANT in paths else next(iter(paths)))
+    points += [default_point] if default_point not in points else []
     for path in paths.values():
         _warm_page_cache(path)
     runs: dict[int, list[dict]] = {i: [] for i in range(len(points))}
@@ -259,7 +326,8 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
         runs[i].append(result)
         progress(f"{label}: chat gen {result['chat.gen_tokens_per_s']:.1f} tok/s, prompt pp "
                  f"{result['prompt.prompt_tokens_per_s']:.1f} tok/s, load {result['load_s']:.2f} s, "
-                 f"RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, load avg {result.get('loadavg_1m')}")
+                 f"RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, load avg {result.get('loadavg_1m')}"
+                 + (" (NOISY)" if result.get("noisy") else ""))
     summaries = [summarize(p, runs[i], failures.get(i)) for i, p in enumerate(points)]
     candidates = [s for s in summaries if s["settings"] in points[:grid_size]]
     by_settings = {json.dumps(s["settings"], sort_keys=True): s for s in summaries}
@@ -271,6 +339,11 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
         if chosen is None:
             progress(f"{model}: every grid point failed; no {workload} settings recorded")
             continue
+        default = by_settings.get(json.dumps(default_point, sort_keys=True))
+        decision = decide(chosen, default, workload)
+        if decision["keep_default"] and default is not None:
+            chosen = dict(default, ties=[], fastest=chosen["fastest"], grid_choice=chosen["id"])
+        progress(f"{model} {workload}: {chosen['id']}: {decision['reason']}")
         gguf = paths[chosen["settings"]["quant"]]
         entry[workload] = {
             "settings": chosen["settings"], "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size},
@@ -278,7 +351,9 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
                          "workload_tokens": {"prompt": WORKLOADS[workload][0], "gen": WORKLOADS[workload][1]},
                          **{k: chosen[k] for k in (METRIC[workload], "load_s", "peak_rss_bytes", "peak_anon_bytes")},
                          "loadavg_1m": chosen["loadavg_1m"], "ties_broken_on_memory": chosen["ties"],
-                         "fastest": chosen["fastest"]}}
+                         "fastest": chosen["fastest"], "noise": chosen["noise"], "noise_rule": measure_mod.NOISE_RULE,
+                         "decision": {**decision, "grid_choice": chosen.get("grid_choice", chosen["id"]),
+                                      "default_point": point_id(default_point)}}}
         if baselines:
             same_file = {**baseline, "quant": chosen["settings"]["quant"]}
             entry[workload]["evidence"]["vs_llama_cpp_defaults"] = versus(

@@ -9,6 +9,8 @@ import sys
 import click
 from tabulate import tabulate
 
+from qrun import measure
+
 
 def _ints(value: str | None, option: str) -> list[int] | None:
     from qrun import settings
@@ -74,16 +76,20 @@ def tune_cmd(models, quants, threads, threads_batch, repack, mmap, flash_attn, k
                          "on" if st["use_mmap"] else "off", st["n_threads"], st["n_threads_batch"],
                          "on" if st.get("flash_attn") else "off", st.get("kv_type", "f16"),
                          f"{metric['median']:.1f} ({metric['min']:.1f}-{metric['max']:.1f})",
-                         f"{ev['peak_rss_bytes']['median'] / 2**20:.0f}", f"{ev['load_s']['median']:.2f}"])
+                         f"{ev['peak_rss_bytes']['median'] / 2**20:.0f}", f"{ev['load_s']['median']:.2f}",
+                         measure.noise_mark(ev.get("noise")), (ev.get("decision") or {}).get("reason", "")])
     click.echo(tabulate(rows, headers=["model", "workload", "quant", "repack", "mmap", "threads", "threads_batch",
                                        "flash attn", "KV",
-                                       "tok/s median (range)", "peak RSS MiB", "load s"], disable_numparse=True))
+                                       "tok/s median (range)", "peak RSS MiB", "load s", "noise", "why"],
+                        disable_numparse=True))
     compared = _versus_rows(doc)
     if compared:
         click.echo("\ntuned / llama.cpp's defaults (Llama(path, n_ctx=4096) otherwise given nothing: " + _describe(tune.llama_cpp_defaults())
                    + "), same GGUF, medians:")
         click.echo(tabulate(compared, headers=["model", "workload", "defaults' tok/s", "tuned tok/s", "speed",
                                                "peak RSS", "peak anon", "load time"], disable_numparse=True))
+        click.echo("a ratio is shown only where the repetitions separate (the worst of one beats the best of the "
+                   "other, 3 or more a side); noise: " + measure.NOISE_RULE)
     click.echo(f"profile: {path}", err=True)
 
 
@@ -106,8 +112,15 @@ def _versus_rows(doc: dict) -> list[list[str]]:
             if vs["status"] != "ok":
                 rows.append([model, workload, vs["status"], f"{evidence[metric]['median']:.2f}", "", "", "", ""])
                 continue
-            r = vs["ratios"]
             rows.append([model, workload, f"{vs['baseline'][metric]:.2f}", f"{evidence[metric]['median']:.2f}",
-                         f"{r[metric]:.2f}x", f"{r['peak_rss_bytes']:.2f}x", f"{r['peak_anon_bytes']:.2f}x",
-                         f"{r['load_s']:.2f}x"])
+                         *(_claim(vs, k) for k in (metric, "peak_rss_bytes", "peak_anon_bytes", "load_s"))])
     return rows
+
+
+def _claim(vs: dict, metric: str) -> str:
+    """"1.25x" where the repetitions separate, else why there is no ratio ("not measured enough", ...)."""
+    sep = (vs.get("separation") or {}).get(metric)
+    if sep is None:  # a profile written before separations were recorded: its ratios were not checked
+        return "not measured enough"
+    return f"{sep['ratio']:.2f}x" if sep["ratio"] is not None else sep["verdict"]
+

@@ -9,7 +9,8 @@ Job: {"gguf", "settings": {"repack", "use_mmap", "n_threads", "n_threads_batch",
       "n_ctx": int|None (None: sized to the longest workload),
       "workloads": {"chat": [prompt_tokens, gen_tokens], "prompt": [...]}, "seed": 42}
 Output: {"load_s", "peak_rss_bytes", "peak_anon_bytes", "loadavg_1m", "n_ctx",
-         "workloads": {name: {"prompt_tokens", "prompt_tokens_per_s", "gen_tokens", "gen_tokens_per_s"}}}
+         "workloads": {name: {"prompt_tokens", "prompt_tokens_per_s", "gen_tokens", "gen_tokens_per_s"}},
+         "noise": {"load" | name: qrun.measure.noise_fields of that window}, "noisy": true | false | null}
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def _loadavg_1m() -> float | None:
 def run_job(job: dict) -> dict:
     from qrun.runner.engine import Engine, aligned_ctx  # llama.cpp is loaded in the worker only
 
-    out = {"loadavg_1m": _loadavg_1m(), "workloads": {}}
+    out = {"loadavg_1m": _loadavg_1m(), "workloads": {}, "noise": {}}
     with measure.MemoryWatch() as watch:
         # no n_ctx: sized to the work (the longest workload and its answer), as qrun loads models
         n_ctx = job.get("n_ctx") or aligned_ctx(max(p + g for p, g in job["workloads"].values()))
-        engine = Engine.load(job["gguf"], n_ctx=n_ctx, seed=job.get("seed", 42), **job["settings"])
+        with measure.NoiseWindow() as window:
+            engine = Engine.load(job["gguf"], n_ctx=n_ctx, seed=job.get("seed", 42), **job["settings"])
+        out["noise"]["load"] = window.fields()
         out["load_s"], out["n_ctx"], out["amx_denied"] = engine.load_s, engine.n_ctx, engine.amx_denied
         # every answer runs to its full length: end-of-turn and stop tokens are banned (random or tiny models
         # would otherwise stop at different points for different settings)
@@ -59,9 +62,11 @@ def run_job(job: dict) -> dict:
         for _ in engine.generate(ids[:WARMUP_PROMPT_TOKENS], max_tokens=WARMUP_GEN_TOKENS, logit_bias=banned):
             pass
         for name, (n_prompt, n_gen) in job["workloads"].items():
-            generation = engine.generate(ids[:n_prompt], max_tokens=n_gen, temperature=0.0, logit_bias=banned)
-            for _ in generation:
-                pass
+            with measure.NoiseWindow() as window:
+                generation = engine.generate(ids[:n_prompt], max_tokens=n_gen, temperature=0.0, logit_bias=banned)
+                for _ in generation:
+                    pass
+            out["noise"][name] = window.fields()
             st = generation.stats
             out["workloads"][name] = {"prompt_tokens": st.prompt_tokens, "prompt_tokens_per_s": st.prompt_tokens_per_s,
                                       "gen_tokens": st.gen_tokens, "gen_tokens_per_s": st.gen_tokens_per_s}
@@ -69,6 +74,10 @@ def run_job(job: dict) -> dict:
         engine.close()
     out["peak_rss_bytes"] = max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start())
     out["peak_anon_bytes"] = watch.peak_anon_bytes
+    # one flag per measurement: noisy if any of its windows (load, each workload) is, unknown if none is and any is
+    # unknown (qrun.measure's rule)
+    flags = [w["noisy"] for w in out["noise"].values()]
+    out["noisy"] = True if True in flags else (None if None in flags else False)
     return out
 
 

@@ -12,9 +12,12 @@ The job (written by run.py)::
      "questions": [{"id": "seed-1", "text": "..."}], "max_tokens": 256, "repeat": 1, "warmup_tokens": 16,
      "seed": 42, "results_path": "/out/measurements.jsonl"}
 
-Lines written (each carries "run_id" and "event"): start, identity, load, warmup, rep (one per question and
-repetition), done. identity is the GGUF's sha256, hashed from the file itself before it is loaded (a manifest's
-hash is only compared with it, never copied), with its size and the seconds hashing took. Memory: peak RSS counts the mmap'd GGUF pages (file-backed, droppable page cache); peak anonymous memory
+Lines written (each carries "run_id" and "event"): start, identity, then per repetition a fresh load, a warm-up
+and one rep line per question, then done. identity is the GGUF's sha256, hashed from the file itself before it is
+loaded (a manifest's hash is only compared with it, never copied), with its size and the seconds hashing took.
+Every load and rep line carries the noise fields of its window (qrun.measure.noise_fields: "noisy"
+true/false/null, other processes' and steal CPU time, the load average at both ends). Memory: peak RSS counts the
+mmap'd GGUF pages (file-backed, droppable page cache); peak anonymous memory
 is what the process really allocated (llama.cpp's repacked weights, KV cache, buffers). See qrun.measure.
 """
 
@@ -114,6 +117,31 @@ def quant_in_file(file_type) -> str | None:
     return by_ftype.get(file_type) if isinstance(file_type, int) else None
 
 
+def _load_and_warm_up(engine_cls, load: settings.LoadSettings, job: dict, sink: _Sink, watch: measure.MemoryWatch,
+                      rep: int):
+    """One timed load (its own noise window, a "load" line) and the warm-up -> (engine, [(question id, ids)])."""
+    gguf = Path(job["gguf"])
+    _progress(job, f"loading {gguf.name} (repetition {rep}/{job['repeat']})")
+    with measure.NoiseWindow() as window:
+        engine = engine_cls.load(gguf, load, seed=job["seed"])
+    noise = window.fields()
+    watch.sample()
+    sink.write("load", rep=rep, load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
+               quant_in_file=quant_in_file(engine.header.metadata.get("general.file_type")),
+               effective_settings=engine.settings.to_dict(),
+               rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
+               peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes, **noise)
+    _progress(job, f"loaded in {engine.load_s:.2f} s" + (" (noisy)" if noise["noisy"] else ""))
+    prompts = [(q["id"], engine.prompt_ids([{"role": "user", "content": q["text"]}])) for q in job["questions"]]
+    if job.get("warmup_tokens", 0) > 0 and prompts:
+        # One warm-up per load: pages the weights in and spins up the thread pool before anything is timed.
+        warm = measure_generation(engine.generate(prompts[0][1], max_tokens=job["warmup_tokens"],
+                                                  temperature=0.0, seed=job["seed"]))
+        sink.write("warmup", rep=rep, question_id=prompts[0][0], total_s=warm["total_s"],
+                   gen_tokens=warm["gen_tokens"])
+    return engine, prompts
+
+
 def run_job(job: dict) -> None:
     """Measure one job, streaming lines to job["results_path"] (see the module docstring)."""
     from qrun.runner import resolve  # imported here: llama.cpp is loaded only in worker processes
@@ -134,34 +162,25 @@ def run_job(job: dict) -> None:
                 longest = max((len(vocab.prompt_ids([{"role": "user", "content": q["text"]}]))
                                for q in job["questions"]), default=1)
                 load = resolve.size_ctx(load, work_tokens=longest + job["max_tokens"], n_ctx_train=vocab.n_ctx_train)
-        _progress(job, f"loading {gguf.name} {job['settings']}")
-        engine = Engine.load(gguf, load, seed=job["seed"])
-        watch.sample()
-        sink.write("load", load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
-                   quant_in_file=quant_in_file(engine.header.metadata.get("general.file_type")),
-                   effective_settings=engine.settings.to_dict(),
-                   rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
-                   peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes)
-        _progress(job, f"loaded in {engine.load_s:.2f} s")
-        prompts = [(q["id"], engine.prompt_ids([{"role": "user", "content": q["text"]}])) for q in job["questions"]]
-        if job.get("warmup_tokens", 0) > 0 and prompts:
-            # One warm-up: pages the weights in and spins up the thread pool before anything is timed.
-            warm = measure_generation(engine.generate(prompts[0][1], max_tokens=job["warmup_tokens"],
-                                                      temperature=0.0, seed=job["seed"]))
-            sink.write("warmup", question_id=prompts[0][0], total_s=warm["total_s"], gen_tokens=warm["gen_tokens"])
-        for qid, ids in prompts:
-            for rep in range(1, job["repeat"] + 1):
+        # A fresh load per repetition, before its questions: load time gets a median and a spread like every other
+        # figure, and each repetition's answers follow their own load and warm-up.
+        for rep in range(1, job["repeat"] + 1):
+            engine, prompts = _load_and_warm_up(Engine, load, job, sink, watch, rep)
+            for qid, ids in prompts:
                 loadavg = _loadavg()
-                result = measure_generation(engine.generate(ids, max_tokens=job["max_tokens"], temperature=0.0,
-                                                            seed=job["seed"]))
+                with measure.NoiseWindow() as window:
+                    result = measure_generation(engine.generate(ids, max_tokens=job["max_tokens"], temperature=0.0,
+                                                                seed=job["seed"]))
+                noise = window.fields()
                 watch.sample()
                 sink.write("rep", question_id=qid, rep=rep, **result, loadavg=loadavg,
-                           loadavg_1m=loadavg[0] if loadavg else None,
+                           loadavg_1m=loadavg[0] if loadavg else None, **noise,
                            peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
                            peak_anon_bytes=watch.peak_anon_bytes)
                 _progress(job, f"{qid} rep {rep}/{job['repeat']}: {result['gen_tokens']} tokens, "
-                               f"{result['gen_tokens_per_s']:.1f} tok/s, stop {result['stop_reason']}")
-        engine.close()
+                               f"{result['gen_tokens_per_s']:.1f} tok/s, stop {result['stop_reason']}"
+                               + (" (noisy)" if noise["noisy"] else ""))
+            engine.close()
         watch.__exit__(None, None, None)
         sink.write("done", wall_s=watch.wall_s, memory_note=MEMORY_NOTE,
                    peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),

@@ -135,6 +135,9 @@ def entry_for(doc: dict | None, model: str, *, workload: str, gguf: Path | None,
     entry = model_entry.get(workload) if isinstance(model_entry, dict) else model_entry
     if not entry:
         return None
+    decision = (entry.get("evidence") or {}).get("decision") if isinstance(entry, dict) else None
+    if isinstance(decision, dict) and decision.get("keep_default") is True:
+        return None  # `qrun tune` showed nothing better than qrun's defaults: they apply, as defaults
     why = _malformed(entry)
     if why:
         notice(f"note: ignoring the tuning profile's {model} entry: {why}; rerun `qrun tune`")

@@ -76,6 +76,8 @@ def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
         assert effective["n_ctx"] % 256 == 0 and 256 <= effective["n_ctx"] <= 1024
         assert run["gguf_size_bytes"] == Path(run["gguf"]).stat().st_size
         assert run["load_s"] > 0 and 0 < run["peak_anon_bytes"] <= run["peak_rss_bytes"]
+        assert len(run["load_samples"]) == 2 and run["load_spread"]["n"] == 2  # a fresh load per repetition
+        assert run["noise"]["samples"] == 2 + 5 * 2 and run["noisy"] == (run["noise"]["noisy"] > 0)
         assert "mmap" in run["memory_note"]
         assert [q["question_id"] for q in run["questions"]] == [f"seed-{i}" for i in range(1, 6)]
         for q in run["questions"]:
@@ -92,7 +94,7 @@ def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
                     assert (rep["gen_tokens"] - 1) / rep["gen_tokens_per_s"] <= rep["decode_s"] * 1.0001
                     assert (rep["gen_tokens"] - 1) / rep["gen_tokens_per_s"] >= rep["decode_s"] * 0.5
                 assert rep["zh_chars_per_s"] == pytest.approx(rep["zh_chars"] / rep["decode_s"])
-                assert len(rep["loadavg"]) == 3
+                assert len(rep["loadavg"]) == 3 and rep["noisy"] in (True, False, None) and rep["window_s"] > 0
             assert q["median"]["ttft_s"] == pytest.approx(statistics.median(r["ttft_s"] for r in reps))
             assert q["spread"]["ttft_s"]["min"] <= q["median"]["ttft_s"] <= q["spread"]["ttft_s"]["max"]
             assert 0.0 <= q["score"]["score"] <= 1.0 and q["score"]["source"] == "rubric"

@@ -294,7 +294,8 @@ def test_a_killed_tune_loses_no_measurement_and_the_rerun_reuses_them(converted_
     assert (home / "tune-points.jsonl").read_bytes().startswith(log_before)  # the record is only appended to
     doc = json.loads(earlier_profile.read_text(encoding="utf-8"))
     grid = doc["models"][DEEPSEEK]["grid"]
-    assert sum(s["n"] for s in grid) == 2 * 2  # the mmap-off point and llama.cpp's defaults, 2 repetitions each
+    # the mmap-off point, llama.cpp's defaults and qrun's own defaults, 2 repetitions each
+    assert sum(s["n"] for s in grid) == 3 * 2
     # a finished tune is not reused: the next one measures afresh
     os.environ["QRUN_HOME"] = str(home)  # (the autouse fixture restores it)
     assert tune_log.PointLog(workloads=tune.WORKLOADS, n_ctx=None).reusable == 0

@@ -90,10 +90,11 @@ def test_tune_json_is_the_profile_and_its_path(tiny_gguf, tmp_path):
     folder = Path(os.environ["QRUN_GGUF_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{MODEL}-Q4_K_M.gguf").symlink_to(tiny_gguf(MODEL, "Q4_K_M"))
-    proc = _qrun("tune", MODEL, "--threads", "1", "--no-repack", "--mmap", "--repeat", "1", "--force", "--json")
+    proc = _qrun("tune", MODEL, "--threads", "1", "--no-repack", "--mmap", "--no-flash-attn", "--repeat", "1",
+                 "--force", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     path = Path(doc.pop("profile_path"))
     assert doc == json.loads(path.read_text(encoding="utf-8"))
-    assert doc["models"][MODEL]["chat"]["settings"]["n_threads"] == 1
+    assert doc["models"][MODEL]["chat"]["evidence"]["decision"]["keep_default"] is True  # one repetition
     assert "tok/s median" not in proc.stdout and "qrun tune:" in proc.stderr

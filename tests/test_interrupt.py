@@ -154,5 +154,5 @@ def test_a_signal_stops_bench_during_a_long_prompt_and_marks_it_partial(long_ggu
     assert doc["partial"] is True
     assert not (out / ".jobs").exists()
     events = [json.loads(line)["event"] for line in stream.read_text(encoding="utf-8").splitlines()]
-    assert events[:2] == ["start", "load"] and "rep" not in events  # kept: what was measured before the signal
+    assert events[:3] == ["start", "identity", "load"] and "rep" not in events  # kept: measured before the signal
     assert "partial results written" in stderr

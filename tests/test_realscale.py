@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from qrun import measure
 from qrun.convert import synthetic
 from qrun.convert.safetensors_io import SafetensorsFile
 from qrun.errors import DiskSpaceError
@@ -82,6 +83,7 @@ def test_small_shape_end_to_end(tmp_path, capsys):
     assert m["iofloor"]["page_cache_dropped"] is False  # only with --drop-caches (it slows the whole machine)
     assert m["iofloor"]["write_bytes"] == sum(c["size_bytes"] for c in quantized.values())
     assert {r["kind"] for r in m["load"]} == {"qrun", "llama.cpp"} and all(r["load_s"] > 0 for r in m["load"])
+    assert all(r["noisy"] in (True, False, None) and r["window_s"] > 0 for r in m["load"])  # judged, kept
     b = m["bench"]
     assert b["pp_suite"]["prompt_tokens"] == 512
     assert b["pp"]["1"]["prompt_tokens"] == 512 and b["pp"]["1"]["median"] > 0
@@ -89,6 +91,8 @@ def test_small_shape_end_to_end(tmp_path, capsys):
     assert 0 < b["weights_read_per_token_bytes"] < b["gguf_size_bytes"]
     md = (work / "results" / "realscale.md").read_text()
     assert "| chatglm3-6b | Q4_K_M |" in md and "| chatglm3-6b | 1 |" in md
+    assert b["pp"]["1"]["noise"]["samples"] == 1 and b["tg"]["1"]["noise"]["samples"] == 1
+    assert "noise (qrun reps)" in md and measure.NOISE_RULE in md
     # a second run measures nothing again (everything is recorded) and keeps the results
     assert realscale.main(base + ["--steps", "convert,iofloor"]) == 0
     assert json.loads((work / "results" / "realscale.json").read_text())["models"]["chatglm3-6b"]["convert"] == \

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import os
+import re
 
 import pytest
 from click.testing import CliRunner
 
+from qrun import measure
 from qrun.bench import tune
 from qrun.runner import profile
 from qrun.bench.tune_cli import tune_cmd
@@ -56,7 +58,8 @@ def _run(gen, pp, rss_mib, anon_mib=50, load_s=0.5):
 def test_summary_has_median_and_spread():
     s = tune.summarize(_point(), [_run(10, 30, 100), _run(12, 31, 100), _run(11, 35, 100)], None)
     assert s["status"] == "ok" and s["n"] == 3
-    assert s["chat.gen_tokens_per_s"] == {"median": 11, "min": 10, "max": 12, "spread": 2}
+    assert s["chat.gen_tokens_per_s"] == {"median": 11, "min": 10, "max": 12, "spread": 2, "values": [10, 12, 11]}
+    assert s["noise"] == {"samples": 3, "noisy": 0, "unknown": 3}  # these fake runs carry no noise verdict
     assert s["loadavg_1m"] == [0.1, 0.1, 0.1]
 
 
@@ -77,7 +80,8 @@ def test_choice_per_workload_ties_go_to_less_memory_and_failures_never_win():
     assert tune.choose([crashed], "chat") is None
 
 
-def test_a_crashing_point_is_recorded_once_and_excluded(tmp_path):
+def test_a_crashing_point_is_recorded_once_and_excluded(tmp_path, monkeypatch):
+    monkeypatch.setenv("QRUN_THREADS", "2")  # qrun's default point (2 threads, no repacking, mmap) is in the grid
     gguf = tmp_path / f"{MODEL}-Q4_K_M.gguf"
     gguf.write_bytes(b"x" * 10)
     calls = []
@@ -96,33 +100,95 @@ def test_a_crashing_point_is_recorded_once_and_excluded(tmp_path):
     assert sorted(repack_calls) == sorted(set(repack_calls)) and len(repack_calls) == 4  # never retried
     assert len(calls) == 4 * 2 + 4  # 4 healthy points x 2 reps + 4 crashing points once
     assert entry["chat"]["settings"]["n_threads"] == 2 and entry["chat"]["settings"]["repack"] is False
+    # the grid's pick (2 threads, 1 for prompts) is faster in both repetitions, but 2 a side claim nothing
+    assert entry["chat"]["settings"]["n_threads_batch"] == 2
+    assert entry["chat"]["evidence"]["decision"]["grid_choice"] == "Q4_K_M/norepack/mmap/t2/tb1/nofa/kv-f16"
+    assert entry["chat"]["evidence"]["decision"]["reason"].startswith("not measured enough")
     assert {s["status"] for s in entry["grid"] if s["settings"]["repack"]} == {"failed: SIGILL"}
 
 
-def test_defaults_are_measured_alongside_but_never_chosen_and_the_choice_is_compared_with_them(tmp_path):
+def _three_points_measure(calls):
+    """Fake measurements: the 1-thread grid point is fast, llama.cpp's defaults slow and heavy, qrun's in between;
+    each repetition a little different (the separation rule needs spreads)."""
+
+    def fake_measure(path, point, n_ctx=None):
+        calls.append(point)
+        jitter = 0.1 * (len(calls) % 3)
+        gen = {1: 10.0, 4: 4.0}.get(point["n_threads_batch"], 5.0) + jitter
+        return {**_run(gen, 4 * gen, 3000 if point["repack"] else 1000), "peak_anon_bytes": 1 << 30,
+                "load_s": 2.0 if point["repack"] else 0.5}, None
+
+    return fake_measure
+
+
+def test_defaults_are_measured_alongside_and_ratios_are_given_only_where_repetitions_separate(tmp_path, monkeypatch):
+    monkeypatch.setenv("QRUN_THREADS", "2")
     gguf = tmp_path / f"{MODEL}-Q4_K_M.gguf"
     gguf.write_bytes(b"x" * 10)
     defaults = tune.llama_cpp_defaults(cpus=4)
     assert defaults == {"repack": True, "use_mmap": True, "n_threads": 2, "n_threads_batch": 4, "flash_attn": False,
                         "kv_type": "f16", "n_ctx": 4096}
-
-    def fake_measure(path, point, n_ctx=None):
-        fastest = point["n_threads"] == 2  # only the (off-grid) defaults point runs 2 threads: the fastest
-        return {**_run(8.0 if fastest else 4.0, 40 if fastest else 20, 3000 if point["repack"] else 1000),
-                "peak_anon_bytes": 1 << 30, "load_s": 2.0 if point["repack"] else 0.5}, None
-
     entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False,), "use_mmap": (True,),
                                                             "threads": (1,), "threads_batch": None,
                                                             "attention": NO_FLASH_ATTN},
-                            repeat=2, baseline=defaults, progress=lambda _: None, measure=fake_measure)
-    assert [s["settings"] for s in entry["grid"]] == [_point(t=1, tb=1), {"quant": "Q4_K_M", **defaults}]
+                            repeat=3, baseline=defaults, progress=lambda _: None, measure=_three_points_measure([]))
+    qrun_default = _point(t=2, tb=2)
+    assert [s["settings"] for s in entry["grid"]] == [_point(t=1, tb=1), {"quant": "Q4_K_M", **defaults},
+                                                      qrun_default]
     assert entry["llama_cpp_defaults"] == defaults
     for workload in ("chat", "prompt"):
-        assert entry[workload]["settings"] == _point(t=1, tb=1)  # the only grid point, though slower
+        assert entry[workload]["settings"] == _point(t=1, tb=1)  # every repetition beats qrun's defaults
+        decision = entry[workload]["evidence"]["decision"]
+        assert decision["keep_default"] is False and decision["speed"]["verdict"] == "better"
+        assert decision["default_point"] == "Q4_K_M/norepack/mmap/t2/tb2/nofa/kv-f16"
         vs = entry[workload]["evidence"]["vs_llama_cpp_defaults"]
         assert vs["point"] == "Q4_K_M/repack/mmap/t2/tb4/nofa/kv-f16/ctx4096" and vs["status"] == "ok"
-        assert vs["ratios"] == pytest.approx({"chat.gen_tokens_per_s": 0.5, "prompt.prompt_tokens_per_s": 0.5,
-                                             "peak_rss_bytes": 1 / 3, "peak_anon_bytes": 1.0, "load_s": 0.25})
+        # equal anonymous memory on both sides: inside the noise, so no ratio for it
+        assert vs["separation"]["peak_anon_bytes"]["verdict"] == "inside the noise"
+        assert vs["ratios"] == pytest.approx({"chat.gen_tokens_per_s": 10.1 / 4.1, "prompt.prompt_tokens_per_s":
+                                              10.1 / 4.1, "peak_rss_bytes": 1 / 3, "load_s": 0.25})
+
+
+def test_one_repetition_keeps_the_defaults_and_claims_no_ratio(tmp_path, monkeypatch):
+    monkeypatch.setenv("QRUN_THREADS", "2")
+    gguf = tmp_path / f"{MODEL}-Q4_K_M.gguf"
+    gguf.write_bytes(b"x" * 10)
+    entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False,), "use_mmap": (True,),
+                                                            "threads": (1,), "threads_batch": None,
+                                                            "attention": NO_FLASH_ATTN},
+                            repeat=1, baseline=tune.llama_cpp_defaults(cpus=4), progress=lambda _: None,
+                            measure=_three_points_measure([]))
+    for workload in ("chat", "prompt"):
+        chosen = entry[workload]
+        assert chosen["settings"] == _point(t=2, tb=2)  # twice as fast once is not shown faster: defaults kept
+        decision = chosen["evidence"]["decision"]
+        assert decision["keep_default"] is True and decision["grid_choice"] == "Q4_K_M/norepack/mmap/t1/tb1/nofa/kv-f16"
+        assert decision["reason"].startswith("not measured enough: 1 and 1 repetition(s)")
+        vs = chosen["evidence"]["vs_llama_cpp_defaults"]
+        assert vs["ratios"] == {}
+        assert {v["verdict"] for v in vs["separation"].values()} == {"not measured enough"}
+
+
+def _summary(point, gens, rss_mib=1000):
+    return tune.summarize(point, [_run(g, 4 * g, rss_mib) for g in gens], None)
+
+
+def test_the_default_is_kept_when_the_difference_is_inside_the_noise():
+    default = _summary(_point(t=2), [10.0, 10.5, 11.0])
+    overlapping = _summary(_point(t=1, tb=1), [10.8, 11.5, 12.0])  # faster median, but 10.8 < 11.0
+    decision = tune.decide(dict(overlapping, id=overlapping["id"]), default, "chat")
+    assert decision["keep_default"] is True and decision["speed"]["verdict"] == "inside the noise"
+    assert "inside the noise" in decision["reason"] and "keeping qrun's defaults" in decision["reason"]
+    separated = _summary(_point(t=1, tb=1), [11.2, 11.5, 12.0])
+    assert tune.decide(separated, default, "chat")["keep_default"] is False
+    lighter = _summary(_point(mmap=False), [10.2, 10.6, 10.9], rss_mib=600)  # as fast, less memory every time
+    decision = tune.decide(lighter, default, "chat")
+    assert decision["keep_default"] is False and "peak RSS 0.60x" in decision["reason"]
+    slower = _summary(_point(t=1, tb=1), [5.0, 5.1, 5.2])
+    assert tune.decide(slower, default, "chat")["keep_default"] is True
+    assert tune.decide(default, default, "chat")["reason"] == "qrun's defaults measured best"
+    crashed = tune.summarize(_point(t=2), [], "SIGILL")
+    assert tune.decide(separated, crashed, "chat")["keep_default"] is False
 
 
 def test_busy_machine_refuses_unless_forced(monkeypatch):
@@ -158,23 +224,34 @@ def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
     assert [s["status"] for s in entry["grid"]][:3] == ["ok", "ok", "ok"]
     assert [(s["settings"]["flash_attn"], s["settings"]["kv_type"]) for s in entry["grid"][:3]] == list(tune.ATTENTION)
     assert entry["grid"][3]["settings"] == {"quant": "Q4_K_M", **tune.llama_cpp_defaults()}
-    assert "tuned / llama.cpp's defaults" in result.output
+    defaults = tune.qrun_defaults("Q4_K_M")  # measured too (appended unless it is a grid point): what ask uses
+    assert defaults in [s["settings"] for s in entry["grid"]]
+    # one repetition claims nothing: no ratio anywhere, "not measured enough" instead, and qrun's defaults kept
+    assert "tuned / llama.cpp's defaults" in result.output and "not measured enough" in result.output
+    assert re.search(r"\d\.\d\dx", result.output) is None, result.output
     for workload in ("chat", "prompt"):
         vs = entry[workload]["evidence"]["vs_llama_cpp_defaults"]
         assert vs["point"] == entry["grid"][3]["id"] and vs["status"] == entry["grid"][3]["status"]
         if vs["status"] == "ok":
-            assert set(vs["ratios"]) == set(tune.COMPARED) and all(r > 0 for r in vs["ratios"].values())
+            assert vs["ratios"] == {} and set(vs["separation"]) == set(tune.COMPARED)
+            assert {v["verdict"] for v in vs["separation"].values()} == {"not measured enough"}
         chosen = entry[workload]
-        assert chosen["settings"]["quant"] == "Q4_K_M" and chosen["settings"]["n_threads"] == 1
+        assert chosen["settings"] == defaults
         assert chosen["gguf"]["name"] == f"{MODEL}-Q4_K_M.gguf"
-        metric = chosen["evidence"][chosen["evidence"]["metric"]]
+        evidence = chosen["evidence"]
+        assert evidence["decision"]["keep_default"] is True or evidence["decision"]["grid_choice"] == \
+            tune.point_id(defaults)
+        assert evidence["noise"]["samples"] == 1 and evidence["noise_rule"] == measure.NOISE_RULE
+        metric = evidence[evidence["metric"]]
         assert metric["median"] > 0 and metric["spread"] == 0
+    for summary in entry["grid"]:
+        if summary["status"] == "ok":  # every measurement's windows were judged: load and both workloads
+            assert set(summary["noise_samples"][0]) == {"load", "chat", "prompt"}
     got = _ask_settings(["deepseek"])
-    assert got["threads"] == 1 and got["threads_batch"] == 1 and got["repack"] is False
-    assert got["use_mmap"] == entry["chat"]["settings"]["use_mmap"]
-    tuned = ("threads", "threads_batch", "repack", "use_mmap")
-    assert {k: got["source"][k] for k in tuned} == dict.fromkeys(tuned, "profile")
-    assert got["source"]["quant"] == "default" and got["source"]["n_ctx"] == "work"
+    assert (got["threads"], got["threads_batch"], got["repack"], got["use_mmap"]) == \
+        (defaults["n_threads"], defaults["n_threads_batch"], defaults["repack"], defaults["use_mmap"])
+    # the profile kept qrun's defaults (nothing was shown better): ask says "default", not "profile"
+    assert "profile" not in got["source"].values() and got["source"]["n_ctx"] == "work"
 
 
 def _write_profile(**chat_settings):

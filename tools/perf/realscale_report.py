@@ -1,14 +1,17 @@
 """Markdown tables from realscale.json: conversion vs I/O floor, load time, qrun vs llama-bench, bandwidth fraction.
 
 Only measured values are shown (a missing measurement is "—"); medians with min–max of the repetitions, and the
-load average the measurements ran under (this is a shared, noisy 2-core machine).
+load average the measurements ran under, and how many samples qrun.measure's noise rule marked noisy.
 """
 
 from __future__ import annotations
 
 import statistics
 
+from qrun import measure
+
 _GiB = 1 << 30
+NOISE_LEGEND = "noise: " + measure.NOISE_RULE + "; NOISY k/n counts the noisy samples, all of which are kept."
 
 
 def _f(value, fmt="{:.2f}") -> str:
@@ -111,7 +114,7 @@ def _convert(doc: dict) -> list[str]:
 def _load_table(doc: dict) -> list[str]:
     out = ["## Load time (Q4_K_M unless the model column names another type; fresh process each; page cache warm)",
            "",
-           "| model | qrun Engine.load s | llama.cpp C API s | ratio | load avg |", "|---|---|---|---|---|"]
+           "| model | qrun Engine.load s | llama.cpp C API s | ratio | load avg | noise |", "|---|---|---|---|---|---|"]
     any_row = False
     for model, m in doc["models"].items():
         rows = m.get("load") or []
@@ -121,8 +124,9 @@ def _load_table(doc: dict) -> list[str]:
         q = [r["load_s"] for r in rows if r["kind"] == "qrun"]
         l = [r["load_s"] for r in rows if r["kind"] == "llama.cpp"]
         out.append(f"| {model} | {_spread(q)} | {_spread(l)} | {_ratio(statistics.median(q), statistics.median(l))} "
-                   f"| {_load([r['loadavg_before'][0] for r in rows])} |")
-    return out + [""] if any_row else []
+                   f"| {_load([r['loadavg_before'][0] for r in rows])} "
+                   f"| {measure.noise_mark(measure.count_noisy(rows))} |")
+    return out + ["", f"*{NOISE_LEGEND}*", ""] if any_row else []
 
 
 def _speed(doc: dict) -> list[str]:
@@ -131,8 +135,9 @@ def _speed(doc: dict) -> list[str]:
            "tok/s, median (min–max) of the repetitions; ratio = qrun / llama-bench medians. Goals: pp >= 0.95, "
            "tg >= 0.97.", "",
            "| model | threads | qrun pp | llama-bench pp | pp ratio | qrun tg | llama-bench tg | tg ratio "
-           "| qrun load s | peak RSS GiB | peak anon GiB | load avg (qrun reps) | load avg (llama-bench) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| qrun load s | peak RSS GiB | peak anon GiB | load avg (qrun reps) | load avg (llama-bench) "
+           "| noise (qrun reps) | noise (llama-bench) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, m in doc["models"].items():
         b, lb = m.get("bench") or {}, m.get("llama_bench") or {}
         for t in sorted({*b.get("pp", {}), *b.get("tg", {})}, key=int):
@@ -141,14 +146,24 @@ def _speed(doc: dict) -> list[str]:
             rss = max(x.get("peak_rss_bytes") or 0 for x in (pp, tg))
             anon = max(x.get("peak_anon_bytes") or 0 for x in (pp, tg))
             loads = [x for x in (pp.get("load_s"), tg.get("load_s")) if x is not None]
+            lb_noise = _noise({"noise": measure.count_noisy([lb["noise"]])}) if "noise" in lb else ""
             out.append(
                 f"| {model} | {t} | {_spread(pp.get('prompt_tokens_per_s'))} | {_spread(lpp.get('samples'))} | "
                 f"{_ratio(pp.get('median'), lpp.get('median'))} | {_spread(tg.get('gen_tokens_per_s'))} | "
                 f"{_spread(ltg.get('samples'))} | {_ratio(tg.get('median'), ltg.get('median'))} | "
                 f"{_spread(loads)} | {rss / _GiB:.2f} | {anon / _GiB:.2f} | "
                 f"{_load((pp.get('loadavg_1m') or []) + (tg.get('loadavg_1m') or []))} | "
-                f"{_f((lb.get('loadavg_before') or [None])[0])}→{_f((lb.get('loadavg_after') or [None])[0])} |")
-    return out + [""]
+                f"{_f((lb.get('loadavg_before') or [None])[0])}→{_f((lb.get('loadavg_after') or [None])[0])} | "
+                f"{_noise(pp, tg)} | {lb_noise} |")
+    return out + ["", f"*{NOISE_LEGEND}*", ""]
+
+
+def _noise(*entries: dict) -> str:
+    """The qrun bench runs' noise counts (pp and tg) added up, as a table cell."""
+    counts = [e["noise"] for e in entries if e.get("noise")]
+    if not counts:
+        return ""
+    return measure.noise_mark({k: sum(c[k] for c in counts) for k in ("samples", "noisy", "unknown")})
 
 
 def _fraction(doc: dict) -> list[str]:

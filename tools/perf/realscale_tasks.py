@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from qrun import measure
 from qrun.fsutil import write_json_atomic
 
 PP_TOKENS = 512  # llama-bench's pp512
@@ -110,10 +111,10 @@ def load_once(kind: str, gguf: str, threads: int, repack: bool, n_ctx: int | Non
     else."""
     import llama_cpp
 
-    from qrun import measure
     from qrun.runner.engine import Engine
 
     load_before = _loadavg()
+    window = measure.NoiseWindow().__enter__()  # closed once the timed part ends, on either branch
     t0 = time.perf_counter()
     if kind == "qrun":
         engine = Engine.load(gguf, n_threads=threads, repack=repack)
@@ -134,8 +135,9 @@ def load_once(kind: str, gguf: str, threads: int, repack: bool, n_ctx: int | Non
         cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         wall_s, n_ctx = time.perf_counter() - t0, llama_cpp.llama_n_ctx(ctx)
+    window.__exit__(None, None, None)
     return {"load_s": wall_s, "n_ctx": n_ctx, "rss_bytes": measure.rss_bytes(), "anon_bytes": measure.anon_bytes(),
-            "loadavg_before": load_before}
+            "loadavg_before": load_before, **window.fields()}
 
 
 def matmul_weights(gguf: Path) -> int:
@@ -195,7 +197,7 @@ def _runs(doc: dict, metric: str) -> dict:
             entry.update({metric: [r[metric] for r in reps], "median": statistics.median(r[metric] for r in reps),
                           "prompt_tokens": q["median"].get("prompt_tokens"),
                           "gen_tokens": [r["gen_tokens"] for r in reps], "loadavg_1m": [r.get("loadavg_1m") for r in reps],
-                          "stop_reason": q["stop_reason"]})
+                          "stop_reason": q["stop_reason"], "noise": measure.count_noisy(reps)})
         out[str(threads)] = entry
     return out
 
@@ -224,7 +226,8 @@ def llama_bench(binary: str, gguf: Path, *, threads: list[int], repeat: int, rep
            "-t", ",".join(map(str, threads)), "-fa", "off", "-lm", "mmap", "--repack", "1" if repack else "0",
            "-o", "json"]
     load_before, t0 = _loadavg(), time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    with measure.NoiseWindow() as window:  # one window over all of llama-bench's runs (its own CPU counts as ours)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"command": cmd, "error": (proc.stderr.strip().splitlines() or ["?"])[-1],
                 "exit_code": proc.returncode}
@@ -236,4 +239,4 @@ def llama_bench(binary: str, gguf: Path, *, threads: list[int], repeat: int, rep
             "samples": samples, "median": statistics.median(samples), "avg_ts": row["avg_ts"],
             "stddev_ts": row["stddev_ts"], "build_commit": row.get("build_commit"), "cpu_info": row.get("cpu_info")}
     return {"command": cmd, "wall_s": time.perf_counter() - t0, "loadavg_before": load_before,
-            "loadavg_after": _loadavg(), **results}
+            "loadavg_after": _loadavg(), "noise": window.fields(), **results}
