@@ -28,7 +28,16 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import llama_cpp
 import numpy as np
+from gguf.constants import (
+    GGML_QUANT_SIZES,
+    GGUF_DEFAULT_ALIGNMENT,
+    GGMLQuantizationType,
+    GGUFValueType,
+)
+from qrun.runner.engine import Engine
+from tiny_models import MODELS, TinyModels
 
 TESTS_DIR = Path(__file__).resolve().parent
 GOLDEN_DIR = TESTS_DIR / "data" / "golden"
@@ -94,8 +103,6 @@ class _Reader:
 
 
 def _type_name(vtype: int) -> str:
-    from gguf.constants import GGUFValueType
-
     return GGUFValueType(vtype).name
 
 
@@ -103,8 +110,6 @@ def describe_gguf(path: Path) -> dict:
     """{"metadata": {key: {"type", "value"} or {"type", "count", "sha256"}}, "tensors": [{name, type, shape,
     sha256}]}: every key-value pair (arrays longer than MAX_INLINE_ARRAY by length and the sha256 of their bytes
     as stored), every tensor in file order with its shape in ggml order (ne0 first) and the sha256 of its bytes."""
-    from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
-
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         data = memoryview(mm)
         try:
@@ -159,10 +164,6 @@ def greedy(path: Path, *, n_threads: int = GREEDY_THREADS, n_tokens: int = GREED
     """The prompt ids, the greedy ids qrun's engine generates (temperature 0, weight repacking off: llama.cpp's
     plain CPU kernels), and each step's top-2 logit margin, recomputed along the same ids with the same decode
     calls (the prompt as one batch, then one token at a time)."""
-    import llama_cpp
-
-    from qrun.runner.engine import Engine
-
     with Engine.load(path, n_ctx=GREEDY_CTX_TOKENS, n_threads=n_threads, n_threads_batch=n_threads,
                      repack=False) as engine:
         prompt_ids = engine.prompt_ids(PROMPT_MESSAGES)
@@ -197,8 +198,6 @@ def clear_steps(margins: list[float], quant: str) -> int:
 
 def build_id() -> dict:
     """What decides the kernels llama.cpp runs: the binding's version and the CPU features its build uses."""
-    import llama_cpp
-
     return {"llama_cpp_python": llama_cpp.__version__,
             "system_info": llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()}
 
@@ -301,9 +300,6 @@ def diff_greedy(expected: dict, actual: dict, quants: tuple[str, ...] = QUANTS) 
 
 # --- command line --------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(TESTS_DIR))
-    from tiny_models import MODELS, TinyModels
-
     parser = argparse.ArgumentParser(description="Check the tiny models' golden files, or regenerate them.")
     parser.add_argument("--update", action="store_true", help="rewrite tests/data/golden/<model>.json")
     parser.add_argument("--model", action="append", choices=MODELS, help="only this model (repeatable)")

@@ -12,15 +12,15 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from click.testing import CliRunner
-
 import qrun.bench.run as bench_run
 import qrun.bench.tune as tune_lib
 import qrun.convert.cli as convert_cli
 import qrun.runner.cli as runner_cli
-from qrun import registry, settings
+from click.testing import CliRunner
 from qrun.bench import cli as bench_cli
 from qrun.bench import tune_cli
+
+from qrun import registry, settings
 from qrun.cli import main
 
 # Every load flag given, in its non-default form, and what the library must receive for it.

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import copy
 
-import pytest
-
 import golden
+import pytest
 from tiny_models import MODELS
 
 REGENERATE = "intended? regenerate with `python tests/golden.py --update` and review `git diff tests/data/golden/`"
