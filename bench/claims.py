@@ -79,7 +79,7 @@ class Text:
             bounds.append((start, m.start(), "?" in m.group()))
             start = m.end()
         bounds.append((start, len(text), False))
-        pieces = []
+        pieces: list[tuple[int, int, bool]] = []
         for a, b, question in bounds:
             cuts = [m.start() for m in _CONNECTIVE_RE.finditer(text, a, b) if m.start() > a]
             edges = [a, *cuts, b]

@@ -24,7 +24,7 @@ class _RecordsArgs(click.Command):
 
 def _command_line() -> str:
     ctx = click.get_current_context()
-    return " ".join(["qrun", ctx.info_name, *map(shlex.quote, ctx.meta.get("qrun_raw_args", []))])
+    return " ".join(["qrun", ctx.info_name or "bench", *map(shlex.quote, ctx.meta.get("qrun_raw_args", []))])
 
 
 @click.command("bench", cls=_RecordsArgs)

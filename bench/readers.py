@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from qrun.bench.claims import (CONTRADICTED, MATCHED, MISSING, PARTIAL, SENTENCE_END_RE, Claim, Text, judge,
                                meaning_same)
@@ -125,7 +126,8 @@ def read_seed2(text: Text) -> dict[str, tuple[str, str]]:
     status_a = judge(text, a_claims, firm_same)  # a hedged "也是类似的意思" is about the second half only
     status_b = judge(text, b_claims, same)
     # grammar: a role claim about 谁, checked against the reading stated in the same segment
-    wrong_role, right_role = [], []
+    wrong_role: list[str] = []
+    right_role: list[str] = []
     for seg in _segments(t):
         roles = [m for m in _ROLE_RE.finditer(t, *seg)]
         if not roles:
@@ -310,7 +312,8 @@ def _items_by_index(t: str) -> dict[int, tuple[int, int]]:
 
 
 def _items_by_phrase(t: str) -> dict[int, tuple[int, int]]:
-    taken, marks = set(), []
+    taken: set[int] = set()
+    marks: list[tuple[int, int, int]] = []
     for k, phrase in _OCCURRENCES:
         for mt in re.finditer(phrase, t):
             span = set(range(mt.start(), mt.end()))
@@ -321,7 +324,7 @@ def _items_by_phrase(t: str) -> dict[int, tuple[int, int]]:
             taken |= span
             marks.append((mt.start(), mt.end(), k))
     marks.sort()
-    items = {}
+    items: dict[int, tuple[int, int]] = {}
     for i, (start, end, k) in enumerate(marks):
         stop = marks[i + 1][0] if i + 1 < len(marks) else len(t)
         items.setdefault(k, (end, stop))
@@ -370,7 +373,7 @@ def read_seed5(text: Text) -> dict[str, tuple[str, str]]:
 class Reader:
     question_text: str  # normalized
     criterion_ids: tuple[str, ...]
-    read: object  # Text -> {criterion id: (status, evidence)}
+    read: Callable[[Text], dict[str, tuple[str, str]]]  # Text -> {criterion id: (status, evidence)}
     penalize_contradictions: bool  # a contradicted criterion subtracts its weight (a wrong claim costs)
     drop_echo: bool = True  # False where the question's own phrases carry the answer's claims (seed-2, seed-5)
 

@@ -39,7 +39,8 @@ def _threads(run: dict) -> str:
 
 
 def _machine_labels(docs: list[dict]) -> list[str]:
-    labels, seen = [], {}
+    labels: list[str] = []
+    seen: dict[str, int] = {}
     for doc in docs:
         base = machine_mod.label(doc.get("machine", {}))
         seen[base] = seen.get(base, 0) + 1
@@ -179,7 +180,7 @@ def _unmatched_section(docs: list[dict]) -> list[str]:
     unmatched = unmatched_verdicts(docs)
     if not unmatched:
         return []
-    files = sorted({d.get("verdicts") for d in docs if d.get("verdicts")})
+    files = sorted({str(d["verdicts"]) for d in docs if d.get("verdicts")})
     rows = [[v["line"], v["model"], v["quant"], v["question_id"], v.get("answer_sha256") or "", v["score"],
              v["reason"]] for v in unmatched]
     return ["## Verdicts that matched nothing", "",

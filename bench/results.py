@@ -61,7 +61,7 @@ def new_document(*, command: str, machine: dict, suite: Suite, verdicts_path: st
 
 def read_stream(path: Path) -> list[dict]:
     """Measurement lines; a torn last line (a worker killed mid-write) is skipped."""
-    out = []
+    out: list[dict] = []
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -84,7 +84,8 @@ class _Clause:
 
 
 def clauses(text: str) -> list[_Clause]:
-    out, start = [], 0
+    out: list[_Clause] = []
+    start = 0
     segments = []
     for m in _PUNCT_RE.finditer(text):
         segments.append((start, m.end(), "?" in m.group()))

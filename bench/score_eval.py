@@ -51,7 +51,7 @@ def agreement(evaluated: list[dict], split: str) -> tuple[int, int]:
 
 
 def _table(evaluated: list[dict], key: str) -> list[str]:
-    cells = defaultdict(lambda: {s: [0, 0] for s in SPLITS})
+    cells: defaultdict[str, dict[str, list[int]]] = defaultdict(lambda: {s: [0, 0] for s in SPLITS})
     for r in evaluated:
         cell = cells[r[key]][r["split"]]
         cell[0] += r["agrees"]

@@ -99,8 +99,9 @@ def _decoder() -> json.JSONDecoder:
         obj.line = text.count("\n", 0, end) + 1
         return obj, new_end
 
-    decoder.parse_object = parse_object
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    # attributes of the pure-Python decoder that typeshed does not declare
+    setattr(decoder, "parse_object", parse_object)  # noqa: B010
+    setattr(decoder, "scan_once", getattr(json.scanner, "py_make_scanner")(decoder))  # noqa: B010, B009
     return decoder
 
 

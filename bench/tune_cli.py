@@ -23,7 +23,7 @@ def _kv_types(value: str | None) -> list[str] | None:
 
     if not value:
         return None
-    return [check_kv_type(part) for part in value.split(",") if part.strip()]
+    return [kv for part in value.split(",") if (kv := check_kv_type(part)) is not None]
 
 
 @click.command("tune")

@@ -45,7 +45,7 @@ def _loadavg_1m() -> float | None:
 def run_job(job: dict) -> dict:
     from qrun.runner.engine import Engine, aligned_ctx  # llama.cpp is loaded in the worker only
 
-    out = {"loadavg_1m": _loadavg_1m(), "workloads": {}, "noise": {}}
+    out: dict = {"loadavg_1m": _loadavg_1m(), "workloads": {}, "noise": {}}
     with measure.MemoryWatch() as watch:
         # no n_ctx: sized to the work (the longest workload and its answer), as qrun loads models
         n_ctx = job.get("n_ctx") or aligned_ctx(max(p + g for p, g in job["workloads"].values()))
@@ -68,6 +68,7 @@ def run_job(job: dict) -> dict:
                     pass
             out["noise"][name] = window.fields()
             st = generation.stats
+            assert st is not None  # set when the generation ends
             out["workloads"][name] = {"prompt_tokens": st.prompt_tokens, "prompt_tokens_per_s": st.prompt_tokens_per_s,
                                       "gen_tokens": st.gen_tokens, "gen_tokens_per_s": st.gen_tokens_per_s}
             watch.sample()

@@ -153,7 +153,8 @@ class Verdicts:
                                                            "give answer_sha256 to say which one it is for"})
                 continue
             for i in covered:
-                if chosen[i] is None or _specificity(v) >= _specificity(chosen[i]):
+                earlier = chosen[i]
+                if earlier is None or _specificity(v) >= _specificity(earlier):
                     chosen[i] = v
         return chosen, unmatched
 

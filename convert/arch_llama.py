@@ -19,7 +19,7 @@ class LlamaConverter(Converter):
     gguf_arch = "llama"
     vocab_builder = "deepseek_vocab"
     ignored_keys = frozenset({"attention_dropout", "pretraining_tp"})  # tp only splits the matmuls, same math
-    skip_tensors = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)  # buffer older transformers saved
+    skip_tensors: tuple[str, ...] = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)  # buffer older transformers saved
 
     def _read_config(self) -> dict:
         g = self.get

@@ -30,7 +30,7 @@ class QwenConverter(Converter):
         # Qwen's code uses seq_length, not these, for its rope and context logic
         "n_positions", "max_position_embeddings",
     })
-    skip_tensors = (r"transformer\.rotary_emb\.inv_freq", r"transformer\.h\.\d+\.attn\.rotary_emb\.inv_freq",
+    skip_tensors: tuple[str, ...] = (r"transformer\.rotary_emb\.inv_freq", r"transformer\.h\.\d+\.attn\.rotary_emb\.inv_freq",
                     r"transformer\.h\.\d+\.attn\.(masked_)?bias")  # non-weight buffers some revisions saved
 
     def _read_config(self) -> dict:

@@ -67,9 +67,9 @@ def _repo_id(spec: ModelSpec, source: str) -> str:
 
 def _snapshot(source: str, repo_id: str, *, revision: str | None, patterns: list[str], cache_dir, local_only: bool):
     if source == "hf":
-        from huggingface_hub import snapshot_download
+        import huggingface_hub
 
-        return snapshot_download(
+        return huggingface_hub.snapshot_download(
             repo_id, revision=revision, allow_patterns=patterns, cache_dir=cache_dir, local_files_only=local_only
         )
     from modelscope.hub.snapshot_download import snapshot_download

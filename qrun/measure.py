@@ -221,10 +221,11 @@ def noise_fields(start: CpuSnapshot, end: CpuSnapshot) -> dict:
     """What else used the CPU between two snapshots, and the verdict of the noise rule ("noisy": true/false/null)."""
     window_s = max(end.wall_s - start.wall_s, 0.0)
     own = max(end.own_cpu_s - start.own_cpu_s, 0.0)
-    out = {"noisy": None, "noise_reason": "", "window_s": round(window_s, 6), "logical_cpus": end.n_cpus,
+    out: dict = {"noisy": None, "noise_reason": "", "window_s": round(window_s, 6), "logical_cpus": end.n_cpus,
            "own_cpu_s": round(own, 6), "other_cpu_s": None, "steal_cpu_s": None, "other_cpu_fraction": None,
            "steal_fraction": None, "loadavg_1m_start": start.loadavg_1m, "loadavg_1m_end": end.loadavg_1m}
-    if None in (start.busy_cpu_s, end.busy_cpu_s) or start.n_cpus != end.n_cpus or window_s <= 0:
+    if (start.busy_cpu_s is None or end.busy_cpu_s is None or start.steal_cpu_s is None or end.steal_cpu_s is None
+            or end.n_cpus is None or start.n_cpus != end.n_cpus or window_s <= 0):
         out["noise_reason"] = "unknown: /proc/stat not readable (or CPUs went on/offline)"
         return out
     capacity = window_s * end.n_cpus
@@ -256,6 +257,8 @@ class NoiseWindow:
         self.end = cpu_snapshot(proc_stat=self._proc_stat)
 
     def fields(self) -> dict:
+        if self.start is None or self.end is None:
+            raise RuntimeError("NoiseWindow.fields() is for after the with-block")
         return noise_fields(self.start, self.end)
 
 
@@ -296,7 +299,7 @@ def compare_samples(candidate: list[float], baseline: list[float], *, higher_is_
         not support.
     """
     c, b = [float(x) for x in candidate], [float(x) for x in baseline]
-    out = {"verdict": NOT_MEASURED_ENOUGH, "n": [len(c), len(b)], "ratio": None, "ratio_bounds": None,
+    out: dict = {"verdict": NOT_MEASURED_ENOUGH, "n": [len(c), len(b)], "ratio": None, "ratio_bounds": None,
            "higher_is_better": higher_is_better}
     if len(c) < MIN_SAMPLES_FOR_CLAIM or len(b) < MIN_SAMPLES_FOR_CLAIM:
         return out

@@ -31,7 +31,7 @@ def gguf_sha256(path: Path) -> str:
         from qrun.convert.manifest import check_manifest
 
         check = check_manifest(path)
-        if check.ok and check.manifest.get("sha256"):
+        if check.ok and check.manifest and check.manifest.get("sha256"):
             return check.manifest["sha256"]
     except ImportError:
         pass
@@ -91,7 +91,7 @@ def fit_prompt(engine: Engine, prompt: str, *, system: str | None, max_tokens: i
 def sampling_options(spec: registry.ModelSpec, *, max_tokens, temperature, top_p, top_k) -> dict:
     """Flags over the model's own generation defaults (registry), validated."""
     defaults = spec.generation
-    options = dict(
+    options: dict = dict(
         max_tokens=defaults.max_tokens if max_tokens is None else max_tokens,
         temperature=defaults.temperature if temperature is None else temperature,
         top_p=defaults.top_p if top_p is None else top_p,
@@ -190,6 +190,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         for text in generation:
             if on_text:
                 on_text(text)
+        assert generation.stats is not None  # set when the generation ends
         stats = generation.stats.to_dict()
         load = engine.settings.to_dict()
         stats["peak_rss_bytes"] = max(stats["peak_rss_bytes"], load_watch.peak_rss_bytes)

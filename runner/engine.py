@@ -115,12 +115,13 @@ class _UnusedChatTemplate:
 def _chat_templates_not_compiled() -> Iterator[None]:
     import llama_cpp.llama as high_level
 
-    original = high_level.llama_chat_format.Jinja2ChatFormatter
-    high_level.llama_chat_format.Jinja2ChatFormatter = _UnusedChatTemplate
+    formats_module = high_level.llama_chat_format
+    original = formats_module.Jinja2ChatFormatter
+    setattr(formats_module, "Jinja2ChatFormatter", _UnusedChatTemplate)  # noqa: B010 (a class mypy calls final)
     try:
         yield
     finally:
-        high_level.llama_chat_format.Jinja2ChatFormatter = original
+        setattr(formats_module, "Jinja2ChatFormatter", original)  # noqa: B010
 
 
 def aligned_ctx(n_ctx: int) -> int:
@@ -180,12 +181,13 @@ def spec_for_header(header: GGUFHeader, path: Path, *, as_model: str | None = No
 class Engine:
     """A loaded GGUF. Create with Engine.load(); close() frees it."""
 
-    def __init__(self, llama, *, path: Path, spec: ModelSpec, header: GGUFHeader, load_s: float, n_ctx_requested: int):
+    def __init__(self, llama, *, path: Path, spec: ModelSpec, header: GGUFHeader, load_s: float, n_ctx_requested: int,
+                 load_settings: settings.LoadSettings):
         self._llama = llama
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self.path, self.spec, self.header, self.load_s = path, spec, header, load_s
         self.amx_denied = False  # set by load(): repacked with the AVX-512/AVX2 kernels because AMX traps here
-        self.settings: settings.LoadSettings | None = None  # set by load(): the settings llama.cpp got
+        self.settings = load_settings  # what llama.cpp got (load() records the context as allocated)
         self.n_ctx_requested = n_ctx_requested
         self.n_ctx = llama_cpp.llama_n_ctx(llama.ctx)
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
@@ -256,7 +258,8 @@ class Engine:
                 raise GGUFError(f"llama.cpp could not load {path}: {reason}",
                                 "use a GGUF made by `qrun convert` (or re-create this one)") from None
         load_s = time.perf_counter() - t0
-        engine = cls(llama, path=path, spec=spec, header=header, load_s=load_s, n_ctx_requested=n_ctx)
+        engine = cls(llama, path=path, spec=spec, header=header, load_s=load_s, n_ctx_requested=n_ctx,
+                     load_settings=load)
         engine.amx_denied = amx_denied
         # what llama.cpp really got: the context as allocated (a multiple of CTX_ALIGN_TOKENS), repacking as applied
         engine.settings = load.with_value("n_ctx", engine.n_ctx, load.sources.get("n_ctx", "default")).with_value(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Generator, Iterator
 
 import llama_cpp
 
@@ -67,7 +67,7 @@ class Generation:
         self.text = ""
         self.token_ids: list[int] = []
         self.stats: GenerationStats | None = None
-        self._stream: Iterator[str] | None = None
+        self._stream: Generator[str, None, None] | None = None
 
     def __iter__(self) -> Iterator[str]:
         if self._stream is not None:
@@ -86,7 +86,7 @@ class Generation:
             pass
         return self
 
-    def _run(self) -> Iterator[str]:
+    def _run(self) -> Generator[str, None, None]:
         engine, chain = self._engine, self._chain
         ctx, vocab = engine._llama.ctx, engine._vocab
         decode, sample, is_eog = llama_cpp.llama_decode, llama_cpp.llama_sampler_sample, llama_cpp.llama_vocab_is_eog
