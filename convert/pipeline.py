@@ -8,6 +8,9 @@ same checkpoint files is reused after an interruption, and nothing half-written 
 use a `<name>.<pid>-<random>.partial` of their own and rename; leftovers of dead runs are deleted on the next run).
 A run holds its model's output lock in the folder (workspace.output_lock) from start to end; an earlier output and
 its manifest stay a valid pair until a complete, hashed new file replaces them (manifest.install_gguf).
+
+Which steps a run takes is decided by convert/plan.py from what this module observes in the folder under the lock;
+_Execution runs them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from typing import Callable
 from qrun import registry, settings
 from qrun.convert import manifest as mf
 from qrun.convert import workspace as ws
+from qrun.convert.plan import (CheckFreeDisk, Checkpoint, ConvertUnquantized, Disk, Download, KeepIntermediate,
+                               Quantize, RemoveIntermediate, Request, ReuseIntermediate, ReuseKept, Step, UpToDate,
+                               plan, reusable_types)
 from qrun.errors import CheckpointError, ConversionError, DiskSpaceError, QrunError, UsageError
 from qrun.fsutil import os_reason, sha256_file
 from qrun.measure import MemoryWatch
@@ -132,10 +138,11 @@ def convert_model(
         raise UsageError("--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
                          "drop --keep-f16, or run `qrun convert --quant F16` as well")
     out = _output_dir(out_dir)
+    request = Request(model=spec.name, quant=quant, out_dir=out, from_dir=None if from_dir is None else Path(from_dir),
+                      source=source, revision=revision, keep_f16=keep_f16, threads=threads)
     with ws.output_lock(spec, out, say=_say):
         try:
-            return _convert_locked(spec, out, from_dir=from_dir, source=source, revision=revision, quant=quant,
-                                   keep_f16=keep_f16, threads=threads, progress=progress)
+            return _Execution(request, spec, progress).run()
         except QrunError:
             raise
         except OSError as err:  # the disk filled up, the folder turned read-only, a file vanished under us
@@ -170,144 +177,174 @@ def _file_system_error(err: OSError, out: Path) -> QrunError:
                            "check the folder's permissions and free space, or pass --out DIR")
 
 
-def _convert_locked(spec: ModelSpec, out: Path, *, from_dir, source, revision, quant, keep_f16, threads,
-                    progress) -> dict:
-    """convert_model() once its output lock is held."""
-    final = out / f"{spec.name}-{quant}.gguf"
-    unquantized_final = {t: out / f"{spec.name}-{t}.gguf" for t in settings.UNQUANTIZED}
+class _Execution:
+    """Runs the steps of plan() for one request, once its output lock is held, with the real writers.
 
-    for leftover in ws.clean_stale_partials(spec, out):
-        _say(f"[convert] removed leftover of an interrupted run: {leftover.name}")
+    Holds what the steps hand on: the checkpoint folder and its source, the unquantized GGUF to quantize from (kept
+    output, reused or new intermediate), the measured step times, and the manifests installed.
+    """
 
-    local_dir = None
-    local_fingerprint = None
-    if from_dir is not None:
-        local_dir = Path(from_dir).expanduser().resolve()
-        if not local_dir.is_dir():
-            raise CheckpointError(f"checkpoint folder {local_dir} does not exist",
-                                  "pass the folder that holds config.json and the weights")
-        local_fingerprint = ws.fingerprint(local_dir, spec)
+    def __init__(self, request: Request, spec: ModelSpec, progress: Progress | None):
+        self.request, self.spec, self.progress = request, spec, progress
+        self.final = self._output(request.quant)
+        self.timings: dict = {}  # step -> wall time and peak memory; the manifests' "steps"
+        self.up_to_date_manifest: dict | None = None
+        self.checkpoint_dir: Path | None = None
+        self.source_info: dict = {}
+        self.kept_manifests: dict[str, dict] = {}  # type -> manifest of a kept output from this checkpoint
+        self.markers: dict[str, dict] = {}  # type -> marker of a reusable intermediate
+        self.base_type, self.base_path, self.base_size_bytes = "", Path(), 0
+        self.installed: dict[Path, dict] = {}
 
-    def wanted_up_to_date() -> dict | None:
-        done = _up_to_date(final, checkpoint_fingerprint=local_fingerprint, revision=revision, source=source)
-        if done and keep_f16 and quant != "F16":
-            if not _up_to_date(unquantized_final["F16"], checkpoint_fingerprint=local_fingerprint, revision=revision, source=source):
-                return None
-        return done
+    def _output(self, quant: str) -> Path:
+        return self.request.out_dir / f"{self.spec.name}-{quant}.gguf"
 
-    done = wanted_up_to_date()
-    if done is not None:
-        _say(f"[convert] {final.name} is up to date (matches its manifest)")
-        return {**done, "status": "up_to_date", "path": str(final)}
+    def _intermediate(self, weight_type: str) -> Path:
+        return ws.intermediate_path(self.spec, self.request.out_dir, weight_type)
 
-    steps: dict = {}
-    if local_dir is not None:
-        ckpt_dir = local_dir
-        source_info = {"kind": "local", "path": str(local_dir)}
-    else:
+    def _current(self, path: Path, checkpoint_fingerprint: str | None, revision: str | None) -> dict | None:
+        return _up_to_date(path, checkpoint_fingerprint=checkpoint_fingerprint, revision=revision,
+                           source=self.request.source)
+
+    def run(self) -> dict:
+        for leftover in ws.clean_stale_partials(self.spec, self.request.out_dir):
+            _say(f"[convert] removed leftover of an interrupted run: {leftover.name}")
+        steps = plan(self.request, self._observe_outputs())
+        while steps:
+            step = steps.pop(0)
+            if isinstance(step, UpToDate):
+                _say(f"[convert] {self.final.name} is up to date (matches its manifest)")
+                return {**self.up_to_date_manifest, "status": "up_to_date", "path": str(self.final)}
+            if isinstance(step, Download):
+                steps = plan(self.request, self._download())
+            else:
+                self._do(step)
+        result_manifest = self.installed.get(self.final) or mf.read_manifest(self.final)
+        _say(f"[convert] wrote {self.final}")
+        return {**result_manifest, "status": "converted", "path": str(self.final)}
+
+    def _observe_outputs(self) -> Disk:
+        """Are the outputs asked for there? When they are not and the checkpoint is local, observe it too."""
+        request = self.request
+        local_dir = local_fingerprint = None
+        if request.from_dir is not None:
+            local_dir = request.from_dir.expanduser().resolve()
+            if not local_dir.is_dir():
+                raise CheckpointError(f"checkpoint folder {local_dir} does not exist",
+                                      "pass the folder that holds config.json and the weights")
+            local_fingerprint = ws.fingerprint(local_dir, self.spec)
+        done = self._current(self.final, local_fingerprint, request.revision)
+        if done and request.keep_f16 and request.quant != "F16":
+            if not self._current(self._output("F16"), local_fingerprint, request.revision):
+                done = None
+        self.up_to_date_manifest = done
+        if done is not None:
+            return Disk(outputs_up_to_date=True)
+        if local_dir is None:
+            return Disk()
+        return self._observe_checkpoint(local_dir, {"kind": "local", "path": str(local_dir)})
+
+    def _download(self) -> Disk:
         from qrun.convert.download import download_checkpoint
 
-        with _measured(steps, "download"):
-            result = download_checkpoint(spec, source=source, revision=revision)
-        ckpt_dir = result.path
-        source_info = result.to_source()
-    source_info["fingerprint"] = ws.fingerprint(ckpt_dir, spec)
+        with _measured(self.timings, "download"):
+            result = download_checkpoint(self.spec, source=self.request.source, revision=self.request.revision)
+        return self._observe_checkpoint(result.path, result.to_source())
 
-    # The unquantized type this run writes: what --quant asks for, F16 when it must be kept, else the checkpoint's own.
-    if quant in settings.UNQUANTIZED:
-        base_type = quant
-    else:
-        base_type = "F16" if keep_f16 else ws.natural_weight_type(ckpt_dir)
-    intermediate = ws.intermediate_path(spec, out, base_type)
-    for stale in ws.intermediate_paths(spec, out):
-        if stale != intermediate:
-            ws.remove_intermediate(stale)
+    def _observe_checkpoint(self, checkpoint_dir: Path, source_info: dict) -> Disk:
+        """What in the folder was made from these checkpoint files and can be used or must go."""
+        fingerprint = ws.fingerprint(checkpoint_dir, self.spec)
+        self.checkpoint_dir, self.source_info = checkpoint_dir, {**source_info, "fingerprint": fingerprint}
+        checkpoint = Checkpoint(fingerprint=fingerprint, weight_type=ws.natural_weight_type(checkpoint_dir))
+        # In the plan's order, stopping at the first: a kept output is hashed only when it could be used.
+        for kept_type in reusable_types(self.request, checkpoint):
+            kept = self._current(self._output(kept_type), fingerprint, None)
+            if kept is not None:
+                self.kept_manifests[kept_type] = kept
+                break
+        present = {t for t in settings.UNQUANTIZED
+                   if any(os.path.lexists(p) for p in (self._intermediate(t), ws.marker_path(self._intermediate(t))))}
+        for weight_type in present:
+            marker = ws.reusable_marker(self._intermediate(weight_type), fingerprint)
+            if marker is not None:
+                self.markers[weight_type] = marker
+        quant_output_current = (self.request.quant not in settings.UNQUANTIZED
+                                and self._current(self.final, fingerprint, None) is not None)
+        return Disk(checkpoint=checkpoint, quant_output_current=quant_output_current,
+                    kept=frozenset(self.kept_manifests), intermediates=frozenset(present),
+                    reusable=frozenset(self.markers))
 
-    # What to quantize from: a kept F16/BF16 output or a complete intermediate of the same checkpoint files.
-    base_path, base_marker = None, None
-    reusable = [base_type] if quant in settings.UNQUANTIZED or keep_f16 else [base_type, *settings.UNQUANTIZED]
-    for kept_type in dict.fromkeys(reusable):
-        kept = _up_to_date(unquantized_final[kept_type], checkpoint_fingerprint=source_info["fingerprint"],
-                           revision=None, source=source)
-        if kept is not None:
-            base_type, base_path = kept_type, unquantized_final[kept_type]
-            base_marker = {"convert_step": kept.get("steps", {}).get("convert")}
-            _say(f"[convert] reusing {base_path.name}")
-            break
-    if base_path is None:
-        base_marker = ws.reusable_marker(intermediate, source_info["fingerprint"])
-        if base_marker is not None:
-            base_path = intermediate
-            _say(f"[convert] reusing the complete {base_type} intermediate {intermediate.name} of an interrupted run")
-        else:
-            ws.remove_intermediate(intermediate)
+    def _do(self, step: Step) -> None:
+        match step:
+            case RemoveIntermediate(weight_type=weight_type):
+                ws.remove_intermediate(self._intermediate(weight_type))
+            case ReuseKept(weight_type=weight_type):
+                self._reuse(weight_type, self._output(weight_type),
+                            self.kept_manifests[weight_type].get("steps", {}).get("convert"))
+                _say(f"[convert] reusing {self.base_path.name}")
+            case ReuseIntermediate(weight_type=weight_type):
+                self._reuse(weight_type, self._intermediate(weight_type), self.markers[weight_type].get("convert_step"))
+                _say(f"[convert] reusing the complete {weight_type} intermediate {self.base_path.name} of an "
+                     f"interrupted run")
+            case CheckFreeDisk(unquantized=unquantized, quant=quant):
+                n_params = ws.estimate_params(self.checkpoint_dir)
+                ws.check_free_disk(
+                    self.request.out_dir,
+                    unquantized_bytes=ws.estimate_gguf_bytes(n_params, unquantized) if unquantized else 0,
+                    unquantized_type=unquantized or self.base_type,
+                    output_bytes=ws.estimate_gguf_bytes(n_params, quant) if quant else 0,
+                    quant=self.request.quant,
+                )
+            case ConvertUnquantized(weight_type=weight_type):
+                self._convert(weight_type)
+            case Quantize(quant=quant):
+                self._quantize(quant)
+            case KeepIntermediate(weight_type=weight_type):
+                self._install(self.base_path, self._output(weight_type), weight_type,
+                              {k: v for k, v in self.timings.items() if k != "quantize"})
+                ws.remove_intermediate(self.base_path)
 
-    quantize_needed = quant not in settings.UNQUANTIZED and _up_to_date(
-        final, checkpoint_fingerprint=source_info["fingerprint"], revision=None, source=source) is None
-    n_params = ws.estimate_params(ckpt_dir)
-    ws.check_free_disk(
-        out,
-        unquantized_bytes=0 if base_path else ws.estimate_gguf_bytes(n_params, base_type),
-        unquantized_type=base_type,
-        output_bytes=ws.estimate_gguf_bytes(n_params, quant) if quantize_needed else 0,
-        quant=quant,
-    )
+    def _reuse(self, weight_type: str, path: Path, convert_step: dict | None) -> None:
+        self.base_type, self.base_path, self.base_size_bytes = weight_type, path, path.stat().st_size
+        self.timings["convert"] = {**(convert_step or {}), "reused": True}
 
-    if base_path is None:
+    def _convert(self, weight_type: str) -> None:
         from qrun.convert.archs import converter_for
         from qrun.convert.gguf_writer import write_gguf
 
-        _say(f"[convert] {spec.name}: {ckpt_dir} -> {base_type} GGUF")
-        with _measured(steps, "convert"):
-            converter = converter_for(spec, ckpt_dir, weight_type=base_type)
-            writer_info = write_gguf(converter, intermediate, progress=_step_progress(progress, "convert"))
-        ws.write_marker(intermediate, checkpoint_fingerprint=source_info["fingerprint"], source=source_info,
-                        convert_step=steps["convert"], writer_info=writer_info)
-        base_path = intermediate
-    else:
-        steps["convert"] = {**(base_marker.get("convert_step") or {}), "reused": True}
-    base_size_bytes = base_path.stat().st_size
+        intermediate = self._intermediate(weight_type)
+        _say(f"[convert] {self.spec.name}: {self.checkpoint_dir} -> {weight_type} GGUF")
+        with _measured(self.timings, "convert"):
+            converter = converter_for(self.spec, self.checkpoint_dir, weight_type=weight_type)
+            writer_info = write_gguf(converter, intermediate, progress=_step_progress(self.progress, "convert"))
+        ws.write_marker(intermediate, checkpoint_fingerprint=self.source_info["fingerprint"], source=self.source_info,
+                        convert_step=self.timings["convert"], writer_info=writer_info)
+        self.base_type, self.base_path, self.base_size_bytes = weight_type, intermediate, intermediate.stat().st_size
 
-    def install(staged: Path, path: Path, file_quant: str, file_steps: dict) -> dict:
-        """Hash the finished `staged` file, then put it and its manifest in place of `path` and its manifest."""
-        with _measured(file_steps, "hash"):
-            digest = sha256_file(staged)
-        manifest = mf.build_manifest(model=spec.name, quant=file_quant, gguf_path=staged, sha256=digest,
-                                     source=source_info, unquantized_type=base_type,
-                                     unquantized_size_bytes=base_size_bytes, steps=file_steps, threads=threads,
-                                     gguf_name=path.name)
-        return mf.install_gguf(staged, path, manifest)
-
-    result_manifest = None
-    if quantize_needed:
+    def _quantize(self, quant: str) -> None:
         from qrun.convert.quantize import quantize_gguf
 
-        _say(f"[quantize] {base_path.name} -> {final.name} ({threads} threads)")
+        _say(f"[quantize] {self.base_path.name} -> {self.final.name} ({self.request.threads} threads)")
         staged = None
         try:
-            with _measured(steps, "quantize"):
-                staged = quantize_gguf(base_path, final, quant, threads=threads, progress=progress, commit=False)
-            result_manifest = install(staged, final, quant, steps)
+            with _measured(self.timings, "quantize"):
+                staged = quantize_gguf(self.base_path, self.final, quant, threads=self.request.threads,
+                                       progress=self.progress, commit=False)
+            self._install(staged, self.final, quant, self.timings)
         finally:
             if staged is not None:
                 with contextlib.suppress(FileNotFoundError):
                     staged.unlink()  # still there only when hashing or installing it failed
-    elif quant not in settings.UNQUANTIZED:
-        result_manifest = mf.read_manifest(final)
-    kept_final = unquantized_final[base_type] if (keep_f16 or quant in settings.UNQUANTIZED) else None
-    if kept_final is not None:
-        if base_path != kept_final:
-            kept_manifest = install(base_path, kept_final, base_type,
-                                    {k: v for k, v in steps.items() if k != "quantize"})
-            ws.remove_intermediate(base_path)
-        else:
-            kept_manifest = mf.read_manifest(kept_final)
-        if quant in settings.UNQUANTIZED:
-            result_manifest = kept_manifest
-    elif base_path == intermediate:
-        ws.remove_intermediate(intermediate)
-    _say(f"[convert] wrote {final}")
-    return {**result_manifest, "status": "converted", "path": str(final)}
+
+    def _install(self, staged: Path, path: Path, file_quant: str, file_steps: dict) -> None:
+        """Hash the finished `staged` file, then put it and its manifest in place of `path` and its manifest."""
+        with _measured(file_steps, "hash"):
+            digest = sha256_file(staged)
+        manifest = mf.build_manifest(model=self.spec.name, quant=file_quant, gguf_path=staged, sha256=digest,
+                                     source=self.source_info, unquantized_type=self.base_type,
+                                     unquantized_size_bytes=self.base_size_bytes, steps=file_steps,
+                                     threads=self.request.threads, gguf_name=path.name)
+        self.installed[path] = mf.install_gguf(staged, path, manifest)
 
 
 def _step_progress(progress: Progress | None, step: str):
