@@ -97,7 +97,8 @@ def qrun_home() -> Path:
 
 
 def physical_cores() -> int:
-    """Physical cores of this machine (threads beyond them slow llama.cpp down, see PERF-FACTS)."""
+    """Physical cores of this machine. More llama.cpp threads than cores collapse its speed (its workers spin-wait:
+    8 threads on 2 vCPUs cost 28 % of prompt and 61 % of decode speed even on a quiet machine)."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
@@ -191,7 +192,7 @@ def repack_weights(flag: bool | None = None) -> bool:
     Off by default: it keeps a second, anonymous copy of the quantized weights and lengthens every load, and on small
     CPUs it trades faster decoding for slower prompt processing (measure it: `qrun tune`); on VMs that advertise
     AMX without enabling it, llama.cpp's AMX buffer type behind the same switch dies with SIGILL (`tilezero`) on
-    the first batched Q4 matmul (seen on this project's development VM).
+    the first batched Q4 matmul (README "Settings": seen on a KVM "Intel Xeon Processor" with amx_int8 in /proc/cpuinfo).
     """
     if flag is not None:
         return flag

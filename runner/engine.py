@@ -2,7 +2,7 @@
 
 `llama_cpp.Llama` is created here and nowhere else. It owns the model and context; generation drives the C API
 directly (llama_decode on a one-token batch + a llama_sampler chain), which keeps Python's per-token work to one
-decode, one sample, a set lookup and a cached piece (PERF-FACTS: Llama.generate costs 3-5 % against llama-bench).
+decode, one sample, a set lookup and a cached piece (Llama.generate costs 3-5 % against llama-bench: runner/generation.py).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The three chat formats, token-exact (see /work/shared/CHAT-FORMATS.md for the ids they must produce).
+"""The three chat formats, token-exact (each format below cites the model's own code it follows; tests/test_formats.py
+pins the ids they produce).
 
 A format turns a conversation into a list of segments: a special token named by its text, or a piece of plain text
 that is tokenized on its own (never merged with its neighbours — where the reference code encodes "\\n" and the

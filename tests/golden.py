@@ -58,7 +58,7 @@ GREEDY_CTX_TOKENS = 256  # a multiple of settings.CTX_ALIGN_TOKENS
 # models). On another build (the other kind of x86 machine, a rebuilt wheel) float rounding may differ, so a step's
 # id is compared only while every golden step so far had its best logit ahead of the runner-up by CLEAR_MARGIN:
 # a closer call is a coin toss, and every later token depends on it. The margins are a few times the largest logit
-# drift measured between two llama.cpp kernel paths for the same tokens on this project's Intel machine
+# drift measured between two llama.cpp kernel paths for the same tokens on an Intel Xeon (AVX-512) VM
 # (README.md next to the data: F16 2.2e-3, Q4_K_M 7.6e-2). The golden F16 run must keep MIN_CLEAR_STEPS clear
 # steps, or the fallback would check too little (test_golden.py enforces it).
 CLEAR_MARGIN = {"F16": 0.005, "Q4_K_M": 0.2}

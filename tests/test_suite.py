@@ -9,7 +9,7 @@ import pytest
 from qrun.bench import suite as suites
 from qrun.errors import SuiteError
 
-# The texts exactly as issue 4 gives them.
+# The texts exactly as the report qrun replaces gave them (bench/suites/seed.json).
 SEED_TEXTS = {
     "seed-1": "请说出以下两句话区别在哪里？1、冬天：能穿多少穿多少 2、夏天：能穿多少穿多少",
     "seed-2": "请说出以下两句话区别在哪里？单身狗产生的原因有两个，一是谁都看不上，二是谁都看不上",

@@ -109,7 +109,7 @@ N_CTX_TOKENS = 256  # a multiple of 256: llama-cpp-python 0.3.36 mis-sizes buffe
 def open_llama(gguf_path: Path, *, logits_all: bool = False):
     """llama_cpp.Llama on a tiny GGUF, small context, quiet. Tests call llama.cpp directly so that they check the
     converted file, not qrun's runner; the model params are qrun's own (weight repacking per settings.repack_weights:
-    off by default, as llama.cpp's AMX repack dies with SIGILL on this project's machines)."""
+    off by default, as llama.cpp's AMX repack dies with SIGILL on VMs that advertise AMX without enabling it)."""
     from llama_cpp import Llama
 
     from qrun import settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-# The five questions of the built-in bench suite `seed` (issue 4), verbatim.
+# The five questions of the built-in bench suite `seed` (bench/suites/seed.json), verbatim.
 SEED_QUESTIONS = (
     "请说出以下两句话区别在哪里？1、冬天：能穿多少穿多少 2、夏天：能穿多少穿多少",
     "请说出以下两句话区别在哪里？单身狗产生的原因有两个，一是谁都看不上，二是谁都看不上",

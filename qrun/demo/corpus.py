@@ -7,7 +7,7 @@ into sensible pieces. Changing this text changes the demo vocabularies (they are
 
 from __future__ import annotations
 
-# The seed suite's five questions (issue 4), verbatim: the demo bench asks them.
+# The seed suite's five questions (bench/suites/seed.json), verbatim: the demo bench asks them.
 SEED_QUESTIONS = (
     "请说出以下两句话区别在哪里？1、冬天：能穿多少穿多少 2、夏天：能穿多少穿多少",
     "请说出以下两句话区别在哪里？单身狗产生的原因有两个，一是谁都看不上，二是谁都看不上",

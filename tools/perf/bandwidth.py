@@ -1,7 +1,7 @@
 """This machine's memory bandwidth, measured with numpy: a STREAM-like copy and triad at 1..N threads.
 
 Decoding one token reads every weight once, so bandwidth / bytes read per token is the ceiling on generation
-tokens/s (PERF-FACTS). numpy's copy and ufuncs run on one thread but release the GIL on large arrays, so N Python
+tokens/s (docs/performance.md, "Decode speed against the memory-bandwidth ceiling"). numpy's copy and ufuncs run on one thread but release the GIL on large arrays, so N Python
 threads over N disjoint slices load N cores. Bytes are counted as STREAM does (copy: read a + write b = 2 arrays;
 triad a = b + s*c: 3 arrays; write-allocate traffic not counted). Run: `python -m tools.perf.bandwidth [--json]`.
 """
