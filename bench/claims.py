@@ -25,7 +25,21 @@ How claims are read:
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
+
+# normalize(): the one normalization of answers and of rubric patterns (bench/suite.py), so they compare alike
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_DROP_RE = re.compile(r"[*_`#\"“”„‟「」『』《》〈〉]")
+_CJK_SPACE_RE = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _DROP_RE.sub("", text)
+    text = re.sub(r"[ \t\r\f\v]+", " ", text)
+    text = re.sub(r" ?\n ?", "\n", text)
+    return _CJK_SPACE_RE.sub("", text).strip()
 
 MATCHED, PARTIAL, CONTRADICTED, MISSING = "matched", "partial", "contradicted", "missing"
 

@@ -38,29 +38,19 @@ in rubric_score.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import asdict, dataclass, field
 
 from qrun.bench import claims, readers, verdicts as verdicts_mod
+from qrun.bench.claims import normalize
 from qrun.bench.suite import Criterion, Pattern, Question
 
 ECHO_MIN_CHARS = 6
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _CJK_RE = re.compile(f"[{_CJK}]|[\U00020000-\U0002ffff]")
-_DROP_RE = re.compile(r"[*_`#\"“”„‟「」『』《》〈〉]")
-_CJK_SPACE_RE = re.compile(f"(?<=[{_CJK}]) (?=[{_CJK}])")
 _PUNCT_RE = re.compile(r"[,.!?;:。、\n]+")
 _ECHO_SPLIT_RE = re.compile(r"[,.!?;:。、\s]+")
 _CONNECTIVE_RE = re.compile(r"而是|而不是|而非|但是|可是|然而|不过|\bbut\b|\brather\b|\binstead\b")
 _NEGATOR_RE = re.compile(r"不是|并非|而非|并不|绝非|\bnot\b|n't\b|rather than|instead of")
-
-
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = _DROP_RE.sub("", text)
-    text = re.sub(r"[ \t\r\f\v]+", " ", text)
-    text = re.sub(r" ?\n ?", "\n", text)
-    return _CJK_SPACE_RE.sub("", text).strip()
 
 
 def chinese_chars(text: str) -> int:

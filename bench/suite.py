@@ -11,7 +11,7 @@ A suite file (see bench/suites/seed.json, the default)::
            "contradicts": ["明明喜欢白白"]}]}]}
 
 A pattern is a plain substring, or a Python regular expression when it starts with "re:". Both are matched,
-case-insensitively, against the normalized answer (see qrun.bench.score for normalization and the negation rule):
+case-insensitively, against the normalized answer (see qrun.bench.claims for normalization and the negation rule):
 plain substrings are normalized for you; write regexes in normalized form — lower case, ASCII , : ? ! ; instead
 of full-width ，：？！；, no quotation marks or markdown.
 "weight" is a positive number (default 1); "contradicts" is optional. Any other key is refused (a misspelt
@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qrun.bench.claims import normalize  # one normalization for answers and patterns
 from qrun.errors import SuiteError
 from qrun.text import utf8_problem
 
@@ -246,8 +247,6 @@ def _patterns(c: dict, key: str, what: str, where: _Where, *, required: bool) ->
 
 def compile_pattern(source: str, error=None) -> Pattern:
     """A rubric pattern: "re:<regex>" or a plain substring, normalized like the answers it is matched against."""
-    from qrun.bench.score import normalize  # one normalization for answers and patterns
-
     if source.startswith(REGEX_PREFIX):
         expression = source[len(REGEX_PREFIX):]
     else:

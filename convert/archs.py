@@ -1,7 +1,8 @@
 """Per-architecture converters from Hugging Face checkpoints to llama.cpp's GGUF layout: the shared base.
 
 Every converter has the same methods — hparams(), vocab(), tensor_infos(), tensors(), info() — and is built by
-converter_for(spec, checkpoint_dir), which first checks that config.json describes the model asked for. A
+convert/converters.py converter_for(spec, checkpoint_dir), which first checks that config.json describes the model
+asked for. A
 converter reads config.json completely up front: any setting it does not implement raises UnsupportedConfigError
 naming it, and every tensor the model needs must be in the checkpoint (and nothing else), before anything is
 written. The per-model facts live in arch_llama.py, arch_qwen.py and arch_chatglm.py.
@@ -11,15 +12,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import gguf
 import numpy as np
 
 from qrun.errors import CheckpointError, UnsupportedConfigError
-from qrun.registry import MODELS, ModelSpec
-from qrun.convert.checkpoint import Checkpoint, read_json
+from qrun.registry import ModelSpec
+from qrun.convert.checkpoint import Checkpoint
 from qrun.convert.safetensors_io import BF16_BITS
 
 # Type of the 2-D weights in the unquantized GGUF -> numpy dtype of the arrays tensors() yields.
@@ -179,34 +179,3 @@ def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
     rows = weight.shape[0]
     return (weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
             .swapaxes(1, 2).reshape(weight.shape))
-
-
-def _converter_classes() -> dict[str, type[Converter]]:
-    from qrun.convert.arch_chatglm import ChatGLMConverter
-    from qrun.convert.arch_llama import LlamaConverter
-    from qrun.convert.arch_qwen import QwenConverter
-
-    return {c.gguf_arch: c for c in (LlamaConverter, QwenConverter, ChatGLMConverter)}
-
-
-def converter_for(spec: ModelSpec, checkpoint_dir: str | Path, weight_type: str = "F16") -> Converter:
-    """The converter for `spec` over the checkpoint folder, with config and tensors already checked.
-
-    weight_type: "F16" or "BF16", the type of the 2-D weights it yields (BF16 from a bf16 checkpoint is a copy).
-
-    Raises:
-        CheckpointError: missing config/tokenizer/shard, wrong architecture, missing or unexpected tensors.
-        UnsupportedConfigError: a config.json setting the converter does not implement.
-    """
-    checkpoint_dir = Path(checkpoint_dir)
-    config = read_json(checkpoint_dir / "config.json", what="config.json")
-    archs = config.get("architectures")
-    found = archs[0] if isinstance(archs, list) and archs else None
-    if found != spec.hf_architecture:
-        match = next((s.name for s in MODELS if s.hf_architecture == found), None)
-        raise CheckpointError(
-            f"config.json says {found or 'no architecture'}, but {spec.name} is {spec.hf_architecture}",
-            f"pass the right model name (this looks like {match})" if match else "pass the right model name",
-        )
-    checkpoint = Checkpoint(checkpoint_dir, tokenizer_files=spec.tokenizer_files)
-    return _converter_classes()[spec.gguf_arch](spec, checkpoint, weight_type)

@@ -68,7 +68,7 @@ def write_gguf(converter, out_path: str | os.PathLike, *, progress: Progress | N
     norms/biases.
 
     Args:
-        converter: from qrun.convert.archs.converter_for().
+        converter: from qrun.convert.converters.converter_for().
         out_path: final file name; work happens in a `.partial` sibling of this process
             (fsutil.partial_path), renamed when complete.
         progress: called after each tensor with (done_bytes, total_bytes, tensor_name).

@@ -309,7 +309,7 @@ class _Execution:
         self.timings["convert"] = {**(convert_step or {}), "reused": True}
 
     def _convert(self, weight_type: str) -> None:
-        from qrun.convert.archs import converter_for
+        from qrun.convert.converters import converter_for
         from qrun.convert.gguf_writer import write_gguf
 
         intermediate = self._intermediate(weight_type)

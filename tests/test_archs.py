@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from qrun import registry
-from qrun.convert.archs import converter_for, permute_for_rope
+from qrun.convert.archs import permute_for_rope
+from qrun.convert.converters import converter_for
 from qrun.convert.safetensors_io import BF16_BITS
 from qrun.convert.checkpoint import Checkpoint
 from qrun.convert.gguf_writer import write_gguf

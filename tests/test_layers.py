@@ -64,15 +64,22 @@ def layer_of(module: str) -> str | None:
     return "cli" if parts[1] in ("cli", "__main__") else "core"
 
 
-def _imports(module: str, path: Path) -> list[tuple[str, int, bool]]:
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _imports(module: str, path: Path, *, runtime_only: bool = False) -> list[tuple[str, int, bool]]:
     """(imported module, line, inside a function) for every import in the file; `from pkg import name` counts as
-    importing pkg.name where that is a module of the package, else pkg."""
+    importing pkg.name where that is a module of the package, else pkg. runtime_only: leave out the imports under
+    `if TYPE_CHECKING:` (annotations only: never executed, so never part of an import cycle)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = module if path.stem == "__init__" else module.rpartition(".")[0]
     found: list[tuple[str, int, bool]] = []
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
+            if runtime_only and _is_type_checking(child):
+                continue
             inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
             if isinstance(child, ast.Import):
                 found.extend((alias.name, child.lineno, in_function) for alias in child.names)
@@ -97,6 +104,46 @@ IMPORTS = {module: _imports(module, path) for module, path in MODULES.items()}
 def _violations() -> list[tuple[str, str, int]]:
     return [(module, target, line) for module, found in IMPORTS.items() for target, line, _local in found
             if layer_of(target) is not None and layer_of(target) not in ALLOWED[layer_of(module)]]
+
+
+def _import_cycles() -> list[list[str]]:
+    """Every group of qrun modules that import each other, directly or around a loop (strongly connected
+    components of the runtime import graph, imports inside functions included)."""
+    graph = {module: sorted({target for target, _line, _local in _imports(module, path, runtime_only=True)
+                             if target in MODULES and target != module})
+             for module, path in MODULES.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def connect(module: str) -> None:  # Tarjan's algorithm
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph[module]:
+            if target not in index:
+                connect(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for module in graph:
+        if module not in index:
+            connect(module)
+    return cycles
+
+
+def test_no_import_cycle():
+    assert _import_cycles() == [], "qrun modules that import each other (break the loop: move the shared part down)"
 
 
 def test_every_layer_has_modules():
