@@ -73,14 +73,16 @@ class Finished:
     stdout: str
     stderr: str
     timed_out: bool  # killed (SIGKILL) because it outlived its timeout
+    command: tuple[str, ...] = ()  # its command line (command())
+    timeout_s: float | None = None
 
-    def check(self, args: Sequence[str] = ()) -> Finished:
+    def check(self) -> Finished:
         """self if the child exited with 0; else subprocess.TimeoutExpired / CalledProcessError, as
         subprocess.run(check=True, timeout=...) raises them."""
         if self.timed_out:
-            raise subprocess.TimeoutExpired(list(args), 0, self.stdout, self.stderr)
+            raise subprocess.TimeoutExpired(list(self.command), self.timeout_s or 0, self.stdout, self.stderr)
         if self.returncode != 0:
-            raise subprocess.CalledProcessError(self.returncode, list(args), self.stdout, self.stderr)
+            raise subprocess.CalledProcessError(self.returncode, list(self.command), self.stdout, self.stderr)
         return self
 
 
@@ -92,7 +94,8 @@ def run(module: str, args: Sequence[str] = (), *, timeout_s: float | None, input
     input: text for its stdin (else stdin is empty).
     An exception here (Ctrl-C) kills the child before it propagates.
     """
-    with subprocess.Popen(command(module, args), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+    cmd = command(module, args)
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
                           errors="replace", env=child_environment(env_extra), cwd=cwd) as proc:
         timed_out = False
@@ -106,7 +109,7 @@ def run(module: str, args: Sequence[str] = (), *, timeout_s: float | None, input
         except BaseException:
             proc.kill()  # Popen.__exit__ reaps it
             raise
-    return Finished(proc.returncode, signal_name(proc.returncode), stdout, stderr, timed_out)
+    return Finished(proc.returncode, signal_name(proc.returncode), stdout, stderr, timed_out, tuple(cmd), timeout_s)
 
 
 class Child:
