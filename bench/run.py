@@ -9,26 +9,21 @@ are removed at the end). `qrun bench` exits 1 when any run failed, after writing
 replace an earlier <out>/results.json or a non-empty measurements.jsonl without --force.
 
 A run owns its --out folder (a lock held by the process, qrun.lifeline.owned_folder): a second `qrun bench` into
-it is refused while the first lives. Workers die with the `qrun bench` that started them (qrun.lifeline), so a
+it is refused while the first lives. Workers die with the `qrun bench` that started them (qrun.child), so a
 SIGKILL of it leaves no process measuring; the next run into that folder removes the .jobs it left.
 """
 
 from __future__ import annotations
 
-import collections
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qrun import lifeline, registry, settings
+from qrun import child, lifeline, registry, settings
 from qrun.bench import report, results as results_mod
 from qrun.runner import machine, resolve
 from qrun.bench import suite as suites
@@ -138,40 +133,6 @@ def _meaningful_line(lines) -> str:
     return lines[-1] if lines else ""
 
 
-class _Worker:
-    """A running worker process; its stderr is echoed (progress) and the tail kept (failure reason)."""
-
-    def __init__(self, job_path: Path, *, progress):
-        # GGML_NO_BACKTRACE: an abort prints one line, not a gdb session; child_env: the worker dies with this process
-        env = lifeline.child_env(dict(os.environ, GGML_NO_BACKTRACE="1"))
-        self.proc = subprocess.Popen([sys.executable, "-m", "qrun.bench.worker", str(job_path)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env=env, text=True, encoding="utf-8", errors="replace")
-        self.tail: collections.deque[str] = collections.deque(maxlen=40)
-        self._reader = threading.Thread(target=self._read, args=(progress,), daemon=True)
-        self._reader.start()
-
-    def _read(self, progress) -> None:
-        for line in self.proc.stderr:
-            self.tail.append(line.rstrip("\n"))
-            progress(line.rstrip("\n"))
-
-    def wait(self) -> int:
-        code = self.proc.wait()
-        self._reader.join(timeout=5)
-        return code
-
-    def stop(self) -> None:
-        """Ask the worker to stop (SIGINT, as Ctrl-C would), then kill it if it does not."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=_STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.wait()
-
-
 def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dict:
     """Run the benchmark and write <out>/results.json, results.csv and report.md.
 
@@ -269,8 +230,9 @@ def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, pr
             }
             job_path = jobs_dir / f"{index:03d}.json"
             job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
-            worker = _Worker(job_path, progress=progress)
-            progress(f"[{index}/{len(plan)}] {run_id}: worker pid {worker.proc.pid}")
+            # a fresh process per run (qrun.child): its stderr is echoed (progress) and its tail kept (failure reason)
+            worker = child.start("qrun.bench.worker", [str(job_path)], on_stderr_line=progress)
+            progress(f"[{index}/{len(plan)}] {run_id}: worker pid {worker.pid}")
             code = worker.wait()
             if code != 0:
                 failures[run_id] = _failure(code, worker.tail)
@@ -279,8 +241,8 @@ def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, pr
             _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=False, done=False)
     except KeyboardInterrupt:
         if worker is not None:
-            worker.stop()
-            failures.setdefault(run_ids[-1], {"exit_code": worker.proc.returncode, "signal": None,
+            worker.stop(_STOP_GRACE_S)
+            failures.setdefault(run_ids[-1], {"exit_code": worker.returncode, "signal": None,
                                               "reason": "interrupted (Ctrl-C)", "interrupted": True})
         _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=True, done=True)
         progress(f"interrupted: partial results written to {out_dir}/")
@@ -306,15 +268,9 @@ def _load_settings(config: BenchConfig, target: Target, n_threads: int, progress
 
 def _failure(code: int, tail) -> dict:
     sig = -code if code < 0 else None
-    if sig:
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-        oom = " — killed by SIGKILL, e.g. the kernel's out-of-memory killer" if sig == signal.SIGKILL else ""
-        reason = f"worker died of {name}{oom}"
-    else:
-        reason = f"worker exited with code {code}"
     last = _meaningful_line(tail)
-    return {"exit_code": code, "signal": sig, "reason": reason, "last_stderr": last,
-            "interrupted": code == 130}
+    return {"exit_code": code, "signal": sig, "reason": f"worker {child.describe_exit(code)}",
+            "last_stderr": last, "interrupted": code == 130}
 
 
 def _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, *, partial, done) -> None:

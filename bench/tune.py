@@ -27,14 +27,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
 
-from qrun import lifeline, registry, settings
+from qrun import child, registry, settings
 from qrun import measure as measure_mod  # (tune_model takes a "measure" function)
 from qrun.bench import tune_log
 from qrun.runner import profile as profile_mod
@@ -260,15 +258,11 @@ def run_point(gguf: Path, point: dict, *, n_ctx: int | None = None) -> tuple[dic
     keys = ("repack", "use_mmap", "n_threads", "n_threads_batch", "flash_attn", "kv_type")
     job = {"gguf": str(gguf), "settings": {k: point[k] for k in keys if k in point},
            "n_ctx": point.get("n_ctx") or n_ctx, "workloads": WORKLOADS, "seed": settings.DEFAULT_SEED}
-    env = lifeline.child_env(dict(os.environ, GGML_NO_BACKTRACE="1"))
-    try:
-        proc = subprocess.run([sys.executable, "-m", "qrun.bench.tune_worker", json.dumps(job)], capture_output=True,
-                              text=True, env=env, timeout=_WORKER_TIMEOUT_S, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
+    proc = child.run("qrun.bench.tune_worker", [json.dumps(job)], timeout_s=_WORKER_TIMEOUT_S)
+    if proc.timed_out:
         return None, f"timeout after {_WORKER_TIMEOUT_S} s"
-    if proc.returncode < 0:
-        sig = -proc.returncode
-        return None, signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    if proc.signal_name:
+        return None, proc.signal_name
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not lines:
         last = [line for line in proc.stderr.splitlines() if line.strip()][-1:] or [f"exit code {proc.returncode}"]

@@ -1,9 +1,10 @@
 """One tuning measurement: a fresh process loads one GGUF with one grid point's settings and times both workloads.
 
 Run as `python -m qrun.bench.tune_worker JOB_JSON` (JOB_JSON is the job itself, not a file); prints one JSON object
-on stdout. A fresh process per grid point because load time and peak memory are per process, and because one
-setting can kill it: llama.cpp's AMX repacking dies with SIGILL on CPUs whose kernel does not grant AMX to the
-process — qrun.bench.tune records that as a failed point instead of dying with it.
+on stdout. qrun.bench.tune starts it through qrun.child, so it dies with its `qrun tune`. A fresh process per grid
+point because load time and peak memory are per process, and because one setting can kill it: llama.cpp's AMX
+repacking dies with SIGILL on CPUs whose kernel does not grant AMX to the process — qrun.bench.tune records that as
+a failed point instead of dying with it.
 
 Job: {"gguf", "settings": {"repack", "use_mmap", "n_threads", "n_threads_batch", "flash_attn", "kv_type"},
       "n_ctx": int|None (None: sized to the longest workload),
@@ -20,7 +21,6 @@ import os
 import sys
 
 from qrun import measure
-from qrun.lifeline import tie_to_parent
 
 # Mixed Chinese/English filler: the prompt only has to have a known token count; its content does not matter for
 # speed, only the count does (llama.cpp's cost is per token).
@@ -83,7 +83,6 @@ def run_job(job: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tie_to_parent()  # a grid point whose `qrun tune` was killed would measure for nobody
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m qrun.bench.tune_worker JOB_JSON", file=sys.stderr)

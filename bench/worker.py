@@ -1,9 +1,10 @@
 """One benchmark worker: a fresh process that loads one GGUF with one set of settings and answers the suite.
 
 Run as `python -m qrun.bench.worker JOB.json` (or `-` to read the job from stdin); qrun.bench.run starts one per
-(model, settings), so each model's load time and memory are its own. Every measurement is appended to the job's
-results file as one JSON line, flushed and fsynced as soon as it is taken: a crash, an OOM kill or Ctrl-C loses
-nothing already measured. Progress goes to stderr; the last stderr line of a failed worker is its reason.
+(model, settings) through qrun.child (so it dies with its `qrun bench`), so each model's load time and memory are
+its own. Every measurement is appended to the job's results file as one JSON line, flushed and fsynced as soon as it
+is taken: a crash, an OOM kill or Ctrl-C loses nothing already measured. Progress goes to stderr; the last stderr
+line of a failed worker is its reason.
 
 The job (written by run.py)::
 
@@ -35,7 +36,6 @@ from qrun.convert.manifest import read_manifest
 from qrun.convert.quantize import ftype_for
 from qrun.errors import GGUFError, QrunError
 from qrun.fsutil import sha256_file
-from qrun.lifeline import tie_to_parent
 
 MEMORY_NOTE = ("peak_rss_bytes: everything resident, including the mmap'd GGUF (file-backed page cache); "
                "peak_anon_bytes: anonymous memory only (repacked weights, KV cache, buffers)")
@@ -190,7 +190,6 @@ def run_job(job: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    tie_to_parent()  # a worker whose `qrun bench` was killed would measure for nobody, holding memory and cores
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m qrun.bench.worker JOB.json|-", file=sys.stderr)

@@ -16,12 +16,9 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
 from importlib import metadata
 
-from qrun import settings
+from qrun import child, settings
 from qrun.errors import UsageError
 from qrun.fsutil import write_json_atomic
 from qrun.runner import amx_guard
@@ -30,16 +27,7 @@ from qrun.runner import amx_guard
 _CHILD_ENV = "QRUN_CPU_PROBE_CHILD"
 
 _PROBE_VERSION = 2  # part of the cache key: verdicts of older probes lack "repack_without_amx_ok"
-_CHILD_CODE = """
-import sys
-from qrun.runner import amx_guard
-from qrun.runner.engine import Engine
-if sys.argv[2:] == ["deny-amx"]:
-    assert amx_guard.deny_amx() and amx_guard.amx_request_denied()
-with Engine.load(sys.argv[1], n_ctx=256, n_threads=1, repack=True) as engine:
-    ids = engine.tokenize("hello world, " * 8)   # a batch of tokens: the path that uses the repacked kernels
-    list(engine.generate(ids, max_tokens=2))
-"""
+_CHILD_TIMEOUT_S = 300
 
 
 def _cpu_model() -> str:
@@ -80,13 +68,15 @@ def _run_probe(notice) -> dict:
 
 
 def _run_child(gguf, *args: str) -> dict:
-    env = {**os.environ, _CHILD_ENV: "1", "GGML_NO_BACKTRACE": "1"}
-    child = subprocess.run([sys.executable, "-c", _CHILD_CODE, str(gguf), *args], env=env, capture_output=True,
-                           text=True, timeout=300)
-    died_of = -child.returncode if child.returncode < 0 else None
-    return {"repack_ok": child.returncode == 0,
-            "exit": signal.Signals(died_of).name if died_of else child.returncode,
-            "stderr_tail": child.stderr.strip().splitlines()[-1:] or []}
+    """The verdict of one probe child (runner/cpu_probe_child.py) on gguf; args: "deny-amx" or nothing."""
+    done = child.run("qrun.runner.cpu_probe_child", [str(gguf), *args], timeout_s=_CHILD_TIMEOUT_S,
+                     env_extra={_CHILD_ENV: "1"})
+    if done.timed_out:  # no verdict to cache: a hang says nothing about the kernels
+        raise UsageError(f"the repacking check did not finish within {_CHILD_TIMEOUT_S} s",
+                         "run again when the machine is less busy, or drop --repack (and unset QRUN_REPACK)")
+    return {"repack_ok": done.returncode == 0,
+            "exit": done.signal_name or done.returncode,
+            "stderr_tail": done.stderr.strip().splitlines()[-1:] or []}
 
 
 def check_repack(system_info: str, *, notice=lambda _msg: None, force_probe: bool = False) -> dict:

@@ -17,15 +17,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
+from qrun import child
 from tools.perf.bandwidth import thread_counts_arg
 
 DEFAULT_SIZE = 1024  # float32 n x n: 4 MiB per matrix, past L2, the size BLAS reaches its peak at
 DEFAULT_REPEAT = 7
-# The child imports this module by name: it runs from the checkout, like `python -m tools.perf.compute_peak`.
+# The child runs this module by name (qrun.child): from the checkout, like `python -m tools.perf.compute_peak`.
 _CHECKOUT = Path(__file__).resolve().parents[2]
 _ONE_BLAS_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -66,10 +66,10 @@ def _blas_name() -> str:
 
 def measure(*, threads: int, size: int = DEFAULT_SIZE, repeat: int = DEFAULT_REPEAT) -> dict:
     """SGEMM GFLOP/s at `threads` threads (1 GFLOP = 1e9 floating-point operations), measured in a fresh process."""
-    code = f"import json; from tools.perf.compute_peak import _measure_here; print(json.dumps(_measure_here({threads}, {size}, {repeat})))"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **_ONE_BLAS_THREAD}, capture_output=True,
-                         text=True, check=True, timeout=600, cwd=_CHECKOUT).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = child.run("tools.perf.compute_peak", ["--in-process", "--threads", str(threads), "--size", str(size),
+                                                 "--repeat", str(repeat)],
+                     timeout_s=600, env_extra=_ONE_BLAS_THREAD, cwd=_CHECKOUT).check()
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def measure_all(*, thread_counts=None, size: int = DEFAULT_SIZE, repeat: int = DEFAULT_REPEAT) -> list:
@@ -84,7 +84,11 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # measure()'s child
     args = parser.parse_args(argv)
+    if args.in_process:  # one thread count, in this process (BLAS limited by its environment), JSON on stdout
+        print(json.dumps(_measure_here(args.threads[0], args.size, args.repeat)))
+        return 0
     results = measure_all(thread_counts=args.threads, size=args.size, repeat=args.repeat)
     if args.json:
         print(json.dumps(results, indent=1))

@@ -17,9 +17,7 @@ Needs a quiet machine: every measurement records the load average; above ~1.5 on
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -28,7 +26,7 @@ from pathlib import Path
 
 from qrun import registry, settings
 from qrun.runner import machine
-from tools.perf import bandwidth, compute_peak
+from tools.perf import bandwidth, compute_peak, fresh_call
 from tools.perf import realscale_ckpt as ckpt
 from tools.perf import realscale_report as report
 from tools.perf import realscale_tasks as tasks
@@ -49,10 +47,9 @@ def _loadavg() -> list[float]:
 
 
 def _in_fresh_process(fn, *args):
-    """Run fn(*args) in a new process (spawn): its peak memory is its own, and llama.cpp state does not leak."""
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(fn, *args).result()
+    """Run fn(*args) in a new process (tools/perf/fresh_call.py): its peak memory is its own, and llama.cpp state
+    does not leak."""
+    return fresh_call.call(fn, *args)
 
 
 class Run:
