@@ -114,7 +114,7 @@ class Text:
                 return c
         return self.clauses[-1]
 
-    def claims(self, key: str, pattern: re.Pattern | str, *, within: tuple[int, int] | None = None) -> list[Claim]:
+    def claims(self, key: str, pattern: re.Pattern[str] | str, *, within: tuple[int, int] | None = None) -> list[Claim]:
         """Every asserted (possibly negated or hedged) match of pattern; questions and reported speech dropped."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         a, b = within or (0, len(self.text))
@@ -130,7 +130,7 @@ class Text:
             out.append(Claim(key, m.start(), m.end(), negated, clause.hedged or last.hedged, m.group()))
         return out
 
-    def clause_claims(self, key: str, pattern: re.Pattern | str) -> list[Claim]:
+    def clause_claims(self, key: str, pattern: re.Pattern[str] | str) -> list[Claim]:
         """Clauses that consist of pattern alone ("而是他", "答案:他"), read like claims()."""
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         out = []
@@ -151,7 +151,7 @@ class Text:
 _WORDING_RE = re.compile(r"字面|表面|看起来|形式|写法|文字|literally|wording")
 
 
-def meaning_same(text: Text, key: str, pattern) -> list[Claim]:
+def meaning_same(text: Text, key: str, pattern: re.Pattern[str] | str) -> list[Claim]:
     """Asserted claims that the two sentences mean the same; "字面意思一样" (the wording) is not one."""
     return [c for c in text.claims(key, pattern) if not c.negated and
             not _WORDING_RE.search(text.text, text.clause_at(c.start).start, c.start + 2)]

@@ -317,6 +317,7 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
             failures[i] = failure
             progress(f"{label}: failed: {failure} (excluded)")
             continue
+        assert result is not None  # measure() returns a result or a failure
         runs[i].append(result)
         progress(f"{label}: chat gen {result['chat.gen_tokens_per_s']:.1f} tok/s, prompt pp "
                  f"{result['prompt.prompt_tokens_per_s']:.1f} tok/s, load {result['load_s']:.2f} s, "
@@ -348,7 +349,7 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
                          "fastest": chosen["fastest"], "noise": chosen["noise"], "noise_rule": measure_mod.NOISE_RULE,
                          "decision": {**decision, "grid_choice": chosen.get("grid_choice", chosen["id"]),
                                       "default_point": point_id(default_point)}}}
-        if baselines:
+        if baselines and baseline is not None:
             same_file = {**baseline, "quant": chosen["settings"]["quant"]}
             entry[workload]["evidence"]["vs_llama_cpp_defaults"] = versus(
                 chosen, by_settings.get(json.dumps(same_file, sort_keys=True)))

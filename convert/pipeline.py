@@ -82,9 +82,10 @@ def _up_to_date(path: Path, *, checkpoint_fingerprint: str | None, revision: str
     complete output counts ("make sure I have it"), so a rerun needs no network.
     """
     check = mf.check_manifest(path, verify_sha256=True)
-    if not check.ok:
+    manifest = check.manifest
+    if not check.ok or manifest is None:
         return None
-    src = check.manifest.get("source") or {}
+    src = manifest.get("source") or {}
     if checkpoint_fingerprint is not None:
         wanted = src.get("fingerprint") == checkpoint_fingerprint
     elif revision is not None:
@@ -94,8 +95,8 @@ def _up_to_date(path: Path, *, checkpoint_fingerprint: str | None, revision: str
     if not wanted:
         return None
     if check.hashed:  # a copy (or a touched file) that matches and is kept: no need to hash it again next time
-        mf.remember_verified(path, check.manifest)
-    return check.manifest
+        mf.remember_verified(path, manifest)
+    return manifest
 
 
 def convert_model(
@@ -214,12 +215,12 @@ class _Execution:
             step = steps.pop(0)
             if isinstance(step, UpToDate):
                 _say(f"[convert] {self.final.name} is up to date (matches its manifest)")
-                return {**self.up_to_date_manifest, "status": "up_to_date", "path": str(self.final)}
+                return {**(self.up_to_date_manifest or {}), "status": "up_to_date", "path": str(self.final)}
             if isinstance(step, Download):
                 steps = plan(self.request, self._download())
             else:
                 self._do(step)
-        result_manifest = self.installed.get(self.final) or mf.read_manifest(self.final)
+        result_manifest = self.installed.get(self.final) or mf.read_manifest(self.final) or {}
         _say(f"[convert] wrote {self.final}")
         return {**result_manifest, "status": "converted", "path": str(self.final)}
 
@@ -287,6 +288,7 @@ class _Execution:
                 _say(f"[convert] reusing the complete {weight_type} intermediate {self.base_path.name} of an "
                      f"interrupted run")
             case CheckFreeDisk(unquantized=unquantized, quant=quant):
+                assert self.checkpoint_dir is not None  # observed before any plan asks for the disk check
                 n_params = ws.estimate_params(self.checkpoint_dir)
                 ws.check_free_disk(
                     self.request.out_dir,
@@ -313,6 +315,7 @@ class _Execution:
         from qrun.convert.gguf_writer import write_gguf
 
         intermediate = self._intermediate(weight_type)
+        assert self.checkpoint_dir is not None  # observed before any plan converts
         _say(f"[convert] {self.spec.name}: {self.checkpoint_dir} -> {weight_type} GGUF")
         with _measured(self.timings, "convert"):
             converter = converter_for(self.spec, self.checkpoint_dir, weight_type=weight_type)

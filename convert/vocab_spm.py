@@ -97,7 +97,7 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
                 piece = dict(_fields(value))  # type: ignore[arg-type]
                 pieces.append(piece[1].decode("utf-8"))  # type: ignore[union-attr]
                 scores.append(struct.unpack("<f", piece.get(2, b"\0\0\0\0"))[0])  # type: ignore[arg-type]
-                types.append(int(piece.get(3, SP_NORMAL)))  # type: ignore[arg-type]
+                types.append(int(piece.get(3, SP_NORMAL)))
             elif number == 2:
                 trainer = dict(_fields(value))  # type: ignore[arg-type]
             elif number == 3:

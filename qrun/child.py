@@ -87,7 +87,7 @@ class Finished:
 
 
 def run(module: str, args: Sequence[str] = (), *, timeout_s: float | None, input: str | None = None,
-        env_extra: dict[str, str] | None = None, cwd: str | os.PathLike | None = None) -> Finished:
+        env_extra: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None) -> Finished:
     """Run `python -m module args...` to its end, its stdout and stderr captured as text.
 
     timeout_s: kill it (SIGKILL) after this long, returning timed_out=True; None waits as long as it runs.
@@ -115,7 +115,7 @@ def run(module: str, args: Sequence[str] = (), *, timeout_s: float | None, input
 class Child:
     """A started child (start()): its stderr is read line by line on a thread, the last TAIL_LINES kept."""
 
-    def __init__(self, proc: subprocess.Popen, on_stderr_line: Callable[[str], None] | None):
+    def __init__(self, proc: subprocess.Popen[str], on_stderr_line: Callable[[str], None] | None):
         self.proc = proc
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._on_line = on_stderr_line
@@ -158,8 +158,8 @@ class Child:
 
 
 def start(module: str, args: Sequence[str] = (), *, env_extra: dict[str, str] | None = None,
-          stdin: int | IO | None = subprocess.DEVNULL, on_stderr_line: Callable[[str], None] | None = None,
-          cwd: str | os.PathLike | None = None) -> Child:
+          stdin: int | IO[str] | None = subprocess.DEVNULL, on_stderr_line: Callable[[str], None] | None = None,
+          cwd: str | os.PathLike[str] | None = None) -> Child:
     """Start `python -m module args...` and return at once; its stdout is discarded, its stderr streamed to
     on_stderr_line (on a reader thread, one line at a time without its newline) and kept in Child.tail."""
     proc = subprocess.Popen(command(module, args), stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

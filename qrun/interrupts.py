@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from types import FrameType, TracebackType
 
 
 class _State:
@@ -26,7 +27,7 @@ class _State:
 _state = _State()
 
 
-def _handler(signum: int, _frame) -> None:
+def _handler(signum: int, _frame: FrameType | None) -> None:
     if _state.native_depth > 0:
         _state.pending_signal = signum
         return
@@ -44,7 +45,7 @@ def install(*, sigterm: bool = False) -> None:
         signal.signal(signal.SIGTERM, _handler)
 
 
-def is_standard(handler) -> bool:
+def is_standard(handler: object) -> bool:
     """True for Python's own SIGINT handler and qrun's: code that temporarily takes SIGINT over (the quantizer)
     may do so, and put `handler` back after."""
     return handler is signal.default_int_handler or handler is _handler
@@ -64,7 +65,8 @@ class native_call:
     def __enter__(self) -> None:
         _state.native_depth += 1
 
-    def __exit__(self, exc_type, _exc, _tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, _exc: BaseException | None,
+                 _tb: TracebackType | None) -> None:
         _state.native_depth -= 1
         if _state.native_depth == 0 and _state.pending_signal is not None:
             _state.pending_signal = None

@@ -29,7 +29,7 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _POLL_S = 0.5
 
 
-def child_env(env: dict | None = None) -> dict:
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a child that should call tie_to_parent(): os.environ (or env) plus this pid."""
     return {**(os.environ if env is None else env), PARENT_PID_ENV: str(os.getpid())}
 
@@ -41,7 +41,7 @@ def _die() -> None:
 def _set_pdeathsig() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0)
     except (OSError, AttributeError):  # not Linux, or no prctl: the polling thread alone does the job
         return False
 
