@@ -188,7 +188,8 @@ class Engine:
         self.settings: settings.LoadSettings | None = None  # set by load(): the settings llama.cpp got
         self.n_ctx_requested = n_ctx_requested
         self.n_ctx = llama_cpp.llama_n_ctx(llama.ctx)
-        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
+        # a vocab_only load reads no hyperparameters (llama.cpp reports 0): the GGUF header still says it
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model) or header.context_length or 0
         self.n_batch = llama.n_batch
         self._pieces: dict[int, bytes] = {}
         self._specials: dict[str, int] = {}
