@@ -131,6 +131,17 @@ def aligned_ctx(n_ctx: int) -> int:
     return -(-n_ctx // align) * align
 
 
+# llama.cpp's sampler seeds are uint32, and LLAMA_DEFAULT_SEED (0xFFFFFFFF, llama.h) means "a random seed": -1 would
+# become it, and 2**32 + n the same draw as n, so a seed outside this range never reproduces what it says.
+MAX_SEED = 0xFFFFFFFE
+
+
+def check_seed(seed: int) -> None:
+    """Raises UsageError for a --seed llama.cpp cannot reproduce (see MAX_SEED)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from 0 to {MAX_SEED}, got {seed}", "e.g. --seed 42")
+
+
 def check_sampling(*, max_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
     """Raises UsageError for a sampling option that cannot work."""
     if max_tokens < 1:
@@ -354,6 +365,7 @@ class Engine:
         logit_bias adds to chosen logits before sampling (tests use it to force a stop token).
         """
         check_sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        check_seed(seed)
         if not prompt_ids:
             raise UsageError("the prompt has no tokens")
         if len(prompt_ids) >= self.n_ctx:
@@ -372,7 +384,7 @@ class Engine:
             if top_p < 1:
                 llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return Generation(self, list(prompt_ids), chain, max_tokens=max_tokens)
 
     def _decode(self, tokens: Sequence[int]) -> None:

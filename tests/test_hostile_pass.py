@@ -23,6 +23,22 @@ def _one_error_line(result, *words: str) -> None:
         assert word in result.stderr, result.stderr
 
 
+# -1 became llama.cpp's LLAMA_DEFAULT_SEED ("random": two runs differed) and 2**32 drew what --seed 0 draws.
+@pytest.mark.parametrize("seed", ["-1", "4294967295", "4294967296"])
+def test_a_seed_llama_cpp_cannot_reproduce_is_refused(tiny_gguf, seed):
+    gguf = str(tiny_gguf(MODEL))
+    for command in (["ask", gguf, "hi", "--temperature", "1"], ["chat", gguf]):
+        result = CliRunner().invoke(main, [*command, "--seed", seed], input="hi\n")
+        _one_error_line(result, "--seed", seed)
+
+
+def test_the_largest_seed_is_reproducible(tiny_gguf):
+    gguf = str(tiny_gguf(MODEL))
+    runs = [ask_lib.ask(gguf, "hi", max_tokens=6, temperature=1.5, seed=0xFFFFFFFE, with_sha256=False)["answer"]
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
 # A vocab-only load read n_ctx_train as 0, so `--max-tokens 5000` asked for a 5,120-token context and was refused
 # as "--ctx 5120 is more than the 4096 tokens ..." although no --ctx was given: it must run in the trained context.
 def test_max_tokens_beyond_the_training_context_runs_in_it(tiny_gguf):
