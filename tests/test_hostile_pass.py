@@ -4,6 +4,9 @@ exit code 1 (or the right behaviour), never a traceback, a hang, a silent wrong 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -13,6 +16,7 @@ from qrun.runner import ask as ask_lib
 from qrun.runner.engine import Engine
 
 MODEL = "deepseek-llm-7b-chat"
+QRUN = [sys.executable, "-m", "qrun"]
 
 
 def _one_error_line(result, *words: str) -> None:
@@ -50,3 +54,26 @@ def test_max_tokens_beyond_the_training_context_runs_in_it(tiny_gguf):
     result = ask_lib.ask(str(gguf), "hi", max_tokens=trained + 1000, temperature=0, with_sha256=False,
                          logit_bias={eos: 100.0})  # stop at once: only the context size is under test
     assert result["settings"]["n_ctx"] == trained
+
+
+def _closing(fd: int):
+    return lambda: os.close(fd)
+
+
+# A closed stdin or stdout (`qrun chat <&-`, `qrun ask ... >&-`) left sys.stdin/stdout None: a traceback at the first
+# read or write. Closed, they behave as /dev/null: no input, output discarded.
+def test_a_closed_stdin_reads_as_empty(tiny_gguf):
+    gguf = str(tiny_gguf(MODEL))
+    chat = subprocess.run([*QRUN, "chat", gguf], preexec_fn=_closing(0), capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0 and "Traceback" not in chat.stderr, chat.stderr
+    ask = subprocess.run([*QRUN, "ask", gguf, "-"], preexec_fn=_closing(0), capture_output=True, text=True,
+                         timeout=120)
+    assert ask.returncode == 1 and ask.stderr.startswith("Error: the prompt is empty"), ask.stderr
+    assert ask.stderr.count("\n") == 1
+
+
+def test_a_closed_stdout_discards_the_answer(tiny_gguf):
+    gguf = str(tiny_gguf(MODEL))
+    ask = subprocess.run([*QRUN, "ask", gguf, "hi", "--max-tokens", "3"], preexec_fn=_closing(1),
+                         stderr=subprocess.PIPE, text=True, timeout=120)
+    assert ask.returncode == 0 and ask.stderr == "", ask.stderr
