@@ -22,9 +22,11 @@ QRUN = [sys.executable, "-m", "qrun"]
 def _one_error_line(result, *words: str) -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 1, result.output
-    assert result.stderr.startswith("Error:") and result.stderr.count("\n") == 1, result.stderr
+    lines = result.stderr.splitlines()  # progress lines ("[convert] ...") may come first
+    assert lines and lines[-1].startswith("Error:") and "Traceback" not in result.stderr, result.stderr
+    assert sum(line.startswith("Error:") for line in lines) == 1, result.stderr
     for word in words:
-        assert word in result.stderr, result.stderr
+        assert word in lines[-1], result.stderr
 
 
 # -1 became llama.cpp's LLAMA_DEFAULT_SEED ("random": two runs differed) and 2**32 drew what --seed 0 draws.
@@ -77,3 +79,24 @@ def test_a_closed_stdout_discards_the_answer(tiny_gguf):
     ask = subprocess.run([*QRUN, "ask", gguf, "hi", "--max-tokens", "3"], preexec_fn=_closing(1),
                          stderr=subprocess.PIPE, text=True, timeout=120)
     assert ask.returncode == 0 and ask.stderr == "", ask.stderr
+
+
+# 0 heads or a size written as a string ended in ZeroDivisionError / TypeError tracebacks; a NaN or negative
+# rope_theta and a context of 0 converted without complaint into a GGUF that runs as nonsense.
+@pytest.mark.parametrize("key, value", [("num_attention_heads", 0), ("hidden_size", "256"),
+                                        ("num_key_value_heads", 0), ("rope_theta", float("nan")),
+                                        ("rope_theta", -1.0), ("max_position_embeddings", 0)])
+def test_a_config_size_that_is_zero_or_not_a_number_is_refused(tiny_checkpoints, tmp_path, key, value):
+    source = tiny_checkpoints[MODEL]
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for item in source.iterdir():
+        (folder / item.name).symlink_to(item)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config[key] = value
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["convert", MODEL, "--from", str(folder), "--out", str(out)])
+    _one_error_line(result, "config.json")
+    assert not list(out.glob("*.gguf*")) and not list(out.glob("*.json"))  # only the convert lock may stay
