@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qrun.errors import SuiteError
+from qrun.fsutil import read_input_text
 from qrun.text import utf8_problem
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -134,7 +135,7 @@ def load(name_or_path: str = "seed") -> Suite:
     """
     path = resolve(name_or_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_input_text(path)
     except (OSError, UnicodeDecodeError) as err:
         raise SuiteError(f"cannot read suite file {path}: {err}", "check the path and that it is UTF-8 JSON")
     return parse(text, path=path)
@@ -148,6 +149,8 @@ def parse(text: str, *, path: Path) -> Suite:
             f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}",
             "fix the JSON syntax (a validator such as `python -m json.tool FILE` shows the spot)",
         )
+    except RecursionError:  # "[[[[..." nested deeper than Python's parser goes
+        raise SuiteError(f"{path}: JSON nested too deeply", "a suite is an object with a list of questions") from None
     where = _Where(path)
     problem = utf8_problem(json.dumps(data, ensure_ascii=False))
     if problem:  # a "\\ud800" escape decodes to a lone surrogate, which no tokenizer can encode

@@ -100,3 +100,23 @@ def test_a_config_size_that_is_zero_or_not_a_number_is_refused(tiny_checkpoints,
     result = CliRunner().invoke(main, ["convert", MODEL, "--from", str(folder), "--out", str(out)])
     _one_error_line(result, "config.json")
     assert not list(out.glob("*.gguf*")) and not list(out.glob("*.json"))  # only the convert lock may stay
+
+
+# /dev/zero given as an answers or results file was read until the kernel killed qrun for memory (exit 137), and
+# "[[[[..." nested 100,000 deep was a RecursionError traceback, in every reader of JSON input.
+def _deep_json(path):
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    return str(path)
+
+
+def test_a_device_or_deeply_nested_json_as_input_is_one_line(tmp_path):
+    deep = _deep_json(tmp_path / "deep.json")
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(json.dumps({"question_id": "seed-1", "answer": "x"}) + "\n", encoding="utf-8")
+    for args, words in ((["score", "/dev/zero"], ["/dev/zero", "device"]),
+                        (["report", "/dev/zero", "--out", str(tmp_path / "r1")], ["/dev/zero", "device"]),
+                        (["score", deep], ["nested too deeply"]),
+                        (["score", str(answers), "--suite", deep], ["nested too deeply"]),
+                        (["report", deep, "--out", str(tmp_path / "r2")], ["nested too deeply"])):
+        _one_error_line(CliRunner().invoke(main, args), *words)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
