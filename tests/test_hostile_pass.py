@@ -120,3 +120,22 @@ def test_a_device_or_deeply_nested_json_as_input_is_one_line(tmp_path):
                         (["report", deep, "--out", str(tmp_path / "r2")], ["nested too deeply"])):
         _one_error_line(CliRunner().invoke(main, args), *words)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+# Each question's line number was found by counting the newlines before it again: a suite of 10,000 questions took
+# minutes to load (quadratic in its size). Error lines must still point at the right line.
+def test_a_suite_of_ten_thousand_questions_loads_quickly(tmp_path):
+    import time
+
+    from qrun.bench import suite
+
+    seed = json.loads(suite.resolve("seed").read_text(encoding="utf-8"))
+    questions = [dict(seed["questions"][0], id=f"q{i}") for i in range(10_000)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(dict(seed, questions=questions), ensure_ascii=False, indent=1), encoding="utf-8")
+    t0 = time.monotonic()
+    loaded = suite.load(str(path))
+    assert time.monotonic() - t0 < 30  # minutes before; a few seconds on 2 shared CPUs now
+    assert len(loaded.questions) == 10_000
+    text = path.read_text(encoding="utf-8")
+    assert loaded.raw["questions"][-1].line == text[:text.rindex('"id": "q9999"')].count("\n")
