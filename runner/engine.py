@@ -243,6 +243,11 @@ class Engine:
         if load.kv_type != "f16" and not load.flash_attn:
             # llama.cpp refuses a quantized V cache without flash attention (llama_init_from_model)
             raise UsageError(f"--kv-type {load.kv_type} needs flash attention", "add --flash-attn")
+        try:
+            str(path).encode("utf-8")  # llama-cpp-python passes the path to llama.cpp as UTF-8 (llama_cpp/llama.py)
+        except UnicodeEncodeError:
+            raise GGUFError(f"llama.cpp cannot open {path}: its name is not UTF-8",
+                            "rename the file (or link it under a UTF-8 name)") from None
         repack = load.repack and not vocab_only
         amx_denied = False
         if repack:

@@ -139,3 +139,15 @@ def test_a_suite_of_ten_thousand_questions_loads_quickly(tmp_path):
     assert len(loaded.questions) == 10_000
     text = path.read_text(encoding="utf-8")
     assert loaded.raw["questions"][-1].line == text[:text.rindex('"id": "q9999"')].count("\n")
+
+
+# A GGUF whose file name is not UTF-8 was reported as "llama.cpp could not load ...: 'utf-8' codec can't encode
+# character '\udcff' ... — use a GGUF made by `qrun convert`", blaming a good file.
+def test_a_gguf_name_that_is_not_utf8_says_so(tiny_gguf, tmp_path):
+    gguf = tiny_gguf(MODEL)
+    odd = os.path.join(os.fsencode(tmp_path), b"model-\xff.gguf")
+    os.symlink(os.fsencode(gguf), odd)
+    result = subprocess.run([*QRUN, "ask", os.fsdecode(odd), "hi"], capture_output=True, timeout=120)
+    stderr = result.stderr.decode("utf-8", errors="replace")
+    assert result.returncode == 1 and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("Error:") and "not UTF-8" in stderr and "rename" in stderr, stderr
