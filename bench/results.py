@@ -40,7 +40,7 @@ from qrun.bench import verdicts as verdicts_mod
 from qrun.bench.score import ScoreResult, apply_verdict, score
 from qrun.bench.suite import Suite
 from qrun.errors import BenchError, UsageError
-from qrun.fsutil import write_text_atomic
+from qrun.fsutil import read_input_text, write_text_atomic
 
 SCHEMA = "qrun-bench-results"
 SCHEMA_VERSION = 1
@@ -236,9 +236,12 @@ def load(path: str | Path) -> dict:
     """A saved results.json. Raises BenchError if it is not one (or from a newer qrun)."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_input_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BenchError(f"cannot read results file {path}: {err}", "give a results.json written by `qrun bench`")
+    except RecursionError:  # "[[[[..." nested deeper than Python's parser goes
+        raise BenchError(f"cannot read results file {path}: JSON nested too deeply",
+                         "give a results.json written by `qrun bench`") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise BenchError(f"{path} is not a qrun bench results file", "give a results.json written by `qrun bench`")
     version = doc.get("schema_version", 0)

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from qrun.bench import claims, readers, verdicts as verdicts_mod
 from qrun.bench.claims import normalize
 from qrun.bench.suite import Criterion, Pattern, Question
+from qrun.fsutil import read_input_text
 
 ECHO_MIN_CHARS = 6
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -250,7 +251,7 @@ def score_answers_file(path, suite, *, verdicts: verdicts_mod.Verdicts | None = 
 
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM (Windows editors) is accepted
+        lines = read_input_text(path, encoding="utf-8-sig").splitlines()  # -sig: a BOM (Windows editors) is accepted
     except (OSError, UnicodeDecodeError) as err:
         raise SuiteError(f"cannot read answers file {path}: {err}", "give a UTF-8 JSONL file")
     out = []
@@ -262,6 +263,8 @@ def score_answers_file(path, suite, *, verdicts: verdicts_mod.Verdicts | None = 
             item = json.loads(line)
         except json.JSONDecodeError as err:
             raise SuiteError(f"{path}, line {lineno}: invalid JSON ({err.msg})", hint)
+        except RecursionError:  # "[[[[..." nested deeper than Python's parser goes
+            raise SuiteError(f"{path}, line {lineno}: JSON nested too deeply", hint) from None
         if not isinstance(item, dict):
             raise SuiteError(f"{path}, line {lineno}: expected a JSON object", hint)
         for key in ("question_id", "answer"):

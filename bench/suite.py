@@ -23,6 +23,7 @@ SuiteError naming the file, the line, the question (by position and id) and the 
 
 from __future__ import annotations
 
+import bisect
 import json
 import json.decoder
 import json.scanner
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from qrun.bench.claims import normalize  # one normalization for answers and patterns
 from qrun.errors import SuiteError
+from qrun.fsutil import read_input_text
 from qrun.text import utf8_problem
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -92,12 +94,18 @@ class _LineDict(dict):
 def _decoder() -> json.JSONDecoder:
     # The pure-Python scanner calls parse_object with the position of "{": we wrap it to record the line.
     decoder = json.JSONDecoder()
+    # offsets of the newlines of the text being decoded, found once: counting them again for every object took
+    # minutes for a suite of 10,000 questions
+    newlines: dict[int, list[int]] = {}
 
     def parse_object(s_and_end, *args):
         text, end = s_and_end
         obj, new_end = json.decoder.JSONObject(s_and_end, *args)
         obj = _LineDict(obj)
-        obj.line = text.count("\n", 0, end) + 1
+        if id(text) not in newlines:
+            newlines.clear()
+            newlines[id(text)] = [match.start() for match in re.finditer("\n", text)]
+        obj.line = bisect.bisect_left(newlines[id(text)], end) + 1
         return obj, new_end
 
     # attributes of the pure-Python decoder that typeshed does not declare
@@ -136,7 +144,7 @@ def load(name_or_path: str = "seed") -> Suite:
     """
     path = resolve(name_or_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_input_text(path)
     except (OSError, UnicodeDecodeError) as err:
         raise SuiteError(f"cannot read suite file {path}: {err}", "check the path and that it is UTF-8 JSON")
     return parse(text, path=path)
@@ -150,6 +158,8 @@ def parse(text: str, *, path: Path) -> Suite:
             f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}",
             "fix the JSON syntax (a validator such as `python -m json.tool FILE` shows the spot)",
         )
+    except RecursionError:  # "[[[[..." nested deeper than Python's parser goes
+        raise SuiteError(f"{path}: JSON nested too deeply", "a suite is an object with a list of questions") from None
     where = _Where(path)
     problem = utf8_problem(json.dumps(data, ensure_ascii=False))
     if problem:  # a "\\ud800" escape decodes to a lone surrogate, which no tokenizer can encode

@@ -67,7 +67,16 @@ class Converter:
         self.config = checkpoint.config
         self.notes: list[str] = []
         self._used_keys: set[str] = set()
-        self._hparams = self._read_config()
+        try:
+            self._hparams = self._read_config()
+        except (TypeError, ZeroDivisionError) as err:  # e.g. "hidden_size": "4096", or 0 heads
+            raise UnsupportedConfigError(f"config.json of {spec.name} has a size that is not a positive number "
+                                         f"({err})", "re-download config.json from the model's repository") from None
+        for key, value in self._hparams.items():
+            # a NaN rope_theta or a context_length of 0 converts without complaint and runs as nonsense
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise UnsupportedConfigError(f"config.json of {spec.name} gives {key} = {value!r}",
+                                             "it must be a positive finite number; re-download config.json")
         ignored = set(self.config) - self._used_keys - COMMON_IGNORED_KEYS - self.ignored_keys
         if ignored:
             self.notes.append("config keys not used by the converter: " + ", ".join(sorted(ignored)))

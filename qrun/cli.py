@@ -3,12 +3,40 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
 
-from qrun import __version__, interrupts, settings
-from qrun.errors import QrunError
+def _fill_closed_std_streams() -> None:
+    """Give stdin, stdout or stderr that the caller closed (`qrun chat <&-`, `qrun ask ... >&-`) /dev/null.
+
+    Python leaves sys.stdin/stdout/stderr None then (a traceback at the first read or write), and the next file
+    opened gets descriptor 0, 1 or 2: importing llama_cpp opens one, and a GGUF, a lock or results.json there could
+    receive whatever C code prints. With /dev/null in place, a closed stdin reads as empty and a closed stdout or
+    stderr discards, as if redirected there. Runs before the imports below, which open files.
+    """
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+            setattr(sys, name, open(os.devnull, mode, encoding="utf-8"))  # fd taken by an embedding program
+            continue
+        except OSError:
+            pass
+        null_fd = os.open(os.devnull, os.O_RDONLY if mode == "r" else os.O_WRONLY)
+        if null_fd != fd:
+            os.dup2(null_fd, fd)
+            os.close(null_fd)
+        setattr(sys, name, open(fd, mode, encoding="utf-8", closefd=False))
+
+
+_fill_closed_std_streams()
+
+import click  # noqa: E402 (after the std streams are filled: see above)
+
+from qrun import __version__, interrupts, settings  # noqa: E402
+from qrun.errors import QrunError  # noqa: E402
 
 
 class QrunGroup(click.Group):

@@ -86,6 +86,23 @@ def ensure_writable_dir(path: str | os.PathLike, *, what: str, hint: str) -> Pat
     return path
 
 
+def read_input_text(path: str | os.PathLike, *, encoding: str = "utf-8") -> str:
+    """A text input file (suite, answers, results), read whole; a device is refused before reading.
+
+    /dev/zero or /dev/urandom given as a file would be read until memory runs out. Pipes and FIFOs stay allowed
+    (`qrun score <(...)`): they end when their writer does.
+
+    Raises:
+        OSError: unreadable, or a character or block device (EINVAL, "a device, not a file").
+        UnicodeDecodeError: not text in `encoding`.
+    """
+    import stat
+
+    if stat.S_ISCHR(os.stat(path).st_mode) or stat.S_ISBLK(os.stat(path).st_mode):
+        raise OSError(errno.EINVAL, "a device, not a file", str(path))
+    return Path(path).read_text(encoding=encoding)
+
+
 def os_reason(err: OSError) -> str:
     """An OSError's reason without its Python decoration ("Read-only file system", "No space left on device")."""
     return err.strerror or errno.errorcode.get(err.errno or 0, str(err))

@@ -11,7 +11,7 @@ from qrun.fsutil import sha256_file
 from qrun.measure import MemoryWatch
 from qrun.runner import resolve
 from qrun.text import check_text
-from qrun.runner.engine import Engine, check_sampling
+from qrun.runner.engine import Engine, check_sampling, check_seed
 
 Notice = Callable[[str], None]
 
@@ -47,8 +47,10 @@ def check_prompt(prompt: str, *, system: str | None = None) -> None:
         check_text(system, what="--system")
 
 
-def check_options(*, max_tokens=None, temperature=None, top_p=None, top_k=None) -> None:
+def check_options(*, max_tokens=None, temperature=None, top_p=None, top_k=None, seed=None) -> None:
     """Validate the sampling flags that were given, before any model is loaded."""
+    if seed is not None:
+        check_seed(seed)
     check_sampling(max_tokens=1 if max_tokens is None else max_tokens, temperature=temperature or 0.0,
                    top_p=1.0 if top_p is None else top_p, top_k=top_k or 0)
 
@@ -170,7 +172,7 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
         QrunError subclasses for every bad input (see qrun.errors).
     """
     check_prompt(prompt, system=system)
-    check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+    check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
 
     def work(vocab: Engine) -> int:  # the prompt as the model will see it, and room for the whole answer
         answer = sampling_options(vocab.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p,

@@ -150,7 +150,7 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
     qrun chat chatglm3 --system "你是一个乐于助人的助手。" --ctx 8192
     Type /reset to clear the history, /exit or Ctrl-D to quit; Ctrl-C stops the current answer.
     """
-    ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+    ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     if system is not None:
         check_text(system, what="--system")
     engine = ask_lib.load_engine(model, threads=threads, threads_batch=threads_batch, repack=repack, use_mmap=mmap,

@@ -132,6 +132,17 @@ def aligned_ctx(n_ctx: int) -> int:
     return -(-n_ctx // align) * align
 
 
+# llama.cpp's sampler seeds are uint32, and LLAMA_DEFAULT_SEED (0xFFFFFFFF, llama.h) means "a random seed": -1 would
+# become it, and 2**32 + n the same draw as n, so a seed outside this range never reproduces what it says.
+MAX_SEED = 0xFFFFFFFE
+
+
+def check_seed(seed: int) -> None:
+    """Raises UsageError for a --seed llama.cpp cannot reproduce (see MAX_SEED)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from 0 to {MAX_SEED}, got {seed}", "e.g. --seed 42")
+
+
 def check_sampling(*, max_tokens: int, temperature: float, top_p: float, top_k: int) -> None:
     """Raises UsageError for a sampling option that cannot work."""
     if max_tokens < 1:
@@ -190,7 +201,8 @@ class Engine:
         self.settings = load_settings  # what llama.cpp got (load() records the context as allocated)
         self.n_ctx_requested = n_ctx_requested
         self.n_ctx = llama_cpp.llama_n_ctx(llama.ctx)
-        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model)
+        # a vocab_only load reads no hyperparameters (llama.cpp reports 0): the GGUF header still says it
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(llama.model) or header.context_length or 0
         self.n_batch = llama.n_batch
         self._pieces: dict[int, bytes] = {}
         self._specials: dict[str, int] = {}
@@ -233,6 +245,11 @@ class Engine:
         if load.kv_type != "f16" and not load.flash_attn:
             # llama.cpp refuses a quantized V cache without flash attention (llama_init_from_model)
             raise UsageError(f"--kv-type {load.kv_type} needs flash attention", "add --flash-attn")
+        try:
+            str(path).encode("utf-8")  # llama-cpp-python passes the path to llama.cpp as UTF-8 (llama_cpp/llama.py)
+        except UnicodeEncodeError:
+            raise GGUFError(f"llama.cpp cannot open {path}: its name is not UTF-8",
+                            "rename the file (or link it under a UTF-8 name)") from None
         repack = load.repack and not vocab_only
         amx_denied = False
         if repack:
@@ -356,6 +373,7 @@ class Engine:
         logit_bias adds to chosen logits before sampling (tests use it to force a stop token).
         """
         check_sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
+        check_seed(seed)
         if not prompt_ids:
             raise UsageError("the prompt has no tokens")
         if len(prompt_ids) >= self.n_ctx:
@@ -374,7 +392,7 @@ class Engine:
             if top_p < 1:
                 llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(temperature))
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return Generation(self, list(prompt_ids), chain, max_tokens=max_tokens)
 
     def _decode(self, tokens: Sequence[int]) -> None:
