@@ -41,18 +41,26 @@ def normalize(text: str) -> str:
     text = re.sub(r" ?\n ?", "\n", text)
     return _CJK_SPACE_RE.sub("", text).strip()
 
+
 MATCHED, PARTIAL, CONTRADICTED, MISSING = "matched", "partial", "contradicted", "missing"
 
 _CLAUSE_PUNCT_RE = re.compile(r"[,.!?;:。、\n|—…()\[\]]+|--+|->|→|/")
 _CONNECTIVE_RE = re.compile(
     r"而是|而不是|而非|但是|但(?=[^是])|可是|然而|不过|其实|实际上|事实上|不对|仔细|才是|也就是说|"
-    r"\bbut\b|\bactually\b|\brather\b|\binstead\b|\bthough\b|\bit'?s\b")
-_CORRECTION_RE = re.compile(r"而是|而不是|而非|但|可是|然而|不过|其实|实际上|事实上|不对|仔细|正相反|"
-                            r"\bbut\b|\bactually\b|\brather\b|\binstead\b|other way round|\bit'?s\b")
-_NEGATOR_RE = re.compile(r"不是|并非|而非|并不|绝非|并没有|不能|不用|不必|不该|不应该|不需要|不宜|"
-                         r"\bnot\b|n't\b|\bisn'?t\b|rather than|instead of")
-_HEDGE_RE = re.compile(r"可能|也许|或许|或者|大概|不确定|不好确定|也可以|可以理解为|不一定|\bmaybe\b|\bperhaps\b|"
-                       r"\bprobably\b|\bcould\b|\bmight\b|\bpossibly\b")
+    r"\bbut\b|\bactually\b|\brather\b|\binstead\b|\bthough\b|\bit'?s\b"
+)
+_CORRECTION_RE = re.compile(
+    r"而是|而不是|而非|但|可是|然而|不过|其实|实际上|事实上|不对|仔细|正相反|"
+    r"\bbut\b|\bactually\b|\brather\b|\binstead\b|other way round|\bit'?s\b"
+)
+_NEGATOR_RE = re.compile(
+    r"不是|并非|而非|并不|绝非|并没有|不能|不用|不必|不该|不应该|不需要|不宜|"
+    r"\bnot\b|n't\b|\bisn'?t\b|rather than|instead of"
+)
+_HEDGE_RE = re.compile(
+    r"可能|也许|或许|或者|大概|不确定|不好确定|也可以|可以理解为|不一定|\bmaybe\b|\bperhaps\b|"
+    r"\bprobably\b|\bcould\b|\bmight\b|\bpossibly\b"
+)
 _REPORTED_RE = re.compile(r"有人说|以为|误以为|第一反应|乍一看|看起来|表面上|看似|\bseems?\b|\bat first\b")
 SENTENCE_END_RE = re.compile(r"[.!?;。\n]")
 
@@ -135,7 +143,7 @@ class Text:
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         out = []
         for c in self.clauses:
-            body = self.text[c.start:c.end]
+            body = self.text[c.start : c.end]
             a = c.start + len(body) - len(body.lstrip())
             b = c.start + len(body.rstrip())
             m = regex.fullmatch(self.text, a, b)
@@ -153,8 +161,11 @@ _WORDING_RE = re.compile(r"字面|表面|看起来|形式|写法|文字|literall
 
 def meaning_same(text: Text, key: str, pattern: re.Pattern[str] | str) -> list[Claim]:
     """Asserted claims that the two sentences mean the same; "字面意思一样" (the wording) is not one."""
-    return [c for c in text.claims(key, pattern) if not c.negated and
-            not _WORDING_RE.search(text.text, text.clause_at(c.start).start, c.start + 2)]
+    return [
+        c
+        for c in text.claims(key, pattern)
+        if not c.negated and not _WORDING_RE.search(text.text, text.clause_at(c.start).start, c.start + 2)
+    ]
 
 
 def judge(text: Text, right: list[Claim], wrong: list[Claim]) -> tuple[str, str]:

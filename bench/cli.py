@@ -29,40 +29,115 @@ def _command_line() -> str:
 
 @click.command("bench", cls=_RecordsArgs)
 @click.argument("models", nargs=-1)
-@click.option("--threads", "threads", default=None, metavar="N[,N...]",
-              help="Thread counts to sweep, e.g. 1,2; 0 = the physical core count (default: QRUN_THREADS, then the "
-                   "physical core count).")
+@click.option(
+    "--threads",
+    "threads",
+    default=None,
+    metavar="N[,N...]",
+    help="Thread counts to sweep, e.g. 1,2; 0 = the physical core count (default: QRUN_THREADS, then the "
+    "physical core count).",
+)
 # metavar: Click >= 8.2 would list a case-insensitive Choice in lower case; the type names are upper case
-@click.option("--quant", default=None, type=click.Choice(settings.QUANTS, case_sensitive=False), metavar="QUANT",
-              help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)} (default: every converted type).")
-@click.option("--suite", default=settings.DEFAULT_SUITE, show_default=True, metavar="NAME|FILE",
-              help="Built-in suite name or a suite JSON file.")
+@click.option(
+    "--quant",
+    default=None,
+    type=click.Choice(settings.QUANTS, case_sensitive=False),
+    metavar="QUANT",
+    help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)} (default: every converted type).",
+)
+@click.option(
+    "--suite",
+    default=settings.DEFAULT_SUITE,
+    show_default=True,
+    metavar="NAME|FILE",
+    help="Built-in suite name or a suite JSON file.",
+)
 @click.option("--repeat", default=1, show_default=True, type=int, help="Measured repetitions per question.")
-@click.option("--max-tokens", default=512, show_default=True, type=int,
-              help="Answer length limit in tokens (512 = the models' own max_new_tokens default).")
-@click.option("--ctx", "n_ctx", default=None, type=int,
-              help="Context tokens (default: the suite's longest prompt + --max-tokens, capped at training).")
-@click.option("--threads-batch", default=None, type=int,
-              help="Threads for prompt processing (default: --threads if given, else tuning profile, else the same).")
-@click.option("--repack/--no-repack", default=None,
-              help="llama.cpp's CPU weight repacking (default: QRUN_REPACK, else tuning profile, else off).")
-@click.option("--mmap/--no-mmap", default=None,
-              help="Map the GGUF instead of reading it into memory (default: tuning profile, else on).")
+@click.option(
+    "--max-tokens",
+    default=512,
+    show_default=True,
+    type=int,
+    help="Answer length limit in tokens (512 = the models' own max_new_tokens default).",
+)
+@click.option(
+    "--ctx",
+    "n_ctx",
+    default=None,
+    type=int,
+    help="Context tokens (default: the suite's longest prompt + --max-tokens, capped at training).",
+)
+@click.option(
+    "--threads-batch",
+    default=None,
+    type=int,
+    help="Threads for prompt processing (default: --threads if given, else tuning profile, else the same).",
+)
+@click.option(
+    "--repack/--no-repack",
+    default=None,
+    help="llama.cpp's CPU weight repacking (default: QRUN_REPACK, else tuning profile, else off).",
+)
+@click.option(
+    "--mmap/--no-mmap",
+    default=None,
+    help="Map the GGUF instead of reading it into memory (default: tuning profile, else on).",
+)
 @click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: tuning profile, else off).")
-@click.option("--kv-type", default=None, metavar="f16|q8_0",
-              help="KV cache type; q8_0 needs --flash-attn (default: tuning profile, else f16).")
-@click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Where converted models are "
-              "(default: QRUN_GGUF_DIR, then ./ggufs).")
-@click.option("--out", "out_dir", default="bench-results", show_default=True, metavar="DIR",
-              type=click.Path(file_okay=False),
-              help="Where results.json, results.csv and report.md go (relative to the current directory).")
+@click.option(
+    "--kv-type",
+    default=None,
+    metavar="f16|q8_0",
+    help="KV cache type; q8_0 needs --flash-attn (default: tuning profile, else f16).",
+)
+@click.option(
+    "--ggufs",
+    "ggufs_dir",
+    default=None,
+    metavar="DIR",
+    help="Where converted models are (default: QRUN_GGUF_DIR, then ./ggufs).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default="bench-results",
+    show_default=True,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Where results.json, results.csv and report.md go (relative to the current directory).",
+)
 @click.option("--force", is_flag=True, help="Replace earlier results in --out (default: refuse to overwrite them).")
-@click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts (model,quant,question_id,answer_sha256,"
-              "score) that override the rubric.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results document (as in results.json) on stdout "
-              "instead of the table.")
-def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_batch, repack, mmap, flash_attn,
-              kv_type, ggufs_dir, out_dir, force, verdicts, as_json):
+@click.option(
+    "--verdicts",
+    default=None,
+    metavar="CSV",
+    help="Human verdicts (model,quant,question_id,answer_sha256,score) that override the rubric.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the results document (as in results.json) on stdout instead of the table.",
+)
+def bench_cmd(
+    models,
+    threads,
+    quant,
+    suite,
+    repeat,
+    max_tokens,
+    n_ctx,
+    threads_batch,
+    repack,
+    mmap,
+    flash_attn,
+    kv_type,
+    ggufs_dir,
+    out_dir,
+    force,
+    verdicts,
+    as_json,
+):
     """Measure speed, memory and answer quality of converted models, one fresh process each.
 
     \b
@@ -73,35 +148,69 @@ def bench_cmd(models, threads, quant, suite, repeat, max_tokens, n_ctx, threads_
     from qrun.bench import report
     from qrun.bench.run import BenchConfig, load_settings, parse_threads, run_bench
 
-    config = BenchConfig(models=list(models), quant=quant.upper() if quant else None, suite=suite,
-                         threads=parse_threads(threads), repeat=repeat, max_tokens=max_tokens, n_ctx=n_ctx,
-                         ggufs_dir=ggufs_dir, out_dir=out_dir, verdicts=verdicts, command=_command_line(),
-                         use_mmap=mmap, extra_settings=load_settings(threads_batch=threads_batch, repack=repack,
-                                                                flash_attn=flash_attn, kv_type=kv_type))
+    config = BenchConfig(
+        models=list(models),
+        quant=quant.upper() if quant else None,
+        suite=suite,
+        threads=parse_threads(threads),
+        repeat=repeat,
+        max_tokens=max_tokens,
+        n_ctx=n_ctx,
+        ggufs_dir=ggufs_dir,
+        out_dir=out_dir,
+        verdicts=verdicts,
+        command=_command_line(),
+        use_mmap=mmap,
+        extra_settings=load_settings(
+            threads_batch=threads_batch, repack=repack, flash_attn=flash_attn, kv_type=kv_type
+        ),
+    )
     doc = run_bench(config, force=force)
     _echo_json(doc) if as_json else click.echo(report.render_table([doc]))
-    click.echo(f"results: {Path(out_dir) / 'results.json'}, {Path(out_dir) / 'results.csv'}, "
-               f"{Path(out_dir) / 'report.md'}", err=True)
+    click.echo(
+        f"results: {Path(out_dir) / 'results.json'}, {Path(out_dir) / 'results.csv'}, {Path(out_dir) / 'report.md'}",
+        err=True,
+    )
     failed = [run["run_id"] for run in doc["runs"] if run["status"] != "ok"]
     if failed:  # everything is written; the exit code still tells scripts that a model did not get through
-        click.echo(f"Error: {len(failed)} of {len(doc['runs'])} run(s) failed ({', '.join(failed)}) — details under "
-                   f"\"Failures\" in {Path(out_dir) / 'report.md'}", err=True)
+        click.echo(
+            f"Error: {len(failed)} of {len(doc['runs'])} run(s) failed ({', '.join(failed)}) — details under "
+            f'"Failures" in {Path(out_dir) / "report.md"}',
+            err=True,
+        )
         sys.exit(1)
 
 
 @click.command("report")
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", "out_dir", default=None, metavar="DIR", type=click.Path(file_okay=False),
-              help="Where report.md and results.csv go (default: next to a single RESULTS file if `qrun bench`'s "
-                   "own are gone, ./bench-report when merging several; required with --verdicts or --suite). "
-                   "A bench folder's report.md and results.csv are never replaced.")
+@click.option(
+    "--out",
+    "out_dir",
+    default=None,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Where report.md and results.csv go (default: next to a single RESULTS file if `qrun bench`'s "
+    "own are gone, ./bench-report when merging several; required with --verdicts or --suite). "
+    "A bench folder's report.md and results.csv are never replaced.",
+)
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts that override the rubric.")
 @click.option("--suite", default=None, metavar="NAME|FILE", help="Re-score the saved answers with this suite.")
-@click.option("--verdicts-template", "template_path", default=None, metavar="FILE", type=click.Path(dir_okay=False),
-              help="Only write a verdicts CSV with every answer's model, quant, question and hash filled in (the "
-                   "score left for you to fill in); FILE must not exist yet.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results document on stdout instead of the table "
-              "(several RESULTS: {\"schema\": \"qrun-bench-report\", \"documents\": [...]}).")
+@click.option(
+    "--verdicts-template",
+    "template_path",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Only write a verdicts CSV with every answer's model, quant, question and hash filled in (the "
+    "score left for you to fill in); FILE must not exist yet.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the results document on stdout instead of the table "
+    '(several RESULTS: {"schema": "qrun-bench-report", "documents": [...]}).',
+)
 def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
     """Regenerate or merge reports from saved results (e.g. runs from two machines).
 
@@ -110,7 +219,8 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
     qrun report laptop/results.json server/results.json --out compare
     qrun report bench-results/results.json --verdicts-template verdicts.csv
     """
-    from qrun.bench import report, results as results_mod
+    from qrun.bench import report
+    from qrun.bench import results as results_mod
     from qrun.bench import suite as suites
     from qrun.bench.results import write_verdicts_template
     from qrun.bench.score import load_verdicts
@@ -122,8 +232,10 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
         return
     if out_dir is None:
         if verdicts or suite:  # a re-scored report is a new result: it never lands among the bench's own files
-            raise UsageError("--verdicts and --suite re-score the saved answers into a new report",
-                             "give --out DIR for it (the bench folder's report.md and results.csv are kept)")
+            raise UsageError(
+                "--verdicts and --suite re-score the saved answers into a new report",
+                "give --out DIR for it (the bench folder's report.md and results.csv are kept)",
+            )
         out_dir = Path(results[0]).parent if len(results) == 1 else Path("bench-report")
         if out_dir.exists() and not out_dir.is_dir():  # the default name, taken by a file
             raise click.UsageError(f"{out_dir} is a file, not a folder; give --out DIR")
@@ -138,8 +250,9 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
     paths = report.write_outputs(docs, out_dir, results_json=False)
     if as_json:
         clean = [{k: v for k, v in doc.items() if not k.startswith("_")} for doc in docs]
-        _echo_json(clean[0] if len(clean) == 1 else {"schema": "qrun-bench-report", "schema_version": 1,
-                                                     "documents": clean})
+        _echo_json(
+            clean[0] if len(clean) == 1 else {"schema": "qrun-bench-report", "schema_version": 1, "documents": clean}
+        )
     else:
         click.echo(report.render_table(docs))
     click.echo(f"report: {paths['report']}, {paths['csv']}", err=True)
@@ -171,9 +284,25 @@ def score_cmd(answers, suite, verdicts, as_json):
     if as_json:
         click.echo(json.dumps(scored, ensure_ascii=False, indent=2))
         return
-    rows = [[s["line"], s["model"] or "", s["question_id"], f"{s['score']:.2f}", s["source"],
-             ", ".join(s["matched"]), ", ".join(s["contradicted"])] for s in scored]
-    click.echo(tabulate(rows, headers=["line", "model", "question", "score", "source", "matched", "contradicted"],
-                        tablefmt="simple", disable_numparse=True))
+    rows = [
+        [
+            s["line"],
+            s["model"] or "",
+            s["question_id"],
+            f"{s['score']:.2f}",
+            s["source"],
+            ", ".join(s["matched"]),
+            ", ".join(s["contradicted"]),
+        ]
+        for s in scored
+    ]
+    click.echo(
+        tabulate(
+            rows,
+            headers=["line", "model", "question", "score", "source", "matched", "contradicted"],
+            tablefmt="simple",
+            disable_numparse=True,
+        )
+    )
     if scored:
         click.echo(f"mean score: {sum(s['score'] for s in scored) / len(scored):.3f} over {len(scored)} answers")

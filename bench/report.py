@@ -15,10 +15,10 @@ from pathlib import Path
 from tabulate import tabulate
 
 from qrun import measure
-from qrun.runner import machine as machine_mod
 from qrun.bench.results import METRICS, SUMMARY_METRICS
 from qrun.errors import UsageError
 from qrun.fsutil import write_json_atomic, write_text_atomic
+from qrun.runner import machine as machine_mod
 
 _MIB = 1024 * 1024
 SHA_PREFIX_HEX = 12  # in tables; results.json and results.csv carry all 64 hex digits
@@ -63,8 +63,10 @@ def _accuracy(run: dict) -> str:
     return f"{acc:.2f}" + (f" ({verdicts} by verdict)" if verdicts else "")
 
 
-NOISE_LEGEND = ("noise: " + measure.NOISE_RULE + ". A run is NOISY when any of its samples (loads and answers) is; "
-                "NOISY k/n counts them. No sample is dropped.")
+NOISE_LEGEND = (
+    "noise: " + measure.NOISE_RULE + ". A run is NOISY when any of its samples (loads and answers) is; "
+    "NOISY k/n counts them. No sample is dropped."
+)
 
 
 def _load_cell(run: dict, with_spread: bool) -> str:
@@ -75,8 +77,22 @@ def _load_cell(run: dict, with_spread: bool) -> str:
     return cell
 
 
-SUMMARY_HEADERS = ["model", "quant", "threads", "status", "noise", "size MiB", "load s", "peak RSS MiB",
-                   "peak anon MiB", "TTFT s", "prompt tok/s", "gen tok/s", "zh chars/s", "accuracy"]
+SUMMARY_HEADERS = [
+    "model",
+    "quant",
+    "threads",
+    "status",
+    "noise",
+    "size MiB",
+    "load s",
+    "peak RSS MiB",
+    "peak anon MiB",
+    "TTFT s",
+    "prompt tok/s",
+    "gen tok/s",
+    "zh chars/s",
+    "accuracy",
+]
 
 
 def summary_rows(docs: list[dict], *, with_spread: bool = False) -> tuple[list[str], list[list[str]]]:
@@ -95,11 +111,22 @@ def summary_rows(docs: list[dict], *, with_spread: bool = False) -> tuple[list[s
                 if with_spread and cell and rng:
                     cell += f" ({rng[0]:.{digits}f}–{rng[1]:.{digits}f})"
                 speeds.append(cell)
-            rows.append(([label] if many else []) + [
-                run["model"], run["quant"], _threads(run), _status(run), measure.noise_mark(run.get("noise")),
-                _mib(run.get("gguf_size_bytes")), _load_cell(run, with_spread), _mib(run.get("peak_rss_bytes")),
-                _mib(run.get("peak_anon_bytes")),
-                *speeds, _accuracy(run)])
+            rows.append(
+                ([label] if many else [])
+                + [
+                    run["model"],
+                    run["quant"],
+                    _threads(run),
+                    _status(run),
+                    measure.noise_mark(run.get("noise")),
+                    _mib(run.get("gguf_size_bytes")),
+                    _load_cell(run, with_spread),
+                    _mib(run.get("peak_rss_bytes")),
+                    _mib(run.get("peak_anon_bytes")),
+                    *speeds,
+                    _accuracy(run),
+                ]
+            )
     return headers, rows
 
 
@@ -114,8 +141,12 @@ def _cell(text) -> str:
 
 def _md_table(rows: list[list], headers: list[str]) -> str:
     """A GitHub markdown table with every cell escaped ("|" in llama.cpp's system info, answers, hostnames...)."""
-    return tabulate([[_cell(v) for v in row] for row in rows], headers=[_cell(h) for h in headers],
-                    tablefmt="github", disable_numparse=True)
+    return tabulate(
+        [[_cell(v) for v in row] for row in rows],
+        headers=[_cell(h) for h in headers],
+        tablefmt="github",
+        disable_numparse=True,
+    )
 
 
 def render_markdown(docs: list[dict]) -> str:
@@ -123,18 +154,24 @@ def render_markdown(docs: list[dict]) -> str:
     partial = [d for d in docs if d.get("partial")]
     out = ["# qrun bench report", ""]
     if partial:
-        out += ["**PARTIAL RESULTS** — the run was interrupted (Ctrl-C); everything measured before that is below.",
-                ""]
+        out += ["**PARTIAL RESULTS** — the run was interrupted (Ctrl-C); everything measured before that is below.", ""]
     headers, rows = summary_rows(docs, with_spread=True)
-    out += ["## Summary", "",
-            "Medians over questions of each question's median over repetitions; in brackets the range over every "
-            "repetition. *load s*: median of one fresh load per repetition. Times in seconds, memory in MiB "
-            "(1 MiB = 2^20 bytes). *peak RSS* includes the mmap'd GGUF "
-            "(file-backed page cache); *peak anon* is anonymous memory only (repacked weights, KV cache, buffers). "
-            "*zh chars/s*: Chinese characters of the answer per second of decoding. *accuracy*: mean rubric score "
-            "0..1 (human verdicts where marked). The raw measurement of every repetition is in measurements.jsonl "
-            "next to results.json, written line by line as it is taken: the record that survives a crash.", "",
-            _md_table(rows, headers), "", f"*{NOISE_LEGEND}*", ""]
+    out += [
+        "## Summary",
+        "",
+        "Medians over questions of each question's median over repetitions; in brackets the range over every "
+        "repetition. *load s*: median of one fresh load per repetition. Times in seconds, memory in MiB "
+        "(1 MiB = 2^20 bytes). *peak RSS* includes the mmap'd GGUF "
+        "(file-backed page cache); *peak anon* is anonymous memory only (repacked weights, KV cache, buffers). "
+        "*zh chars/s*: Chinese characters of the answer per second of decoding. *accuracy*: mean rubric score "
+        "0..1 (human verdicts where marked). The raw measurement of every repetition is in measurements.jsonl "
+        "next to results.json, written line by line as it is taken: the record that survives a crash.",
+        "",
+        _md_table(rows, headers),
+        "",
+        f"*{NOISE_LEGEND}*",
+        "",
+    ]
     failed = [(label, run) for label, doc in zip(labels, docs) for run in doc.get("runs", []) if run.get("failure")]
     if failed:
         out += ["## Failures", ""]
@@ -172,8 +209,10 @@ def unmatched_verdicts(docs: list[dict]) -> list[dict]:
 def unmatched_line(unmatched: list[dict], report_path) -> str:
     """One stderr line naming the verdicts that matched nothing."""
     lines = ", ".join(str(v["line"]) for v in unmatched)
-    return (f"warning: {len(unmatched)} verdict(s) matched no answer (line(s) {lines}); why each did not is under "
-            f"\"Verdicts that matched nothing\" in {report_path}")
+    return (
+        f"warning: {len(unmatched)} verdict(s) matched no answer (line(s) {lines}); why each did not is under "
+        f'"Verdicts that matched nothing" in {report_path}'
+    )
 
 
 def _unmatched_section(docs: list[dict]) -> list[str]:
@@ -181,34 +220,68 @@ def _unmatched_section(docs: list[dict]) -> list[str]:
     if not unmatched:
         return []
     files = sorted({str(d["verdicts"]) for d in docs if d.get("verdicts")})
-    rows = [[v["line"], v["model"], v["quant"], v["question_id"], v.get("answer_sha256") or "", v["score"],
-             v["reason"]] for v in unmatched]
-    return ["## Verdicts that matched nothing", "",
-            f"These lines of {', '.join(files) or 'the verdicts file'} applied to no answer; the rubric's score "
-            "stands there.", "",
-            _md_table(rows, ["line", "model", "quant", "question", "answer_sha256", "score", "why"]), ""]
+    rows = [
+        [v["line"], v["model"], v["quant"], v["question_id"], v.get("answer_sha256") or "", v["score"], v["reason"]]
+        for v in unmatched
+    ]
+    return [
+        "## Verdicts that matched nothing",
+        "",
+        f"These lines of {', '.join(files) or 'the verdicts file'} applied to no answer; the rubric's score "
+        "stands there.",
+        "",
+        _md_table(rows, ["line", "model", "quant", "question", "answer_sha256", "score", "why"]),
+        "",
+    ]
 
 
 def _machine_section(label: str, doc: dict) -> list[str]:
     m, c = doc.get("machine", {}), doc.get("config", {})
     cores = f"{m.get('physical_cores')} physical / {m.get('logical_cores')} logical"
-    rows = [["CPU", m.get("cpu_model")], ["cores", cores],
-            ["CPU flags", " ".join(map(str, m.get("cpu_flags") or []))], ["RAM", f"{(m.get('ram_bytes') or 0) / 2**30:.1f} GiB"],
-            ["OS", m.get("os")], ["Python", m.get("python")], ["llama-cpp-python", m.get("llama_cpp_python")],
-            ["llama.cpp system info", m.get("llama_cpp_system_info")], ["qrun", doc.get("qrun_version")],
-            ["load average at start", " ".join(map(str, m.get("loadavg_at_start") or []))],
-            ["started / finished (UTC)", f"{doc.get('created_utc')} / {doc.get('finished_utc') or 'not finished'}"],
-            ["decoding", f"greedy (temperature {c.get('temperature')}), seed {c.get('seed')}, "
-                         f"max {c.get('max_tokens')} tokens, {c.get('warmup_tokens')}-token warm-up, "
-                         f"{c.get('repeat')} repetition(s)"],
-            ["suite", (doc.get("suite") or {}).get("name")]]
-    runs = [[r["run_id"], r.get("gguf"), _sha_prefix(r), _mib(r.get("gguf_size_bytes")),
-             json.dumps(r.get("effective_settings") or r.get("settings") or {}, sort_keys=True)]
-            for r in doc.get("runs", [])]
-    return [f"## Machine: {label}", "", "```", doc.get("command") or "(command not recorded)", "```", "",
-            _md_table(rows, ["", ""]), "",
-            "Settings llama.cpp got, per run:", "",
-            _md_table(runs, ["run", "GGUF", "sha256 (hashed from the file)", "size MiB", "settings"]), ""]
+    rows = [
+        ["CPU", m.get("cpu_model")],
+        ["cores", cores],
+        ["CPU flags", " ".join(map(str, m.get("cpu_flags") or []))],
+        ["RAM", f"{(m.get('ram_bytes') or 0) / 2**30:.1f} GiB"],
+        ["OS", m.get("os")],
+        ["Python", m.get("python")],
+        ["llama-cpp-python", m.get("llama_cpp_python")],
+        ["llama.cpp system info", m.get("llama_cpp_system_info")],
+        ["qrun", doc.get("qrun_version")],
+        ["load average at start", " ".join(map(str, m.get("loadavg_at_start") or []))],
+        ["started / finished (UTC)", f"{doc.get('created_utc')} / {doc.get('finished_utc') or 'not finished'}"],
+        [
+            "decoding",
+            f"greedy (temperature {c.get('temperature')}), seed {c.get('seed')}, "
+            f"max {c.get('max_tokens')} tokens, {c.get('warmup_tokens')}-token warm-up, "
+            f"{c.get('repeat')} repetition(s)",
+        ],
+        ["suite", (doc.get("suite") or {}).get("name")],
+    ]
+    runs = [
+        [
+            r["run_id"],
+            r.get("gguf"),
+            _sha_prefix(r),
+            _mib(r.get("gguf_size_bytes")),
+            json.dumps(r.get("effective_settings") or r.get("settings") or {}, sort_keys=True),
+        ]
+        for r in doc.get("runs", [])
+    ]
+    return [
+        f"## Machine: {label}",
+        "",
+        "```",
+        doc.get("command") or "(command not recorded)",
+        "```",
+        "",
+        _md_table(rows, ["", ""]),
+        "",
+        "Settings llama.cpp got, per run:",
+        "",
+        _md_table(runs, ["run", "GGUF", "sha256 (hashed from the file)", "size MiB", "settings"]),
+        "",
+    ]
 
 
 def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
@@ -240,29 +313,53 @@ def _questions_section(docs: list[dict], labels: list[str]) -> list[str]:
                     speed += f" NOISY {noisy}/{len(answer['repetitions'])}"
                 score_cell = _num(sc.get("score")) + (" (verdict)" if sc.get("source") == "verdict" else "")
                 criteria = ", ".join(sc.get("matched", [])) + (
-                    "; contradicted: " + ", ".join(sc["contradicted"]) if sc.get("contradicted") else "")
+                    "; contradicted: " + ", ".join(sc["contradicted"]) if sc.get("contradicted") else ""
+                )
                 text = answer["answer"]
                 if "max_tokens" in (answer.get("stop_reason") or ""):  # the limit, not the model, ended it
                     limit = (doc.get("config") or {}).get("max_tokens") or int(med.get("gen_tokens", 0))
                     text += f" (cut at {limit} tokens)"
-                rows.append([who, score_cell, criteria,
-                             f"{int(med.get('gen_tokens', 0))} ({answer.get('stop_reason')})", speed, text])
-        out += [_md_table(rows, ["run", "score", "criteria matched", "gen tokens (stop)", "gen tok/s", "answer"]),
-                ""]
+                rows.append(
+                    [
+                        who,
+                        score_cell,
+                        criteria,
+                        f"{int(med.get('gen_tokens', 0))} ({answer.get('stop_reason')})",
+                        speed,
+                        text,
+                    ]
+                )
+        out += [_md_table(rows, ["run", "score", "criteria matched", "gen tokens (stop)", "gen tok/s", "answer"]), ""]
     return out
 
 
-CSV_RUN_FIELDS = ["machine", "run_id", "model", "quant", "status", "settings", "gguf_size_bytes", "load_s",
-                  "peak_rss_bytes", "peak_anon_bytes", "gguf_sha256"]
+CSV_RUN_FIELDS = [
+    "machine",
+    "run_id",
+    "model",
+    "quant",
+    "status",
+    "settings",
+    "gguf_size_bytes",
+    "load_s",
+    "peak_rss_bytes",
+    "peak_anon_bytes",
+    "gguf_sha256",
+]
 CSV_NOISE_FIELDS = ["load_s_min", "load_s_max", "load_samples", "run_noisy_samples", "run_samples", "noisy_repetitions"]
 
 
 def render_csv(docs: list[dict]) -> str:
     """One row per (machine, run, question): medians of every metric, the score and its source."""
     buf = io.StringIO()
-    fields = CSV_RUN_FIELDS + CSV_NOISE_FIELDS + \
-        ["question_id", "answer_sha256", "score", "score_source", "stop_reason", "repetitions"] + \
-        [f"{m}_median" for m in METRICS] + [f"{m}_min" for m in METRICS] + [f"{m}_max" for m in METRICS]
+    fields = (
+        CSV_RUN_FIELDS
+        + CSV_NOISE_FIELDS
+        + ["question_id", "answer_sha256", "score", "score_source", "stop_reason", "repetitions"]
+        + [f"{m}_median" for m in METRICS]
+        + [f"{m}_min" for m in METRICS]
+        + [f"{m}_max" for m in METRICS]
+    )
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for label, doc in zip(_machine_labels(docs), docs):
@@ -270,17 +367,26 @@ def render_csv(docs: list[dict]) -> str:
             base = {k: run.get(k) for k in CSV_RUN_FIELDS if k in run}
             base.update(machine=label, settings=json.dumps(run.get("settings", {}), sort_keys=True))
             load_spread, noise = run.get("load_spread") or {}, run.get("noise") or {}
-            base.update(load_s_min=load_spread.get("min"), load_s_max=load_spread.get("max"),
-                        load_samples=load_spread.get("n"), run_noisy_samples=noise.get("noisy"),
-                        run_samples=noise.get("samples"))
+            base.update(
+                load_s_min=load_spread.get("min"),
+                load_s_max=load_spread.get("max"),
+                load_samples=load_spread.get("n"),
+                run_noisy_samples=noise.get("noisy"),
+                run_samples=noise.get("samples"),
+            )
             for q in run["questions"] or [{}]:
                 row = dict(base)
                 if q:
                     sc = q.get("score") or {}
-                    row.update(question_id=q["question_id"], answer_sha256=q.get("answer_sha256"),
-                               score=sc.get("score"), score_source=sc.get("source"),
-                               stop_reason=q.get("stop_reason"), repetitions=len(q.get("repetitions", [])),
-                               noisy_repetitions=measure.count_noisy(q.get("repetitions", []))["noisy"])
+                    row.update(
+                        question_id=q["question_id"],
+                        answer_sha256=q.get("answer_sha256"),
+                        score=sc.get("score"),
+                        score_source=sc.get("source"),
+                        stop_reason=q.get("stop_reason"),
+                        repetitions=len(q.get("repetitions", [])),
+                        noisy_repetitions=measure.count_noisy(q.get("repetitions", []))["noisy"],
+                    )
                     for m in METRICS:
                         if m in q.get("median", {}):
                             row[f"{m}_median"] = q["median"][m]
@@ -299,9 +405,11 @@ def check_report_folder(out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     taken = [name for name in ("report.md", "results.csv") if (out_dir / name).exists()]
     if (out_dir / "results.json").exists() and taken:
-        raise UsageError(f"{out_dir} holds the results of a `qrun bench` run; its {' and '.join(taken)} "
-                         f"{'are' if len(taken) > 1 else 'is'} kept as written",
-                         "give --out NEW_DIR for the new report")
+        raise UsageError(
+            f"{out_dir} holds the results of a `qrun bench` run; its {' and '.join(taken)} "
+            f"{'are' if len(taken) > 1 else 'is'} kept as written",
+            "give --out NEW_DIR for the new report",
+        )
 
 
 def write_outputs(docs: list[dict], out_dir: str | Path, *, results_json: bool) -> dict[str, Path]:

@@ -44,18 +44,35 @@ from qrun.fsutil import read_input_text, write_text_atomic
 
 SCHEMA = "qrun-bench-results"
 SCHEMA_VERSION = 1
-METRICS = ("prompt_tokens", "ttft_s", "prompt_tokens_per_s", "gen_tokens", "gen_tokens_per_s", "total_s",
-           "zh_chars", "zh_chars_per_s", "loadavg_1m")
+METRICS = (
+    "prompt_tokens",
+    "ttft_s",
+    "prompt_tokens_per_s",
+    "gen_tokens",
+    "gen_tokens_per_s",
+    "total_s",
+    "zh_chars",
+    "zh_chars_per_s",
+    "loadavg_1m",
+)
 SUMMARY_METRICS = ("ttft_s", "prompt_tokens_per_s", "gen_tokens_per_s", "zh_chars_per_s")
 
 
 def new_document(*, command: str, machine: dict, suite: Suite, verdicts_path: str | None, config: dict) -> dict:
     return {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "qrun_version": __version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "finished_utc": None, "partial": False,
-        "command": command, "machine": machine, "config": config,
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "qrun_version": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_utc": None,
+        "partial": False,
+        "command": command,
+        "machine": machine,
+        "config": config,
         "suite": {"name": suite.name, "path": str(suite.path), "definition": suite.raw},
-        "verdicts": verdicts_path, "verdicts_unmatched": [], "runs": [],
+        "verdicts": verdicts_path,
+        "verdicts_unmatched": [],
+        "runs": [],
     }
 
 
@@ -75,8 +92,12 @@ def read_stream(path: Path) -> list[dict]:
 
 
 def spread(values: list[float]) -> dict:
-    return {"min": min(values), "max": max(values),
-            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    return {
+        "min": min(values),
+        "max": max(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
 
 
 def _question(qid: str, reps: list[dict], suite: Suite | None) -> dict:
@@ -92,11 +113,17 @@ def _question(qid: str, reps: list[dict], suite: Suite | None) -> dict:
     if suite is not None:
         result = score(suite.question(qid), answer)
     stops = sorted({r["stop_reason"] for r in reps})
-    return {"question_id": qid, "answer": answer, "answer_sha256": verdicts_mod.answer_sha256(answer),
-            "answers_identical": all(r["answer"] == answer for r in reps),
-            "score": result.to_dict() if result else None, "stop_reason": "/".join(stops),
-            "median": median, "spread": spreads,
-            "repetitions": [{k: v for k, v in r.items() if k not in ("run_id", "event")} for r in reps]}
+    return {
+        "question_id": qid,
+        "answer": answer,
+        "answer_sha256": verdicts_mod.answer_sha256(answer),
+        "answers_identical": all(r["answer"] == answer for r in reps),
+        "score": result.to_dict() if result else None,
+        "stop_reason": "/".join(stops),
+        "median": median,
+        "spread": spreads,
+        "repetitions": [{k: v for k, v in r.items() if k not in ("run_id", "event")} for r in reps],
+    }
 
 
 def _median_of(questions: list[dict], metric: str):
@@ -118,8 +145,9 @@ def summarize(run: dict) -> dict:
     return summary
 
 
-def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Suite | None,
-              verdicts: verdicts_mod.Verdicts | None) -> dict:
+def build_run(
+    run_id: str, lines: list[dict], *, failure: dict | None, suite: Suite | None, verdicts: verdicts_mod.Verdicts | None
+) -> dict:
     """One run's record from the measurement lines (whatever got measured before a crash counts)."""
     mine = [line for line in lines if line.get("run_id") == run_id]
     first = {}
@@ -135,21 +163,29 @@ def build_run(run_id: str, lines: list[dict], *, failure: dict | None, suite: Su
     order = [q.id for q in suite.questions] if suite else list(reps_by_q)
     questions = [_question(qid, reps_by_q[qid], suite) for qid in order if qid in reps_by_q]
     peaks = [line for line in mine if "peak_rss_bytes" in line]
-    status = "ok" if first["done"] and not failure else ("interrupted" if failure and failure.get("interrupted")
-                                                         else "failed")
+    status = (
+        "ok"
+        if first["done"] and not failure
+        else ("interrupted" if failure and failure.get("interrupted") else "failed")
+    )
     if status == "ok" and len(questions) < len(order):
         status = "failed"
     run = {
-        "run_id": run_id, "model": model, "quant": quant, "gguf": start.get("gguf"),
+        "run_id": run_id,
+        "model": model,
+        "quant": quant,
+        "gguf": start.get("gguf"),
         "gguf_size_bytes": first["identity"].get("gguf_size_bytes", start.get("gguf_size_bytes")),
         # hashed from the file by the worker before loading it (qrun.bench.worker.file_identity)
-        "gguf_sha256": first["identity"].get("gguf_sha256"), "gguf_sha256_s": first["identity"].get("gguf_sha256_s"),
+        "gguf_sha256": first["identity"].get("gguf_sha256"),
+        "gguf_sha256_s": first["identity"].get("gguf_sha256_s"),
         "manifest_sha256_matches": first["identity"].get("manifest_sha256_matches"),
         "quant_in_file": first["load"].get("quant_in_file"),
         "settings": start.get("settings", {}),
         "effective_settings": first["load"].get("effective_settings"),
         "settings_source": start.get("settings_source"),
-        "status": status, "failure": failure,
+        "status": status,
+        "failure": failure,
         **load_figures(loads),
         "peak_rss_bytes": max((p["peak_rss_bytes"] for p in peaks), default=None),
         "peak_anon_bytes": max((p["peak_anon_bytes"] for p in peaks), default=None),
@@ -172,9 +208,11 @@ _LOAD_SAMPLE_SKIP = ("run_id", "event", "effective_settings", "model_detected")
 def load_figures(loads: list[dict]) -> dict:
     """load_s (median over the fresh loads, one per repetition), load_spread and every load sample."""
     values = [line["load_s"] for line in loads if isinstance(line.get("load_s"), (int, float))]
-    return {"load_s": statistics.median(values) if values else None,
-            "load_spread": spread(values) if values else None,
-            "load_samples": [{k: v for k, v in line.items() if k not in _LOAD_SAMPLE_SKIP} for line in loads]}
+    return {
+        "load_s": statistics.median(values) if values else None,
+        "load_spread": spread(values) if values else None,
+        "load_samples": [{k: v for k, v in line.items() if k not in _LOAD_SAMPLE_SKIP} for line in loads],
+    }
 
 
 def noise_summary(samples: list[dict]) -> dict:
@@ -209,7 +247,7 @@ def apply_verdicts(runs: list[dict], verdicts: verdicts_mod.Verdicts | None) -> 
     scored = [(run, q) for run in runs for q in run["questions"] if q.get("score")]
     answers = [verdicts_mod.Answer(run["model"], run["quant"], q["question_id"], q["answer"]) for run, q in scored]
     chosen, unmatched = verdicts.resolve(answers)
-    for (run, q), verdict in zip(scored, chosen):
+    for (_run, q), verdict in zip(scored, chosen):
         q["score"] = apply_verdict(ScoreResult.from_dict(q["score"]), verdict).to_dict()
     for run in runs:
         run["summary"].update(accuracy=summarize(run)["accuracy"])
@@ -225,9 +263,18 @@ def write_verdicts_template(docs: list[dict], path: str | Path) -> Path:
     path = Path(path)
     if path.exists():
         raise UsageError(f"{path} already exists", "give --verdicts-template a new file name")
-    rows = [{"model": run["model"], "quant": run["quant"], "question_id": q["question_id"], "answer": q["answer"],
-             "rubric_score": ScoreResult.from_dict(q["score"]).rubric().score if q.get("score") else None}
-            for doc in docs for run in doc.get("runs", []) for q in run["questions"]]
+    rows = [
+        {
+            "model": run["model"],
+            "quant": run["quant"],
+            "question_id": q["question_id"],
+            "answer": q["answer"],
+            "rubric_score": ScoreResult.from_dict(q["score"]).rubric().score if q.get("score") else None,
+        }
+        for doc in docs
+        for run in doc.get("runs", [])
+        for q in run["questions"]
+    ]
     write_text_atomic(path, verdicts_mod.template(rows))
     return path
 
@@ -238,19 +285,25 @@ def load(path: str | Path) -> dict:
     try:
         doc = json.loads(read_input_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BenchError(f"cannot read results file {path}: {err}", "give a results.json written by `qrun bench`")
+        raise BenchError(
+            f"cannot read results file {path}: {err}", "give a results.json written by `qrun bench`"
+        ) from None
     except RecursionError:  # "[[[[..." nested deeper than Python's parser goes
-        raise BenchError(f"cannot read results file {path}: JSON nested too deeply",
-                         "give a results.json written by `qrun bench`") from None
+        raise BenchError(
+            f"cannot read results file {path}: JSON nested too deeply", "give a results.json written by `qrun bench`"
+        ) from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise BenchError(f"{path} is not a qrun bench results file", "give a results.json written by `qrun bench`")
     version = doc.get("schema_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
-        raise BenchError(f"{path} is damaged: field schema_version is {version!r}, not a whole number",
-                         "re-run `qrun bench` to write it again, or restore the file from a copy")
+        raise BenchError(
+            f"{path} is damaged: field schema_version is {version!r}, not a whole number",
+            "re-run `qrun bench` to write it again, or restore the file from a copy",
+        )
     if version > SCHEMA_VERSION:
-        raise BenchError(f"{path} has results schema {doc['schema_version']}; this qrun reads up to {SCHEMA_VERSION}",
-                         "upgrade qrun")
+        raise BenchError(
+            f"{path} has results schema {doc['schema_version']}; this qrun reads up to {SCHEMA_VERSION}", "upgrade qrun"
+        )
     _check(doc, path)
     doc.setdefault("_path", str(path))
     return doc
@@ -260,30 +313,65 @@ def load(path: str | Path) -> dict:
 # instead of with a KeyError deep in qrun.bench.report. Types: a tuple allows each; None in it allows null/absent.
 _NUM = (int, float)
 _TYPE_NAMES = {list: "a list", dict: "an object", str: "a string", int: "a number", float: "a number"}
-_DOC_FIELDS = {"runs": (list,), "machine": (dict,), "config": (dict,), "suite": (dict, None),
-               "command": (str, None), "created_utc": (str, None), "finished_utc": (str, None),
-               "verdicts_unmatched": (list, None)}
+_DOC_FIELDS = {
+    "runs": (list,),
+    "machine": (dict,),
+    "config": (dict,),
+    "suite": (dict, None),
+    "command": (str, None),
+    "created_utc": (str, None),
+    "finished_utc": (str, None),
+    "verdicts_unmatched": (list, None),
+}
 _MACHINE_FIELDS = {"ram_bytes": (int, None), "cpu_flags": (list, None), "loadavg_at_start": (list, None)}
-_SUMMARY_FIELDS = {**{m: (*_NUM, None) for m in SUMMARY_METRICS}, "accuracy": (*_NUM, None),
-                   "range": (dict, None)}
-_RUN_FIELDS = {"run_id": (str,), "model": (str,), "quant": (str,), "status": (str,), "summary": (dict,),
-               "questions": (list,), "settings": (dict, None), "effective_settings": (dict, None),
-               "failure": (dict, None), "gguf": (str, None), "gguf_size_bytes": (int, None), "load_s": (*_NUM, None),
-               "gguf_sha256": (str, None),
-               "load_spread": (dict, None), "load_samples": (list, None), "noise": (dict, None),
-               "peak_rss_bytes": (int, None), "peak_anon_bytes": (int, None)}
-_QUESTION_FIELDS = {"question_id": (str,), "answer": (str,), "median": (dict,), "spread": (dict,),
-                    "repetitions": (list,), "score": (dict, None), "stop_reason": (str, None)}
-_SCORE_FIELDS = {"question_id": (str,), "score": _NUM, "matched": (list,), "contradicted": (list,),
-                 "criteria": (list,), "source": (str, None)}
+_SUMMARY_FIELDS = {**{m: (*_NUM, None) for m in SUMMARY_METRICS}, "accuracy": (*_NUM, None), "range": (dict, None)}
+_RUN_FIELDS = {
+    "run_id": (str,),
+    "model": (str,),
+    "quant": (str,),
+    "status": (str,),
+    "summary": (dict,),
+    "questions": (list,),
+    "settings": (dict, None),
+    "effective_settings": (dict, None),
+    "failure": (dict, None),
+    "gguf": (str, None),
+    "gguf_size_bytes": (int, None),
+    "load_s": (*_NUM, None),
+    "gguf_sha256": (str, None),
+    "load_spread": (dict, None),
+    "load_samples": (list, None),
+    "noise": (dict, None),
+    "peak_rss_bytes": (int, None),
+    "peak_anon_bytes": (int, None),
+}
+_QUESTION_FIELDS = {
+    "question_id": (str,),
+    "answer": (str,),
+    "median": (dict,),
+    "spread": (dict,),
+    "repetitions": (list,),
+    "score": (dict, None),
+    "stop_reason": (str, None),
+}
+_SCORE_FIELDS = {
+    "question_id": (str,),
+    "score": _NUM,
+    "matched": (list,),
+    "contradicted": (list,),
+    "criteria": (list,),
+    "source": (str, None),
+}
 
 
 def _check(doc: dict, path: Path) -> None:
     """Raises BenchError naming the file and the first field that a results.json written by qrun would not have."""
 
     def fail(field: str, problem: str):
-        raise BenchError(f"{path} is damaged: field {field} {problem}",
-                         "re-run `qrun bench` to write it again, or restore the file from a copy")
+        raise BenchError(
+            f"{path} is damaged: field {field} {problem}",
+            "re-run `qrun bench` to write it again, or restore the file from a copy",
+        )
 
     def fields(obj: dict, spec: dict, where: str) -> None:
         for key, types in spec.items():
@@ -299,14 +387,19 @@ def _check(doc: dict, path: Path) -> None:
     fields(doc, _DOC_FIELDS, "")
     fields(doc["machine"], _MACHINE_FIELDS, "machine.")
     for i, verdict in enumerate(doc.get("verdicts_unmatched") or []):
-        if not isinstance(verdict, dict) or isinstance(verdict.get("line"), bool) or not isinstance(
-                verdict.get("line"), int):
+        if (
+            not isinstance(verdict, dict)
+            or isinstance(verdict.get("line"), bool)
+            or not isinstance(verdict.get("line"), int)
+        ):
             fail(f"verdicts_unmatched[{i}]", "is not a verdict with its CSV line number")
     definition = (doc.get("suite") or {}).get("definition")
-    if definition is not None and (not isinstance(definition, dict) or not isinstance(
-            definition.get("questions", []), list) or not all(isinstance(q, dict) and isinstance(q.get("id"), str)
-                                                            for q in definition.get("questions", []))):
-        fail("suite.definition", "is not a suite (an object whose \"questions\" each have an \"id\")")
+    if definition is not None and (
+        not isinstance(definition, dict)
+        or not isinstance(definition.get("questions", []), list)
+        or not all(isinstance(q, dict) and isinstance(q.get("id"), str) for q in definition.get("questions", []))
+    ):
+        fail("suite.definition", 'is not a suite (an object whose "questions" each have an "id")')
     for r, run in enumerate(doc["runs"]):
         where = f"runs[{r}]."
         if not isinstance(run, dict):
@@ -328,9 +421,12 @@ def _check(doc: dict, path: Path) -> None:
                 if metric not in q["spread"]:
                     fail(f"{qwhere}.spread.{metric}", "is missing (the median has it)")
             for metric, s in q["spread"].items():
-                if not (isinstance(s, dict) and all(isinstance(s.get(k), _NUM) for k in ("min", "max"))
-                        and isinstance(s.get("n", 1), int)):
-                    fail(f"{qwhere}.spread.{metric}", "is not an object with numbers \"min\", \"max\" and \"n\"")
+                if not (
+                    isinstance(s, dict)
+                    and all(isinstance(s.get(k), _NUM) for k in ("min", "max"))
+                    and isinstance(s.get("n", 1), int)
+                ):
+                    fail(f"{qwhere}.spread.{metric}", 'is not an object with numbers "min", "max" and "n"')
             if not all(isinstance(r, dict) for r in q["repetitions"]):
                 fail(f"{qwhere}.repetitions", "is not a list of objects")
             if "score" not in q:
@@ -339,7 +435,7 @@ def _check(doc: dict, path: Path) -> None:
                 fields(q["score"], _SCORE_FIELDS, f"{qwhere}.score.")
                 for c, criterion in enumerate(q["score"]["criteria"]):
                     if not (isinstance(criterion, dict) and isinstance(criterion.get("id"), str)):
-                        fail(f"{qwhere}.score.criteria[{c}]", "is not a criterion result with an \"id\"")
+                        fail(f"{qwhere}.score.criteria[{c}]", 'is not a criterion result with an "id"')
                 try:
                     ScoreResult.from_dict(q["score"])
                 except (TypeError, KeyError, ValueError) as err:

@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qrun import child, lifeline, registry, settings
-from qrun.bench import report, results as results_mod
-from qrun.runner import machine, resolve
+from qrun.bench import report
+from qrun.bench import results as results_mod
 from qrun.bench import suite as suites
 from qrun.bench.score import load_verdicts
 from qrun.errors import BenchError, UsageError
+from qrun.runner import machine, resolve
 
 DEFAULT_OUT_DIR = Path("bench-results")  # under the current directory
 # the answer limit `qrun ask` uses for every model (registry GenerationDefaults.max_tokens, from Qwen-7B-Chat's
@@ -66,16 +67,25 @@ class BenchConfig:
     command: str = ""
 
 
-def load_settings(*, threads_batch: int | None = None, repack: bool | None = None, flash_attn: bool | None = None,
-                  kv_type: str | None = None) -> dict:
+def load_settings(
+    *,
+    threads_batch: int | None = None,
+    repack: bool | None = None,
+    flash_attn: bool | None = None,
+    kv_type: str | None = None,
+) -> dict:
     """Load-setting flags beyond threads/ctx/mmap that a bench run resolves for every worker (only those given)."""
-    given = {"n_threads_batch": resolve.check_threads(threads_batch, flag="--threads-batch"), "repack": repack,
-             "flash_attn": flash_attn, "kv_type": resolve.check_kv_type(kv_type)}
+    given = {
+        "n_threads_batch": resolve.check_threads(threads_batch, flag="--threads-batch"),
+        "repack": repack,
+        "flash_attn": flash_attn,
+        "kv_type": resolve.check_kv_type(kv_type),
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
 def parse_threads(value: str | None) -> list[int]:
-    """"1,2" -> [1, 2]; 0 = the physical core count (as in ask/chat/convert); None/"" -> [].
+    """ "1,2" -> [1, 2]; 0 = the physical core count (as in ask/chat/convert); None/"" -> [].
 
     Raises:
         UsageError: anything but whole numbers from 0 to settings.max_threads().
@@ -103,9 +113,11 @@ def find_targets(models: list[str], *, quant: str | None, ggufs: Path) -> list[T
     quant_hint = f" --quant {quant}" if quant else ""
     if not models:
         if not converted:
-            raise BenchError(f"no converted models{' in ' + quant if quant else ''} in {ggufs}",
-                             f"convert one first, e.g. `qrun convert chatglm3{quant_hint}`"
-                             f" (or point --ggufs / QRUN_GGUF_DIR at the folder holding them)")
+            raise BenchError(
+                f"no converted models{' in ' + quant if quant else ''} in {ggufs}",
+                f"convert one first, e.g. `qrun convert chatglm3{quant_hint}`"
+                f" (or point --ggufs / QRUN_GGUF_DIR at the folder holding them)",
+            )
         return converted
     targets = []
     for name in models:
@@ -117,8 +129,10 @@ def find_targets(models: list[str], *, quant: str | None, ggufs: Path) -> list[T
         spec = registry.get(name)
         mine = [t for t in converted if t.model == spec.name]
         if not mine:
-            raise BenchError(f"{spec.name} has no{quant_hint.replace(' --quant', '')} GGUF in {ggufs}",
-                             f"run `qrun convert {spec.aliases[0] if spec.aliases else spec.name}{quant_hint}`")
+            raise BenchError(
+                f"{spec.name} has no{quant_hint.replace(' --quant', '')} GGUF in {ggufs}",
+                f"run `qrun convert {spec.aliases[0] if spec.aliases else spec.name}{quant_hint}`",
+            )
         targets.extend(mine)
     return targets
 
@@ -127,8 +141,12 @@ def _meaningful_line(lines) -> str:
     """The line that says why a worker died: its own "Error:" line, a C++ abort message, else the last line."""
     lines = [line.strip() for line in lines if line.strip()]
     for line in reversed(lines):
-        if line.startswith("Error:") or "what():" in line or line.startswith("terminate called") or \
-                re.match(r"^\w*(Error|Exception)\b", line):
+        if (
+            line.startswith("Error:")
+            or "what():" in line
+            or line.startswith("terminate called")
+            or re.match(r"^\w*(Error|Exception)\b", line)
+        ):
             return line
     return lines[-1] if lines else ""
 
@@ -157,25 +175,39 @@ def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dic
     cores = settings.physical_cores()
     for n in threads:
         if n > cores:
-            progress(f"warning: --threads {n} is more than this machine's {cores} physical cores; llama.cpp slows "
-                     f"down sharply above the core count (see PERF-FACTS) — measuring it anyway")
+            progress(
+                f"warning: --threads {n} is more than this machine's {cores} physical cores; llama.cpp slows "
+                f"down sharply above the core count (see PERF-FACTS) — measuring it anyway"
+            )
     out_dir = Path(config.out_dir) if config.out_dir else DEFAULT_OUT_DIR
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file, not a folder", "give --out a folder (new or existing)")
     _refuse_earlier_results(out_dir, force=force)  # before anything is created
 
     doc = results_mod.new_document(
-        command=config.command, machine=machine.fingerprint(), suite=suite, verdicts_path=config.verdicts,
-        config={"max_tokens": config.max_tokens, "repeat": config.repeat, "warmup_tokens": WARMUP_TOKENS,
-                "temperature": 0.0, "seed": settings.DEFAULT_SEED, "threads": threads, "quant": config.quant,
-                "ggufs_dir": str(ggufs)})
+        command=config.command,
+        machine=machine.fingerprint(),
+        suite=suite,
+        verdicts_path=config.verdicts,
+        config={
+            "max_tokens": config.max_tokens,
+            "repeat": config.repeat,
+            "warmup_tokens": WARMUP_TOKENS,
+            "temperature": 0.0,
+            "seed": settings.DEFAULT_SEED,
+            "threads": threads,
+            "quant": config.quant,
+            "ggufs_dir": str(ggufs),
+        },
+    )
     # per target: flags, then QRUN_*, then the tuning profile's "chat" settings (bench answers are chat-shaped)
     plan = [(t, _load_settings(config, t, n, progress)) for t in targets for n in threads]
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise BenchError(f"cannot create --out {out_dir}: {err.strerror or err}",
-                         "give --out a folder you can write to") from None
+        raise BenchError(
+            f"cannot create --out {out_dir}: {err.strerror or err}", "give --out a folder you can write to"
+        ) from None
     with lifeline.owned_folder(out_dir, what="`qrun bench`", lock_name=LOCK_NAME):
         _refuse_earlier_results(out_dir, force=force)  # again, now that no other run can be writing there
         _remove_leftovers(out_dir, progress)
@@ -187,12 +219,15 @@ def _refuse_earlier_results(out_dir: Path, *, force: bool) -> None:
     if force:
         return
     if (out_dir / "results.json").exists():  # earlier results are worth more than a default path
-        raise UsageError(f"{out_dir / 'results.json'} already holds earlier results",
-                         "give --out NEW_DIR, or --force to replace them")
+        raise UsageError(
+            f"{out_dir / 'results.json'} already holds earlier results",
+            "give --out NEW_DIR, or --force to replace them",
+        )
     stream = out_dir / STREAM_NAME
     if stream.is_file() and stream.stat().st_size > 0:  # e.g. a `qrun bench` killed during its first worker
-        raise UsageError(f"{stream} holds the measurements of an earlier run",
-                         "give --out NEW_DIR, or --force to replace them")
+        raise UsageError(
+            f"{stream} holds the measurements of an earlier run", "give --out NEW_DIR, or --force to replace them"
+        )
 
 
 def _remove_leftovers(out_dir: Path, progress) -> None:
@@ -214,19 +249,28 @@ def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, pr
     jobs_dir.mkdir(exist_ok=True)
     failures: dict[str, dict] = {}
     run_ids: list[str] = []
-    progress(f"qrun bench: {len(plan)} run(s) of suite {suite.name!r} ({len(suite.questions)} questions), "
-             f"results in {out_dir}/")
+    progress(
+        f"qrun bench: {len(plan)} run(s) of suite {suite.name!r} ({len(suite.questions)} questions), "
+        f"results in {out_dir}/"
+    )
     worker = None
     try:
         for index, (target, load) in enumerate(plan, start=1):
             run_id = f"{target.model}/{target.quant}/t{load.n_threads}"
             run_ids.append(run_id)
             job = {
-                "run_id": run_id, "model": target.model, "quant": target.quant, "gguf": str(target.gguf.resolve()),
-                "settings": load.to_dict(), "settings_source": load.sources,
+                "run_id": run_id,
+                "model": target.model,
+                "quant": target.quant,
+                "gguf": str(target.gguf.resolve()),
+                "settings": load.to_dict(),
+                "settings_source": load.sources,
                 "questions": [{"id": q.id, "text": q.text} for q in suite.questions],
-                "max_tokens": config.max_tokens, "repeat": config.repeat, "warmup_tokens": WARMUP_TOKENS,
-                "seed": settings.DEFAULT_SEED, "results_path": str(stream_path.resolve()),
+                "max_tokens": config.max_tokens,
+                "repeat": config.repeat,
+                "warmup_tokens": WARMUP_TOKENS,
+                "seed": settings.DEFAULT_SEED,
+                "results_path": str(stream_path.resolve()),
             }
             job_path = jobs_dir / f"{index:03d}.json"
             job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
@@ -242,8 +286,10 @@ def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, pr
     except KeyboardInterrupt:
         if worker is not None:
             worker.stop(_STOP_GRACE_S)
-            failures.setdefault(run_ids[-1], {"exit_code": worker.returncode, "signal": None,
-                                              "reason": "interrupted (Ctrl-C)", "interrupted": True})
+            failures.setdefault(
+                run_ids[-1],
+                {"exit_code": worker.returncode, "signal": None, "reason": "interrupted (Ctrl-C)", "interrupted": True},
+            )
         _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=True, done=True)
         progress(f"interrupted: partial results written to {out_dir}/")
         raise
@@ -259,24 +305,38 @@ def _load_settings(config: BenchConfig, target: Target, n_threads: int, progress
     """One run's load settings (qrun.runner.resolve: flag > QRUN_* > the profile's "chat" entry > default); the
     worker sizes the context to the suite unless --ctx was given."""
     extra = config.extra_settings
-    _gguf, load = resolve.resolve(target.gguf, threads=n_threads if config.threads else None,
-                                  threads_batch=extra.get("n_threads_batch"), repack=extra.get("repack"),
-                                  use_mmap=config.use_mmap, ctx=config.n_ctx, flash_attn=extra.get("flash_attn"),
-                                  kv_type=extra.get("kv_type"), notice=progress)
+    _gguf, load = resolve.resolve(
+        target.gguf,
+        threads=n_threads if config.threads else None,
+        threads_batch=extra.get("n_threads_batch"),
+        repack=extra.get("repack"),
+        use_mmap=config.use_mmap,
+        ctx=config.n_ctx,
+        flash_attn=extra.get("flash_attn"),
+        kv_type=extra.get("kv_type"),
+        notice=progress,
+    )
     return load
 
 
 def _failure(code: int, tail) -> dict:
     sig = -code if code < 0 else None
     last = _meaningful_line(tail)
-    return {"exit_code": code, "signal": sig, "reason": f"worker {child.describe_exit(code)}",
-            "last_stderr": last, "interrupted": code == 130}
+    return {
+        "exit_code": code,
+        "signal": sig,
+        "reason": f"worker {child.describe_exit(code)}",
+        "last_stderr": last,
+        "interrupted": code == 130,
+    }
 
 
 def _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, *, partial, done) -> None:
     lines = results_mod.read_stream(stream_path)
-    doc["runs"] = [results_mod.build_run(run_id, lines, failure=failures.get(run_id), suite=suite,
-                                         verdicts=verdicts) for run_id in run_ids]
+    doc["runs"] = [
+        results_mod.build_run(run_id, lines, failure=failures.get(run_id), suite=suite, verdicts=verdicts)
+        for run_id in run_ids
+    ]
     doc["verdicts_unmatched"] = results_mod.apply_verdicts(doc["runs"], verdicts)  # over every run at once
     doc["partial"] = partial
     doc["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) if done else None

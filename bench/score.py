@@ -4,7 +4,8 @@ The five seed questions are read for the claims an answer makes (qrun.bench.read
 qrun.bench.claims): which way each season goes, who looks down on whom, who does not know, who likes whom, which
 gloss goes with which 意思. Each criterion is then matched (weight counts), partial (hedged or "both": half),
 contradicted (the opposite claim, a denial, or both sides without a correction; on seed-1..4 a wrong claim costs
-its weight) or missing; score = credit / total weight, at least 0. Agreement with human labels: `python -m qrun.bench.score_eval tests/data/scorer/labelled.jsonl`.
+its weight) or missing; score = credit / total weight, at least 0. Agreement with human labels:
+`python -m qrun.bench.score_eval tests/data/scorer/labelled.jsonl`.
 
 Any other question — another suite, or a seed question whose text or criterion ids were edited — is scored by
 the patterns in its suite file, read like this (the same steps for every suite):
@@ -40,7 +41,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from qrun.bench import claims, readers, verdicts as verdicts_mod
+from qrun.bench import claims, readers
+from qrun.bench import verdicts as verdicts_mod
 from qrun.bench.claims import normalize
 from qrun.bench.suite import Criterion, Pattern, Question
 from qrun.fsutil import read_input_text
@@ -60,8 +62,9 @@ def chinese_chars(text: str) -> int:
 
 
 def remove_echo(answer_norm: str, question_text: str) -> str:
-    pieces = sorted({p for p in _ECHO_SPLIT_RE.split(normalize(question_text)) if len(p) >= ECHO_MIN_CHARS},
-                    key=len, reverse=True)
+    pieces = sorted(
+        {p for p in _ECHO_SPLIT_RE.split(normalize(question_text)) if len(p) >= ECHO_MIN_CHARS}, key=len, reverse=True
+    )
     for piece in pieces:
         answer_norm = answer_norm.replace(piece, " ")
     return answer_norm
@@ -159,13 +162,18 @@ class ScoreResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ScoreResult":
+    def from_dict(cls, data: dict) -> ScoreResult:
         criteria = [CriterionResult(**c) for c in data.get("criteria", [])]
-        return cls(question_id=data["question_id"], score=float(data["score"]), criteria=criteria,
-                   source=data.get("source", "rubric"), rubric_score=data.get("rubric_score"),
-                   verdict=data.get("verdict"))
+        return cls(
+            question_id=data["question_id"],
+            score=float(data["score"]),
+            criteria=criteria,
+            source=data.get("source", "rubric"),
+            rubric_score=data.get("rubric_score"),
+            verdict=data.get("verdict"),
+        )
 
-    def rubric(self) -> "ScoreResult":
+    def rubric(self) -> ScoreResult:
         """The rubric's own result (undoing a verdict, so a new verdicts file decides afresh)."""
         if self.source != "verdict" or self.rubric_score is None:
             return self
@@ -230,8 +238,14 @@ def apply_verdict(result: ScoreResult, verdict: verdicts_mod.Verdict | None) -> 
     result = result.rubric()
     if verdict is None:
         return result
-    return ScoreResult(result.question_id, verdict.score, result.criteria, source="verdict",
-                       rubric_score=result.score, verdict=verdict.to_dict())
+    return ScoreResult(
+        result.question_id,
+        verdict.score,
+        result.criteria,
+        source="verdict",
+        rubric_score=result.score,
+        verdict=verdict.to_dict(),
+    )
 
 
 def score_answers_file(path, suite, *, verdicts: verdicts_mod.Verdicts | None = None) -> list[dict]:
@@ -253,7 +267,7 @@ def score_answers_file(path, suite, *, verdicts: verdicts_mod.Verdicts | None = 
     try:
         lines = read_input_text(path, encoding="utf-8-sig").splitlines()  # -sig: a BOM (Windows editors) is accepted
     except (OSError, UnicodeDecodeError) as err:
-        raise SuiteError(f"cannot read answers file {path}: {err}", "give a UTF-8 JSONL file")
+        raise SuiteError(f"cannot read answers file {path}: {err}", "give a UTF-8 JSONL file") from None
     out = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -262,33 +276,42 @@ def score_answers_file(path, suite, *, verdicts: verdicts_mod.Verdicts | None = 
         try:
             item = json.loads(line)
         except json.JSONDecodeError as err:
-            raise SuiteError(f"{path}, line {lineno}: invalid JSON ({err.msg})", hint)
+            raise SuiteError(f"{path}, line {lineno}: invalid JSON ({err.msg})", hint) from None
         except RecursionError:  # "[[[[..." nested deeper than Python's parser goes
             raise SuiteError(f"{path}, line {lineno}: JSON nested too deeply", hint) from None
         if not isinstance(item, dict):
             raise SuiteError(f"{path}, line {lineno}: expected a JSON object", hint)
         for key in ("question_id", "answer"):
             if not isinstance(item.get(key), str):
-                raise SuiteError(f"{path}, line {lineno}: field \"{key}\" missing or not a string", hint)
+                raise SuiteError(f'{path}, line {lineno}: field "{key}" missing or not a string', hint)
         model = item.get("model")
         if model is not None and not isinstance(model, str):
-            raise SuiteError(f"{path}, line {lineno}: field \"model\" must be a string", hint)
+            raise SuiteError(f'{path}, line {lineno}: field "model" must be a string', hint)
         try:
             question = suite.question(item["question_id"])
         except SuiteError as err:
-            raise SuiteError(f"{path}, line {lineno}: {err.message}", err.hint)
+            raise SuiteError(f"{path}, line {lineno}: {err.message}", err.hint) from None
         quant = item.get("quant")
         if quant is not None and not isinstance(quant, str):
-            raise SuiteError(f"{path}, line {lineno}: field \"quant\" must be a string", hint)
-        out.append({"line": lineno, "model": model, "quant": quant,
-                    "answer_sha256": verdicts_mod.answer_sha256(item["answer"]),
-                    **score(question, item["answer"]).to_dict(), "_answer": item["answer"]})
+            raise SuiteError(f'{path}, line {lineno}: field "quant" must be a string', hint)
+        out.append(
+            {
+                "line": lineno,
+                "model": model,
+                "quant": quant,
+                "answer_sha256": verdicts_mod.answer_sha256(item["answer"]),
+                **score(question, item["answer"]).to_dict(),
+                "_answer": item["answer"],
+            }
+        )
     answers = [verdicts_mod.Answer(o["model"], o["quant"], o["question_id"], o.pop("_answer")) for o in out]
     chosen, _unmatched = (verdicts or verdicts_mod.Verdicts()).resolve(answers)
     for i, verdict in enumerate(chosen):
         if verdict is not None:
             out[i].update(apply_verdict(ScoreResult.from_dict(out[i]), verdict).to_dict())
     if not out:  # scoring nothing "successfully" would hide a wrong path or an export that failed
-        raise SuiteError(f"no answers in {path}", 'give a JSONL file, one answer per line: {"question_id": "seed-1", '
-                                                  '"answer": "..."}')
+        raise SuiteError(
+            f"no answers in {path}",
+            'give a JSONL file, one answer per line: {"question_id": "seed-1", "answer": "..."}',
+        )
     return out

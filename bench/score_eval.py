@@ -74,20 +74,27 @@ def main(argv=None) -> int:
         print(f"Error: {err.one_line()}", file=sys.stderr)
         return 1
     except (OSError, UnicodeDecodeError, ValueError, KeyError) as err:  # JSONDecodeError is a ValueError
-        print(f"Error: cannot read labelled answers {args.labelled}: {err} — give a JSONL file like "
-              "tests/data/scorer/labelled.jsonl", file=sys.stderr)
+        print(
+            f"Error: cannot read labelled answers {args.labelled}: {err} — give a JSONL file like "
+            "tests/data/scorer/labelled.jsonl",
+            file=sys.stderr,
+        )
         return 1
     for split in SPLITS:
         agree, total = agreement(evaluated, split)
-        print(f"{split:<8} agreement: {agree}/{total} = {100 * agree / total:.1f}% (|score - label| <= "
-              f"{AGREEMENT_TOLERANCE})")
+        print(
+            f"{split:<8} agreement: {agree}/{total} = {100 * agree / total:.1f}% (|score - label| <= "
+            f"{AGREEMENT_TOLERANCE})"
+        )
     print(*_table(evaluated, "question_id"), sep="\n")
     print(*_table(evaluated, "category"), sep="\n")
     if args.failures:
         for r in evaluated:
             if r["split"] == args.failures and not r["agrees"]:
-                print(f"\n{r['id']} label {r['label']} score {r['score']:.2f} [{r['category']}] {r['reason']}\n  "
-                      + r["answer"].replace("\n", "\n  "))
+                print(
+                    f"\n{r['id']} label {r['label']} score {r['score']:.2f} [{r['category']}] {r['reason']}\n  "
+                    + r["answer"].replace("\n", "\n  ")
+                )
     return 0
 
 

@@ -146,7 +146,7 @@ def load(name_or_path: str = "seed") -> Suite:
     try:
         text = read_input_text(path)
     except (OSError, UnicodeDecodeError) as err:
-        raise SuiteError(f"cannot read suite file {path}: {err}", "check the path and that it is UTF-8 JSON")
+        raise SuiteError(f"cannot read suite file {path}: {err}", "check the path and that it is UTF-8 JSON") from None
     return parse(text, path=path)
 
 
@@ -157,28 +157,30 @@ def parse(text: str, *, path: Path) -> Suite:
         raise SuiteError(
             f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}",
             "fix the JSON syntax (a validator such as `python -m json.tool FILE` shows the spot)",
-        )
+        ) from None
     except RecursionError:  # "[[[[..." nested deeper than Python's parser goes
         raise SuiteError(f"{path}: JSON nested too deeply", "a suite is an object with a list of questions") from None
     where = _Where(path)
     problem = utf8_problem(json.dumps(data, ensure_ascii=False))
     if problem:  # a "\\ud800" escape decodes to a lone surrogate, which no tokenizer can encode
-        raise SuiteError(f"{path}: holds a string that is not text ({problem.split(' at character')[0]})",
-                         "remove the lone \\uD800-\\uDFFF escape (a pair of them is one character and fine)")
+        raise SuiteError(
+            f"{path}: holds a string that is not text ({problem.split(' at character')[0]})",
+            "remove the lone \\uD800-\\uDFFF escape (a pair of them is one character and fine)",
+        )
     if not isinstance(data, dict):
-        raise where.error(data, "top level", "must be an object with \"name\" and \"questions\"")
+        raise where.error(data, "top level", 'must be an object with "name" and "questions"')
     where.known_keys(data, SUITE_KEYS, "top level")
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not name:
-        raise where.error(data, "field \"name\"", "must be a non-empty string")
+        raise where.error(data, 'field "name"', "must be a non-empty string")
     questions_raw = data.get("questions")
     if not isinstance(questions_raw, list) or not questions_raw:
-        raise where.error(data, "field \"questions\"", "must be a non-empty list")
+        raise where.error(data, 'field "questions"', "must be a non-empty list")
     questions, seen = [], set()
     for index, q in enumerate(questions_raw, start=1):
         question = _question(q, index, where)
         if question.id in seen:
-            raise where.error(q, f"question {index}: field \"id\"", f"duplicate id {question.id!r}")
+            raise where.error(q, f'question {index}: field "id"', f"duplicate id {question.id!r}")
         seen.add(question.id)
         questions.append(question)
     return Suite(name=name, questions=questions, path=path, description=str(data.get("description", "")), raw=data)
@@ -192,22 +194,23 @@ class _Where:
         line = getattr(obj, "line", 0)
         at = f", line {line}" if line else ""
         # SUITES_DIR is inside the installed package (package data), so this path exists for every user
-        return SuiteError(f"{self.path}{at}: {what} {problem}",
-                          hint or f"see the built-in suite {SUITES_DIR / 'seed.json'} for the format")
+        return SuiteError(
+            f"{self.path}{at}: {what} {problem}",
+            hint or f"see the built-in suite {SUITES_DIR / 'seed.json'} for the format",
+        )
 
     def known_keys(self, obj: dict, allowed: tuple[str, ...], what: str) -> None:
         """A misspelt key ("contradict") would silently drop what it holds: refuse every key not in allowed."""
         for key in obj:
             if key not in allowed:
-                raise self.error(obj, what, f"has unknown field {key!r}",
-                                 f"valid fields here: {', '.join(allowed)}")
+                raise self.error(obj, what, f"has unknown field {key!r}", f"valid fields here: {', '.join(allowed)}")
 
 
 def _string(obj: dict, key: str, what: str, where: _Where, *, required: bool = True) -> str:
     value = obj.get(key, None if required else "")
     if not isinstance(value, str) or (required and not value.strip()):
         problem = "must be a non-empty string" if required else "must be a string"
-        raise where.error(obj, f"{what}: field \"{key}\"", problem)
+        raise where.error(obj, f'{what}: field "{key}"', problem)
     return value
 
 
@@ -221,7 +224,7 @@ def _question(q, index: int, where: _Where) -> Question:
     text = _string(q, "question", what, where)
     rubric_raw = q.get("rubric")
     if not isinstance(rubric_raw, list) or not rubric_raw:
-        raise where.error(q, f"{what}: field \"rubric\"", "must be a non-empty list of criteria")
+        raise where.error(q, f'{what}: field "rubric"', "must be a non-empty list of criteria")
     rubric = tuple(_criterion(c, f"{what}, criterion {i}", where) for i, c in enumerate(rubric_raw, start=1))
     return Question(id=qid, text=text, rubric=rubric, reference=_string(q, "reference", what, where, required=False))
 
@@ -234,31 +237,40 @@ def _criterion(c, what: str, where: _Where) -> Criterion:
     where.known_keys(c, CRITERION_KEYS, what)
     weight = c.get("weight", 1)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-        raise where.error(c, f"{what}: field \"weight\"", f"must be a positive number, not {weight!r}")
+        raise where.error(c, f'{what}: field "weight"', f"must be a positive number, not {weight!r}")
     patterns = _patterns(c, "patterns", what, where, required=True)
     contradicts = _patterns(c, "contradicts", what, where, required=False)
-    return Criterion(id=cid, weight=float(weight), patterns=patterns, contradicts=contradicts,
-                     description=_string(c, "description", what, where, required=False))
+    return Criterion(
+        id=cid,
+        weight=float(weight),
+        patterns=patterns,
+        contradicts=contradicts,
+        description=_string(c, "description", what, where, required=False),
+    )
 
 
 def _patterns(c: dict, key: str, what: str, where: _Where, *, required: bool) -> tuple[Pattern, ...]:
     raw = c.get(key, None if required else [])
     if not isinstance(raw, list) or (required and not raw):
-        raise where.error(c, f"{what}: field \"{key}\"", "must be a non-empty list of strings" if required
-                          else "must be a list of strings")
+        raise where.error(
+            c,
+            f'{what}: field "{key}"',
+            "must be a non-empty list of strings" if required else "must be a list of strings",
+        )
     out = []
     for i, source in enumerate(raw, start=1):
         if not isinstance(source, str) or not source.strip() or source.strip() == REGEX_PREFIX:
-            raise where.error(c, f"{what}: field \"{key}\" item {i}", f"must be a non-empty string, not {source!r}")
-        out.append(compile_pattern(source, lambda problem: where.error(c, f"{what}: field \"{key}\" item {i}",
-                                                                       problem)))
+            raise where.error(c, f'{what}: field "{key}" item {i}', f"must be a non-empty string, not {source!r}")
+        out.append(
+            compile_pattern(source, lambda problem, i=i: where.error(c, f'{what}: field "{key}" item {i}', problem))
+        )
     return tuple(out)
 
 
 def compile_pattern(source: str, error=None) -> Pattern:
     """A rubric pattern: "re:<regex>" or a plain substring, normalized like the answers it is matched against."""
     if source.startswith(REGEX_PREFIX):
-        expression = source[len(REGEX_PREFIX):]
+        expression = source[len(REGEX_PREFIX) :]
     else:
         expression = re.escape(normalize(source))
     try:
@@ -266,7 +278,7 @@ def compile_pattern(source: str, error=None) -> Pattern:
     except re.error as err:
         if error is None:
             raise
-        raise error(f"is not a valid regular expression ({err}): {source!r}")
+        raise error(f"is not a valid regular expression ({err}): {source!r}") from None
     if regex.match(""):
         problem = f"matches the empty string: {source!r}"
         if error is None:

@@ -29,14 +29,14 @@ import json
 import os
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qrun import child, registry, settings
 from qrun import measure as measure_mod  # (tune_model takes a "measure" function)
 from qrun.bench import tune_log
-from qrun.runner import profile as profile_mod
 from qrun.errors import BenchError, UsageError
+from qrun.runner import profile as profile_mod
 
 # (prompt tokens, generated tokens) per workload: "chat" ~ a question and a paragraph of answer; "prompt" ~ a
 # document to summarize in a line. Sized so a 7B grid point takes ~30 s on 2 cores.
@@ -72,8 +72,15 @@ def llama_cpp_defaults(cpus: int | None = None) -> dict:
     n_threads = CPUs // 2, n_threads_batch = CPUs (its own multiprocessing.cpu_count() rule), flash attention off,
     f16 KV cache. Grid points instead get a context sized to the workload, as qrun loads models."""
     cpus = cpus or os.cpu_count() or 1
-    return {"repack": True, "use_mmap": True, "n_threads": max(cpus // 2, 1), "n_threads_batch": cpus,
-            "flash_attn": False, "kv_type": "f16", "n_ctx": BASELINE_N_CTX}
+    return {
+        "repack": True,
+        "use_mmap": True,
+        "n_threads": max(cpus // 2, 1),
+        "n_threads_batch": cpus,
+        "flash_attn": False,
+        "kv_type": "f16",
+        "n_ctx": BASELINE_N_CTX,
+    }
 
 
 # Compared between the chosen settings and the defaults: higher is better for the first two, lower for the rest.
@@ -83,9 +90,11 @@ HIGHER_IS_BETTER = ("chat.gen_tokens_per_s", "prompt.prompt_tokens_per_s")
 
 def separation(chosen: dict, baseline: dict, metric: str) -> dict:
     """qrun.measure.compare_samples on one metric's repetitions of two point summaries."""
-    return measure_mod.compare_samples((chosen.get(metric) or {}).get("values", []),
-                                   (baseline.get(metric) or {}).get("values", []),
-                                   higher_is_better=metric in HIGHER_IS_BETTER)
+    return measure_mod.compare_samples(
+        (chosen.get(metric) or {}).get("values", []),
+        (baseline.get(metric) or {}).get("values", []),
+        higher_is_better=metric in HIGHER_IS_BETTER,
+    )
 
 
 def versus(chosen: dict, baseline: dict | None) -> dict | None:
@@ -111,8 +120,15 @@ ATTENTION = ((False, "f16"), (True, "f16"), (True, "q8_0"))
 def qrun_defaults(quant: str) -> dict:
     """The load settings `qrun ask` uses without a profile or flags (qrun.settings), as a grid point."""
     threads = settings.default_threads()
-    return {"quant": quant, "repack": settings.repack_weights(None), "use_mmap": True, "n_threads": threads,
-            "n_threads_batch": threads, "flash_attn": False, "kv_type": "f16"}
+    return {
+        "quant": quant,
+        "repack": settings.repack_weights(None),
+        "use_mmap": True,
+        "n_threads": threads,
+        "n_threads_batch": threads,
+        "flash_attn": False,
+        "kv_type": "f16",
+    }
 
 
 def decide(chosen: dict, default: dict | None, workload: str) -> dict:
@@ -125,8 +141,12 @@ def decide(chosen: dict, default: dict | None, workload: str) -> dict:
     """
     if default is None or default["status"] != "ok":
         why = "not measured" if default is None else default["status"]
-        return {"keep_default": False, "reason": f"qrun's defaults could not be compared ({why})", "speed": None,
-                "memory": None}
+        return {
+            "keep_default": False,
+            "reason": f"qrun's defaults could not be compared ({why})",
+            "speed": None,
+            "memory": None,
+        }
     if chosen["id"] == default["id"]:
         return {"keep_default": True, "reason": "qrun's defaults measured best", "speed": None, "memory": None}
     metric = METRIC[workload]
@@ -134,14 +154,24 @@ def decide(chosen: dict, default: dict | None, workload: str) -> dict:
     memory = separation(chosen, default, "peak_rss_bytes")
     out = {"speed": speed, "memory": memory}
     if speed["verdict"] == "better":
-        return {**out, "keep_default": False, "reason": f"{metric} {speed['ratio']:.2f}x qrun's defaults, every "
-                f"repetition faster (worst/best ratio {speed['ratio_bounds'][0]:.2f})"}
+        return {
+            **out,
+            "keep_default": False,
+            "reason": f"{metric} {speed['ratio']:.2f}x qrun's defaults, every "
+            f"repetition faster (worst/best ratio {speed['ratio_bounds'][0]:.2f})",
+        }
     if speed["verdict"] == measure_mod.INSIDE_THE_NOISE and memory["verdict"] == "better":
-        return {**out, "keep_default": False, "reason": f"as fast as qrun's defaults within the noise, peak RSS "
-                f"{memory['ratio']:.2f}x theirs in every repetition"}
+        return {
+            **out,
+            "keep_default": False,
+            "reason": f"as fast as qrun's defaults within the noise, peak RSS "
+            f"{memory['ratio']:.2f}x theirs in every repetition",
+        }
     if speed["verdict"] == measure_mod.NOT_MEASURED_ENOUGH:
-        reason = (f"{measure_mod.NOT_MEASURED_ENOUGH}: {speed['n'][0]} and {speed['n'][1]} repetition(s), a claim "
-                  f"needs {measure_mod.MIN_SAMPLES_FOR_CLAIM} a side (--repeat {measure_mod.MIN_SAMPLES_FOR_CLAIM})")
+        reason = (
+            f"{measure_mod.NOT_MEASURED_ENOUGH}: {speed['n'][0]} and {speed['n'][1]} repetition(s), a claim "
+            f"needs {measure_mod.MIN_SAMPLES_FOR_CLAIM} a side (--repeat {measure_mod.MIN_SAMPLES_FOR_CLAIM})"
+        )
     elif speed["verdict"] == "worse":
         reason = f"{chosen['id']} is slower than qrun's defaults in every repetition"
     else:
@@ -149,13 +179,15 @@ def decide(chosen: dict, default: dict | None, workload: str) -> dict:
     return {**out, "keep_default": True, "reason": reason + "; keeping qrun's defaults"}
 
 
-def make_grid(*, quants, repack=(False, True), use_mmap=(True, False), threads=(1,), threads_batch=None,
-              attention=ATTENTION) -> list[dict]:
+def make_grid(
+    *, quants, repack=(False, True), use_mmap=(True, False), threads=(1,), threads_batch=None, attention=ATTENTION
+) -> list[dict]:
     """Every combination, as LoadSettings-style dicts (quant first, so one quant's points stay together)."""
     batch = threads_batch or threads
-    return [{"quant": q, "repack": r, "use_mmap": m, "n_threads": t, "n_threads_batch": b, "flash_attn": fa,
-             "kv_type": kv}
-            for q, r, m, t, b, (fa, kv) in itertools.product(quants, repack, use_mmap, threads, batch, attention)]
+    return [
+        {"quant": q, "repack": r, "use_mmap": m, "n_threads": t, "n_threads_batch": b, "flash_attn": fa, "kv_type": kv}
+        for q, r, m, t, b, (fa, kv) in itertools.product(quants, repack, use_mmap, threads, batch, attention)
+    ]
 
 
 def point_id(point: dict) -> str:
@@ -182,8 +214,13 @@ def flatten(result: dict) -> dict:
 
 def summarize(point: dict, runs: list[dict], failure: str | None) -> dict:
     """Median, min and max of every numeric metric over a point's successful repetitions."""
-    out = {"id": point_id(point), "settings": point, "status": f"failed: {failure}" if failure else "ok",
-           "n": len(runs), "loadavg_1m": [r.get("loadavg_1m") for r in runs]}
+    out = {
+        "id": point_id(point),
+        "settings": point,
+        "status": f"failed: {failure}" if failure else "ok",
+        "n": len(runs),
+        "loadavg_1m": [r.get("loadavg_1m") for r in runs],
+    }
     if failure or not runs:
         if not failure:
             out["status"] = "failed: no measurement"
@@ -191,13 +228,22 @@ def summarize(point: dict, runs: list[dict], failure: str | None) -> dict:
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and k not in ("loadavg_1m", "noisy")]
     for key in keys:
         values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
-        out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values),
-                    "spread": max(values) - min(values), "values": values}
+        out[key] = {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "spread": max(values) - min(values),
+            "values": values,
+        }
     # every repetition stays in the figures above, noisy or not; these say how many were disturbed
     out["noise"] = measure_mod.count_noisy(runs)
-    out["noise_samples"] = [{window: {k: w.get(k) for k in ("noisy", "other_cpu_fraction", "steal_fraction",
-                                                             "window_s")}
-                             for window, w in (r.get("noise") or {}).items()} for r in runs]
+    out["noise_samples"] = [
+        {
+            window: {k: w.get(k) for k in ("noisy", "other_cpu_fraction", "steal_fraction", "window_s")}
+            for window, w in (r.get("noise") or {}).items()
+        }
+        for r in runs
+    ]
     return out
 
 
@@ -212,8 +258,13 @@ def choose(summaries: list[dict], workload: str) -> dict | None:
 
     def cost(s):
         st = s["settings"]
-        return (s["peak_rss_bytes"]["median"], s["peak_anon_bytes"]["median"], st["n_threads"] + st["n_threads_batch"],
-                bool(st.get("flash_attn")), s["load_s"]["median"])
+        return (
+            s["peak_rss_bytes"]["median"],
+            s["peak_anon_bytes"]["median"],
+            st["n_threads"] + st["n_threads_batch"],
+            bool(st.get("flash_attn")),
+            s["load_s"]["median"],
+        )
 
     chosen = min(tied, key=cost)
     return dict(chosen, ties=[s["id"] for s in tied if s is not chosen], fastest=best["id"])
@@ -224,11 +275,15 @@ def check_load(*, force: bool, progress: Progress) -> float:
     cores = os.cpu_count() or 1
     per_core = os.getloadavg()[0] / cores
     if per_core > MAX_LOAD_PER_CORE:
-        message = (f"the machine is busy: 1-minute load average {os.getloadavg()[0]:.2f} on {cores} CPUs "
-                   f"({per_core:.2f} per CPU, above {MAX_LOAD_PER_CORE})")
+        message = (
+            f"the machine is busy: 1-minute load average {os.getloadavg()[0]:.2f} on {cores} CPUs "
+            f"({per_core:.2f} per CPU, above {MAX_LOAD_PER_CORE})"
+        )
         if not force:
-            raise BenchError(message + "; tuning now would record the neighbour's noise",
-                             "wait until the machine is quiet, or pass --force to measure anyway")
+            raise BenchError(
+                message + "; tuning now would record the neighbour's noise",
+                "wait until the machine is quiet, or pass --force to measure anyway",
+            )
         progress(f"warning: {message}; measuring anyway (--force); every measurement records its load average")
     return per_core
 
@@ -244,8 +299,10 @@ def find_grid_targets(models, *, quants, ggufs_dir) -> dict[str, list[tuple[str,
         if (not wanted or spec.name in wanted) and (not quants or quant in quants):
             found.setdefault(spec.name, []).append((quant, path))
     for name in sorted(wanted - set(found)):
-        raise BenchError(f"{name} has no{' ' + '/'.join(quants) if quants else ''} GGUF in "
-                         f"{settings.gguf_dir(ggufs_dir)}", f"convert it first: `qrun convert {name}`")
+        raise BenchError(
+            f"{name} has no{' ' + '/'.join(quants) if quants else ''} GGUF in {settings.gguf_dir(ggufs_dir)}",
+            f"convert it first: `qrun convert {name}`",
+        )
     if not found:
         raise BenchError(f"no converted models in {settings.gguf_dir(ggufs_dir)}", "run `qrun convert MODEL` first")
     if not quants:  # by default only the 4-bit types compete (when the model has any)
@@ -256,8 +313,13 @@ def find_grid_targets(models, *, quants, ggufs_dir) -> dict[str, list[tuple[str,
 def run_point(gguf: Path, point: dict, *, n_ctx: int | None = None) -> tuple[dict | None, str | None]:
     """Measure one point in a fresh process -> (flat result, None) or (None, failure reason)."""
     keys = ("repack", "use_mmap", "n_threads", "n_threads_batch", "flash_attn", "kv_type")
-    job = {"gguf": str(gguf), "settings": {k: point[k] for k in keys if k in point},
-           "n_ctx": point.get("n_ctx") or n_ctx, "workloads": WORKLOADS, "seed": settings.DEFAULT_SEED}
+    job = {
+        "gguf": str(gguf),
+        "settings": {k: point[k] for k in keys if k in point},
+        "n_ctx": point.get("n_ctx") or n_ctx,
+        "workloads": WORKLOADS,
+        "seed": settings.DEFAULT_SEED,
+    }
     proc = child.run("qrun.bench.tune_worker", [json.dumps(job)], timeout_s=_WORKER_TIMEOUT_S)
     if proc.timed_out:
         return None, f"timeout after {_WORKER_TIMEOUT_S} s"
@@ -277,9 +339,18 @@ def _warm_page_cache(path: Path) -> None:
             pass
 
 
-def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat: int, n_ctx=None,
-               baseline: dict | None = None, progress: Progress = _stderr, measure=run_point,
-               log: tune_log.PointLog | None = None) -> dict:
+def tune_model(
+    model: str,
+    files: list[tuple[str, Path]],
+    *,
+    grid: dict,
+    repeat: int,
+    n_ctx=None,
+    baseline: dict | None = None,
+    progress: Progress = _stderr,
+    measure=run_point,
+    log: tune_log.PointLog | None = None,
+) -> dict:
     """Measure one model's grid -> its profile entry {workload: {settings, gguf, evidence}, "grid": summaries}.
 
     baseline: load settings (e.g. llama_cpp_defaults()) measured on every file along with the grid, never chosen
@@ -319,10 +390,12 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
             continue
         assert result is not None  # measure() returns a result or a failure
         runs[i].append(result)
-        progress(f"{label}: chat gen {result['chat.gen_tokens_per_s']:.1f} tok/s, prompt pp "
-                 f"{result['prompt.prompt_tokens_per_s']:.1f} tok/s, load {result['load_s']:.2f} s, "
-                 f"RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, load avg {result.get('loadavg_1m')}"
-                 + (" (NOISY)" if result.get("noisy") else ""))
+        progress(
+            f"{label}: chat gen {result['chat.gen_tokens_per_s']:.1f} tok/s, prompt pp "
+            f"{result['prompt.prompt_tokens_per_s']:.1f} tok/s, load {result['load_s']:.2f} s, "
+            f"RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, load avg {result.get('loadavg_1m')}"
+            + (" (NOISY)" if result.get("noisy") else "")
+        )
     summaries = [summarize(p, runs[i], failures.get(i)) for i, p in enumerate(points)]
     candidates = [s for s in summaries if s["settings"] in points[:grid_size]]
     by_settings = {json.dumps(s["settings"], sort_keys=True): s for s in summaries}
@@ -341,60 +414,132 @@ def tune_model(model: str, files: list[tuple[str, Path]], *, grid: dict, repeat:
         progress(f"{model} {workload}: {chosen['id']}: {decision['reason']}")
         gguf = paths[chosen["settings"]["quant"]]
         entry[workload] = {
-            "settings": chosen["settings"], "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size},
-            "evidence": {"metric": METRIC[workload], "point": chosen["id"], "repeat": repeat,
-                         "workload_tokens": {"prompt": WORKLOADS[workload][0], "gen": WORKLOADS[workload][1]},
-                         **{k: chosen[k] for k in (METRIC[workload], "load_s", "peak_rss_bytes", "peak_anon_bytes")},
-                         "loadavg_1m": chosen["loadavg_1m"], "ties_broken_on_memory": chosen["ties"],
-                         "fastest": chosen["fastest"], "noise": chosen["noise"], "noise_rule": measure_mod.NOISE_RULE,
-                         "decision": {**decision, "grid_choice": chosen.get("grid_choice", chosen["id"]),
-                                      "default_point": point_id(default_point)}}}
+            "settings": chosen["settings"],
+            "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size},
+            "evidence": {
+                "metric": METRIC[workload],
+                "point": chosen["id"],
+                "repeat": repeat,
+                "workload_tokens": {"prompt": WORKLOADS[workload][0], "gen": WORKLOADS[workload][1]},
+                **{k: chosen[k] for k in (METRIC[workload], "load_s", "peak_rss_bytes", "peak_anon_bytes")},
+                "loadavg_1m": chosen["loadavg_1m"],
+                "ties_broken_on_memory": chosen["ties"],
+                "fastest": chosen["fastest"],
+                "noise": chosen["noise"],
+                "noise_rule": measure_mod.NOISE_RULE,
+                "decision": {
+                    **decision,
+                    "grid_choice": chosen.get("grid_choice", chosen["id"]),
+                    "default_point": point_id(default_point),
+                },
+            },
+        }
         if baselines and baseline is not None:
             same_file = {**baseline, "quant": chosen["settings"]["quant"]}
             entry[workload]["evidence"]["vs_llama_cpp_defaults"] = versus(
-                chosen, by_settings.get(json.dumps(same_file, sort_keys=True)))
+                chosen, by_settings.get(json.dumps(same_file, sort_keys=True))
+            )
     return entry
 
 
-def run_tune(models=(), *, quants=None, threads=None, threads_batch=None, repack=None, use_mmap=None,
-             flash_attn=None, kv_types=None, repeat: int = DEFAULT_REPEAT, force: bool = False, ggufs_dir=None,
-             n_ctx=None, command: str = "qrun tune", progress: Progress = _stderr) -> tuple[dict, Path]:
+def run_tune(
+    models=(),
+    *,
+    quants=None,
+    threads=None,
+    threads_batch=None,
+    repack=None,
+    use_mmap=None,
+    flash_attn=None,
+    kv_types=None,
+    repeat: int = DEFAULT_REPEAT,
+    force: bool = False,
+    ggufs_dir=None,
+    n_ctx=None,
+    command: str = "qrun tune",
+    progress: Progress = _stderr,
+) -> tuple[dict, Path]:
     """Tune every named (or converted) model; merge into and write the profile. Returns (profile, its path)."""
     if repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
     targets = find_grid_targets(list(models), quants=quants, ggufs_dir=ggufs_dir)
     log = tune_log.PointLog(workloads=WORKLOADS, n_ctx=n_ctx)  # refuses an unwritable qrun home before measuring
     try:
-        return _tune_targets(targets, log, repack=repack, use_mmap=use_mmap, threads=threads,
-                             threads_batch=threads_batch, flash_attn=flash_attn, kv_types=kv_types, repeat=repeat,
-                             force=force, n_ctx=n_ctx, command=command, progress=progress)
+        return _tune_targets(
+            targets,
+            log,
+            repack=repack,
+            use_mmap=use_mmap,
+            threads=threads,
+            threads_batch=threads_batch,
+            flash_attn=flash_attn,
+            kv_types=kv_types,
+            repeat=repeat,
+            force=force,
+            n_ctx=n_ctx,
+            command=command,
+            progress=progress,
+        )
     finally:
         log.close()
 
 
-def _tune_targets(targets, log: tune_log.PointLog, *, repack, use_mmap, threads, threads_batch, flash_attn, kv_types,
-                  repeat: int, force: bool, n_ctx, command: str, progress: Progress) -> tuple[dict, Path]:
+def _tune_targets(
+    targets,
+    log: tune_log.PointLog,
+    *,
+    repack,
+    use_mmap,
+    threads,
+    threads_batch,
+    flash_attn,
+    kv_types,
+    repeat: int,
+    force: bool,
+    n_ctx,
+    command: str,
+    progress: Progress,
+) -> tuple[dict, Path]:
     check_load(force=force, progress=progress)
-    grid = {"repack": (False, True) if repack is None else (repack,),
-            "use_mmap": (True, False) if use_mmap is None else (use_mmap,),
-            "threads": tuple(threads or default_threads_values()),
-            "threads_batch": tuple(threads_batch) if threads_batch else None,
-            "attention": tuple((fa, kv) for fa, kv in ATTENTION
-                               if (flash_attn is None or fa == flash_attn) and (not kv_types or kv in kv_types))}
+    grid = {
+        "repack": (False, True) if repack is None else (repack,),
+        "use_mmap": (True, False) if use_mmap is None else (use_mmap,),
+        "threads": tuple(threads or default_threads_values()),
+        "threads_batch": tuple(threads_batch) if threads_batch else None,
+        "attention": tuple(
+            (fa, kv)
+            for fa, kv in ATTENTION
+            if (flash_attn is None or fa == flash_attn) and (not kv_types or kv in kv_types)
+        ),
+    }
     if not grid["attention"]:
-        raise UsageError("--no-flash-attn with only --kv-type q8_0 leaves nothing to measure",
-                         "a q8_0 KV cache needs flash attention: add --flash-attn or --kv-type f16")
+        raise UsageError(
+            "--no-flash-attn with only --kv-type q8_0 leaves nothing to measure",
+            "a q8_0 KV cache needs flash attention: add --flash-attn or --kv-type f16",
+        )
     doc = profile_mod.read(notice=progress) or profile_mod.new_document(command=command)
     doc.update(command=command, created_utc=profile_mod.new_document(command=command)["created_utc"])
     if log.reusable:
-        progress(f"qrun tune: {log.reusable} measurement(s) of an interrupted tune in {log.path} are reused where "
-                 "they still apply")
+        progress(
+            f"qrun tune: {log.reusable} measurement(s) of an interrupted tune in {log.path} are reused where "
+            "they still apply"
+        )
     for model, files in targets.items():
         n_points = len(make_grid(quants=[q for q, _ in files], **grid))
-        progress(f"qrun tune: {model}: {n_points} grid point(s) (+ llama.cpp's defaults where not among them) x "
-                 f"{repeat} repetition(s), one process each; every measurement goes to {log.path}")
-        doc["models"][model] = tune_model(model, files, grid=grid, repeat=repeat, n_ctx=n_ctx,
-                                          baseline=llama_cpp_defaults(), progress=progress, log=log)
+        progress(
+            f"qrun tune: {model}: {n_points} grid point(s) (+ llama.cpp's defaults where not among them) x "
+            f"{repeat} repetition(s), one process each; every measurement goes to {log.path}"
+        )
+        doc["models"][model] = tune_model(
+            model,
+            files,
+            grid=grid,
+            repeat=repeat,
+            n_ctx=n_ctx,
+            baseline=llama_cpp_defaults(),
+            progress=progress,
+            log=log,
+        )
     path = _write_profile(doc)
     log.finished()
     return doc, path
@@ -404,6 +549,7 @@ def _write_profile(doc: dict) -> Path:
     try:
         return profile_mod.write(doc)
     except OSError as err:  # every measurement is in the point log already
-        raise BenchError(f"cannot write the tuning profile {profile_mod.profile_path()}: {err.strerror or err}",
-                         f"make its folder writable and rerun `qrun tune`: it reuses the measurements in "
-                         f"{tune_log.log_path()}") from None
+        raise BenchError(
+            f"cannot write the tuning profile {profile_mod.profile_path()}: {err.strerror or err}",
+            f"make its folder writable and rerun `qrun tune`: it reuses the measurements in {tune_log.log_path()}",
+        ) from None

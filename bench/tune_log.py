@@ -19,8 +19,8 @@ import os
 import time
 from pathlib import Path
 
-from qrun.runner import profile as profile_mod
 from qrun.errors import BenchError
+from qrun.runner import profile as profile_mod
 
 FILE_NAME = "tune-points.jsonl"
 
@@ -65,13 +65,18 @@ def _unfinished(lines: list[dict], start: dict) -> dict[Key, dict]:
     last = lines[starts[-1]]
     if any(last.get(k) != start[k] for k in ("machine", "workloads", "n_ctx")):
         return {}
-    mine = [line for line in lines[starts[-1]:] if line.get("tune_id") == last.get("tune_id")]
+    mine = [line for line in lines[starts[-1] :] if line.get("tune_id") == last.get("tune_id")]
     if any(line["event"] == "finished" for line in mine):
         return {}
     out: dict[Key, dict] = {}
     for line in mine:
-        if line["event"] == "point" and isinstance(line.get("model"), str) and isinstance(line.get("settings"), dict) and isinstance(line.get("rep"), int) and \
-                (isinstance(line.get("result"), dict) or isinstance(line.get("failure"), str)):
+        if (
+            line["event"] == "point"
+            and isinstance(line.get("model"), str)
+            and isinstance(line.get("settings"), dict)
+            and isinstance(line.get("rep"), int)
+            and (isinstance(line.get("result"), dict) or isinstance(line.get("failure"), str))
+        ):
             out[(line["model"], _settings_key(line["settings"]), line["rep"])] = line
     return out
 
@@ -86,8 +91,11 @@ class PointLog:
     def __init__(self, *, workloads: dict, n_ctx: int | None, path: Path | None = None):
         self.path = path or log_path()
         self.tune_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
-        start = {"machine": profile_mod.machine_key(), "workloads": {k: list(v) for k, v in workloads.items()},
-                 "n_ctx": n_ctx}
+        start = {
+            "machine": profile_mod.machine_key(),
+            "workloads": {k: list(v) for k, v in workloads.items()},
+            "n_ctx": n_ctx,
+        }
         self._earlier = _unfinished(read_lines(self.path), start)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +106,10 @@ class PointLog:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
-            raise BenchError(f"cannot write to the qrun home {self.path.parent}: {err.strerror or err}",
-                             "make it writable, or point QRUN_HOME at a folder you can write to") from None
+            raise BenchError(
+                f"cannot write to the qrun home {self.path.parent}: {err.strerror or err}",
+                "make it writable, or point QRUN_HOME at a folder you can write to",
+            ) from None
 
     def _write(self, event: str, **fields) -> None:
         record = {"event": event, "tune_id": self.tune_id, "time_unix": round(time.time(), 3), **fields}
@@ -114,10 +124,8 @@ class PointLog:
             return None
         return line.get("result"), line.get("failure")
 
-    def point(self, model: str, gguf: Path, settings: dict, rep: int, result: dict | None,
-              failure: str | None) -> None:
-        self._write("point", model=model, **_file_id(gguf), settings=settings, rep=rep, result=result,
-                    failure=failure)
+    def point(self, model: str, gguf: Path, settings: dict, rep: int, result: dict | None, failure: str | None) -> None:
+        self._write("point", model=model, **_file_id(gguf), settings=settings, rep=rep, result=result, failure=failure)
 
     def finished(self) -> None:
         self._write("finished")

@@ -24,8 +24,10 @@ from qrun import measure
 
 # Mixed Chinese/English filler: the prompt only has to have a known token count; its content does not matter for
 # speed, only the count does (llama.cpp's cost is per token).
-FILLER = ("请用简洁的中文回答下面的问题，并给出理由。The quick brown fox jumps over the lazy dog; "
-          "北京是中华人民共和国的首都，长江是中国最长的河流。Numbers 12345 and 67890 follow. ")
+FILLER = (
+    "请用简洁的中文回答下面的问题，并给出理由。The quick brown fox jumps over the lazy dog; "
+    "北京是中华人民共和国的首都，长江是中国最长的河流。Numbers 12345 and 67890 follow. "
+)
 WARMUP_PROMPT_TOKENS, WARMUP_GEN_TOKENS = 16, 4
 
 
@@ -69,8 +71,12 @@ def run_job(job: dict) -> dict:
             out["noise"][name] = window.fields()
             st = generation.stats
             assert st is not None  # set when the generation ends
-            out["workloads"][name] = {"prompt_tokens": st.prompt_tokens, "prompt_tokens_per_s": st.prompt_tokens_per_s,
-                                      "gen_tokens": st.gen_tokens, "gen_tokens_per_s": st.gen_tokens_per_s}
+            out["workloads"][name] = {
+                "prompt_tokens": st.prompt_tokens,
+                "prompt_tokens_per_s": st.prompt_tokens_per_s,
+                "gen_tokens": st.gen_tokens,
+                "gen_tokens_per_s": st.gen_tokens_per_s,
+            }
             watch.sample()
         engine.close()
     out["peak_rss_bytes"] = max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start())

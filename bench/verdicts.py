@@ -93,19 +93,30 @@ class Verdict:
     score: float
 
     def covers(self, answer: Answer, *, ignore_hash: bool = False) -> bool:
-        return (self.question_id == answer.question_id
-                and self.model in (ANY, model_key(answer.model))
-                and self.quant in (ANY, quant_key(answer.quant))
-                and (ignore_hash or self.answer_sha256 is None or answer.sha256.startswith(self.answer_sha256)))
+        return (
+            self.question_id == answer.question_id
+            and self.model in (ANY, model_key(answer.model))
+            and self.quant in (ANY, quant_key(answer.quant))
+            and (ignore_hash or self.answer_sha256 is None or answer.sha256.startswith(self.answer_sha256))
+        )
 
     def to_dict(self) -> dict:
-        return {"line": self.line, "model": self.model, "quant": self.quant, "question_id": self.question_id,
-                "answer_sha256": self.answer_sha256, "score": self.score}
+        return {
+            "line": self.line,
+            "model": self.model,
+            "quant": self.quant,
+            "question_id": self.question_id,
+            "answer_sha256": self.answer_sha256,
+            "score": self.score,
+        }
 
     def describe(self) -> str:
         who = f"{self.model} {self.quant} {self.question_id}"
-        return f"line {self.line} ({who}" + (f" answer {self.answer_sha256[:MIN_HASH_HEX]}" if self.answer_sha256
-                                              else "") + ")"
+        return (
+            f"line {self.line} ({who}"
+            + (f" answer {self.answer_sha256[:MIN_HASH_HEX]}" if self.answer_sha256 else "")
+            + ")"
+        )
 
 
 @dataclass
@@ -126,9 +137,11 @@ class Verdicts:
         """One line on how an old 3-column file is applied (None for the current format)."""
         if not self.legacy:
             return None
-        return (f"note: {self.path} has 3-column verdicts (model,question_id,score): each applies only where all "
-                f"the answers it covers are one text; add quant and answer_sha256 columns to be exact "
-                f"(`qrun report RESULTS --verdicts-template FILE` writes them)")
+        return (
+            f"note: {self.path} has 3-column verdicts (model,question_id,score): each applies only where all "
+            f"the answers it covers are one text; add quant and answer_sha256 columns to be exact "
+            f"(`qrun report RESULTS --verdicts-template FILE` writes them)"
+        )
 
     def resolve(self, answers: list[Answer]) -> tuple[list[Verdict | None], list[dict]]:
         """Decide which verdict applies to each answer.
@@ -149,8 +162,13 @@ class Verdicts:
                 continue
             if len(texts) > 1:
                 shown = ", ".join(h[:MIN_HASH_HEX] for h in texts)
-                unmatched.append({**v.to_dict(), "reason": f"ambiguous: {len(texts)} different answers ({shown}); "
-                                                           "give answer_sha256 to say which one it is for"})
+                unmatched.append(
+                    {
+                        **v.to_dict(),
+                        "reason": f"ambiguous: {len(texts)} different answers ({shown}); "
+                        "give answer_sha256 to say which one it is for",
+                    }
+                )
                 continue
             for i in covered:
                 earlier = chosen[i]
@@ -163,9 +181,11 @@ class Verdicts:
         if v.answer_sha256:
             other = sorted({hashes[i] for i, a in enumerate(answers) if v.covers(a, ignore_hash=True)})
             if other:
-                return (f"answer_sha256 {v.answer_sha256[:MIN_HASH_HEX]} is not the answer's "
-                        f"({', '.join(h[:MIN_HASH_HEX] for h in other)}): the answer changed since the verdict was "
-                        "written")
+                return (
+                    f"answer_sha256 {v.answer_sha256[:MIN_HASH_HEX]} is not the answer's "
+                    f"({', '.join(h[:MIN_HASH_HEX] for h in other)}): the answer changed since the verdict was "
+                    "written"
+                )
         return "no answer of that model, quant and question"
 
 
@@ -184,7 +204,7 @@ def load(path: str | Path) -> Verdicts:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
-        raise SuiteError(f"cannot read verdicts file {path}: {err}", f"give a CSV, {_EXAMPLE}")
+        raise SuiteError(f"cannot read verdicts file {path}: {err}", f"give a CSV, {_EXAMPLE}") from None
     reader = csv.reader(io.StringIO(text, newline=""))  # not splitlines(): a quoted answer may span lines
     records, start = [], 1
     try:
@@ -192,7 +212,7 @@ def load(path: str | Path) -> Verdicts:
             records.append((start, row))  # numbered by the line the record starts on
             start = reader.line_num + 1
     except csv.Error as err:
-        raise SuiteError(f"{path}, line {reader.line_num}: not CSV ({err})", _EXAMPLE)
+        raise SuiteError(f"{path}, line {reader.line_num}: not CSV ({err})", _EXAMPLE) from None
     columns: tuple[str, ...] | None = None
     items, legacy, seen_data = [], False, False
     for lineno, row in records:
@@ -209,13 +229,18 @@ def load(path: str | Path) -> Verdicts:
             continue
         if columns is None:  # no header: 3 fields (the old format) or 5 (the current one)
             if len(cells) not in (3, 5):
-                raise SuiteError(f"{path}, line {lineno}: expected 5 fields (model,quant,question_id,answer_sha256,"
-                                 f"score) or 3 (model,question_id,score), got {len(cells)}", _EXAMPLE)
+                raise SuiteError(
+                    f"{path}, line {lineno}: expected 5 fields (model,quant,question_id,answer_sha256,"
+                    f"score) or 3 (model,question_id,score), got {len(cells)}",
+                    _EXAMPLE,
+                )
             named = dict(zip(COLUMNS if len(cells) == 5 else LEGACY_COLUMNS, cells))
         else:
             if len(cells) != len(columns):
-                raise SuiteError(f"{path}, line {lineno}: expected {len(columns)} fields like the header, got "
-                                 f"{len(cells)}", "quote a field that holds a comma, e.g. \"a, b\"")
+                raise SuiteError(
+                    f"{path}, line {lineno}: expected {len(columns)} fields like the header, got {len(cells)}",
+                    'quote a field that holds a comma, e.g. "a, b"',
+                )
             named = dict(zip(columns, cells))
         if named["score"] == "":
             continue
@@ -231,16 +256,18 @@ def _verdict(path: Path, lineno: int, named: dict) -> Verdict:
     except ValueError:
         value = -1.0
     if not 0.0 <= value <= 1.0:
-        raise SuiteError(f"{where}: field \"score\" must be a number from 0 to 1, got {named['score']!r}", _EXAMPLE)
+        raise SuiteError(f'{where}: field "score" must be a number from 0 to 1, got {named["score"]!r}', _EXAMPLE)
     quant = quant_key(named.get("quant"))
     if quant != ANY and quant not in settings.QUANTS:
         raise SuiteError(f"{where}: unknown quant {named['quant']!r}", f"use * or one of: {', '.join(settings.QUANTS)}")
     digest = (named.get("answer_sha256") or "").lower() or None
     if digest is not None and (len(digest) < MIN_HASH_HEX or len(digest) > 64 or not _HEX_RE.match(digest)):
-        raise SuiteError(f"{where}: answer_sha256 {named['answer_sha256']!r} is not {MIN_HASH_HEX}-64 hex digits",
-                         "copy it from results.json or `qrun report RESULTS --verdicts-template FILE`")
+        raise SuiteError(
+            f"{where}: answer_sha256 {named['answer_sha256']!r} is not {MIN_HASH_HEX}-64 hex digits",
+            "copy it from results.json or `qrun report RESULTS --verdicts-template FILE`",
+        )
     if not named["question_id"]:
-        raise SuiteError(f"{where}: field \"question_id\" is empty", _EXAMPLE)
+        raise SuiteError(f'{where}: field "question_id" is empty', _EXAMPLE)
     return Verdict(lineno, model_key(named["model"]), quant, named["question_id"], digest, value)
 
 

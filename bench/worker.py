@@ -37,8 +37,10 @@ from qrun.convert.quantize import ftype_for
 from qrun.errors import GGUFError, QrunError
 from qrun.fsutil import sha256_file
 
-MEMORY_NOTE = ("peak_rss_bytes: everything resident, including the mmap'd GGUF (file-backed page cache); "
-               "peak_anon_bytes: anonymous memory only (repacked weights, KV cache, buffers)")
+MEMORY_NOTE = (
+    "peak_rss_bytes: everything resident, including the mmap'd GGUF (file-backed page cache); "
+    "peak_anon_bytes: anonymous memory only (repacked weights, KV cache, buffers)"
+)
 
 
 class _Sink:
@@ -80,8 +82,18 @@ def measure_generation(generation, *, prompt_tokens_hint: int = 0) -> dict:
     decode_s = stats["total_s"] - stats["ttft_s"]
     return {
         "answer": generation.text,
-        **{k: stats[k] for k in ("prompt_tokens", "ttft_s", "prompt_tokens_per_s", "gen_tokens",
-                                 "gen_tokens_per_s", "total_s", "stop_reason")},
+        **{
+            k: stats[k]
+            for k in (
+                "prompt_tokens",
+                "ttft_s",
+                "prompt_tokens_per_s",
+                "gen_tokens",
+                "gen_tokens_per_s",
+                "total_s",
+                "stop_reason",
+            )
+        },
         "decode_s": decode_s,
         "zh_chars": zh,
         "zh_chars_per_s": zh / decode_s if decode_s > 0 else 0.0,
@@ -101,14 +113,23 @@ def file_identity(gguf: Path, *, progress=lambda _text: None) -> dict:
         digest = sha256_file(gguf)
         sha256_s = time.perf_counter() - t0
     except OSError as err:
-        raise GGUFError(f"cannot read {gguf}: {err.strerror or err}", "check the path, or convert the model again")
+        raise GGUFError(
+            f"cannot read {gguf}: {err.strerror or err}", "check the path, or convert the model again"
+        ) from None
     manifest = read_manifest(gguf) or {}
     recorded = manifest.get("sha256") if manifest.get("gguf") == gguf.name else None
     if recorded and recorded != digest:
-        progress(f"warning: {gguf.name} is not the file its manifest describes (sha256 {digest[:12]}, manifest "
-                 f"{recorded[:12]}); results record the file's own hash")
-    return {"gguf_sha256": digest, "gguf_sha256_s": round(sha256_s, 4), "gguf_size_bytes": size_bytes,
-            "manifest_sha256": recorded, "manifest_sha256_matches": None if not recorded else recorded == digest}
+        progress(
+            f"warning: {gguf.name} is not the file its manifest describes (sha256 {digest[:12]}, manifest "
+            f"{recorded[:12]}); results record the file's own hash"
+        )
+    return {
+        "gguf_sha256": digest,
+        "gguf_sha256_s": round(sha256_s, 4),
+        "gguf_size_bytes": size_bytes,
+        "manifest_sha256": recorded,
+        "manifest_sha256_matches": None if not recorded else recorded == digest,
+    }
 
 
 def quant_in_file(file_type) -> str | None:
@@ -117,8 +138,9 @@ def quant_in_file(file_type) -> str | None:
     return by_ftype.get(file_type) if isinstance(file_type, int) else None
 
 
-def _load_and_warm_up(engine_cls, load: settings.LoadSettings, job: dict, sink: _Sink, watch: measure.MemoryWatch,
-                      rep: int):
+def _load_and_warm_up(
+    engine_cls, load: settings.LoadSettings, job: dict, sink: _Sink, watch: measure.MemoryWatch, rep: int
+):
     """One timed load (its own noise window, a "load" line) and the warm-up -> (engine, [(question id, ids)])."""
     gguf = Path(job["gguf"])
     _progress(job, f"loading {gguf.name} (repetition {rep}/{job['repeat']})")
@@ -126,19 +148,28 @@ def _load_and_warm_up(engine_cls, load: settings.LoadSettings, job: dict, sink: 
         engine = engine_cls.load(gguf, load, seed=job["seed"])
     noise = window.fields()
     watch.sample()
-    sink.write("load", rep=rep, load_s=engine.load_s, n_ctx=engine.n_ctx, model_detected=engine.spec.name,
-               quant_in_file=quant_in_file(engine.header.metadata.get("general.file_type")),
-               effective_settings=engine.settings.to_dict(),
-               rss_after_load_bytes=measure.rss_bytes(), anon_after_load_bytes=measure.anon_bytes(),
-               peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes, **noise)
+    sink.write(
+        "load",
+        rep=rep,
+        load_s=engine.load_s,
+        n_ctx=engine.n_ctx,
+        model_detected=engine.spec.name,
+        quant_in_file=quant_in_file(engine.header.metadata.get("general.file_type")),
+        effective_settings=engine.settings.to_dict(),
+        rss_after_load_bytes=measure.rss_bytes(),
+        anon_after_load_bytes=measure.anon_bytes(),
+        peak_rss_bytes=watch.peak_rss_bytes,
+        peak_anon_bytes=watch.peak_anon_bytes,
+        **noise,
+    )
     _progress(job, f"loaded in {engine.load_s:.2f} s" + (" (noisy)" if noise["noisy"] else ""))
     prompts = [(q["id"], engine.prompt_ids([{"role": "user", "content": q["text"]}])) for q in job["questions"]]
     if job.get("warmup_tokens", 0) > 0 and prompts:
         # One warm-up per load: pages the weights in and spins up the thread pool before anything is timed.
-        warm = measure_generation(engine.generate(prompts[0][1], max_tokens=job["warmup_tokens"],
-                                                  temperature=0.0, seed=job["seed"]))
-        sink.write("warmup", rep=rep, question_id=prompts[0][0], total_s=warm["total_s"],
-                   gen_tokens=warm["gen_tokens"])
+        warm = measure_generation(
+            engine.generate(prompts[0][1], max_tokens=job["warmup_tokens"], temperature=0.0, seed=job["seed"])
+        )
+        sink.write("warmup", rep=rep, question_id=prompts[0][0], total_s=warm["total_s"], gen_tokens=warm["gen_tokens"])
     return engine, prompts
 
 
@@ -151,16 +182,27 @@ def run_job(job: dict) -> None:
     gguf = Path(job["gguf"])
     watch = measure.MemoryWatch().__enter__()
     try:
-        sink.write("start", pid=os.getpid(), model=job["model"], quant=job["quant"], gguf=str(gguf),
-                   gguf_size_bytes=gguf.stat().st_size if gguf.exists() else None, settings=job["settings"],
-                   settings_source=job.get("settings_source"), rss_before_load_bytes=measure.rss_bytes(), anon_before_load_bytes=measure.anon_bytes(),
-                   loadavg=_loadavg())
+        sink.write(
+            "start",
+            pid=os.getpid(),
+            model=job["model"],
+            quant=job["quant"],
+            gguf=str(gguf),
+            gguf_size_bytes=gguf.stat().st_size if gguf.exists() else None,
+            settings=job["settings"],
+            settings_source=job.get("settings_source"),
+            rss_before_load_bytes=measure.rss_bytes(),
+            anon_before_load_bytes=measure.anon_bytes(),
+            loadavg=_loadavg(),
+        )
         sink.write("identity", **file_identity(gguf, progress=lambda text: _progress(job, text)))
         load = settings.LoadSettings.from_dict(job["settings"])
         if load.n_ctx is None:  # sized to the longest question's prompt + the answer limit
             with Engine.load(gguf, load, vocab_only=True) as vocab:
-                longest = max((len(vocab.prompt_ids([{"role": "user", "content": q["text"]}]))
-                               for q in job["questions"]), default=1)
+                longest = max(
+                    (len(vocab.prompt_ids([{"role": "user", "content": q["text"]}])) for q in job["questions"]),
+                    default=1,
+                )
                 load = resolve.size_ctx(load, work_tokens=longest + job["max_tokens"], n_ctx_train=vocab.n_ctx_train)
         # A fresh load per repetition, before its questions: load time gets a median and a spread like every other
         # figure, and each repetition's answers follow their own load and warm-up.
@@ -169,22 +211,37 @@ def run_job(job: dict) -> None:
             for qid, ids in prompts:
                 loadavg = _loadavg()
                 with measure.NoiseWindow() as window:
-                    result = measure_generation(engine.generate(ids, max_tokens=job["max_tokens"], temperature=0.0,
-                                                                seed=job["seed"]))
+                    result = measure_generation(
+                        engine.generate(ids, max_tokens=job["max_tokens"], temperature=0.0, seed=job["seed"])
+                    )
                 noise = window.fields()
                 watch.sample()
-                sink.write("rep", question_id=qid, rep=rep, **result, loadavg=loadavg,
-                           loadavg_1m=loadavg[0] if loadavg else None, **noise,
-                           peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
-                           peak_anon_bytes=watch.peak_anon_bytes)
-                _progress(job, f"{qid} rep {rep}/{job['repeat']}: {result['gen_tokens']} tokens, "
-                               f"{result['gen_tokens_per_s']:.1f} tok/s, stop {result['stop_reason']}"
-                               + (" (noisy)" if noise["noisy"] else ""))
+                sink.write(
+                    "rep",
+                    question_id=qid,
+                    rep=rep,
+                    **result,
+                    loadavg=loadavg,
+                    loadavg_1m=loadavg[0] if loadavg else None,
+                    **noise,
+                    peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
+                    peak_anon_bytes=watch.peak_anon_bytes,
+                )
+                _progress(
+                    job,
+                    f"{qid} rep {rep}/{job['repeat']}: {result['gen_tokens']} tokens, "
+                    f"{result['gen_tokens_per_s']:.1f} tok/s, stop {result['stop_reason']}"
+                    + (" (noisy)" if noise["noisy"] else ""),
+                )
             engine.close()
         watch.__exit__(None, None, None)
-        sink.write("done", wall_s=watch.wall_s, memory_note=MEMORY_NOTE,
-                   peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
-                   peak_anon_bytes=watch.peak_anon_bytes)
+        sink.write(
+            "done",
+            wall_s=watch.wall_s,
+            memory_note=MEMORY_NOTE,
+            peak_rss_bytes=max(watch.peak_rss_bytes, measure.peak_rss_bytes_since_start()),
+            peak_anon_bytes=watch.peak_anon_bytes,
+        )
     finally:
         sink.close()
 

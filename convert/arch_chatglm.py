@@ -13,7 +13,7 @@ Facts (ChatGLM3's modeling_chatglm.py; llama.cpp src/models/chatglm.cpp, convers
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from gguf import MODEL_TENSOR as T
 
@@ -23,13 +23,19 @@ from qrun.convert.archs import Converter, TensorPlan, tensor_name
 class ChatGLMConverter(Converter):
     gguf_arch = "chatglm"
     vocab_builder = "chatglm3_vocab"
-    ignored_keys = frozenset({
-        # dropout, fused-kernel and precision switches: no effect on the math converted here
-        "attention_dropout", "hidden_dropout", "classifier_dropout", "bias_dropout_fusion",
-        "attention_softmax_in_fp32", "fp32_residual_connection",
-        # query scaling by 1/layer_number is undone inside the softmax: the same attention
-        "apply_query_key_layer_scaling",
-    })
+    ignored_keys = frozenset(
+        {
+            # dropout, fused-kernel and precision switches: no effect on the math converted here
+            "attention_dropout",
+            "hidden_dropout",
+            "classifier_dropout",
+            "bias_dropout_fusion",
+            "attention_softmax_in_fp32",
+            "fp32_residual_connection",
+            # query scaling by 1/layer_number is undone inside the softmax: the same attention
+            "apply_query_key_layer_scaling",
+        }
+    )
     skip_tensors = (r"transformer\.rotary_pos_emb\.inv_freq",)  # recomputed by llama.cpp from the rope keys
 
     def _read_config(self) -> dict:
@@ -41,10 +47,13 @@ class ChatGLMConverter(Converter):
         self.n_vocab = g("padded_vocab_size")
         self.head_dim = g("kv_channels", default=self.n_embd // self.n_head)
         if self.head_dim * self.n_head != self.n_embd or self.head_dim % 4:
-            raise self.unsupported(f"kv_channels={self.head_dim} with {self.n_head} heads and hidden {self.n_embd}",
-                                   "llama.cpp's chatglm graph needs kv_channels * heads == hidden size")
-        self.require("multi_query_attention", (True,), default=False,
-                      why="without it query_key_value is interleaved per head")
+            raise self.unsupported(
+                f"kv_channels={self.head_dim} with {self.n_head} heads and hidden {self.n_embd}",
+                "llama.cpp's chatglm graph needs kv_channels * heads == hidden size",
+            )
+        self.require(
+            "multi_query_attention", (True,), default=False, why="without it query_key_value is interleaved per head"
+        )
         self.n_head_kv = g("multi_query_group_num")
         if self.n_head % self.n_head_kv:
             raise self.unsupported(f"multi_query_group_num={self.n_head_kv}", "it must divide the head count")
@@ -80,10 +89,12 @@ class ChatGLMConverter(Converter):
         for i in range(self.n_layer):
             hf = f"transformer.encoder.layers.{i}."
             yield TensorPlan(tensor_name(T.ATTN_NORM, bid=i), hf + "input_layernorm.weight", (e,))
-            yield TensorPlan(tensor_name(T.ATTN_QKV, bid=i), hf + "self_attention.query_key_value.weight",
-                             (qkv_rows, e))
-            yield TensorPlan(tensor_name(T.ATTN_QKV, "bias", bid=i), hf + "self_attention.query_key_value.bias",
-                             (qkv_rows,))
+            yield TensorPlan(
+                tensor_name(T.ATTN_QKV, bid=i), hf + "self_attention.query_key_value.weight", (qkv_rows, e)
+            )
+            yield TensorPlan(
+                tensor_name(T.ATTN_QKV, "bias", bid=i), hf + "self_attention.query_key_value.bias", (qkv_rows,)
+            )
             yield TensorPlan(tensor_name(T.ATTN_OUT, bid=i), hf + "self_attention.dense.weight", (e, e))
             yield TensorPlan(tensor_name(T.FFN_NORM, bid=i), hf + "post_attention_layernorm.weight", (e,))
             yield TensorPlan(tensor_name(T.FFN_UP, bid=i), hf + "mlp.dense_h_to_4h.weight", (2 * self.n_ff, e))

@@ -7,8 +7,8 @@ k_proj rows are permuted (permute_for_rope; k with the kv-head count).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
-from typing import Iterator
 
 from gguf import MODEL_TENSOR as T
 
@@ -19,7 +19,9 @@ class LlamaConverter(Converter):
     gguf_arch = "llama"
     vocab_builder = "deepseek_vocab"
     ignored_keys = frozenset({"attention_dropout", "pretraining_tp"})  # tp only splits the matmuls, same math
-    skip_tensors: tuple[str, ...] = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)  # buffer older transformers saved
+    skip_tensors: tuple[str, ...] = (
+        r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+    )  # buffer older transformers saved
 
     def _read_config(self) -> dict:
         g = self.get
@@ -30,11 +32,18 @@ class LlamaConverter(Converter):
         self.n_ff = g("intermediate_size")
         self.n_vocab = g("vocab_size")
         if self.n_embd % self.n_head or self.n_head % self.n_head_kv:
-            raise self.unsupported(f"head layout (hidden_size={self.n_embd}, num_attention_heads={self.n_head}, "
-                                   f"num_key_value_heads={self.n_head_kv})", "heads must divide hidden_size")
+            raise self.unsupported(
+                f"head layout (hidden_size={self.n_embd}, num_attention_heads={self.n_head}, "
+                f"num_key_value_heads={self.n_head_kv})",
+                "heads must divide hidden_size",
+            )
         self.head_dim = self.n_embd // self.n_head
-        self.require("head_dim", (self.head_dim,), default=self.head_dim,
-                      why="llama.cpp's llama graph assumes head_dim = hidden_size / num_attention_heads")
+        self.require(
+            "head_dim",
+            (self.head_dim,),
+            default=self.head_dim,
+            why="llama.cpp's llama graph assumes head_dim = hidden_size / num_attention_heads",
+        )
         self.require("hidden_act", ("silu",), default="silu")
         self.require("rope_scaling", (None,), default=None, why="no rope scaling is converted")
         self.require("attention_bias", (False,), default=False)
@@ -62,10 +71,18 @@ class LlamaConverter(Converter):
         for i in range(self.n_layer):
             hf = f"model.layers.{i}."
             yield TensorPlan(tensor_name(T.ATTN_NORM, bid=i), hf + "input_layernorm.weight", (e,))
-            yield TensorPlan(tensor_name(T.ATTN_Q, bid=i), hf + "self_attn.q_proj.weight", (e, e),
-                             partial(permute_for_rope, n_heads=self.n_head))
-            yield TensorPlan(tensor_name(T.ATTN_K, bid=i), hf + "self_attn.k_proj.weight", (kv_rows, e),
-                             partial(permute_for_rope, n_heads=self.n_head_kv))
+            yield TensorPlan(
+                tensor_name(T.ATTN_Q, bid=i),
+                hf + "self_attn.q_proj.weight",
+                (e, e),
+                partial(permute_for_rope, n_heads=self.n_head),
+            )
+            yield TensorPlan(
+                tensor_name(T.ATTN_K, bid=i),
+                hf + "self_attn.k_proj.weight",
+                (kv_rows, e),
+                partial(permute_for_rope, n_heads=self.n_head_kv),
+            )
             yield TensorPlan(tensor_name(T.ATTN_V, bid=i), hf + "self_attn.v_proj.weight", (kv_rows, e))
             yield TensorPlan(tensor_name(T.ATTN_OUT, bid=i), hf + "self_attn.o_proj.weight", (e, e))
             yield TensorPlan(tensor_name(T.FFN_NORM, bid=i), hf + "post_attention_layernorm.weight", (e,))

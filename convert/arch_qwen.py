@@ -12,7 +12,7 @@ num_attention_heads, num_hidden_layers, intermediate_size); both are accepted.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 from gguf import MODEL_TENSOR as T
 
@@ -22,16 +22,36 @@ from qrun.convert.archs import Converter, TensorPlan, tensor_name
 class QwenConverter(Converter):
     gguf_arch = "qwen"
     vocab_builder = "qwen_vocab"
-    ignored_keys = frozenset({
-        # dropout and dtype/kernel switches: no effect on inference math
-        "attn_pdrop", "embd_pdrop", "resid_pdrop", "attn_dropout_prob", "emb_dropout_prob", "bf16", "fp16", "fp32",
-        "params_dtype", "bias_dropout_fusion", "onnx_safe", "use_flash_attn", "softmax_in_fp32",
-        "use_cache_quantization", "use_cache_kernel", "tokenizer_type", "tokenizer_class",
-        # Qwen's code uses seq_length, not these, for its rope and context logic
-        "n_positions", "max_position_embeddings",
-    })
-    skip_tensors: tuple[str, ...] = (r"transformer\.rotary_emb\.inv_freq", r"transformer\.h\.\d+\.attn\.rotary_emb\.inv_freq",
-                    r"transformer\.h\.\d+\.attn\.(masked_)?bias")  # non-weight buffers some revisions saved
+    ignored_keys = frozenset(
+        {
+            # dropout and dtype/kernel switches: no effect on inference math
+            "attn_pdrop",
+            "embd_pdrop",
+            "resid_pdrop",
+            "attn_dropout_prob",
+            "emb_dropout_prob",
+            "bf16",
+            "fp16",
+            "fp32",
+            "params_dtype",
+            "bias_dropout_fusion",
+            "onnx_safe",
+            "use_flash_attn",
+            "softmax_in_fp32",
+            "use_cache_quantization",
+            "use_cache_kernel",
+            "tokenizer_type",
+            "tokenizer_class",
+            # Qwen's code uses seq_length, not these, for its rope and context logic
+            "n_positions",
+            "max_position_embeddings",
+        }
+    )
+    skip_tensors: tuple[str, ...] = (
+        r"transformer\.rotary_emb\.inv_freq",
+        r"transformer\.h\.\d+\.attn\.rotary_emb\.inv_freq",
+        r"transformer\.h\.\d+\.attn\.(masked_)?bias",
+    )  # non-weight buffers some revisions saved
 
     def _read_config(self) -> dict:
         g = self.get
@@ -41,12 +61,16 @@ class QwenConverter(Converter):
         self.n_ff = g("intermediate_size", "ffn_hidden_size")
         self.n_vocab = g("vocab_size", "padded_vocab_size")
         if self.n_embd % self.n_head or self.n_ff % 2:
-            raise self.unsupported(f"shape (hidden {self.n_embd}, heads {self.n_head}, ffn {self.n_ff})",
-                                   "heads must divide hidden_size and the FFN width must be even")
+            raise self.unsupported(
+                f"shape (hidden {self.n_embd}, heads {self.n_head}, ffn {self.n_ff})",
+                "heads must divide hidden_size and the FFN width must be even",
+            )
         self.head_dim = g("kv_channels", default=self.n_embd // self.n_head)
         if self.head_dim * self.n_head != self.n_embd:
-            raise self.unsupported(f"kv_channels={self.head_dim} with {self.n_head} heads and hidden {self.n_embd}",
-                                   "llama.cpp's qwen graph needs kv_channels * heads == hidden size")
+            raise self.unsupported(
+                f"kv_channels={self.head_dim} with {self.n_head} heads and hidden {self.n_embd}",
+                "llama.cpp's qwen graph needs kv_channels * heads == hidden size",
+            )
         rotary_pct = float(g("rotary_pct", default=1.0))
         n_rot = int(self.head_dim * rotary_pct)
         if not 0 < n_rot <= self.head_dim or n_rot % 2:

@@ -11,26 +11,37 @@ written. The per-model facts live in arch_llama.py, arch_qwen.py and arch_chatgl
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import gguf
 import numpy as np
 
-from qrun.errors import CheckpointError, UnsupportedConfigError
-from qrun.registry import ModelSpec
 from qrun.convert.checkpoint import Checkpoint
 from qrun.convert.safetensors_io import BF16_BITS
+from qrun.errors import CheckpointError, UnsupportedConfigError
+from qrun.registry import ModelSpec
 
 # Type of the 2-D weights in the unquantized GGUF -> numpy dtype of the arrays tensors() yields.
 WEIGHT_DTYPES = {"F16": np.dtype(np.float16), "BF16": BF16_BITS}
 
 _MISSING = object()
 # Keys every config.json may carry that change nothing in the weights or the forward pass.
-COMMON_IGNORED_KEYS = frozenset({
-    "_name_or_path", "architectures", "auto_map", "model_type", "torch_dtype", "transformers_version", "use_cache",
-    "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range",
-})
+COMMON_IGNORED_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "architectures",
+        "auto_map",
+        "model_type",
+        "torch_dtype",
+        "transformers_version",
+        "use_cache",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "initializer_range",
+    }
+)
 
 
 def tensor_name(kind: gguf.MODEL_TENSOR, suffix: str = "weight", *, bid: int | None = None) -> str:
@@ -70,13 +81,17 @@ class Converter:
         try:
             self._hparams = self._read_config()
         except (TypeError, ZeroDivisionError) as err:  # e.g. "hidden_size": "4096", or 0 heads
-            raise UnsupportedConfigError(f"config.json of {spec.name} has a size that is not a positive number "
-                                         f"({err})", "re-download config.json from the model's repository") from None
+            raise UnsupportedConfigError(
+                f"config.json of {spec.name} has a size that is not a positive number ({err})",
+                "re-download config.json from the model's repository",
+            ) from None
         for key, value in self._hparams.items():
             # a NaN rope_theta or a context_length of 0 converts without complaint and runs as nonsense
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-                raise UnsupportedConfigError(f"config.json of {spec.name} gives {key} = {value!r}",
-                                             "it must be a positive finite number; re-download config.json")
+                raise UnsupportedConfigError(
+                    f"config.json of {spec.name} gives {key} = {value!r}",
+                    "it must be a positive finite number; re-download config.json",
+                )
         ignored = set(self.config) - self._used_keys - COMMON_IGNORED_KEYS - self.ignored_keys
         if ignored:
             self.notes.append("config keys not used by the converter: " + ", ".join(sorted(ignored)))
@@ -90,13 +105,16 @@ class Converter:
         present = [(k, self.config[k]) for k in keys if k in self.config and self.config[k] is not None]
         if len({repr(v) for _, v in present}) > 1:
             listing = ", ".join(f"{k}={v!r}" for k, v in present)
-            raise UnsupportedConfigError(f"config.json has conflicting values: {listing}",
-                                         "fix config.json so the synonyms agree")
+            raise UnsupportedConfigError(
+                f"config.json has conflicting values: {listing}", "fix config.json so the synonyms agree"
+            )
         if present:
             return present[0][1]
         if default is _MISSING:
-            raise CheckpointError(f"config.json lacks {' / '.join(keys)}, which {self.spec.name} needs",
-                                  "re-download config.json from the model's repository")
+            raise CheckpointError(
+                f"config.json lacks {' / '.join(keys)}, which {self.spec.name} needs",
+                "re-download config.json from the model's repository",
+            )
         return default
 
     def require(self, key: str, allowed: tuple, *, default, why: str = "") -> object:
@@ -152,17 +170,24 @@ class Converter:
         return p.transform(array) if p.transform else array
 
     def info(self) -> dict:
-        return {"gguf_arch": self.gguf_arch, "hf_architecture": self.spec.hf_architecture,
-                "hparams": self.hparams(), "notes": list(self.notes),
-                "tensor_count": len(self.plan), "checkpoint_files": [p.name for p in self.checkpoint.weight_files]}
+        return {
+            "gguf_arch": self.gguf_arch,
+            "hf_architecture": self.spec.hf_architecture,
+            "hparams": self.hparams(),
+            "notes": list(self.notes),
+            "tensor_count": len(self.plan),
+            "checkpoint_files": [p.name for p in self.checkpoint.weight_files],
+        }
 
     def _check_tensors(self) -> None:
         directory = self.checkpoint.directory
         planned = {p.hf_name for p in self.plan}
         for p in self.plan:
             if p.hf_name not in self.checkpoint:
-                raise CheckpointError(f"missing tensor {p.hf_name} in the checkpoint at {directory}",
-                                      "the weights are incomplete or belong to another model; re-download them")
+                raise CheckpointError(
+                    f"missing tensor {p.hf_name} in the checkpoint at {directory}",
+                    "the weights are incomplete or belong to another model; re-download them",
+                )
             actual = self.checkpoint.shape(p.hf_name)
             if tuple(actual) != p.shape:
                 raise CheckpointError(
@@ -186,5 +211,4 @@ def permute_for_rope(weight: np.ndarray, n_heads: int) -> np.ndarray:
     Source: llama.cpp convert_hf_to_gguf.py LlamaModel.permute (rows viewed as (head, 2, head_dim/2)).
     """
     rows = weight.shape[0]
-    return (weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
-            .swapaxes(1, 2).reshape(weight.shape))
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)

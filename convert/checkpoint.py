@@ -14,9 +14,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from qrun.errors import CheckpointError
 from qrun.convert.safetensors_io import SafetensorsFile
 from qrun.convert.torch_pickle import TorchZipFile
+from qrun.errors import CheckpointError
 
 _FOLDER_HINT = "point --from at the model folder (config.json, tokenizer files and weights), or re-download it"
 
@@ -70,17 +70,22 @@ def _shard_path(directory: Path, shard, index_name: str) -> Path:
         raise CheckpointError(f"{where} names a shard that is not a file name: {shard!r}", "re-download the index file")
     parts = PurePosixPath(shard).parts
     if PurePosixPath(shard).is_absolute() or ".." in parts or "\\" in shard or "\x00" in shard:
-        raise CheckpointError(f"{where} names shard {shard!r} outside the checkpoint folder",
-                              "shards must be files inside the folder; re-download the index file")
+        raise CheckpointError(
+            f"{where} names shard {shard!r} outside the checkpoint folder",
+            "shards must be files inside the folder; re-download the index file",
+        )
     path = directory / shard
     if not path.exists():
-        raise CheckpointError(f"missing shard {shard} (listed in {index_name}) in {directory}",
-                              "download every shard the index lists")
+        raise CheckpointError(
+            f"missing shard {shard} (listed in {index_name}) in {directory}", "download every shard the index lists"
+        )
     resolved, home = path.resolve(), directory.resolve()
     blobs = _blob_store(directory)
     if not (resolved.is_relative_to(home) or (blobs is not None and resolved.is_relative_to(blobs))):
-        raise CheckpointError(f"shard {shard} (listed in {index_name}) leads outside {directory} (to {resolved})",
-                              "copy the shard into the checkpoint folder instead of linking it")
+        raise CheckpointError(
+            f"shard {shard} (listed in {index_name}) leads outside {directory} (to {resolved})",
+            "copy the shard into the checkpoint folder instead of linking it",
+        )
     return regular_file(path)
 
 
@@ -92,8 +97,10 @@ def _shards_from_index(directory: Path, index_name: str) -> list[Path]:
     shards = []
     for shard in weight_map.values():
         if not isinstance(shard, str):
-            raise CheckpointError(f"{directory / index_name} names a shard that is not a file name: {shard!r}",
-                                  "re-download the index file")
+            raise CheckpointError(
+                f"{directory / index_name} names a shard that is not a file name: {shard!r}",
+                "re-download the index file",
+            )
     for shard in dict.fromkeys(weight_map.values()):  # keep order, drop repeats
         shards.append(_shard_path(directory, shard, index_name))
     return shards

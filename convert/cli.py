@@ -49,21 +49,43 @@ def _summary(result: dict) -> str:
     wall_s = sum(s.get("wall_s", 0.0) for s in steps.values() if not s.get("reused"))
     state = "up to date" if result.get("status") == "up_to_date" else f"converted in {wall_s:.1f} s"
     bpw = result.get("bits_per_weight")
-    return (f"{result.get('model')}  {result.get('quant')}  {_size(result.get('size_bytes'))}"
-            f"  {bpw} bits/weight  {state}  {result.get('path')}")
+    return (
+        f"{result.get('model')}  {result.get('quant')}  {_size(result.get('size_bytes'))}"
+        f"  {bpw} bits/weight  {state}  {result.get('path')}"
+    )
 
 
 @click.command("convert")
 @click.argument("models", nargs=-1)
 @click.option("--from", "from_dir", metavar="DIR", help="Convert a local checkpoint folder (exactly one MODEL).")
-@click.option("--source", default="modelscope", show_default=True, metavar="modelscope|hf",
-              help="Hub to download from when --from is not given.")
+@click.option(
+    "--source",
+    default="modelscope",
+    show_default=True,
+    metavar="modelscope|hf",
+    help="Hub to download from when --from is not given.",
+)
 @click.option("--revision", metavar="REV", help="Hub branch, tag or commit to download (recorded in the manifest).")
-@click.option("--quant", default=settings.DEFAULT_QUANT, show_default=True, metavar="QUANT",
-              help=f"Output type: {', '.join(settings.QUANTS)}.")
-@click.option("--out", "out_dir", metavar="DIR", type=click.Path(file_okay=False), help="Output folder [default: QRUN_GGUF_DIR, then ./ggufs].")
-@click.option("--keep-f16", is_flag=True, help="Also keep an F16 GGUF (the quantized file is then made from it; "
-              "without this flag a bf16 checkpoint goes through an exact BF16 intermediate that is deleted).")
+@click.option(
+    "--quant",
+    default=settings.DEFAULT_QUANT,
+    show_default=True,
+    metavar="QUANT",
+    help=f"Output type: {', '.join(settings.QUANTS)}.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Output folder [default: QRUN_GGUF_DIR, then ./ggufs].",
+)
+@click.option(
+    "--keep-f16",
+    is_flag=True,
+    help="Also keep an F16 GGUF (the quantized file is then made from it; "
+    "without this flag a bf16 checkpoint goes through an exact BF16 intermediate that is deleted).",
+)
 @click.option("--threads", type=int, default=None, metavar="N", help="Quantizer threads [default: physical cores].")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as a JSON list on stdout.")
 def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, threads, as_json):
@@ -77,21 +99,34 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
     """
     specs = [registry.get(name) for name in models] or list(registry.MODELS)
     if from_dir is not None and len(models) != 1:
-        raise UsageError(f"--from needs exactly one MODEL, got {len(models)}",
-                         "name the model the folder holds, e.g. qrun convert chatglm3 --from DIR")
+        raise UsageError(
+            f"--from needs exactly one MODEL, got {len(models)}",
+            "name the model the folder holds, e.g. qrun convert chatglm3 --from DIR",
+        )
     if source not in SOURCES:
         raise UsageError(f"unknown --source {source!r}", f"use one of: {', '.join(SOURCES)}")
     quant = settings.check_quant(quant)
     if threads is not None and threads < 0:
         raise UsageError(f"--threads must be >= 0, got {threads}", "0 means all physical cores")
     if keep_f16 and quant == "BF16":
-        raise UsageError("--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
-                         "drop --keep-f16, or run `qrun convert --quant F16` as well")
+        raise UsageError(
+            "--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
+            "drop --keep-f16, or run `qrun convert --quant F16` as well",
+        )
     results, failed = [], []
     for spec in dict.fromkeys(specs):
         try:
-            result = convert_model(spec.name, from_dir=from_dir, source=source, revision=revision, quant=quant,
-                                   out_dir=out_dir, keep_f16=keep_f16, threads=threads, progress=StderrProgress())
+            result = convert_model(
+                spec.name,
+                from_dir=from_dir,
+                source=source,
+                revision=revision,
+                quant=quant,
+                out_dir=out_dir,
+                keep_f16=keep_f16,
+                threads=threads,
+                progress=StderrProgress(),
+            )
         except QrunError as err:
             if len(specs) == 1:
                 raise
@@ -105,16 +140,26 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
     if as_json:
         click.echo(json.dumps(results, ensure_ascii=False, indent=2))
     if failed:
-        raise ConversionError(f"{len(failed)} of {len(specs)} models failed: {', '.join(failed)}",
-                              "see the error line of each above; rerun `qrun convert` to retry only what is missing")
+        raise ConversionError(
+            f"{len(failed)} of {len(specs)} models failed: {', '.join(failed)}",
+            "see the error line of each above; rerun `qrun convert` to retry only what is missing",
+        )
 
 
 @click.command("models")
-@click.option("--ggufs", "ggufs_dir", metavar="DIR", type=click.Path(file_okay=False),
-              help="Folder of converted models [default: QRUN_GGUF_DIR, "
-              "then ./ggufs].")
-@click.option("--verify", is_flag=True, help="Hash every GGUF and compare it with its manifest's sha256; exit 1 "
-              "when any does not match (a match is remembered: copies then list as ok).")
+@click.option(
+    "--ggufs",
+    "ggufs_dir",
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Folder of converted models [default: QRUN_GGUF_DIR, then ./ggufs].",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Hash every GGUF and compare it with its manifest's sha256; exit 1 "
+    "when any does not match (a match is remembered: copies then list as ok).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the registry and local files as JSON.")
 def models_cmd(ggufs_dir, verify, as_json):
     """List the supported models and which of them are converted locally.
@@ -133,29 +178,55 @@ def models_cmd(ggufs_dir, verify, as_json):
             _remember_verified(spec, folder, path, check.manifest)
         if verify and not check.ok:
             failed.append(f"{path.name} ({check.status}: {check.reason})")
-        local.setdefault(spec.name, []).append({
-            "file": str(path), "quant": quant, "size_bytes": path.stat().st_size,
-            "manifest": check.status, "manifest_note": check.reason,
-        })
-    rows = [{
-        "name": spec.name, "aliases": list(spec.aliases), "modelscope_id": spec.modelscope_id, "hf_id": spec.hf_id,
-        "hf_architecture": spec.hf_architecture, "gguf_arch": spec.gguf_arch, "chat_format": spec.chat_format,
-        "converted": local.get(spec.name, []),
-    } for spec in registry.MODELS]
+        local.setdefault(spec.name, []).append(
+            {
+                "file": str(path),
+                "quant": quant,
+                "size_bytes": path.stat().st_size,
+                "manifest": check.status,
+                "manifest_note": check.reason,
+            }
+        )
+    rows = [
+        {
+            "name": spec.name,
+            "aliases": list(spec.aliases),
+            "modelscope_id": spec.modelscope_id,
+            "hf_id": spec.hf_id,
+            "hf_architecture": spec.hf_architecture,
+            "gguf_arch": spec.gguf_arch,
+            "chat_format": spec.chat_format,
+            "converted": local.get(spec.name, []),
+        }
+        for spec in registry.MODELS
+    ]
     if as_json:
         click.echo(json.dumps({"ggufs_dir": str(folder), "models": rows}, ensure_ascii=False, indent=2))
         _verify_outcome(failed)
         return
     from tabulate import tabulate
 
-    click.echo(tabulate(
-        [(r["name"], ", ".join(r["aliases"]), r["modelscope_id"], r["hf_id"], r["gguf_arch"], r["chat_format"])
-         for r in rows],
-        headers=["model", "aliases", "ModelScope", "Hugging Face", "arch", "chat format"]))
+    click.echo(
+        tabulate(
+            [
+                (r["name"], ", ".join(r["aliases"]), r["modelscope_id"], r["hf_id"], r["gguf_arch"], r["chat_format"])
+                for r in rows
+            ],
+            headers=["model", "aliases", "ModelScope", "Hugging Face", "arch", "chat format"],
+        )
+    )
     click.echo(f"\nConverted in {folder}:")
-    files = [(r["name"], f["quant"], _size(f["size_bytes"]),
-              f["manifest"] + (f" ({f['manifest_note']})" if f["manifest"] != "ok" else ""), Path(f["file"]).name)
-             for r in rows for f in r["converted"]]
+    files = [
+        (
+            r["name"],
+            f["quant"],
+            _size(f["size_bytes"]),
+            f["manifest"] + (f" ({f['manifest_note']})" if f["manifest"] != "ok" else ""),
+            Path(f["file"]).name,
+        )
+        for r in rows
+        for f in r["converted"]
+    ]
     if files:
         click.echo(tabulate(files, headers=["model", "quant", "size", "manifest", "file"]))
     else:
@@ -177,5 +248,7 @@ def _remember_verified(spec, folder: Path, path: Path, manifest: dict) -> None:
 
 def _verify_outcome(failed: list[str]) -> None:
     if failed:
-        raise GGUFError(f"{len(failed)} GGUF file(s) do not match their manifests: {'; '.join(failed)}",
-                        "re-create them with `qrun convert MODEL --quant QUANT` (or copy them again)")
+        raise GGUFError(
+            f"{len(failed)} GGUF file(s) do not match their manifests: {'; '.join(failed)}",
+            "re-create them with `qrun convert MODEL --quant QUANT` (or copy them again)",
+        )

@@ -29,6 +29,8 @@ def _disk_full(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
 _HUB_NAMES = {"modelscope": "ModelScope", "hf": "Hugging Face"}
 
 SAFETENSORS_PATTERNS = ("*.safetensors", "model.safetensors.index.json")
@@ -135,18 +137,26 @@ def download_checkpoint(
 
     def fetch(patterns: list[str]) -> Path:
         try:
-            return Path(_snapshot(source, repo_id, revision=revision, patterns=patterns, cache_dir=cache_dir,
-                                  local_only=local_only))
+            return Path(
+                _snapshot(
+                    source, repo_id, revision=revision, patterns=patterns, cache_dir=cache_dir, local_only=local_only
+                )
+            )
         except Exception as exc:  # any failure of the hub library: network, auth, missing repo/revision, disk
             if _disk_full(exc):
-                raise DiskSpaceError(f"the disk filled up while downloading {where}: {_short(exc)}",
-                                     "free space (a 7B checkpoint is 12-15 GB) or point HF_HOME / MODELSCOPE_CACHE "
-                                     "at a bigger disk, then rerun: the download resumes") from exc
+                raise DiskSpaceError(
+                    f"the disk filled up while downloading {where}: {_short(exc)}",
+                    "free space (a 7B checkpoint is 12-15 GB) or point HF_HOME / MODELSCOPE_CACHE "
+                    "at a bigger disk, then rerun: the download resumes",
+                ) from exc
             if source == "modelscope" and not local_only:
                 cached = _cached_modelscope(repo_id, revision=revision, patterns=patterns, cache_dir=cache_dir)
                 if cached is not None:
-                    print(f"[download] {hub} unreachable ({_short(exc)}); using the complete cached copy {cached}",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"[download] {hub} unreachable ({_short(exc)}); using the complete cached copy {cached}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     return cached
             other = "--source hf" if source == "modelscope" else "--source modelscope"
             raise DownloadError(
@@ -170,8 +180,9 @@ def download_checkpoint(
 def _cached_modelscope(repo_id: str, *, revision: str | None, patterns: list[str], cache_dir) -> Path | None:
     """ModelScope's cached snapshot when it is complete (its library, unlike Hugging Face's, has no fallback)."""
     try:
-        folder = Path(_snapshot("modelscope", repo_id, revision=revision, patterns=patterns, cache_dir=cache_dir,
-                                local_only=True))
+        folder = Path(
+            _snapshot("modelscope", repo_id, revision=revision, patterns=patterns, cache_dir=cache_dir, local_only=True)
+        )
     except Exception:
         return None
     if (folder / "config.json").is_file() and not missing_weight_files(folder):

@@ -135,8 +135,7 @@ def remember_verified(gguf_path: str | os.PathLike, manifest: dict) -> bool:
     """Record in the manifest that the file now there was hashed and matches, so later checks say "ok" without
     hashing again. False when the manifest cannot be rewritten (a read-only folder): the check just repeats."""
     gguf_path = Path(gguf_path)
-    updated = {**manifest, **file_identity(gguf_path),
-               "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    updated = {**manifest, **file_identity(gguf_path), "verified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     try:
         write_manifest(gguf_path, updated)
     except OSError:
@@ -168,8 +167,9 @@ def read_manifest(gguf_path: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def check_manifest(gguf_path: str | os.PathLike, *, verify_sha256: bool = False,
-                   hash_always: bool = False) -> ManifestCheck:
+def check_manifest(
+    gguf_path: str | os.PathLike, *, verify_sha256: bool = False, hash_always: bool = False
+) -> ManifestCheck:
     """Does the manifest next to `gguf_path` describe the file that is there?
 
     Cheap first: the size, modified time, inode and ctime recorded when the file was written (fsutil.file_identity;
@@ -192,15 +192,19 @@ def check_manifest(gguf_path: str | os.PathLike, *, verify_sha256: bool = False,
     if manifest.get("gguf") != gguf_path.name:
         return ManifestCheck("stale", manifest, f"manifest describes {manifest.get('gguf')!r}, not {gguf_path.name}")
     if manifest.get("size_bytes") != identity["size_bytes"]:
-        return ManifestCheck("stale", manifest, f"size {identity['size_bytes']} bytes differs from the manifest's "
-                                                f"{manifest.get('size_bytes')}")
+        return ManifestCheck(
+            "stale",
+            manifest,
+            f"size {identity['size_bytes']} bytes differs from the manifest's {manifest.get('size_bytes')}",
+        )
     if not hash_always and all(manifest.get(key) == value for key, value in identity.items()):
         return ManifestCheck("ok", manifest)
     if verify_sha256 or hash_always:
         if sha256_file(gguf_path) == manifest.get("sha256"):
             return ManifestCheck("ok", manifest, "sha256 matches", hashed=True)
-        return ManifestCheck("stale", manifest, "file changed after its manifest was written (sha256 differs)",
-                             hashed=True)
+        return ManifestCheck(
+            "stale", manifest, "file changed after its manifest was written (sha256 differs)", hashed=True
+        )
     if manifest.get("mtime_ns") != identity["mtime_ns"]:
         why = "modified time differs from the manifest's (a copy?)"
     else:

@@ -19,15 +19,29 @@ import contextlib
 import errno
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qrun import registry, settings
 from qrun.convert import manifest as mf
 from qrun.convert import workspace as ws
-from qrun.convert.plan import (CheckFreeDisk, Checkpoint, ConvertUnquantized, Disk, Download, KeepIntermediate,
-                               Quantize, RemoveIntermediate, Request, ReuseIntermediate, ReuseKept, Step, UpToDate,
-                               plan, reusable_types)
+from qrun.convert.plan import (
+    CheckFreeDisk,
+    Checkpoint,
+    ConvertUnquantized,
+    Disk,
+    Download,
+    KeepIntermediate,
+    Quantize,
+    RemoveIntermediate,
+    Request,
+    ReuseIntermediate,
+    ReuseKept,
+    Step,
+    UpToDate,
+    plan,
+    reusable_types,
+)
 from qrun.errors import CheckpointError, ConversionError, DiskSpaceError, QrunError, UsageError
 from qrun.fsutil import os_reason, sha256_file
 from qrun.measure import MemoryWatch
@@ -136,11 +150,21 @@ def convert_model(
         raise UsageError(f"threads must be >= 0, got {threads}", "0 means all physical cores")
     threads = threads or settings.default_threads()
     if keep_f16 and quant == "BF16":
-        raise UsageError("--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
-                         "drop --keep-f16, or run `qrun convert --quant F16` as well")
+        raise UsageError(
+            "--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
+            "drop --keep-f16, or run `qrun convert --quant F16` as well",
+        )
     out = _output_dir(out_dir)
-    request = Request(model=spec.name, quant=quant, out_dir=out, from_dir=None if from_dir is None else Path(from_dir),
-                      source=source, revision=revision, keep_f16=keep_f16, threads=threads)
+    request = Request(
+        model=spec.name,
+        quant=quant,
+        out_dir=out,
+        from_dir=None if from_dir is None else Path(from_dir),
+        source=source,
+        revision=revision,
+        keep_f16=keep_f16,
+        threads=threads,
+    )
     with ws.output_lock(spec, out, say=_say):
         try:
             return _Execution(request, spec, progress).run()
@@ -171,11 +195,14 @@ def _output_dir(out_dir: str | os.PathLike | None) -> Path:
 def _file_system_error(err: OSError, out: Path) -> QrunError:
     where = err.filename or out
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskSpaceError(f"the disk filled up while writing {where}",
-                              "free some space or pass --out DIR on a disk with more room, then rerun "
-                              "(a complete intermediate is reused)")
-    return ConversionError(f"cannot write {where}: {os_reason(err)}",
-                           "check the folder's permissions and free space, or pass --out DIR")
+        return DiskSpaceError(
+            f"the disk filled up while writing {where}",
+            "free some space or pass --out DIR on a disk with more room, then rerun "
+            "(a complete intermediate is reused)",
+        )
+    return ConversionError(
+        f"cannot write {where}: {os_reason(err)}", "check the folder's permissions and free space, or pass --out DIR"
+    )
 
 
 class _Execution:
@@ -204,8 +231,9 @@ class _Execution:
         return ws.intermediate_path(self.spec, self.request.out_dir, weight_type)
 
     def _current(self, path: Path, checkpoint_fingerprint: str | None, revision: str | None) -> dict | None:
-        return _up_to_date(path, checkpoint_fingerprint=checkpoint_fingerprint, revision=revision,
-                           source=self.request.source)
+        return _up_to_date(
+            path, checkpoint_fingerprint=checkpoint_fingerprint, revision=revision, source=self.request.source
+        )
 
     def run(self) -> dict:
         for leftover in ws.clean_stale_partials(self.spec, self.request.out_dir):
@@ -231,8 +259,10 @@ class _Execution:
         if request.from_dir is not None:
             local_dir = request.from_dir.expanduser().resolve()
             if not local_dir.is_dir():
-                raise CheckpointError(f"checkpoint folder {local_dir} does not exist",
-                                      "pass the folder that holds config.json and the weights")
+                raise CheckpointError(
+                    f"checkpoint folder {local_dir} does not exist",
+                    "pass the folder that holds config.json and the weights",
+                )
             local_fingerprint = ws.fingerprint(local_dir, self.spec)
         done = self._current(self.final, local_fingerprint, request.revision)
         if done and request.keep_f16 and request.quant != "F16":
@@ -263,30 +293,43 @@ class _Execution:
             if kept is not None:
                 self.kept_manifests[kept_type] = kept
                 break
-        present = {t for t in settings.UNQUANTIZED
-                   if any(os.path.lexists(p) for p in (self._intermediate(t), ws.marker_path(self._intermediate(t))))}
+        present = {
+            t
+            for t in settings.UNQUANTIZED
+            if any(os.path.lexists(p) for p in (self._intermediate(t), ws.marker_path(self._intermediate(t))))
+        }
         for weight_type in present:
             marker = ws.reusable_marker(self._intermediate(weight_type), fingerprint)
             if marker is not None:
                 self.markers[weight_type] = marker
-        quant_output_current = (self.request.quant not in settings.UNQUANTIZED
-                                and self._current(self.final, fingerprint, None) is not None)
-        return Disk(checkpoint=checkpoint, quant_output_current=quant_output_current,
-                    kept=frozenset(self.kept_manifests), intermediates=frozenset(present),
-                    reusable=frozenset(self.markers))
+        quant_output_current = (
+            self.request.quant not in settings.UNQUANTIZED and self._current(self.final, fingerprint, None) is not None
+        )
+        return Disk(
+            checkpoint=checkpoint,
+            quant_output_current=quant_output_current,
+            kept=frozenset(self.kept_manifests),
+            intermediates=frozenset(present),
+            reusable=frozenset(self.markers),
+        )
 
     def _do(self, step: Step) -> None:
         match step:
             case RemoveIntermediate(weight_type=weight_type):
                 ws.remove_intermediate(self._intermediate(weight_type))
             case ReuseKept(weight_type=weight_type):
-                self._reuse(weight_type, self._output(weight_type),
-                            self.kept_manifests[weight_type].get("steps", {}).get("convert"))
+                self._reuse(
+                    weight_type,
+                    self._output(weight_type),
+                    self.kept_manifests[weight_type].get("steps", {}).get("convert"),
+                )
                 _say(f"[convert] reusing {self.base_path.name}")
             case ReuseIntermediate(weight_type=weight_type):
                 self._reuse(weight_type, self._intermediate(weight_type), self.markers[weight_type].get("convert_step"))
-                _say(f"[convert] reusing the complete {weight_type} intermediate {self.base_path.name} of an "
-                     f"interrupted run")
+                _say(
+                    f"[convert] reusing the complete {weight_type} intermediate {self.base_path.name} of an "
+                    f"interrupted run"
+                )
             case CheckFreeDisk(unquantized=unquantized, quant=quant):
                 assert self.checkpoint_dir is not None  # observed before any plan asks for the disk check
                 n_params = ws.estimate_params(self.checkpoint_dir)
@@ -302,8 +345,12 @@ class _Execution:
             case Quantize(quant=quant):
                 self._quantize(quant)
             case KeepIntermediate(weight_type=weight_type):
-                self._install(self.base_path, self._output(weight_type), weight_type,
-                              {k: v for k, v in self.timings.items() if k != "quantize"})
+                self._install(
+                    self.base_path,
+                    self._output(weight_type),
+                    weight_type,
+                    {k: v for k, v in self.timings.items() if k != "quantize"},
+                )
                 ws.remove_intermediate(self.base_path)
 
     def _reuse(self, weight_type: str, path: Path, convert_step: dict | None) -> None:
@@ -320,8 +367,13 @@ class _Execution:
         with _measured(self.timings, "convert"):
             converter = converter_for(self.spec, self.checkpoint_dir, weight_type=weight_type)
             writer_info = write_gguf(converter, intermediate, progress=_step_progress(self.progress, "convert"))
-        ws.write_marker(intermediate, checkpoint_fingerprint=self.source_info["fingerprint"], source=self.source_info,
-                        convert_step=self.timings["convert"], writer_info=writer_info)
+        ws.write_marker(
+            intermediate,
+            checkpoint_fingerprint=self.source_info["fingerprint"],
+            source=self.source_info,
+            convert_step=self.timings["convert"],
+            writer_info=writer_info,
+        )
         self.base_type, self.base_path, self.base_size_bytes = weight_type, intermediate, intermediate.stat().st_size
 
     def _quantize(self, quant: str) -> None:
@@ -331,8 +383,14 @@ class _Execution:
         staged = None
         try:
             with _measured(self.timings, "quantize"):
-                staged = quantize_gguf(self.base_path, self.final, quant, threads=self.request.threads,
-                                       progress=self.progress, commit=False)
+                staged = quantize_gguf(
+                    self.base_path,
+                    self.final,
+                    quant,
+                    threads=self.request.threads,
+                    progress=self.progress,
+                    commit=False,
+                )
             self._install(staged, self.final, quant, self.timings)
         finally:
             if staged is not None:
@@ -343,10 +401,18 @@ class _Execution:
         """Hash the finished `staged` file, then put it and its manifest in place of `path` and its manifest."""
         with _measured(file_steps, "hash"):
             digest = sha256_file(staged)
-        manifest = mf.build_manifest(model=self.spec.name, quant=file_quant, gguf_path=staged, sha256=digest,
-                                     source=self.source_info, unquantized_type=self.base_type,
-                                     unquantized_size_bytes=self.base_size_bytes, steps=file_steps,
-                                     threads=self.request.threads, gguf_name=path.name)
+        manifest = mf.build_manifest(
+            model=self.spec.name,
+            quant=file_quant,
+            gguf_path=staged,
+            sha256=digest,
+            source=self.source_info,
+            unquantized_type=self.base_type,
+            unquantized_size_bytes=self.base_size_bytes,
+            steps=file_steps,
+            threads=self.request.threads,
+            gguf_name=path.name,
+        )
         self.installed[path] = mf.install_gguf(staged, path, manifest)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from qrun import settings
 
@@ -116,8 +115,17 @@ class KeepIntermediate:
     weight_type: str
 
 
-Step = Union[UpToDate, Download, RemoveIntermediate, ReuseKept, ReuseIntermediate, CheckFreeDisk, ConvertUnquantized,
-             Quantize, KeepIntermediate]
+Step = (
+    UpToDate
+    | Download
+    | RemoveIntermediate
+    | ReuseKept
+    | ReuseIntermediate
+    | CheckFreeDisk
+    | ConvertUnquantized
+    | Quantize
+    | KeepIntermediate
+)
 
 
 def base_type(request: Request, checkpoint: Checkpoint) -> str:

@@ -14,8 +14,8 @@ import signal
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qrun import interrupts, settings
 from qrun.errors import ConversionError, GGUFError, UsageError
@@ -116,7 +116,8 @@ def quantize_gguf(
     """Quantize `src_path` (an F16 GGUF) to `dst_path` as `quant`, atomically.
 
     The output is written under a name of this process (fsutil.partial_path) and renamed only when llama.cpp
-    reports success, so a crash or kill never leaves a half-written file under the final name. llama.cpp cannot be stopped mid-call and a Ctrl-C
+    reports success, so a crash or kill never leaves a half-written file under the final name. llama.cpp cannot be
+    stopped mid-call and a Ctrl-C
     raised inside its log callback would be dropped by ctypes, so Ctrl-C here deletes the partial file and ends
     the process at once (exit 130) instead of raising KeyboardInterrupt.
 

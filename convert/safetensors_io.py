@@ -12,8 +12,8 @@ import json
 import math
 import os
 import struct
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -102,8 +102,7 @@ class SafetensorsFile:
                 dtype, shape, (begin, end) = entry["dtype"], [int(d) for d in entry["shape"]], entry["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise self._corrupt(f"bad header entry for {name}") from None
-            if (any(d < 0 for d in shape) or not all(type(o) is int for o in (begin, end))
-                    or not isinstance(dtype, str)):
+            if any(d < 0 for d in shape) or not all(type(o) is int for o in (begin, end)) or not isinstance(dtype, str):
                 raise self._corrupt(f"bad header entry for {name}")
             itemsize = STORAGE_DTYPES.get(dtype, (None, None))[1]
             if itemsize is not None and end - begin != math.prod(shape) * itemsize:
@@ -121,8 +120,9 @@ class SafetensorsFile:
             if entry["begin"] < expected:
                 raise self._corrupt(f"{name} at bytes {entry['begin']}-{entry['end']} overlaps another tensor")
             if entry["begin"] > expected:
-                raise self._corrupt(f"bytes {expected}-{entry['begin']} of the data section belong to no tensor "
-                                    f"(before {name})")
+                raise self._corrupt(
+                    f"bytes {expected}-{entry['begin']} of the data section belong to no tensor (before {name})"
+                )
             expected = entry["end"]
         if expected != data_bytes:
             raise self._corrupt(f"the tensors cover {expected} of the {data_bytes}-byte data section")
@@ -145,8 +145,9 @@ class SafetensorsFile:
         shape = entry["shape"]
         if math.prod(shape) == 0:
             return np.zeros(shape, dtype=dtype)
-        raw = np.memmap(self.path, mode="r", dtype=raw_dtype, offset=self.data_start + entry["begin"],
-                        shape=(math.prod(shape),)).reshape(shape)
+        raw = np.memmap(
+            self.path, mode="r", dtype=raw_dtype, offset=self.data_start + entry["begin"], shape=(math.prod(shape),)
+        ).reshape(shape)
         try:
             return convert_rows(raw, entry["dtype"], dtype)
         finally:

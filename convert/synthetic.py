@@ -12,8 +12,8 @@ import json
 import math
 import shutil
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -26,15 +26,35 @@ from qrun.fsutil import write_json_atomic
 # real), the REAL vocab sizes so the real tokenizers fit. Key names follow the configs in tests/data/tokenizers;
 # synonyms of the other Qwen schema are translated when applied (see _apply_overrides).
 TINY_OVERRIDES: dict[str, dict] = {
-    "qwen-7b-chat": {"n_embd": 256, "n_head": 4, "kv_channels": 64, "n_layer": 2,
-                     "ffn_hidden_size": 1024},  # Qwen's config counts both MLP branches: 2 x 512
-    "chatglm3-6b": {"hidden_size": 256, "num_attention_heads": 4, "kv_channels": 64, "multi_query_group_num": 2,
-                    "num_layers": 2, "ffn_hidden_size": 512},
-    "deepseek-llm-7b-chat": {"hidden_size": 256, "num_attention_heads": 4, "num_key_value_heads": 4,
-                             "num_hidden_layers": 2, "intermediate_size": 512},
+    "qwen-7b-chat": {
+        "n_embd": 256,
+        "n_head": 4,
+        "kv_channels": 64,
+        "n_layer": 2,
+        "ffn_hidden_size": 1024,
+    },  # Qwen's config counts both MLP branches: 2 x 512
+    "chatglm3-6b": {
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "kv_channels": 64,
+        "multi_query_group_num": 2,
+        "num_layers": 2,
+        "ffn_hidden_size": 512,
+    },
+    "deepseek-llm-7b-chat": {
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "num_hidden_layers": 2,
+        "intermediate_size": 512,
+    },
 }
-_QWEN_SYNONYMS = {"n_embd": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
-                  "ffn_hidden_size": "intermediate_size"}
+_QWEN_SYNONYMS = {
+    "n_embd": "hidden_size",
+    "n_head": "num_attention_heads",
+    "n_layer": "num_hidden_layers",
+    "ffn_hidden_size": "intermediate_size",
+}
 _QWEN_SYNONYMS.update({v: k for k, v in list(_QWEN_SYNONYMS.items())})
 _EXTRA_FILES = ("tokenizer_config.json", "generation_config.json")
 _DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
@@ -47,33 +67,88 @@ _BLOCK_ELEMENTS = 1 << 22  # values generated per step (16 MB of f32)
 # qrun/demo/checkpoints.py).
 BASE_CONFIGS: dict[str, dict] = {
     "qwen-7b-chat": {
-        "activation": "swiglu", "apply_residual_connection_post_layernorm": False,
-        "architectures": ["QWenLMHeadModel"], "attn_pdrop": 0.0, "bf16": False, "fp16": False, "fp32": False,
-        "bias_dropout_fusion": True, "embd_pdrop": 0.0, "ffn_hidden_size": 22016, "initializer_range": 0.02,
-        "kv_channels": 128, "layer_norm_epsilon": 1e-06, "model_type": "qwen", "n_embd": 4096, "n_head": 32,
-        "n_layer": 32, "n_positions": 6144, "no_bias": True, "onnx_safe": None, "params_dtype": "torch.bfloat16",
-        "pos_emb": "rotary", "resid_pdrop": 0.1, "rotary_emb_base": 10000, "rotary_pct": 1.0,
-        "scale_attn_weights": True, "seq_length": 2048, "tie_word_embeddings": False,
-        "tokenizer_type": "QWenTokenizer", "use_cache": True, "use_flash_attn": "auto", "use_dynamic_ntk": True,
+        "activation": "swiglu",
+        "apply_residual_connection_post_layernorm": False,
+        "architectures": ["QWenLMHeadModel"],
+        "attn_pdrop": 0.0,
+        "bf16": False,
+        "fp16": False,
+        "fp32": False,
+        "bias_dropout_fusion": True,
+        "embd_pdrop": 0.0,
+        "ffn_hidden_size": 22016,
+        "initializer_range": 0.02,
+        "kv_channels": 128,
+        "layer_norm_epsilon": 1e-06,
+        "model_type": "qwen",
+        "n_embd": 4096,
+        "n_head": 32,
+        "n_layer": 32,
+        "n_positions": 6144,
+        "no_bias": True,
+        "onnx_safe": None,
+        "params_dtype": "torch.bfloat16",
+        "pos_emb": "rotary",
+        "resid_pdrop": 0.1,
+        "rotary_emb_base": 10000,
+        "rotary_pct": 1.0,
+        "scale_attn_weights": True,
+        "seq_length": 2048,
+        "tie_word_embeddings": False,
+        "tokenizer_type": "QWenTokenizer",
+        "use_cache": True,
+        "use_flash_attn": "auto",
+        "use_dynamic_ntk": True,
         "use_logn_attn": True,
     },
     "chatglm3-6b": {
-        "model_type": "chatglm", "architectures": ["ChatGLMModel"], "add_bias_linear": False,
-        "add_qkv_bias": True, "apply_query_key_layer_scaling": True,
-        "apply_residual_connection_post_layernorm": False, "attention_dropout": 0.0,
-        "attention_softmax_in_fp32": True, "bias_dropout_fusion": True, "ffn_hidden_size": 13696,
-        "fp32_residual_connection": False, "hidden_dropout": 0.0, "hidden_size": 4096, "kv_channels": 128,
-        "layernorm_epsilon": 1e-05, "multi_query_attention": True, "multi_query_group_num": 2,
-        "num_attention_heads": 32, "num_layers": 28, "original_rope": True, "post_layer_norm": True,
-        "rmsnorm": True, "seq_length": 8192, "use_cache": True, "torch_dtype": "float16",
-        "tie_word_embeddings": False, "eos_token_id": 2, "pad_token_id": 0,
+        "model_type": "chatglm",
+        "architectures": ["ChatGLMModel"],
+        "add_bias_linear": False,
+        "add_qkv_bias": True,
+        "apply_query_key_layer_scaling": True,
+        "apply_residual_connection_post_layernorm": False,
+        "attention_dropout": 0.0,
+        "attention_softmax_in_fp32": True,
+        "bias_dropout_fusion": True,
+        "ffn_hidden_size": 13696,
+        "fp32_residual_connection": False,
+        "hidden_dropout": 0.0,
+        "hidden_size": 4096,
+        "kv_channels": 128,
+        "layernorm_epsilon": 1e-05,
+        "multi_query_attention": True,
+        "multi_query_group_num": 2,
+        "num_attention_heads": 32,
+        "num_layers": 28,
+        "original_rope": True,
+        "post_layer_norm": True,
+        "rmsnorm": True,
+        "seq_length": 8192,
+        "use_cache": True,
+        "torch_dtype": "float16",
+        "tie_word_embeddings": False,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
     },
     "deepseek-llm-7b-chat": {
-        "architectures": ["LlamaForCausalLM"], "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
-        "intermediate_size": 11008, "max_position_embeddings": 4096, "model_type": "llama",
-        "num_attention_heads": 32, "num_hidden_layers": 30, "num_key_value_heads": 32, "pretraining_tp": 1,
-        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 10000.0, "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16", "use_cache": True,
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_act": "silu",
+        "hidden_size": 4096,
+        "initializer_range": 0.02,
+        "intermediate_size": 11008,
+        "max_position_embeddings": 4096,
+        "model_type": "llama",
+        "num_attention_heads": 32,
+        "num_hidden_layers": 30,
+        "num_key_value_heads": 32,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
     },
 }
 
@@ -159,8 +234,7 @@ def hf_tensor_shapes(model: str, config: dict) -> list[tuple[str, tuple[int, ...
     return list(_TENSORS[registry.get(model).gguf_arch](config))
 
 
-def _values(name: str, shape: tuple[int, ...], *, seed: int, config: dict, weight_std: float
-            ) -> Iterator[np.ndarray]:
+def _values(name: str, shape: tuple[int, ...], *, seed: int, config: dict, weight_std: float) -> Iterator[np.ndarray]:
     """Row blocks of one tensor's random values; each tensor has its own stream, so order does not matter."""
     if name.endswith("inv_freq"):  # the real buffer's values: 1 / base^(2i/dim), dim = kv_channels // 2
         dim = 2 * shape[0]
@@ -236,8 +310,9 @@ def write_random_checkpoint(
         write_safetensors(out_dir / file_name, specs, make, dtype=st_dtype)
         weight_map.update({name: file_name for name, _ in specs})
         total += sum(math.prod(shape) * itemsize for _, shape in specs)
-    write_json_atomic(out_dir / "model.safetensors.index.json",
-                      {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json_atomic(
+        out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+    )
     return out_dir
 
 
@@ -262,22 +337,47 @@ def write_byte_bpe_tokenizer_dir(out_dir: str | Path) -> Path:
     for left, right in _BYTE_BPE_MERGES:
         vocab[left + right] = len(vocab)
     bos_id, eos_id = len(vocab), len(vocab) + 1
-    added = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for i, text in ((bos_id, _DEEPSEEK_BOS), (eos_id, _DEEPSEEK_EOS))]
+    added = [
+        {
+            "id": i,
+            "content": text,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, text in ((bos_id, _DEEPSEEK_BOS), (eos_id, _DEEPSEEK_EOS))
+    ]
     tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
         "normalizer": {"type": "Sequence", "normalizers": []},
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
-        "post_processor": None, "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
-                                            "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
-                  "merges": [f"{left} {right}" for left, right in _BYTE_BPE_MERGES]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": vocab,
+            "merges": [f"{left} {right}" for left, right in _BYTE_BPE_MERGES],
+        },
     }
     write_json_atomic(out_dir / "tokenizer.json", tokenizer)
-    write_json_atomic(out_dir / "tokenizer_config.json", {"add_bos_token": True, "add_eos_token": False,
-                                                          "bos_token": _DEEPSEEK_BOS, "eos_token": _DEEPSEEK_EOS})
+    write_json_atomic(
+        out_dir / "tokenizer_config.json",
+        {"add_bos_token": True, "add_eos_token": False, "bos_token": _DEEPSEEK_BOS, "eos_token": _DEEPSEEK_EOS},
+    )
     vocab_size = -(-(eos_id + 1) // 64) * 64  # embedding rows padded to a multiple of 64, as the real models pad
-    write_json_atomic(out_dir / "config.json", {**BASE_CONFIGS[BYTE_BPE_MODEL], "vocab_size": vocab_size,
-                                                "bos_token_id": bos_id, "eos_token_id": eos_id})
+    write_json_atomic(
+        out_dir / "config.json",
+        {**BASE_CONFIGS[BYTE_BPE_MODEL], "vocab_size": vocab_size, "bos_token_id": bos_id, "eos_token_id": eos_id},
+    )
     return out_dir

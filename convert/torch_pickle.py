@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qrun.errors import CheckpointError
 from qrun.convert.safetensors_io import STORAGE_DTYPES, convert_rows
+from qrun.errors import CheckpointError
 
 # torch storage class name -> safetensors dtype name (same byte layouts)
 _STORAGE_TYPES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16"}
@@ -53,8 +53,7 @@ class TensorRef:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     """Stand-in for torch._utils._rebuild_tensor_v2: records the layout, builds nothing."""
     if not isinstance(storage, _Storage):
         raise CheckpointError("pickle tensor without storage data", "the file is not a plain state dict")
@@ -87,8 +86,14 @@ class _StateDictUnpickler(pickle.Unpickler):
         return allowed
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and isinstance(pid[4], int)):
+        if not (
+            isinstance(pid, tuple)
+            and len(pid) == 5
+            and pid[0] == "storage"
+            and isinstance(pid[1], _StorageType)
+            and isinstance(pid[2], str)
+            and isinstance(pid[4], int)
+        ):
             raise CheckpointError(f"unexpected persistent id in {self._source.name}", "the file is not a state dict")
         _, storage_type, key, _location, numel = pid
         return self._storages.setdefault(key, _Storage(key, storage_type.dtype, numel))
@@ -114,13 +119,16 @@ class TorchZipFile:
         if byteorder in self._zip.namelist() and self._zip.read(byteorder).strip() != b"little":
             raise CheckpointError(f"{self.path} stores big-endian data", "convert it on the machine that wrote it")
         try:
-            state = _StateDictUnpickler(self._read_entry(self._zip.getinfo(pkl_names[0]), _MAX_PICKLE_BYTES),
-                                        source=self.path).load()
+            state = _StateDictUnpickler(
+                self._read_entry(self._zip.getinfo(pkl_names[0]), _MAX_PICKLE_BYTES), source=self.path
+            ).load()
         except CheckpointError:
             raise
         except Exception as exc:  # malformed opcodes, wrong arity, BUILD on our stand-ins, a bad zip entry, ...
-            raise CheckpointError(f"truncated or corrupt: {self.path} ({type(exc).__name__}: {exc})",
-                                  "re-download the file, or use the model's safetensors files") from None
+            raise CheckpointError(
+                f"truncated or corrupt: {self.path} ({type(exc).__name__}: {exc})",
+                "re-download the file, or use the model's safetensors files",
+            ) from None
         if not isinstance(state, dict) or not all(isinstance(v, TensorRef) for v in state.values()):
             raise CheckpointError(f"{self.path} is not a flat state dict of tensors", "use the safetensors files")
         self.entries: dict[str, TensorRef] = dict(state)
@@ -130,13 +138,19 @@ class TorchZipFile:
         """At most `limit_bytes` of a zip entry, decompressing no more than that: a deflated entry can claim any
         size and expand a few KB into gigabytes."""
         if info.file_size > limit_bytes:
-            raise CheckpointError(f"truncated or corrupt: {self.path} ({info.filename} declares {info.file_size} "
-                                  f"bytes, more than the {limit_bytes} its tensors need)", "re-download the file")
+            raise CheckpointError(
+                f"truncated or corrupt: {self.path} ({info.filename} declares {info.file_size} "
+                f"bytes, more than the {limit_bytes} its tensors need)",
+                "re-download the file",
+            )
         with self._zip.open(info) as f:
             data = f.read(limit_bytes + 1)
         if len(data) != info.file_size:
-            raise CheckpointError(f"truncated or corrupt: {self.path} ({info.filename} holds {len(data)} bytes, "
-                                  f"its header says {info.file_size})", "re-download the file")
+            raise CheckpointError(
+                f"truncated or corrupt: {self.path} ({info.filename} holds {len(data)} bytes, "
+                f"its header says {info.file_size})",
+                "re-download the file",
+            )
         return data
 
     def _check_storages(self) -> None:
@@ -147,18 +161,22 @@ class TorchZipFile:
             storage = ref.storage
             entry = f"{self._prefix}data/{storage.key}"
             if entry not in names:
-                raise CheckpointError(f"truncated or corrupt: {self.path} (tensor {name}'s storage {storage.key} is "
-                                      "not in the file)", "re-download the file")
+                raise CheckpointError(
+                    f"truncated or corrupt: {self.path} (tensor {name}'s storage {storage.key} is not in the file)",
+                    "re-download the file",
+                )
             itemsize = STORAGE_DTYPES[storage.dtype][1]
             n_elements = math.prod(ref.shape)
             end = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) + 1 if n_elements else 0
             if end > storage.numel:
-                raise CheckpointError(f"truncated or corrupt: {self.path} (tensor {name} overruns its storage)",
-                                      "re-download the file")
+                raise CheckpointError(
+                    f"truncated or corrupt: {self.path} (tensor {name} overruns its storage)", "re-download the file"
+                )
             info = self._zip.getinfo(entry)
             if info.file_size != storage.numel * itemsize:
-                raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key})",
-                                      "re-download the file")
+                raise CheckpointError(
+                    f"truncated or corrupt: {self.path} (storage {storage.key})", "re-download the file"
+                )
             self._needed_bytes[storage.key] = max(self._needed_bytes.get(storage.key, 0), end * itemsize)
 
     def names(self) -> list[str]:
@@ -180,20 +198,24 @@ class TorchZipFile:
                 local = f.read(30)
                 file_bytes = os.fstat(f.fileno()).st_size
             if len(local) < 30:
-                raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key})",
-                                      "re-download the file")
+                raise CheckpointError(
+                    f"truncated or corrupt: {self.path} (storage {storage.key})", "re-download the file"
+                )
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             start = info.header_offset + 30 + name_len + extra_len
             if start + needed_bytes > file_bytes:
-                raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key} ends past the "
-                                      "end of the file)", "re-download the file")
+                raise CheckpointError(
+                    f"truncated or corrupt: {self.path} (storage {storage.key} ends past the end of the file)",
+                    "re-download the file",
+                )
             return np.memmap(self.path, mode="r", dtype=raw_dtype, offset=start, shape=(needed_bytes // itemsize,))
         try:
             with self._zip.open(info) as f:  # decompress only what the tensors need, whatever the entry claims
                 data = f.read(needed_bytes)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
-            raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key}: {exc})",
-                                  "re-download the file") from None
+            raise CheckpointError(
+                f"truncated or corrupt: {self.path} (storage {storage.key}: {exc})", "re-download the file"
+            ) from None
         if len(data) != needed_bytes:
             raise CheckpointError(f"truncated or corrupt: {self.path} (storage {storage.key})", "re-download the file")
         return np.frombuffer(data, dtype=raw_dtype)
@@ -205,6 +227,6 @@ class TorchZipFile:
             return np.zeros(ref.shape, dtype=dtype)
         itemsize = flat.itemsize
         view = np.lib.stride_tricks.as_strided(
-            flat[ref.offset:], shape=ref.shape, strides=[s * itemsize for s in ref.stride], writeable=False
+            flat[ref.offset :], shape=ref.shape, strides=[s * itemsize for s in ref.stride], writeable=False
         )
         return convert_rows(view, ref.storage.dtype, dtype)

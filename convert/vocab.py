@@ -22,14 +22,27 @@ from qrun.convert.vocab_bpe import bytes_to_token_text, load_tiktoken_ranks, rec
 from qrun.convert.vocab_spm import SP_CONTROL, check_llama_cpp_compatible, read_sentencepiece_model
 from qrun.errors import CheckpointError, UnsupportedConfigError
 
-NORMAL, CONTROL, USER_DEFINED, UNUSED = (int(gguf.TokenType.NORMAL), int(gguf.TokenType.CONTROL),
-                                         int(gguf.TokenType.USER_DEFINED), int(gguf.TokenType.UNUSED))
+NORMAL, CONTROL, USER_DEFINED, UNUSED = (
+    int(gguf.TokenType.NORMAL),
+    int(gguf.TokenType.CONTROL),
+    int(gguf.TokenType.USER_DEFINED),
+    int(gguf.TokenType.UNUSED),
+)
 
 # Source: Qwen-7B-Chat tokenization_qwen.py SPECIAL_TOKENS, numbered from len(mergeable_ranks) in this order.
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
 # Source: ChatGLM3-6B tokenization_chatglm.py SPTokenizer.__init__ special_tokens, numbered from sp.vocab_size().
-CHATGLM3_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
-                     "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+CHATGLM3_SPECIALS = (
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+)
 
 
 @dataclass
@@ -65,8 +78,9 @@ class Vocab:
         for name in ("bos_id", "eos_id", "unk_id", "eot_id", "eom_id", "pad_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < n:
-                raise CheckpointError(f"{name} {value} is outside the vocabulary of {n} tokens",
-                                      "check the tokenizer and config files")
+                raise CheckpointError(
+                    f"{name} {value} is outside the vocabulary of {n} tokens", "check the tokenizer and config files"
+                )
 
     def add_to(self, writer: gguf.GGUFWriter) -> None:
         """Write every tokenizer.ggml.* key of this vocabulary."""
@@ -78,9 +92,14 @@ class Vocab:
             writer.add_token_scores(self.scores)
         if self.merges is not None:
             writer.add_token_merges(self.merges)
-        for value, add in ((self.bos_id, writer.add_bos_token_id), (self.eos_id, writer.add_eos_token_id),
-                           (self.unk_id, writer.add_unk_token_id), (self.eot_id, writer.add_eot_token_id),
-                           (self.eom_id, writer.add_eom_token_id), (self.pad_id, writer.add_pad_token_id)):
+        for value, add in (
+            (self.bos_id, writer.add_bos_token_id),
+            (self.eos_id, writer.add_eos_token_id),
+            (self.unk_id, writer.add_unk_token_id),
+            (self.eot_id, writer.add_eot_token_id),
+            (self.eom_id, writer.add_eom_token_id),
+            (self.pad_id, writer.add_pad_token_id),
+        ):
             if value is not None:
                 add(value)
         # Always explicit: llama.cpp's defaults differ per tokenizer model (SPM adds BOS unless told not to).
@@ -90,11 +109,14 @@ class Vocab:
             writer.add_add_space_prefix(self.add_space_prefix)
 
 
-def _pad(tokens: list[str], types: list[int], vocab_size: int, scores: list[float] | None = None,
-         pad_score: float = 0.0) -> None:
+def _pad(
+    tokens: list[str], types: list[int], vocab_size: int, scores: list[float] | None = None, pad_score: float = 0.0
+) -> None:
     if len(tokens) > vocab_size:
-        raise CheckpointError(f"the tokenizer has {len(tokens)} tokens but the model's vocab_size is {vocab_size}",
-                              "the tokenizer files do not belong to this checkpoint")
+        raise CheckpointError(
+            f"the tokenizer has {len(tokens)} tokens but the model's vocab_size is {vocab_size}",
+            "the tokenizer files do not belong to this checkpoint",
+        )
     for i in range(len(tokens), vocab_size):
         tokens.append(f"[PAD{i}]")
         types.append(UNUSED)
@@ -107,10 +129,12 @@ def _read_json(path: Path, *, required: bool) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         if required:
-            raise CheckpointError(f"tokenizer file missing: {path}", "copy the model's tokenizer files into the folder")
+            raise CheckpointError(
+                f"tokenizer file missing: {path}", "copy the model's tokenizer files into the folder"
+            ) from None
         return {}
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}", "re-download the model's tokenizer files")
+        raise CheckpointError(f"cannot read {path}: {exc}", "re-download the model's tokenizer files") from None
 
 
 def _config_pad_id(tokenizer_dir: Path) -> int | None:
@@ -135,8 +159,11 @@ def qwen_vocab(tokenizer_dir: Path | str, *, vocab_size: int) -> Vocab:
     merges = [f"{text_of[a]} {text_of[b]}" for a, b in recover_merges(ranks)]
     types = [NORMAL] * len(tokens)
     if len(ranks) + len(QWEN_SPECIALS) > vocab_size:
-        raise CheckpointError(f"qwen.tiktoken has {len(ranks)} ranks + {len(QWEN_SPECIALS)} special tokens, more "
-                              f"than the model's vocab_size {vocab_size}", "the tokenizer does not fit this model")
+        raise CheckpointError(
+            f"qwen.tiktoken has {len(ranks)} ranks + {len(QWEN_SPECIALS)} special tokens, more "
+            f"than the model's vocab_size {vocab_size}",
+            "the tokenizer does not fit this model",
+        )
     special_ids = {text: len(ranks) + i for i, text in enumerate(QWEN_SPECIALS)}
     tokens += QWEN_SPECIALS
     types += [CONTROL] * len(QWEN_SPECIALS)
@@ -145,10 +172,21 @@ def qwen_vocab(tokenizer_dir: Path | str, *, vocab_size: int) -> Vocab:
     pad_id = _config_pad_id(tokenizer_dir)
     # Qwen's tokenizer uses <|endoftext|> as bos, eos and unk, and never adds a BOS (qwen_generation_utils).
     # eot is set explicitly: llama.cpp would otherwise pick <|im_end|> or <|endoftext|> by hash-map order.
-    return Vocab(model="gpt2", pre="qwen2", tokens=tokens, token_types=types, merges=merges,
-                 bos_id=endoftext, eos_id=endoftext, unk_id=endoftext, eot_id=special_ids["<|im_end|>"],
-                 pad_id=pad_id if pad_id is not None and pad_id < vocab_size else None,
-                 add_bos=False, add_eos=False, special_ids=special_ids)
+    return Vocab(
+        model="gpt2",
+        pre="qwen2",
+        tokens=tokens,
+        token_types=types,
+        merges=merges,
+        bos_id=endoftext,
+        eos_id=endoftext,
+        unk_id=endoftext,
+        eot_id=special_ids["<|im_end|>"],
+        pad_id=pad_id if pad_id is not None and pad_id < vocab_size else None,
+        add_bos=False,
+        add_eos=False,
+        special_ids=special_ids,
+    )
 
 
 def chatglm3_vocab(tokenizer_dir: Path | str, *, vocab_size: int) -> Vocab:
@@ -170,8 +208,11 @@ def chatglm3_vocab(tokenizer_dir: Path | str, *, vocab_size: int) -> Vocab:
     special_score = min(scores) - 1.0
     n_pieces = len(tokens)
     if n_pieces + len(CHATGLM3_SPECIALS) > vocab_size:
-        raise CheckpointError(f"tokenizer.model has {n_pieces} pieces + {len(CHATGLM3_SPECIALS)} special tokens, "
-                              f"more than the model's vocab_size {vocab_size}", "the tokenizer does not fit this model")
+        raise CheckpointError(
+            f"tokenizer.model has {n_pieces} pieces + {len(CHATGLM3_SPECIALS)} special tokens, "
+            f"more than the model's vocab_size {vocab_size}",
+            "the tokenizer does not fit this model",
+        )
     special_ids = {text: n_pieces + i for i, text in enumerate(CHATGLM3_SPECIALS)}
     special_ids.update({p: i for i, (p, t) in enumerate(zip(sp.pieces, sp.types)) if t == SP_CONTROL})
     tokens += CHATGLM3_SPECIALS
@@ -181,12 +222,23 @@ def chatglm3_vocab(tokenizer_dir: Path | str, *, vocab_size: int) -> Vocab:
     pad_id = _config_pad_id(tokenizer_dir)
     # ChatGLM3's chat() stops on eos, <|user|> and <|observation|>; llama.cpp puts eos, eot and eom ids into
     # its end-of-generation set (llama_vocab::impl::load, "special_eot_id is not in special_eog_ids").
-    return Vocab(model="llama", pre="chatglm-spm", tokens=tokens, token_types=types, scores=scores,
-                 bos_id=sp.bos_id if sp.bos_id >= 0 else None, eos_id=sp.eos_id if sp.eos_id >= 0 else None,
-                 unk_id=sp.unk_id if sp.unk_id >= 0 else None,
-                 eot_id=special_ids["<|user|>"], eom_id=special_ids["<|observation|>"],
-                 pad_id=pad_id if pad_id is not None and 0 <= pad_id < vocab_size else None,
-                 add_bos=False, add_eos=False, add_space_prefix=sp.add_dummy_prefix, special_ids=special_ids)
+    return Vocab(
+        model="llama",
+        pre="chatglm-spm",
+        tokens=tokens,
+        token_types=types,
+        scores=scores,
+        bos_id=sp.bos_id if sp.bos_id >= 0 else None,
+        eos_id=sp.eos_id if sp.eos_id >= 0 else None,
+        unk_id=sp.unk_id if sp.unk_id >= 0 else None,
+        eot_id=special_ids["<|user|>"],
+        eom_id=special_ids["<|observation|>"],
+        pad_id=pad_id if pad_id is not None and 0 <= pad_id < vocab_size else None,
+        add_bos=False,
+        add_eos=False,
+        add_space_prefix=sp.add_dummy_prefix,
+        special_ids=special_ids,
+    )
 
 
 def _token_content(value: object) -> str | None:
@@ -210,15 +262,20 @@ def deepseek_vocab(tokenizer_dir: Path | str, *, vocab_size: int) -> Vocab:
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(data.get("pre_tokenizer")):
         raise UnsupportedConfigError(f"{path}: not a byte-level BPE tokenizer", "use the model's own tokenizer.json")
     if (data.get("normalizer") or {}).get("normalizers", []) or (data.get("normalizer") or {}).get("type") not in (
-            None, "Sequence"):
-        raise UnsupportedConfigError(f"{path}: normalizer {data['normalizer'].get('type')} is not supported",
-                                     "use the model's own tokenizer.json")
+        None,
+        "Sequence",
+    ):
+        raise UnsupportedConfigError(
+            f"{path}: normalizer {data['normalizer'].get('type')} is not supported",
+            "use the model's own tokenizer.json",
+        )
     by_id = {i: text for text, i in model.get("vocab", {}).items()}
     added = {t["id"]: t for t in data.get("added_tokens", [])}
     n = max([*by_id, *added], default=-1) + 1
     if n > vocab_size:
-        raise CheckpointError(f"{path} has {n} tokens but the model's vocab_size is {vocab_size}",
-                              "the tokenizer does not fit this model")
+        raise CheckpointError(
+            f"{path} has {n} tokens but the model's vocab_size is {vocab_size}", "the tokenizer does not fit this model"
+        )
     tokens: list[str] = []
     types: list[int] = []
     for i in range(n):
@@ -243,17 +300,30 @@ def deepseek_vocab(tokenizer_dir: Path | str, *, vocab_size: int) -> Vocab:
         text = _token_content(config.get(f"{name}_token"))
         token_id = special_ids.get(text) if text is not None else fallback.get(f"{name}_token_id")
         if not isinstance(token_id, int):
-            raise CheckpointError(f"cannot tell the {name} token of {path} (tokenizer_config.json {name}_token "
-                                  f"{text!r})", "copy the model's tokenizer_config.json into the folder")
+            raise CheckpointError(
+                f"cannot tell the {name} token of {path} (tokenizer_config.json {name}_token {text!r})",
+                "copy the model's tokenizer_config.json into the folder",
+            )
         if not 0 <= token_id < len(tokens):
-            raise CheckpointError(f"{name}_id {token_id} is outside the vocabulary of {len(tokens)} tokens",
-                                  "check the tokenizer and config files")
+            raise CheckpointError(
+                f"{name}_id {token_id} is outside the vocabulary of {len(tokens)} tokens",
+                "check the tokenizer and config files",
+            )
         ids[name] = token_id
     add_bos = config.get("add_bos_token")
     if not isinstance(add_bos, bool):
         # Without the flag, the fast tokenizer adds what its post-processor template puts first.
         single = ((data.get("post_processor") or {}).get("single") or [{}])[0]
         add_bos = single.get("SpecialToken", {}).get("id") == tokens[ids["bos"]]
-    return Vocab(model="gpt2", pre="deepseek-llm", tokens=tokens, token_types=types, merges=merges,
-                 bos_id=ids["bos"], eos_id=ids["eos"], add_bos=add_bos,
-                 add_eos=bool(config.get("add_eos_token", False)), special_ids=special_ids)
+    return Vocab(
+        model="gpt2",
+        pre="deepseek-llm",
+        tokens=tokens,
+        token_types=types,
+        merges=merges,
+        bos_id=ids["bos"],
+        eos_id=ids["eos"],
+        add_bos=add_bos,
+        add_eos=bool(config.get("add_eos_token", False)),
+        special_ids=special_ids,
+    )

@@ -50,9 +50,13 @@ def load_tiktoken_ranks(path: Path) -> list[bytes]:
     try:
         text = Path(path).read_text(encoding="ascii")
     except FileNotFoundError:
-        raise CheckpointError(f"tokenizer file missing: {path}", "copy the model's qwen.tiktoken into the folder")
+        raise CheckpointError(
+            f"tokenizer file missing: {path}", "copy the model's qwen.tiktoken into the folder"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"cannot read tokenizer file {path}: {exc}", "re-download the model's tokenizer files")
+        raise CheckpointError(
+            f"cannot read tokenizer file {path}: {exc}", "re-download the model's tokenizer files"
+        ) from None
     by_rank: dict[int, bytes] = {}
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -61,11 +65,13 @@ def load_tiktoken_ranks(path: Path) -> list[bytes]:
             b64, rank = line.split()
             by_rank[int(rank)] = base64.b64decode(b64, validate=True)
         except (ValueError, binascii.Error):
-            raise CheckpointError(f"{path} line {line_no} is not `base64 rank`", "re-download qwen.tiktoken")
+            raise CheckpointError(f"{path} line {line_no} is not `base64 rank`", "re-download qwen.tiktoken") from None
     ranks = [by_rank.get(i) for i in range(len(by_rank))]
     if not ranks or any(r is None for r in ranks) or len(set(ranks)) != len(ranks):
-        raise CheckpointError(f"{path}: ranks are not a permutation of 0..{len(by_rank) - 1} over distinct tokens",
-                              "re-download qwen.tiktoken")
+        raise CheckpointError(
+            f"{path}: ranks are not a permutation of 0..{len(by_rank) - 1} over distinct tokens",
+            "re-download qwen.tiktoken",
+        )
     return ranks  # type: ignore[return-value]
 
 
@@ -79,16 +85,20 @@ def recover_merges(ranks: list[bytes]) -> list[tuple[bytes, bytes]]:
     missing = [b for b in range(256) if bytes([b]) not in rank_of]
     if missing:
         # Byte-level BPE must be able to spell any byte on its own, or some text has no tokenization at all.
-        raise CheckpointError(f"the rank file has no single-byte token for {len(missing)} byte value(s), e.g. "
-                              f"0x{missing[0]:02X}", "the tokenizer file is not a byte-level BPE rank file")
+        raise CheckpointError(
+            f"the rank file has no single-byte token for {len(missing)} byte value(s), e.g. 0x{missing[0]:02X}",
+            "the tokenizer file is not a byte-level BPE rank file",
+        )
     merges: list[tuple[bytes, bytes]] = []
     for rank, token in enumerate(ranks):
         if len(token) < 2:
             continue
         parts = _last_merge(token, rank, rank_of)
         if parts is None:
-            raise CheckpointError(f"token rank {rank} ({token!r}) cannot be built by BPE from lower ranks",
-                                  "the tokenizer file is not a byte-level BPE rank file")
+            raise CheckpointError(
+                f"token rank {rank} ({token!r}) cannot be built by BPE from lower ranks",
+                "the tokenizer file is not a byte-level BPE rank file",
+            )
         merges.append(parts)
     return merges
 
@@ -98,7 +108,7 @@ def _last_merge(token: bytes, max_rank: int, rank_of: dict[bytes, int]) -> tuple
 
     Plain quadratic BPE per token: tokens are short (median 6 bytes), so all 151k Qwen tokens take ~2 s.
     """
-    parts = [token[i:i + 1] for i in range(len(token))]
+    parts = [token[i : i + 1] for i in range(len(token))]
     while len(parts) > 2:
         best_rank, best_i = max_rank, -1
         for i in range(len(parts) - 1):
@@ -107,5 +117,5 @@ def _last_merge(token: bytes, max_rank: int, rank_of: dict[bytes, int]) -> tuple
                 best_rank, best_i = r, i
         if best_i < 0:
             return None
-        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+        parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
     return (parts[0], parts[1]) if len(parts) == 2 else None

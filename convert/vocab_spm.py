@@ -8,9 +8,9 @@ can reproduce SentencePiece's output at all. Field numbers are from sentencepiec
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from qrun.errors import CheckpointError, UnsupportedConfigError
 
@@ -59,12 +59,12 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
         if wire == 0:
             value, pos = _varint(buf, pos)
         elif wire == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
+            value, pos = buf[pos : pos + 8], pos + 8
         elif wire == 2:
             size, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
+            value, pos = buf[pos : pos + size], pos + size
         elif wire == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
+            value, pos = buf[pos : pos + 4], pos + 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
         if pos > len(buf):
@@ -85,7 +85,9 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"tokenizer file missing: {path}", "copy the model's tokenizer.model into the folder")
+        raise CheckpointError(
+            f"tokenizer file missing: {path}", "copy the model's tokenizer.model into the folder"
+        ) from None
     pieces: list[str] = []
     scores: list[float] = []
     types: list[int] = []
@@ -103,11 +105,13 @@ def read_sentencepiece_model(path: Path) -> SentencePieceModel:
             elif number == 3:
                 normalizer = dict(_fields(value))  # type: ignore[arg-type]
     except (ValueError, KeyError, IndexError, UnicodeDecodeError, struct.error) as exc:
-        raise CheckpointError(f"{path} is not a SentencePiece model ({exc})", "re-download tokenizer.model")
+        raise CheckpointError(f"{path} is not a SentencePiece model ({exc})", "re-download tokenizer.model") from None
     if not pieces:
         raise CheckpointError(f"{path} holds no SentencePiece pieces", "re-download tokenizer.model")
     return SentencePieceModel(
-        pieces=pieces, scores=scores, types=types,
+        pieces=pieces,
+        scores=scores,
+        types=types,
         model_type=int(trainer.get(3, 1)),  # proto default UNIGRAM
         byte_fallback=bool(trainer.get(35, 0)),
         unk_id=_int32(int(trainer.get(40, 0))),
@@ -133,8 +137,10 @@ def check_llama_cpp_compatible(model: SentencePieceModel, path: Path) -> None:
     Raises:
         UnsupportedConfigError: naming the setting.
     """
-    hint = ("this SentencePiece model cannot be tokenized identically by llama.cpp; train it with "
-            "model_type=bpe, byte_fallback=true, normalization_rule_name=identity, remove_extra_whitespaces=false")
+    hint = (
+        "this SentencePiece model cannot be tokenized identically by llama.cpp; train it with "
+        "model_type=bpe, byte_fallback=true, normalization_rule_name=identity, remove_extra_whitespaces=false"
+    )
     problems = []
     if model.model_type != SP_MODEL_BPE:
         problems.append(f"model_type={model.model_type} (not BPE)")

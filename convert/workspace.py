@@ -11,8 +11,8 @@ import os
 import shutil
 import stat
 import struct
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import filelock
 
@@ -24,12 +24,30 @@ from qrun.registry import ModelSpec
 # Upper estimates of bits per weight of each output, including the tensors llama.cpp keeps at higher precision
 # (K-quant mixes put output/attn_v/ffn_down partly in Q6_K; ChatGLM3's 13696-wide FFN falls back to Q5_0/Q8_0).
 # Measured Q4_K_M files of the 7B models are 4.9-5.2 bits; these leave a margin so the check errs on the safe side.
-_EST_BITS_PER_WEIGHT = {"F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 7.0, "Q5_K_M": 6.2, "Q4_K_M": 5.5, "Q4_K_S": 5.0,
-                        "Q4_0": 5.0}
+_EST_BITS_PER_WEIGHT = {
+    "F16": 16.0,
+    "BF16": 16.0,
+    "Q8_0": 8.5,
+    "Q6_K": 7.0,
+    "Q5_K_M": 6.2,
+    "Q4_K_M": 5.5,
+    "Q4_K_S": 5.0,
+    "Q4_0": 5.0,
+}
 # Vocabulary, merges and metadata of a GGUF: a few MB even for Qwen's 152k tokens; allowance on top of the weights.
 _GGUF_OVERHEAD_BYTES = 64 << 20
-_SAFETENSORS_ELEMENT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-                              "U8": 1, "BOOL": 1}
+_SAFETENSORS_ELEMENT_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 def lock_path(spec: ModelSpec, out_dir: Path) -> Path:
@@ -42,8 +60,7 @@ def lock_path(spec: ModelSpec, out_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def output_lock(spec: ModelSpec, out_dir: Path, *, say: Callable[[str], None],
-                wait: bool = True) -> Iterator[bool]:
+def output_lock(spec: ModelSpec, out_dir: Path, *, say: Callable[[str], None], wait: bool = True) -> Iterator[bool]:
     """Hold the lock of `spec`'s outputs in `out_dir` for the duration of the block.
 
     A second run waits for the first (saying so once) and then finds its outputs made. The kernel releases the
@@ -70,8 +87,9 @@ def output_lock(spec: ModelSpec, out_dir: Path, *, say: Callable[[str], None],
             say(f"[convert] waiting: another qrun run is writing {spec.name} outputs in {out_dir}")
             lock.acquire()
     except OSError as err:
-        raise UsageError(f"cannot write in {out_dir}: {os_reason(err)}",
-                         "choose a writable folder with --out DIR (or QRUN_GGUF_DIR)") from None
+        raise UsageError(
+            f"cannot write in {out_dir}: {os_reason(err)}", "choose a writable folder with --out DIR (or QRUN_GGUF_DIR)"
+        ) from None
     try:
         yield True
     finally:
@@ -82,8 +100,12 @@ def checkpoint_files(folder: Path, spec: ModelSpec) -> list[Path]:
     """The files of a checkpoint folder that conversion reads (config, tokenizer, weights), sorted by name."""
     names = {"config.json", "generation_config.json", "tokenizer_config.json", *spec.tokenizer_files}
     files = {folder / n for n in names if (folder / n).is_file()}
-    for pattern in ("*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
-                    "pytorch_model.bin.index.json"):
+    for pattern in (
+        "*.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model*.bin",
+        "pytorch_model.bin.index.json",
+    ):
         files.update(p for p in folder.glob(pattern) if p.is_file())
     return sorted(files)
 
@@ -170,8 +192,9 @@ def estimate_gguf_bytes(n_params: int, quant: str) -> int:
     return int(n_params * _EST_BITS_PER_WEIGHT[quant] / 8) + _GGUF_OVERHEAD_BYTES
 
 
-def check_free_disk(folder: Path, *, unquantized_bytes: int, unquantized_type: str, output_bytes: int,
-                    quant: str) -> None:
+def check_free_disk(
+    folder: Path, *, unquantized_bytes: int, unquantized_type: str, output_bytes: int, quant: str
+) -> None:
     """Fail before starting when `folder`'s disk lacks room for what is about to be written.
 
     Args:
@@ -215,16 +238,20 @@ def marker_path(intermediate: Path) -> Path:
     return intermediate.with_suffix(".json")
 
 
-def write_marker(intermediate: Path, *, checkpoint_fingerprint: str, source: dict, convert_step: dict,
-                 writer_info) -> None:
+def write_marker(
+    intermediate: Path, *, checkpoint_fingerprint: str, source: dict, convert_step: dict, writer_info
+) -> None:
     """Record that `intermediate` is complete and which checkpoint it came from (so a rerun can reuse it)."""
-    write_json_atomic(marker_path(intermediate), {
-        "model_fingerprint": checkpoint_fingerprint,
-        **file_identity(intermediate),
-        "source": source,
-        "convert_step": convert_step,
-        "writer": json.loads(json.dumps(writer_info, default=str)) if writer_info is not None else None,
-    })
+    write_json_atomic(
+        marker_path(intermediate),
+        {
+            "model_fingerprint": checkpoint_fingerprint,
+            **file_identity(intermediate),
+            "source": source,
+            "convert_step": convert_step,
+            "writer": json.loads(json.dumps(writer_info, default=str)) if writer_info is not None else None,
+        },
+    )
 
 
 def reusable_marker(intermediate: Path, checkpoint_fingerprint: str) -> dict | None:

@@ -27,8 +27,9 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Callable, Sequence
+from typing import IO
 
 from qrun import lifeline
 
@@ -47,7 +48,7 @@ def child_environment(env_extra: dict[str, str] | None = None) -> dict[str, str]
 
 
 def signal_name(returncode: int) -> str | None:
-    """"SIGILL" for a child killed by SIGILL (returncode -4), "signal N" for a signal without a name, else None."""
+    """ "SIGILL" for a child killed by SIGILL (returncode -4), "signal N" for a signal without a name, else None."""
     if returncode >= 0:
         return None
     number = -returncode
@@ -86,8 +87,15 @@ class Finished:
         return self
 
 
-def run(module: str, args: Sequence[str] = (), *, timeout_s: float | None, input: str | None = None,
-        env_extra: dict[str, str] | None = None, cwd: str | os.PathLike[str] | None = None) -> Finished:
+def run(
+    module: str,
+    args: Sequence[str] = (),
+    *,
+    timeout_s: float | None,
+    input: str | None = None,
+    env_extra: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Finished:
     """Run `python -m module args...` to its end, its stdout and stderr captured as text.
 
     timeout_s: kill it (SIGKILL) after this long, returning timed_out=True; None waits as long as it runs.
@@ -95,9 +103,17 @@ def run(module: str, args: Sequence[str] = (), *, timeout_s: float | None, input
     An exception here (Ctrl-C) kills the child before it propagates.
     """
     cmd = command(module, args)
-    with subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                          errors="replace", env=child_environment(env_extra), cwd=cwd) as proc:
+    with subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=child_environment(env_extra),
+        cwd=cwd,
+    ) as proc:
         timed_out = False
         try:
             try:
@@ -157,13 +173,28 @@ class Child:
         return self.wait()
 
 
-def start(module: str, args: Sequence[str] = (), *, env_extra: dict[str, str] | None = None,
-          stdin: int | IO[str] | None = subprocess.DEVNULL, on_stderr_line: Callable[[str], None] | None = None,
-          cwd: str | os.PathLike[str] | None = None) -> Child:
+def start(
+    module: str,
+    args: Sequence[str] = (),
+    *,
+    env_extra: dict[str, str] | None = None,
+    stdin: int | IO[str] | None = subprocess.DEVNULL,
+    on_stderr_line: Callable[[str], None] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+) -> Child:
     """Start `python -m module args...` and return at once; its stdout is discarded, its stderr streamed to
     on_stderr_line (on a reader thread, one line at a time without its newline) and kept in Child.tail."""
-    proc = subprocess.Popen(command(module, args), stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, encoding="utf-8", errors="replace", env=child_environment(env_extra), cwd=cwd)
+    proc = subprocess.Popen(
+        command(module, args),
+        stdin=stdin,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=child_environment(env_extra),
+        cwd=cwd,
+    )
     return Child(proc, on_stderr_line)
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
-import errno
 import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 # `<final name>.<pid>-<8 hex>.partial`: unique per process and call, and it names the process that owns it.
 _PARTIAL_OWNER = re.compile(r"\.(\d+)-[0-9a-f]{8}\.partial$")
@@ -58,8 +59,12 @@ def file_identity(path: str | os.PathLike) -> dict:
     that to the current time on every change, the utime call included. A copy gets a new inode and ctime too.
     """
     stat = os.stat(path)
-    return {"size_bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino,
-            "ctime_ns": stat.st_ctime_ns}
+    return {
+        "size_bytes": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "inode": stat.st_ino,
+        "ctime_ns": stat.st_ctime_ns,
+    }
 
 
 def ensure_writable_dir(path: str | os.PathLike, *, what: str, hint: str) -> Path:

@@ -61,7 +61,7 @@ class _Cursor:
     def read(self, n: int) -> bytes:
         self._need(n)
         self.pos += n
-        return self.buf[self.pos - n:self.pos]
+        return self.buf[self.pos - n : self.pos]
 
     def unpack(self, fmt: str):
         size = struct.calcsize(fmt)
@@ -134,7 +134,9 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
             magic = cur.buf[:4]
             cur.pos = 4
             if len(magic) < 4 or struct.unpack("<I", magic)[0] != GGUF_MAGIC:
-                raise GGUFError(f"{path} is not a GGUF file (no GGUF magic bytes)", "give a .gguf made by `qrun convert`")
+                raise GGUFError(
+                    f"{path} is not a GGUF file (no GGUF magic bytes)", "give a .gguf made by `qrun convert`"
+                )
             version = cur.unpack("I")
             if version not in (2, 3):
                 raise GGUFError(f"{path} is GGUF version {version}; llama.cpp reads versions 2 and 3", _REBUILD_HINT)
@@ -157,13 +159,14 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
             # llama.cpp reads it as a u32 and refuses anything but a power of two (gguf.cpp); a float, 0 or a
             # negative value would otherwise make the data offset here meaningless (or divide by zero)
             if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
-                raise GGUFError(f"{path} has general.alignment {alignment!r}; GGUF needs a power of two",
-                                _REBUILD_HINT)
+                raise GGUFError(f"{path} has general.alignment {alignment!r}; GGUF needs a power of two", _REBUILD_HINT)
             data_start = -(-cur.tell() // alignment) * alignment
             # a vocabulary-only GGUF has no tensors and no padding after its header
             header.data_end_bytes = data_start + max(extents) if extents else cur.tell()
     except EOFError:
-        raise GGUFError(f"{path} is truncated: it ends inside its own header ({file_bytes} bytes)", _REBUILD_HINT) from None
+        raise GGUFError(
+            f"{path} is truncated: it ends inside its own header ({file_bytes} bytes)", _REBUILD_HINT
+        ) from None
     except (ValueError, KeyError, struct.error) as err:
         raise GGUFError(f"{path} has a corrupt GGUF header ({err})", _REBUILD_HINT) from None
     if header.data_end_bytes > file_bytes:

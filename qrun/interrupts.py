@@ -65,8 +65,9 @@ class native_call:
     def __enter__(self) -> None:
         _state.native_depth += 1
 
-    def __exit__(self, exc_type: type[BaseException] | None, _exc: BaseException | None,
-                 _tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, _exc: BaseException | None, _tb: TracebackType | None
+    ) -> None:
         _state.native_depth -= 1
         if _state.native_depth == 0 and _state.pending_signal is not None:
             _state.pending_signal = None

@@ -19,8 +19,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from qrun.errors import UsageError
 
@@ -85,14 +85,17 @@ def owned_folder(folder: Path, *, what: str, lock_name: str = ".qrun.lock") -> I
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
-        raise UsageError(f"cannot write to {folder}: {err.strerror or err}",
-                         "give --out a folder you can write to") from None
+        raise UsageError(
+            f"cannot write to {folder}: {err.strerror or err}", "give --out a folder you can write to"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise UsageError(f"{folder} is in use by another {what} (pid {_owner_pid(lock_path)})",
-                             "wait for it to finish, or give --out NEW_DIR") from None
+            raise UsageError(
+                f"{folder} is in use by another {what} (pid {_owner_pid(lock_path)})",
+                "wait for it to finish, or give --out NEW_DIR",
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:

@@ -87,7 +87,7 @@ class MemoryWatch:
         while not self._stop.wait(_SAMPLE_INTERVAL_S):
             self.sample()
 
-    def __enter__(self) -> "MemoryWatch":
+    def __enter__(self) -> MemoryWatch:
         self._t0 = time.perf_counter()
         self.sample()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -125,9 +125,11 @@ class MemoryWatch:
 # /proc/stat cannot be read.
 NOISY_OTHER_CPU_FRACTION = 0.10
 NOISY_STEAL_FRACTION = 0.05
-NOISE_RULE = (f"noisy = other processes used > {NOISY_OTHER_CPU_FRACTION:.0%} of the window's CPU capacity "
-              f"(seconds x logical CPUs) or steal > {NOISY_STEAL_FRACTION:.0%} of it, from /proc/stat; unknown = "
-              f"window too short to tell or /proc/stat unreadable")
+NOISE_RULE = (
+    f"noisy = other processes used > {NOISY_OTHER_CPU_FRACTION:.0%} of the window's CPU capacity "
+    f"(seconds x logical CPUs) or steal > {NOISY_STEAL_FRACTION:.0%} of it, from /proc/stat; unknown = "
+    f"window too short to tell or /proc/stat unreadable"
+)
 
 try:
     _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -138,6 +140,7 @@ except (AttributeError, ValueError, OSError):
 @dataclass
 class CpuSnapshot:
     """One end of a sample's window. busy_s/steal_s/n_cpus are None where /proc/stat cannot be read."""
+
     wall_s: float  # time.perf_counter()
     own_cpu_s: float
     busy_cpu_s: float | None
@@ -201,31 +204,53 @@ def cpu_snapshot(*, proc_stat: str = "/proc/stat") -> CpuSnapshot:
     return CpuSnapshot(time.perf_counter(), own, busy, steal, n_cpus, _loadavg_1m())
 
 
-def classify_noise(*, other_cpu_s: float, steal_cpu_s: float, capacity_cpu_s: float,
-                   resolution_cpu_s: float) -> tuple[bool | None, str]:
+def classify_noise(
+    *, other_cpu_s: float, steal_cpu_s: float, capacity_cpu_s: float, resolution_cpu_s: float
+) -> tuple[bool | None, str]:
     """The noise rule on one window's figures -> (noisy: True / False / None for unknown, a reason in words)."""
     other_bound = NOISY_OTHER_CPU_FRACTION * capacity_cpu_s
     steal_bound = NOISY_STEAL_FRACTION * capacity_cpu_s
     if other_cpu_s > other_bound + resolution_cpu_s:
-        return True, (f"other processes used {other_cpu_s / capacity_cpu_s:.0%} of the CPU capacity "
-                      f"(> {NOISY_OTHER_CPU_FRACTION:.0%})")
+        return True, (
+            f"other processes used {other_cpu_s / capacity_cpu_s:.0%} of the CPU capacity "
+            f"(> {NOISY_OTHER_CPU_FRACTION:.0%})"
+        )
     if steal_cpu_s > steal_bound + resolution_cpu_s:
         return True, f"steal {steal_cpu_s / capacity_cpu_s:.0%} of the CPU capacity (> {NOISY_STEAL_FRACTION:.0%})"
     if other_cpu_s + resolution_cpu_s <= other_bound and steal_cpu_s + resolution_cpu_s <= steal_bound:
         return False, "quiet"
-    return None, (f"window too short to tell ({capacity_cpu_s:.2f} CPU-s of capacity, counters resolve "
-                  f"{resolution_cpu_s:.2f} CPU-s)")
+    return None, (
+        f"window too short to tell ({capacity_cpu_s:.2f} CPU-s of capacity, counters resolve "
+        f"{resolution_cpu_s:.2f} CPU-s)"
+    )
 
 
 def noise_fields(start: CpuSnapshot, end: CpuSnapshot) -> dict:
     """What else used the CPU between two snapshots, and the verdict of the noise rule ("noisy": true/false/null)."""
     window_s = max(end.wall_s - start.wall_s, 0.0)
     own = max(end.own_cpu_s - start.own_cpu_s, 0.0)
-    out: dict = {"noisy": None, "noise_reason": "", "window_s": round(window_s, 6), "logical_cpus": end.n_cpus,
-           "own_cpu_s": round(own, 6), "other_cpu_s": None, "steal_cpu_s": None, "other_cpu_fraction": None,
-           "steal_fraction": None, "loadavg_1m_start": start.loadavg_1m, "loadavg_1m_end": end.loadavg_1m}
-    if (start.busy_cpu_s is None or end.busy_cpu_s is None or start.steal_cpu_s is None or end.steal_cpu_s is None
-            or end.n_cpus is None or start.n_cpus != end.n_cpus or window_s <= 0):
+    out: dict = {
+        "noisy": None,
+        "noise_reason": "",
+        "window_s": round(window_s, 6),
+        "logical_cpus": end.n_cpus,
+        "own_cpu_s": round(own, 6),
+        "other_cpu_s": None,
+        "steal_cpu_s": None,
+        "other_cpu_fraction": None,
+        "steal_fraction": None,
+        "loadavg_1m_start": start.loadavg_1m,
+        "loadavg_1m_end": end.loadavg_1m,
+    }
+    if (
+        start.busy_cpu_s is None
+        or end.busy_cpu_s is None
+        or start.steal_cpu_s is None
+        or end.steal_cpu_s is None
+        or end.n_cpus is None
+        or start.n_cpus != end.n_cpus
+        or window_s <= 0
+    ):
         out["noise_reason"] = "unknown: /proc/stat not readable (or CPUs went on/offline)"
         return out
     capacity = window_s * end.n_cpus
@@ -233,11 +258,17 @@ def noise_fields(start: CpuSnapshot, end: CpuSnapshot) -> dict:
     steal = max(end.steal_cpu_s - start.steal_cpu_s, 0.0)
     # each end of the window: up to one tick per CPU in /proc/stat
     resolution = 2 * end.n_cpus * _TICK_S
-    noisy, reason = classify_noise(other_cpu_s=other, steal_cpu_s=steal, capacity_cpu_s=capacity,
-                                   resolution_cpu_s=resolution)
-    out.update(noisy=noisy, noise_reason=reason if noisy is not None else "unknown: " + reason,
-               other_cpu_s=round(other, 6), steal_cpu_s=round(steal, 6),
-               other_cpu_fraction=round(other / capacity, 4), steal_fraction=round(steal / capacity, 4))
+    noisy, reason = classify_noise(
+        other_cpu_s=other, steal_cpu_s=steal, capacity_cpu_s=capacity, resolution_cpu_s=resolution
+    )
+    out.update(
+        noisy=noisy,
+        noise_reason=reason if noisy is not None else "unknown: " + reason,
+        other_cpu_s=round(other, 6),
+        steal_cpu_s=round(steal, 6),
+        other_cpu_fraction=round(other / capacity, 4),
+        steal_fraction=round(steal / capacity, 4),
+    )
     return out
 
 
@@ -249,7 +280,7 @@ class NoiseWindow:
         self.start: CpuSnapshot | None = None
         self.end: CpuSnapshot | None = None
 
-    def __enter__(self) -> "NoiseWindow":
+    def __enter__(self) -> NoiseWindow:
         self.start = cpu_snapshot(proc_stat=self._proc_stat)
         return self
 
@@ -265,8 +296,11 @@ class NoiseWindow:
 def count_noisy(samples: list[dict]) -> dict:
     """{"samples", "noisy", "unknown"} over samples carrying a "noisy" field (older records without one: unknown)."""
     flags = [s.get("noisy") for s in samples]
-    return {"samples": len(flags), "noisy": sum(1 for f in flags if f is True),
-            "unknown": sum(1 for f in flags if f is not True and f is not False)}
+    return {
+        "samples": len(flags),
+        "noisy": sum(1 for f in flags if f is True),
+        "unknown": sum(1 for f in flags if f is not True and f is not False),
+    }
 
 
 def noise_mark(counts: dict | None) -> str:
@@ -299,8 +333,13 @@ def compare_samples(candidate: list[float], baseline: list[float], *, higher_is_
         not support.
     """
     c, b = [float(x) for x in candidate], [float(x) for x in baseline]
-    out: dict = {"verdict": NOT_MEASURED_ENOUGH, "n": [len(c), len(b)], "ratio": None, "ratio_bounds": None,
-           "higher_is_better": higher_is_better}
+    out: dict = {
+        "verdict": NOT_MEASURED_ENOUGH,
+        "n": [len(c), len(b)],
+        "ratio": None,
+        "ratio_bounds": None,
+        "higher_is_better": higher_is_better,
+    }
     if len(c) < MIN_SAMPLES_FOR_CLAIM or len(b) < MIN_SAMPLES_FOR_CLAIM:
         return out
     sign = 1 if higher_is_better else -1

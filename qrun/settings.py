@@ -16,6 +16,7 @@ QUANTS = ("F16", "BF16", "Q8_0", "Q4_0", "Q4_K_S", "Q4_K_M", "Q5_K_M", "Q6_K")
 # The two that qrun's converter writes itself; every other type is llama.cpp's quantizer run on one of these.
 UNQUANTIZED = ("F16", "BF16")
 
+
 def check_quant(quant: str | None) -> str:
     """A --quant value in canonical spelling ("q4_k_m" -> "Q4_K_M").
 
@@ -127,22 +128,23 @@ def check_threads(value, *, flag: str = "--threads") -> int:
 
     text = str(value).strip()
     if isinstance(value, bool) or not (isinstance(value, int) or (text.isascii() and text.isdecimal())):
-        raise UsageError(f"{flag} must be a whole number of threads (0 = physical cores), got {value!r}",
-                         "e.g. 2")
+        raise UsageError(f"{flag} must be a whole number of threads (0 = physical cores), got {value!r}", "e.g. 2")
     n = int(text)
     if n < 0:
         raise UsageError(f"{flag} must be at least 1 (0 = physical cores), got {n}")
     if n > max_threads():
         shown = text if len(text) <= 24 else text[:12] + "..." + text[-6:]
         setting = f"{flag}=" if flag.startswith("QRUN_") else f"{flag} "
-        raise UsageError(f"{setting}{shown} is more threads than qrun allows on this machine ({max_threads()}: "
-                         f"{THREADS_PER_CPU_LIMIT} x {os.cpu_count() or 1} logical CPUs, at most {THREADS_CAP})",
-                         f"use at most the {physical_cores()} physical cores, e.g. {setting}{physical_cores()}")
+        raise UsageError(
+            f"{setting}{shown} is more threads than qrun allows on this machine ({max_threads()}: "
+            f"{THREADS_PER_CPU_LIMIT} x {os.cpu_count() or 1} logical CPUs, at most {THREADS_CAP})",
+            f"use at most the {physical_cores()} physical cores, e.g. {setting}{physical_cores()}",
+        )
     return n
 
 
 def check_thread_list(value: str | None, *, flag: str = "--threads", zero_ok: bool = True) -> list[int]:
-    """"1,2" -> [1, 2], each checked by check_threads; None/"" -> []. zero_ok=False: 0 is refused too.
+    """ "1,2" -> [1, 2], each checked by check_threads; None/"" -> []. zero_ok=False: 0 is refused too.
 
     Raises:
         UsageError: an empty list, a part that is not a thread count, or 0 where it is not allowed.
@@ -192,7 +194,8 @@ def repack_weights(flag: bool | None = None) -> bool:
     Off by default: it keeps a second, anonymous copy of the quantized weights and lengthens every load, and on small
     CPUs it trades faster decoding for slower prompt processing (measure it: `qrun tune`); on VMs that advertise
     AMX without enabling it, llama.cpp's AMX buffer type behind the same switch dies with SIGILL (`tilezero`) on
-    the first batched Q4 matmul (README "Settings": seen on a KVM "Intel Xeon Processor" with amx_int8 in /proc/cpuinfo).
+    the first batched Q4 matmul (README "Settings": seen on a KVM "Intel Xeon Processor" with amx_int8 in
+    /proc/cpuinfo).
     """
     if flag is not None:
         return flag
@@ -225,7 +228,7 @@ class LoadSettings:
     sources: dict = field(default_factory=dict, compare=False)
 
     @classmethod
-    def default(cls, **given) -> "LoadSettings":
+    def default(cls, **given) -> LoadSettings:
         """The defaults, with `given` values on top (tests and tools that load a file directly)."""
         named = {k for k, v in given.items() if v is not None}
         threads = given.pop("n_threads", None) or physical_cores()
@@ -238,8 +241,8 @@ class LoadSettings:
         return {**{k: getattr(self, k) for k in LOAD_KEYS}, "source": dict(self.sources)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "LoadSettings":
+    def from_dict(cls, data: dict) -> LoadSettings:
         return cls(**{k: data[k] for k in LOAD_KEYS if k in data}, sources=dict(data.get("source") or {}))
 
-    def with_value(self, key: str, value, source: str) -> "LoadSettings":
+    def with_value(self, key: str, value, source: str) -> LoadSettings:
         return replace(self, **{key: value}, sources={**self.sources, key: source})

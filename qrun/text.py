@@ -43,5 +43,6 @@ def decode_utf8(data: bytes, *, what: str, hint: str = "save or type it as UTF-8
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise PromptError(f"{what} is not valid UTF-8 text: byte 0x{data[err.start]:02x} at byte {err.start + 1} "
-                          f"({err.reason})", hint) from None
+        raise PromptError(
+            f"{what} is not valid UTF-8 text: byte 0x{data[err.start]:02x} at byte {err.start + 1} ({err.reason})", hint
+        ) from None

@@ -41,16 +41,18 @@ def _insn(code: int, jump_true: int, jump_false: int, k: int) -> bytes:
 
 
 # "if x86-64 and arch_prctl and arg0 == ARCH_REQ_XCOMP_PERM: fail with EPERM, else allow"; jumps are relative.
-_PROGRAM = b"".join([
-    _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_ARCH),
-    _insn(_BPF_JEQ_K, 0, 5, _AUDIT_ARCH_X86_64),
-    _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_NR),
-    _insn(_BPF_JEQ_K, 0, 3, _SYS_ARCH_PRCTL),
-    _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_ARG0),
-    _insn(_BPF_JEQ_K, 0, 1, _ARCH_REQ_XCOMP_PERM),
-    _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _EPERM),
-    _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
-])
+_PROGRAM = b"".join(
+    [
+        _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_ARCH),
+        _insn(_BPF_JEQ_K, 0, 5, _AUDIT_ARCH_X86_64),
+        _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_NR),
+        _insn(_BPF_JEQ_K, 0, 3, _SYS_ARCH_PRCTL),
+        _insn(_BPF_LD_W_ABS, 0, 0, _OFFSET_ARG0),
+        _insn(_BPF_JEQ_K, 0, 1, _ARCH_REQ_XCOMP_PERM),
+        _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | _EPERM),
+        _insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW),
+    ]
+)
 
 
 class _SockFprog(ctypes.Structure):

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qrun import registry, settings
 from qrun.errors import PromptError, UsageError
 from qrun.fsutil import sha256_file
 from qrun.measure import MemoryWatch
 from qrun.runner import resolve
-from qrun.text import check_text
 from qrun.runner.engine import Engine, check_sampling, check_seed
+from qrun.text import check_text
 
 Notice = Callable[[str], None]
 
@@ -41,7 +41,7 @@ def gguf_sha256(path: Path) -> str:
 def check_prompt(prompt: str, *, system: str | None = None) -> None:
     """Raises PromptError for an empty prompt, or a prompt or system prompt that is not UTF-8 text."""
     if not prompt or not prompt.strip():
-        raise PromptError("the prompt is empty", "give a question, e.g. qrun ask qwen \"你好\"")
+        raise PromptError("the prompt is empty", 'give a question, e.g. qrun ask qwen "你好"')
     check_text(prompt, what="the prompt")
     if system is not None:
         check_text(system, what="--system")
@@ -51,8 +51,12 @@ def check_options(*, max_tokens=None, temperature=None, top_p=None, top_k=None, 
     """Validate the sampling flags that were given, before any model is loaded."""
     if seed is not None:
         check_seed(seed)
-    check_sampling(max_tokens=1 if max_tokens is None else max_tokens, temperature=temperature or 0.0,
-                   top_p=1.0 if top_p is None else top_p, top_k=top_k or 0)
+    check_sampling(
+        max_tokens=1 if max_tokens is None else max_tokens,
+        temperature=temperature or 0.0,
+        top_p=1.0 if top_p is None else top_p,
+        top_k=top_k or 0,
+    )
 
 
 def answer_reserve(n_ctx: int, max_tokens: int) -> int:
@@ -60,23 +64,28 @@ def answer_reserve(n_ctx: int, max_tokens: int) -> int:
     return max(1, min(max_tokens, n_ctx // 2))
 
 
-def fit_prompt(engine: Engine, prompt: str, *, system: str | None, max_tokens: int, truncate: bool,
-               notice: Notice) -> list[int]:
+def fit_prompt(
+    engine: Engine, prompt: str, *, system: str | None, max_tokens: int, truncate: bool, notice: Notice
+) -> list[int]:
     """The prompt's ids; an overlong prompt raises, or with truncate loses its oldest part (with a notice)."""
     messages = [{"role": "user", "content": prompt}]
     ids = engine.prompt_ids(messages, system=system)
     if len(ids) < engine.n_ctx:
         return ids
     if not truncate:
-        raise PromptError(f"the prompt is {len(ids)} tokens but the context holds {engine.n_ctx} "
-                          f"(at most {engine.n_ctx - 1} prompt tokens)",
-                          f"shorten it, raise --ctx (the model was trained on {engine.n_ctx_train}), "
-                          "or pass --truncate to drop its beginning")
+        raise PromptError(
+            f"the prompt is {len(ids)} tokens but the context holds {engine.n_ctx} "
+            f"(at most {engine.n_ctx - 1} prompt tokens)",
+            f"shorten it, raise --ctx (the model was trained on {engine.n_ctx_train}), "
+            "or pass --truncate to drop its beginning",
+        )
     budget = engine.n_ctx - answer_reserve(engine.n_ctx, max_tokens)
     frame = len(engine.prompt_ids([{"role": "user", "content": ""}], system=system))
     if frame > budget:
-        raise PromptError(f"the system prompt and chat format alone take {frame} of {engine.n_ctx} tokens",
-                          "shorten --system or raise --ctx")
+        raise PromptError(
+            f"the system prompt and chat format alone take {frame} of {engine.n_ctx} tokens",
+            "shorten --system or raise --ctx",
+        )
     lo, hi = 1, len(prompt)  # smallest cut (characters dropped from the start) that fits
     while lo < hi:
         mid = (lo + hi) // 2
@@ -85,8 +94,10 @@ def fit_prompt(engine: Engine, prompt: str, *, system: str | None, max_tokens: i
         else:
             lo = mid + 1
     kept = engine.prompt_ids([{"role": "user", "content": prompt[lo:]}], system=system)
-    notice(f"note: the prompt was {len(ids)} tokens; dropped its first {lo} characters to fit "
-           f"{len(kept)} tokens into the {engine.n_ctx}-token context")
+    notice(
+        f"note: the prompt was {len(ids)} tokens; dropped its first {lo} characters to fit "
+        f"{len(kept)} tokens into the {engine.n_ctx}-token context"
+    )
     return kept
 
 
@@ -103,10 +114,25 @@ def sampling_options(spec: registry.ModelSpec, *, max_tokens, temperature, top_p
     return options
 
 
-def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None, use_mmap=None, ctx=None, quant=None,
-                ggufs_dir=None, flash_attn=None, kv_type=None, seed=settings.DEFAULT_SEED, vocab_only=False,
-                work: Callable[[Engine], int] | None = None, notice: Notice = _quiet,
-                workload: str = "chat", as_model: str | None = None) -> Engine:
+def load_engine(
+    model_or_path,
+    *,
+    threads=None,
+    threads_batch=None,
+    repack=None,
+    use_mmap=None,
+    ctx=None,
+    quant=None,
+    ggufs_dir=None,
+    flash_attn=None,
+    kv_type=None,
+    seed=settings.DEFAULT_SEED,
+    vocab_only=False,
+    work: Callable[[Engine], int] | None = None,
+    notice: Notice = _quiet,
+    workload: str = "chat",
+    as_model: str | None = None,
+) -> Engine:
     """Resolve MODEL and its load settings (qrun.runner.resolve), size the context, load.
 
     work: given the vocabulary, the tokens the context must hold (prompt + answer); the context is then sized to
@@ -115,12 +141,26 @@ def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None,
     engine.settings says what was loaded and where each value came from.
     """
     if as_model is not None and not resolve.is_path(model_or_path):
-        raise UsageError(f"--as {as_model} names the model of a .gguf path; {model_or_path!r} is a model name",
-                         "drop --as, or give the path of the GGUF")
-    gguf, load = resolve.resolve(model_or_path, quant=quant, ggufs_dir=ggufs_dir, threads=threads,
-                                 threads_batch=threads_batch, repack=repack, use_mmap=use_mmap, ctx=ctx,
-                                 flash_attn=flash_attn, kv_type=kv_type, workload=workload,
-                                 use_profile=not vocab_only, as_model=as_model, notice=notice)
+        raise UsageError(
+            f"--as {as_model} names the model of a .gguf path; {model_or_path!r} is a model name",
+            "drop --as, or give the path of the GGUF",
+        )
+    gguf, load = resolve.resolve(
+        model_or_path,
+        quant=quant,
+        ggufs_dir=ggufs_dir,
+        threads=threads,
+        threads_batch=threads_batch,
+        repack=repack,
+        use_mmap=use_mmap,
+        ctx=ctx,
+        flash_attn=flash_attn,
+        kv_type=kv_type,
+        workload=workload,
+        use_profile=not vocab_only,
+        as_model=as_model,
+        notice=notice,
+    )
     if vocab_only:
         return Engine.load(gguf, load, seed=seed, vocab_only=True, notice=notice, as_model=as_model)
     if work is not None and load.sources.get("n_ctx") != "flag":
@@ -128,8 +168,10 @@ def load_engine(model_or_path, *, threads=None, threads_batch=None, repack=None,
             load = resolve.size_ctx(load, work_tokens=work(vocab), n_ctx_train=vocab.n_ctx_train)
     engine = Engine.load(gguf, load, seed=seed, notice=notice, as_model=as_model)
     if ctx is not None and engine.n_ctx != ctx:
-        notice(f"note: --ctx {ctx} rounded up to {engine.n_ctx} (llama.cpp allocates the context in multiples of "
-               f"{settings.CTX_ALIGN_TOKENS})")
+        notice(
+            f"note: --ctx {ctx} rounded up to {engine.n_ctx} (llama.cpp allocates the context in multiples of "
+            f"{settings.CTX_ALIGN_TOKENS})"
+        )
     return engine
 
 
@@ -138,18 +180,38 @@ def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_di
     check_prompt(prompt, system=system)
     with load_engine(model_or_path, quant=quant, ggufs_dir=ggufs_dir, vocab_only=True, as_model=as_model) as engine:
         messages = [{"role": "user", "content": prompt}]
-        return {"prompt_text": engine.prompt_text(messages, system=system),
-                "prompt_token_ids": engine.prompt_ids(messages, system=system)}
+        return {
+            "prompt_text": engine.prompt_text(messages, system=system),
+            "prompt_token_ids": engine.prompt_ids(messages, system=system),
+        }
 
 
-def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: int | None = None,
-        temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-        seed: int = settings.DEFAULT_SEED, threads: int | None = None, threads_batch: int | None = None,
-        repack: bool | None = None, use_mmap: bool | None = None, ctx: int | None = None,
-        flash_attn: bool | None = None, kv_type: str | None = None,
-        quant: str | None = None, ggufs_dir=None, truncate: bool = False, with_sha256: bool = True,
-        on_text: Callable[[str], None] | None = None, notice: Notice = _quiet, logit_bias=None,
-        as_model: str | None = None) -> dict:
+def ask(
+    model_or_path,
+    prompt: str,
+    *,
+    system: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int = settings.DEFAULT_SEED,
+    threads: int | None = None,
+    threads_batch: int | None = None,
+    repack: bool | None = None,
+    use_mmap: bool | None = None,
+    ctx: int | None = None,
+    flash_attn: bool | None = None,
+    kv_type: str | None = None,
+    quant: str | None = None,
+    ggufs_dir=None,
+    truncate: bool = False,
+    with_sha256: bool = True,
+    on_text: Callable[[str], None] | None = None,
+    notice: Notice = _quiet,
+    logit_bias=None,
+    as_model: str | None = None,
+) -> dict:
     """Answer one prompt with a converted model, streaming text pieces to on_text.
 
     Args:
@@ -175,19 +237,35 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
     check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
 
     def work(vocab: Engine) -> int:  # the prompt as the model will see it, and room for the whole answer
-        answer = sampling_options(vocab.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                  top_k=top_k)["max_tokens"]
+        answer = sampling_options(vocab.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k)[
+            "max_tokens"
+        ]
         return len(vocab.prompt_ids([{"role": "user", "content": prompt}], system=system)) + answer
 
     with MemoryWatch() as load_watch:
-        engine = load_engine(model_or_path, threads=threads, threads_batch=threads_batch, repack=repack,
-                             use_mmap=use_mmap, ctx=ctx, quant=quant, ggufs_dir=ggufs_dir, flash_attn=flash_attn,
-                             kv_type=kv_type, seed=seed, work=work, notice=notice, as_model=as_model)
+        engine = load_engine(
+            model_or_path,
+            threads=threads,
+            threads_batch=threads_batch,
+            repack=repack,
+            use_mmap=use_mmap,
+            ctx=ctx,
+            quant=quant,
+            ggufs_dir=ggufs_dir,
+            flash_attn=flash_attn,
+            kv_type=kv_type,
+            seed=seed,
+            work=work,
+            notice=notice,
+            as_model=as_model,
+        )
     with engine:
-        options = sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                   top_k=top_k)
-        ids = fit_prompt(engine, prompt, system=system, max_tokens=options["max_tokens"], truncate=truncate,
-                         notice=notice)
+        options = sampling_options(
+            engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k
+        )
+        ids = fit_prompt(
+            engine, prompt, system=system, max_tokens=options["max_tokens"], truncate=truncate, notice=notice
+        )
         generation = engine.generate(ids, seed=seed, logit_bias=logit_bias, **options)
         for text in generation:
             if on_text:
@@ -203,7 +281,11 @@ def ask(model_or_path, prompt: str, *, system: str | None = None, max_tokens: in
             "gguf": str(engine.path),
             "sha256": gguf_sha256(engine.path) if with_sha256 else None,
             "stats": {"load_s": engine.load_s, **stats},
-            "settings": {**{_SETTING_NAMES.get(k, k): v for k, v in load.items() if k != "source"},
-                         "amx_denied": engine.amx_denied, "seed": seed, **options,
-                         "source": {_SETTING_NAMES.get(k, k): v for k, v in load["source"].items()}},
+            "settings": {
+                **{_SETTING_NAMES.get(k, k): v for k, v in load.items() if k != "source"},
+                "amx_denied": engine.amx_denied,
+                "seed": seed,
+                **options,
+                "source": {_SETTING_NAMES.get(k, k): v for k, v in load["source"].items()},
+            },
         }

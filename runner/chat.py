@@ -8,12 +8,13 @@ oldest turns are dropped with a notice. Ctrl-C during an answer stops that answe
 from __future__ import annotations
 
 import sys
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from qrun.errors import PromptError, QrunError
-from qrun.text import check_text
 from qrun.runner.ask import answer_reserve
 from qrun.runner.engine import Engine, Generation
+from qrun.text import check_text
 
 COMMANDS_HELP = "/reset clears the history, /exit (or Ctrl-D) quits, Ctrl-C stops an answer"
 
@@ -21,8 +22,7 @@ COMMANDS_HELP = "/reset clears the history, /exit (or Ctrl-D) quits, Ctrl-C stop
 class ChatSession:
     """A conversation with one loaded engine; turn() answers one user message and remembers the exchange."""
 
-    def __init__(self, engine: Engine, *, system: str | None, sampling: dict, seed: int,
-                 notice: Callable[[str], None]):
+    def __init__(self, engine: Engine, *, system: str | None, sampling: dict, seed: int, notice: Callable[[str], None]):
         self.engine, self.system, self.sampling, self.seed, self.notice = engine, system, sampling, seed, notice
         self.history: list[dict] = []  # alternating user / assistant messages
         self.last: Generation | None = None
@@ -47,14 +47,17 @@ class ChatSession:
                 break
             del history[:2]
         if len(ids) >= self.engine.n_ctx:
-            raise PromptError(f"this message is {len(ids)} tokens with the chat format; the context holds "
-                              f"{self.engine.n_ctx}", "send a shorter message or restart with a larger --ctx "
-                              "(the history is kept)")
+            raise PromptError(
+                f"this message is {len(ids)} tokens with the chat format; the context holds {self.engine.n_ctx}",
+                "send a shorter message or restart with a larger --ctx (the history is kept)",
+            )
         dropped = (len(self.history) - len(history)) // 2
         if dropped:
             self.history[:] = history
-            self.notice(f"note: dropped the oldest {dropped} turn(s) of the history to fit the "
-                        f"{self.engine.n_ctx}-token context")
+            self.notice(
+                f"note: dropped the oldest {dropped} turn(s) of the history to fit the "
+                f"{self.engine.n_ctx}-token context"
+            )
         return ids
 
     def turn(self, user_text: str, on_text: Callable[[str], None]) -> Generation:
@@ -74,8 +77,9 @@ class ChatSession:
         return generation
 
 
-def run_chat(session: ChatSession, *, stdin: TextIO | None = None, stdout: TextIO | None = None,
-             stderr: TextIO | None = None) -> int:
+def run_chat(
+    session: ChatSession, *, stdin: TextIO | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
+) -> int:
     """Read lines until /exit or EOF; returns the number of answered turns. Prompts and notices go to stderr,
     answers to stdout."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr

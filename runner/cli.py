@@ -14,9 +14,9 @@ import click
 
 from qrun import settings
 from qrun.errors import UsageError
-from qrun.text import check_text, decode_utf8
 from qrun.runner import ask as ask_lib
 from qrun.runner import chat as chat_lib
+from qrun.text import check_text, decode_utf8
 
 
 class _Number(click.ParamType):
@@ -42,32 +42,73 @@ def _notice(message: str) -> None:
 
 
 def _model_options(f):
-    for option in reversed([
-        click.option("--system", default=None, help="System prompt (default: the model's own, e.g. Qwen's)."),
-        click.option("--max-tokens", type=INT, default=None, help="Most tokens to generate [model default 512]."),
-        click.option("--temperature", type=FLOAT, default=None, help="0 = greedy and reproducible [model default]."),
-        click.option("--top-p", type=FLOAT, default=None, help="Nucleus sampling, in (0, 1] [model default]."),
-        click.option("--top-k", type=INT, default=None, help="Top-k sampling, 0 = off [model default]."),
-        click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
-        click.option("--threads", type=INT, default=None,
-                     help="CPU threads [QRUN_THREADS, else tuning profile, else physical cores; 0 = default]."),
-        click.option("--threads-batch", type=INT, default=None,
-                     help="Threads for prompt processing [--threads if given, else tuning profile, else the same]."),
-        click.option("--repack/--no-repack", default=None,
-                     help="llama.cpp's CPU weight repacking [QRUN_REPACK, else tuning profile, else off]."),
-        click.option("--mmap/--no-mmap", default=None,
-                     help="Map the GGUF instead of reading it into memory [tuning profile, else on]."),
-        click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention [tuning profile, else off]."),
-        click.option("--kv-type", default=None, metavar="|".join(settings.KV_TYPES),
-                     help="KV cache type; q8_0 needs --flash-attn [tuning profile, else f16]."),
-        click.option("--ctx", type=INT, default=None,
-                     help="Context tokens, rounded up to a multiple of 256 [ask: prompt + --max-tokens; chat: 4096]."),
-        click.option("--quant", default=None,
-                     help=f"Which GGUF of MODEL; auto = the type `qrun tune` measured fastest [{settings.DEFAULT_QUANT}]."),
-        click.option("--ggufs", type=click.Path(file_okay=False), default=None, help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs]."),
-        click.option("--as", "as_model", default=None, metavar="MODEL",
-                     help="Which model a .gguf path not made by `qrun convert` holds (picks its chat format)."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--system", default=None, help="System prompt (default: the model's own, e.g. Qwen's)."),
+            click.option("--max-tokens", type=INT, default=None, help="Most tokens to generate [model default 512]."),
+            click.option(
+                "--temperature", type=FLOAT, default=None, help="0 = greedy and reproducible [model default]."
+            ),
+            click.option("--top-p", type=FLOAT, default=None, help="Nucleus sampling, in (0, 1] [model default]."),
+            click.option("--top-k", type=INT, default=None, help="Top-k sampling, 0 = off [model default]."),
+            click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
+            click.option(
+                "--threads",
+                type=INT,
+                default=None,
+                help="CPU threads [QRUN_THREADS, else tuning profile, else physical cores; 0 = default].",
+            ),
+            click.option(
+                "--threads-batch",
+                type=INT,
+                default=None,
+                help="Threads for prompt processing [--threads if given, else tuning profile, else the same].",
+            ),
+            click.option(
+                "--repack/--no-repack",
+                default=None,
+                help="llama.cpp's CPU weight repacking [QRUN_REPACK, else tuning profile, else off].",
+            ),
+            click.option(
+                "--mmap/--no-mmap",
+                default=None,
+                help="Map the GGUF instead of reading it into memory [tuning profile, else on].",
+            ),
+            click.option(
+                "--flash-attn/--no-flash-attn", default=None, help="Flash attention [tuning profile, else off]."
+            ),
+            click.option(
+                "--kv-type",
+                default=None,
+                metavar="|".join(settings.KV_TYPES),
+                help="KV cache type; q8_0 needs --flash-attn [tuning profile, else f16].",
+            ),
+            click.option(
+                "--ctx",
+                type=INT,
+                default=None,
+                help="Context tokens, rounded up to a multiple of 256 [ask: prompt + --max-tokens; chat: 4096].",
+            ),
+            click.option(
+                "--quant",
+                default=None,
+                help=f"Which GGUF of MODEL; auto = the type `qrun tune` measured fastest [{settings.DEFAULT_QUANT}].",
+            ),
+            click.option(
+                "--ggufs",
+                type=click.Path(file_okay=False),
+                default=None,
+                help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs].",
+            ),
+            click.option(
+                "--as",
+                "as_model",
+                default=None,
+                metavar="MODEL",
+                help="Which model a .gguf path not made by `qrun convert` holds (picks its chat format).",
+            ),
+        ]
+    ):
         f = option(f)
     return f
 
@@ -75,17 +116,24 @@ def _model_options(f):
 def format_stats(result: dict) -> str:
     s = result["stats"]
     mib = 1 << 20
-    reasons = {"eos": "end of sequence", "stop_token": "stop token", "max_tokens": "max tokens",
-               "context_full": "context full (raise --ctx)", "interrupted": "interrupted"}
-    return "\n".join([
-        f"model             {result['model']}  ({result['gguf']})",
-        f"load              {s['load_s']:.2f} s",
-        f"prompt            {s['prompt_tokens']} tokens, {s['prompt_tokens_per_s']:.1f} tokens/s",
-        f"first token       {s['ttft_s']:.3f} s",
-        f"generated         {s['gen_tokens']} tokens, {s['gen_tokens_per_s']:.1f} tokens/s",
-        f"peak RSS          {s['peak_rss_bytes'] / mib:.0f} MiB (anonymous {s['peak_anon_bytes'] / mib:.0f} MiB)",
-        f"stop reason       {reasons.get(s['stop_reason'], s['stop_reason'])}",
-    ])
+    reasons = {
+        "eos": "end of sequence",
+        "stop_token": "stop token",
+        "max_tokens": "max tokens",
+        "context_full": "context full (raise --ctx)",
+        "interrupted": "interrupted",
+    }
+    return "\n".join(
+        [
+            f"model             {result['model']}  ({result['gguf']})",
+            f"load              {s['load_s']:.2f} s",
+            f"prompt            {s['prompt_tokens']} tokens, {s['prompt_tokens_per_s']:.1f} tokens/s",
+            f"first token       {s['ttft_s']:.3f} s",
+            f"generated         {s['gen_tokens']} tokens, {s['gen_tokens_per_s']:.1f} tokens/s",
+            f"peak RSS          {s['peak_rss_bytes'] / mib:.0f} MiB (anonymous {s['peak_anon_bytes'] / mib:.0f} MiB)",
+            f"stop reason       {reasons.get(s['stop_reason'], s['stop_reason'])}",
+        ]
+    )
 
 
 @click.command("ask")
@@ -96,8 +144,30 @@ def format_stats(result: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, stats, model, gguf, sha256).")
 @click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
 @click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
-def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap,
-            flash_attn, kv_type, ctx, quant, ggufs, as_model, show_stats, as_json, show_prompt, truncate):
+def ask_cmd(
+    model,
+    prompt,
+    system,
+    max_tokens,
+    temperature,
+    top_p,
+    top_k,
+    seed,
+    threads,
+    threads_batch,
+    repack,
+    mmap,
+    flash_attn,
+    kv_type,
+    ctx,
+    quant,
+    ggufs,
+    as_model,
+    show_stats,
+    as_json,
+    show_prompt,
+    truncate,
+):
     """Answer one PROMPT with MODEL (a name, an alias or a .gguf path), streamed to stdout.
 
     \b
@@ -125,11 +195,30 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
         click.echo(text, nl=False)
         sys.stdout.flush()
 
-    result = ask_lib.ask(model, prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                         top_k=top_k, seed=seed, threads=threads, threads_batch=threads_batch, repack=repack,
-                         use_mmap=mmap, flash_attn=flash_attn, kv_type=kv_type, ctx=ctx, quant=quant,
-                         ggufs_dir=ggufs, truncate=truncate, with_sha256=as_json, on_text=None if as_json else stream,
-                         notice=_notice, as_model=as_model)
+    result = ask_lib.ask(
+        model,
+        prompt,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
+        threads=threads,
+        threads_batch=threads_batch,
+        repack=repack,
+        use_mmap=mmap,
+        flash_attn=flash_attn,
+        kv_type=kv_type,
+        ctx=ctx,
+        quant=quant,
+        ggufs_dir=ggufs,
+        truncate=truncate,
+        with_sha256=as_json,
+        on_text=None if as_json else stream,
+        notice=_notice,
+        as_model=as_model,
+    )
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
     else:
@@ -141,8 +230,25 @@ def ask_cmd(model, prompt, system, max_tokens, temperature, top_p, top_k, seed, 
 @click.command("chat")
 @click.argument("model")
 @_model_options
-def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads, threads_batch, repack, mmap,
-             flash_attn, kv_type, ctx, quant, ggufs, as_model):
+def chat_cmd(
+    model,
+    system,
+    max_tokens,
+    temperature,
+    top_p,
+    top_k,
+    seed,
+    threads,
+    threads_batch,
+    repack,
+    mmap,
+    flash_attn,
+    kv_type,
+    ctx,
+    quant,
+    ggufs,
+    as_model,
+):
     """Chat with MODEL in the terminal, multi-turn, in the model's own chat format.
 
     \b
@@ -153,12 +259,25 @@ def chat_cmd(model, system, max_tokens, temperature, top_p, top_k, seed, threads
     ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     if system is not None:
         check_text(system, what="--system")
-    engine = ask_lib.load_engine(model, threads=threads, threads_batch=threads_batch, repack=repack, use_mmap=mmap,
-                                 flash_attn=flash_attn, kv_type=kv_type, ctx=ctx, quant=quant, ggufs_dir=ggufs,
-                                 seed=seed, notice=_notice, as_model=as_model)
+    engine = ask_lib.load_engine(
+        model,
+        threads=threads,
+        threads_batch=threads_batch,
+        repack=repack,
+        use_mmap=mmap,
+        flash_attn=flash_attn,
+        kv_type=kv_type,
+        ctx=ctx,
+        quant=quant,
+        ggufs_dir=ggufs,
+        seed=seed,
+        notice=_notice,
+        as_model=as_model,
+    )
     with engine:
-        sampling = ask_lib.sampling_options(engine.spec, max_tokens=max_tokens, temperature=temperature,
-                                            top_p=top_p, top_k=top_k)
+        sampling = ask_lib.sampling_options(
+            engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k
+        )
         session = chat_lib.ChatSession(engine, system=system, sampling=sampling, seed=seed, notice=_notice)
         # lines decoded by qrun (each checked in ChatSession.turn): a bad byte is one error line, not the session's end
         if not hasattr(sys.stdin, "buffer"):

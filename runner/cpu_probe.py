@@ -51,14 +51,21 @@ def _run_probe(notice) -> dict:
     from qrun.convert.pipeline import convert_model
 
     root = settings.qrun_home() / "cpu-probe"
-    notice("note: this CPU advertises AMX; checking once, in a child process, that llama.cpp's repacked (AMX) "
-           "kernels run here")
+    notice(
+        "note: this CPU advertises AMX; checking once, in a child process, that llama.cpp's repacked (AMX) "
+        "kernels run here"
+    )
     # the tiny shape of the test suite with a byte-level vocabulary (no tokenizer library needed); any architecture
     # exercises the matmuls
     model = synthetic.BYTE_BPE_MODEL
     tokenizer_dir = synthetic.write_byte_bpe_tokenizer_dir(root / "checkpoints" / "tokenizers" / model)
-    checkpoint = synthetic.write_random_checkpoint(model, root / "checkpoints" / model, tokenizer_dir=tokenizer_dir,
-                                                   config_overrides=synthetic.TINY_OVERRIDES[model], seed=0)
+    checkpoint = synthetic.write_random_checkpoint(
+        model,
+        root / "checkpoints" / model,
+        tokenizer_dir=tokenizer_dir,
+        config_overrides=synthetic.TINY_OVERRIDES[model],
+        seed=0,
+    )
     gguf = convert_model(model, from_dir=checkpoint, quant="Q4_0", out_dir=root / "ggufs")["path"]
     verdict = _run_child(gguf)
     if not verdict["repack_ok"] and amx_guard.supported():
@@ -69,14 +76,19 @@ def _run_probe(notice) -> dict:
 
 def _run_child(gguf, *args: str) -> dict:
     """The verdict of one probe child (runner/cpu_probe_child.py) on gguf; args: "deny-amx" or nothing."""
-    done = child.run("qrun.runner.cpu_probe_child", [str(gguf), *args], timeout_s=_CHILD_TIMEOUT_S,
-                     env_extra={_CHILD_ENV: "1"})
+    done = child.run(
+        "qrun.runner.cpu_probe_child", [str(gguf), *args], timeout_s=_CHILD_TIMEOUT_S, env_extra={_CHILD_ENV: "1"}
+    )
     if done.timed_out:  # no verdict to cache: a hang says nothing about the kernels
-        raise UsageError(f"the repacking check did not finish within {_CHILD_TIMEOUT_S} s",
-                         "run again when the machine is less busy, or drop --repack (and unset QRUN_REPACK)")
-    return {"repack_ok": done.returncode == 0,
-            "exit": done.signal_name or done.returncode,
-            "stderr_tail": done.stderr.strip().splitlines()[-1:] or []}
+        raise UsageError(
+            f"the repacking check did not finish within {_CHILD_TIMEOUT_S} s",
+            "run again when the machine is less busy, or drop --repack (and unset QRUN_REPACK)",
+        )
+    return {
+        "repack_ok": done.returncode == 0,
+        "exit": done.signal_name or done.returncode,
+        "stderr_tail": done.stderr.strip().splitlines()[-1:] or [],
+    }
 
 
 def check_repack(system_info: str, *, notice=lambda _msg: None, force_probe: bool = False) -> dict:
@@ -94,8 +106,12 @@ def check_repack(system_info: str, *, notice=lambda _msg: None, force_probe: boo
     """
     if os.environ.get(_CHILD_ENV) or not (force_probe or _needs_probe(system_info)):
         return {"repack_ok": True, "probed": False}
-    key = {"cpu": _cpu_model(), "llama_cpp_python": metadata.version("llama-cpp-python"),
-           "system_info": system_info, "probe_version": _PROBE_VERSION}
+    key = {
+        "cpu": _cpu_model(),
+        "llama_cpp_python": metadata.version("llama-cpp-python"),
+        "system_info": system_info,
+        "probe_version": _PROBE_VERSION,
+    }
     cache = settings.qrun_home() / "cpu-probe.json"
     verdict = None
     try:

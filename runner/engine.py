@@ -2,7 +2,8 @@
 
 `llama_cpp.Llama` is created here and nowhere else. It owns the model and context; generation drives the C API
 directly (llama_decode on a one-token batch + a llama_sampler chain), which keeps Python's per-token work to one
-decode, one sample, a set lookup and a cached piece (Llama.generate costs 3-5 % against llama-bench: runner/generation.py).
+decode, one sample, a set lookup and a cached piece (Llama.generate costs 3-5 % against llama-bench:
+runner/generation.py).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import contextlib
 import ctypes
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import llama_cpp
+
 from qrun import interrupts, registry, settings
 from qrun.errors import GGUFError, UsageError
+from qrun.gguf_file import GGUFHeader, read_header
 from qrun.registry import ModelSpec
 from qrun.runner import cpu_probe, formats, spm_plain
 from qrun.runner.generation import Generation, TextStream  # noqa: F401 (re-exported for callers)
-from qrun.gguf_file import GGUFHeader, read_header
 
 # ggml_log_level in the vendored ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (llama_cpp/_logger.py's
 # table predates DEBUG and is off by one).
@@ -88,7 +90,10 @@ def _abort_decode(_user_data) -> bool:
 
 
 _NO_ABORT = llama_cpp.ggml_abort_callback()
-_KV_GGML_TYPES = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0}  # a NULL function pointer: llama.cpp then polls nothing
+_KV_GGML_TYPES = {
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+}  # a NULL function pointer: llama.cpp then polls nothing
 
 
 @llama_cpp.llama_progress_callback
@@ -171,8 +176,10 @@ def spec_for_header(header: GGUFHeader, path: Path, *, as_model: str | None = No
     if as_model is not None:
         spec = registry.get(as_model)
         if arch and arch != spec.gguf_arch:
-            raise GGUFError(f"{path} holds architecture {arch!r}, not {spec.name}'s {spec.gguf_arch!r}",
-                            f"--as names the model the GGUF holds; qrun runs: {', '.join(registry.names())}")
+            raise GGUFError(
+                f"{path} holds architecture {arch!r}, not {spec.name}'s {spec.gguf_arch!r}",
+                f"--as names the model the GGUF holds; qrun runs: {', '.join(registry.names())}",
+            )
         return spec
     name = header.metadata.get("qrun.model")
     if isinstance(name, str) and name in registry.names():
@@ -183,17 +190,27 @@ def spec_for_header(header: GGUFHeader, path: Path, *, as_model: str | None = No
             f"{path} holds architecture {arch!r}, which qrun has no chat format for",
             f"qrun runs: {', '.join(registry.names())}",
         )
-    raise GGUFError(f"{path} was not made by `qrun convert` (no qrun.model key), so which model it holds and "
-                    f"which chat format it needs are unknown (architecture {arch!r})",
-                    f"say which it is with --as {candidates[0]} if it is {candidates[0]}; qrun runs: "
-                    f"{', '.join(registry.names())}")
+    raise GGUFError(
+        f"{path} was not made by `qrun convert` (no qrun.model key), so which model it holds and "
+        f"which chat format it needs are unknown (architecture {arch!r})",
+        f"say which it is with --as {candidates[0]} if it is {candidates[0]}; qrun runs: {', '.join(registry.names())}",
+    )
 
 
 class Engine:
     """A loaded GGUF. Create with Engine.load(); close() frees it."""
 
-    def __init__(self, llama, *, path: Path, spec: ModelSpec, header: GGUFHeader, load_s: float, n_ctx_requested: int,
-                 load_settings: settings.LoadSettings):
+    def __init__(
+        self,
+        llama,
+        *,
+        path: Path,
+        spec: ModelSpec,
+        header: GGUFHeader,
+        load_s: float,
+        n_ctx_requested: int,
+        load_settings: settings.LoadSettings,
+    ):
         self._llama = llama
         self._vocab = llama_cpp.llama_model_get_vocab(llama.model)
         self.path, self.spec, self.header, self.load_s = path, spec, header, load_s
@@ -212,9 +229,17 @@ class Engine:
         self.eos_id = llama_cpp.llama_vocab_eos(self._vocab)
 
     @classmethod
-    def load(cls, gguf_path, load: settings.LoadSettings | None = None, *, seed: int = settings.DEFAULT_SEED,
-             vocab_only: bool = False, notice: Callable[[str], None] = lambda _msg: None,
-             as_model: str | None = None, **given) -> "Engine":
+    def load(
+        cls,
+        gguf_path,
+        load: settings.LoadSettings | None = None,
+        *,
+        seed: int = settings.DEFAULT_SEED,
+        vocab_only: bool = False,
+        notice: Callable[[str], None] = lambda _msg: None,
+        as_model: str | None = None,
+        **given,
+    ) -> Engine:
         """Validate and load a GGUF with `load` applied as it is (qrun.runner.resolve builds it).
 
         Args:
@@ -238,8 +263,10 @@ class Engine:
             raise UsageError(f"--ctx must be at least 1 token, got {n_ctx}")
         if header.context_length and n_ctx > header.context_length:
             # no rope scaling is configured: past its training length the model's output degrades silently
-            raise UsageError(f"--ctx {n_ctx} is more than the {header.context_length} tokens {spec.name} was "
-                             "trained on", f"use --ctx {header.context_length} or less")
+            raise UsageError(
+                f"--ctx {n_ctx} is more than the {header.context_length} tokens {spec.name} was trained on",
+                f"use --ctx {header.context_length} or less",
+            )
         if load.kv_type not in settings.KV_TYPES:
             raise UsageError(f"unknown KV cache type {load.kv_type!r}", f"use one of: {', '.join(settings.KV_TYPES)}")
         if load.kv_type != "f16" and not load.flash_attn:
@@ -248,45 +275,65 @@ class Engine:
         try:
             str(path).encode("utf-8")  # llama-cpp-python passes the path to llama.cpp as UTF-8 (llama_cpp/llama.py)
         except UnicodeEncodeError:
-            raise GGUFError(f"llama.cpp cannot open {path}: its name is not UTF-8",
-                            "rename the file (or link it under a UTF-8 name)") from None
+            raise GGUFError(
+                f"llama.cpp cannot open {path}: its name is not UTF-8",
+                "rename the file (or link it under a UTF-8 name)",
+            ) from None
         repack = load.repack and not vocab_only
         amx_denied = False
         if repack:
             verdict = cpu_probe.check_repack(system_info(), notice=notice)
             amx_denied = verdict.get("amx_denied", False)
             if amx_denied:
-                notice("note: AMX is denied to this process (llama.cpp's AMX kernels crash on this machine); "
-                       "repacking uses its AVX-512/AVX2 kernels")
+                notice(
+                    "note: AMX is denied to this process (llama.cpp's AMX kernels crash on this machine); "
+                    "repacking uses its AVX-512/AVX2 kernels"
+                )
         kv_ggml_type = _KV_GGML_TYPES[load.kv_type]
         interrupts.install()
         t0 = time.perf_counter()
-        with (_captured_llama_log() as log_lines, interrupts.native_call(), _chat_templates_not_compiled(),
-              _model_params(use_extra_bufts=repack, progress_callback=_continue_loading)):
+        with (
+            _captured_llama_log() as log_lines,
+            interrupts.native_call(),
+            _chat_templates_not_compiled(),
+            _model_params(use_extra_bufts=repack, progress_callback=_continue_loading),
+        ):
             try:
                 llama = llama_cpp.Llama(
-                    str(path), n_ctx=aligned_ctx(n_ctx), n_batch=min(512, aligned_ctx(n_ctx)),
-                    n_threads=load.n_threads, n_threads_batch=load.n_threads_batch, seed=seed,
-                    use_mmap=load.use_mmap, flash_attn=load.flash_attn, type_k=kv_ggml_type, type_v=kv_ggml_type,
-                    vocab_only=vocab_only, verbose=False,
+                    str(path),
+                    n_ctx=aligned_ctx(n_ctx),
+                    n_batch=min(512, aligned_ctx(n_ctx)),
+                    n_threads=load.n_threads,
+                    n_threads_batch=load.n_threads_batch,
+                    seed=seed,
+                    use_mmap=load.use_mmap,
+                    flash_attn=load.flash_attn,
+                    type_k=kv_ggml_type,
+                    type_v=kv_ggml_type,
+                    vocab_only=vocab_only,
+                    verbose=False,
                 )
             except (ValueError, RuntimeError) as err:
                 reason = "; ".join(line for line in log_lines if line) or str(err)
-                raise GGUFError(f"llama.cpp could not load {path}: {reason}",
-                                "use a GGUF made by `qrun convert` (or re-create this one)") from None
+                raise GGUFError(
+                    f"llama.cpp could not load {path}: {reason}",
+                    "use a GGUF made by `qrun convert` (or re-create this one)",
+                ) from None
         load_s = time.perf_counter() - t0
-        engine = cls(llama, path=path, spec=spec, header=header, load_s=load_s, n_ctx_requested=n_ctx,
-                     load_settings=load)
+        engine = cls(
+            llama, path=path, spec=spec, header=header, load_s=load_s, n_ctx_requested=n_ctx, load_settings=load
+        )
         engine.amx_denied = amx_denied
         # what llama.cpp really got: the context as allocated (a multiple of CTX_ALIGN_TOKENS), repacking as applied
         engine.settings = load.with_value("n_ctx", engine.n_ctx, load.sources.get("n_ctx", "default")).with_value(
-            "repack", repack, load.sources.get("repack", "default"))
+            "repack", repack, load.sources.get("repack", "default")
+        )
         return engine
 
     def close(self) -> None:
         self._llama.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -314,7 +361,9 @@ class Engine:
             get_text, get_score = llama_cpp.llama_vocab_get_text, llama_cpp.llama_vocab_get_score
             self._spm_pieces = {
                 get_text(self._vocab, i).decode("utf-8", errors="replace"): (i, get_score(self._vocab, i))
-                for i in range(llama_cpp.llama_vocab_n_tokens(self._vocab)) if not self._is_control(i)}
+                for i in range(llama_cpp.llama_vocab_n_tokens(self._vocab))
+                if not self._is_control(i)
+            }
         return self._spm_pieces
 
     def token_text(self, token: int) -> str:
@@ -334,8 +383,10 @@ class Engine:
                 n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
                 found = next((i for i in range(n_vocab - 1, -1, -1) if self.token_text(i) == special_text), None)
                 if found is None:
-                    raise GGUFError(f"{self.path.name}'s vocabulary has no token {special_text!r}",
-                                    f"it is not a {self.spec.name} GGUF made by `qrun convert`")
+                    raise GGUFError(
+                        f"{self.path.name}'s vocabulary has no token {special_text!r}",
+                        f"it is not a {self.spec.name} GGUF made by `qrun convert`",
+                    )
                 self._specials[special_text] = found
         return self._specials[special_text]
 
@@ -354,8 +405,9 @@ class Engine:
     # -- prompts -------------------------------------------------------------------------------------------------
     def segments(self, messages: Sequence[dict], *, system: str | None = None) -> list:
         """system=None: the model's default system prompt (Qwen's), "" = none."""
-        return formats.segments_for(self.spec.chat_format, messages,
-                                    system=self.spec.default_system if system is None else system)
+        return formats.segments_for(
+            self.spec.chat_format, messages, system=self.spec.default_system if system is None else system
+        )
 
     def prompt_ids(self, messages: Sequence[dict], *, system: str | None = None) -> list[int]:
         return formats.token_ids(self.segments(messages, system=system), self)
@@ -364,9 +416,17 @@ class Engine:
         return formats.prompt_text(self.segments(messages, system=system))
 
     # -- generation ----------------------------------------------------------------------------------------------
-    def generate(self, prompt_ids: Sequence[int], *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int = settings.DEFAULT_SEED,
-                 logit_bias: Mapping[int, float] | None = None) -> "Generation":
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = settings.DEFAULT_SEED,
+        logit_bias: Mapping[int, float] | None = None,
+    ) -> Generation:
         """Start generating after `prompt_ids` (the KV cache is cleared first: nothing is reused between calls).
 
         temperature 0 = greedy (reproducible); otherwise top-k (0 = off) -> top-p -> temperature -> seeded draw.
@@ -381,9 +441,12 @@ class Engine:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(logit_bias))(
-                *(llama_cpp.llama_logit_bias(token=t, bias=b) for t, b in logit_bias.items()))
+                *(llama_cpp.llama_logit_bias(token=t, bias=b) for t, b in logit_bias.items())
+            )
             n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases))
+            llama_cpp.llama_sampler_chain_add(
+                chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), biases)
+            )
         if temperature == 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
@@ -402,13 +465,15 @@ class Engine:
         llama_cpp.llama_set_abort_callback(ctx, _abort_decode, None)
         try:
             for start in range(0, len(tokens), self.n_batch):
-                chunk = tokens[start:start + self.n_batch]
+                chunk = tokens[start : start + self.n_batch]
                 arr = (llama_cpp.llama_token * len(chunk))(*chunk)
                 with interrupts.native_call():
                     rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(chunk)))
                 if rc != 0:
-                    raise GGUFError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
-                                    "lower --ctx or the prompt length")
+                    raise GGUFError(
+                        f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})",
+                        "lower --ctx or the prompt length",
+                    )
         finally:
             llama_cpp.llama_set_abort_callback(ctx, _NO_ABORT, None)
 

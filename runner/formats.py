@@ -12,8 +12,9 @@ plain-text ids, never a control token. No GGUF-embedded Jinja template is ever r
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Protocol
 
 from qrun.errors import PromptError
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import codecs
 import time
+from collections.abc import Generator, Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Generator, Iterator
+from typing import TYPE_CHECKING
 
 import llama_cpp
 
@@ -81,7 +82,7 @@ class Generation:
         if self._stream is not None:
             self._stream.close()
 
-    def run(self) -> "Generation":
+    def run(self) -> Generation:
         """Generate to the end without streaming."""
         for _ in self:
             pass
@@ -137,10 +138,13 @@ class Generation:
             ttft_s = (t_first or t_end) - t0
             decode_s = (t_last - t_first) if n_sampled > 1 else 0.0
             self.stats = GenerationStats(
-                prompt_tokens=len(self._prompt_ids), ttft_s=ttft_s,
+                prompt_tokens=len(self._prompt_ids),
+                ttft_s=ttft_s,
                 prompt_tokens_per_s=len(self._prompt_ids) / ttft_s if ttft_s > 0 else 0.0,
-                gen_tokens=n_sampled, gen_tokens_per_s=(n_sampled - 1) / decode_s if decode_s > 0 else 0.0,
-                total_s=t_end - t0, stop_reason=reason,
-                peak_rss_bytes=watch.peak_rss_bytes, peak_anon_bytes=watch.peak_anon_bytes,
+                gen_tokens=n_sampled,
+                gen_tokens_per_s=(n_sampled - 1) / decode_s if decode_s > 0 else 0.0,
+                total_s=t_end - t0,
+                stop_reason=reason,
+                peak_rss_bytes=watch.peak_rss_bytes,
+                peak_anon_bytes=watch.peak_anon_bytes,
             )
-

@@ -15,9 +15,32 @@ from qrun import __version__
 from qrun.runner.engine import system_info
 
 # SIMD features llama.cpp's CPU kernels choose between (ggml-cpu); others in /proc/cpuinfo are noise here.
-_INTERESTING_FLAGS = ("sse3", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f",
-                      "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "avx512vbmi", "amx_tile",
-                      "amx_int8", "amx_bf16", "neon", "asimd", "sve", "i8mm", "dotprod")
+_INTERESTING_FLAGS = (
+    "sse3",
+    "ssse3",
+    "sse4_1",
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx_vnni",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512vbmi",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "neon",
+    "asimd",
+    "sve",
+    "i8mm",
+    "dotprod",
+)
 
 
 def _cpuinfo() -> tuple[str, list[str]]:

@@ -19,9 +19,8 @@ one line on stderr: running with defaults is always safe, running with another m
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qrun import settings
 from qrun.fsutil import write_json_atomic
@@ -32,8 +31,15 @@ FILE_NAME = "tune-profile.json"
 WORKLOADS = ("chat", "prompt")
 # Fingerprint fields that decide which settings are fastest; hostname and load average are left out on purpose
 # (containers get a new hostname per start; the load average is per measurement, in the evidence).
-MATCH_FIELDS = ("cpu_model", "physical_cores", "logical_cores", "cpu_flags", "ram_bytes", "llama_cpp_python",
-                "llama_cpp_system_info")
+MATCH_FIELDS = (
+    "cpu_model",
+    "physical_cores",
+    "logical_cores",
+    "cpu_flags",
+    "ram_bytes",
+    "llama_cpp_python",
+    "llama_cpp_system_info",
+)
 SETTING_KEYS = ("quant", "repack", "use_mmap", "n_threads", "n_threads_batch")
 # Measured by newer `qrun tune` runs only: used when present, absent in older profiles.
 OPTIONAL_SETTING_KEYS = ("flash_attn", "kv_type")
@@ -59,8 +65,13 @@ def write(doc: dict, path: Path | None = None) -> Path:
 def new_document(*, command: str) -> dict:
     import time
 
-    return {"schema": SCHEMA, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": command, "machine": machine_key(), "models": {}}
+    return {
+        "schema": SCHEMA,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": command,
+        "machine": machine_key(),
+        "models": {},
+    }
 
 
 def _check(doc, machine: dict) -> str | None:
@@ -96,8 +107,11 @@ def read(*, path: Path | None = None, notice: Notice, machine: dict | None = Non
 
 def _malformed(entry) -> str | None:
     """Why a profile entry cannot be used as load settings (a hand edit, another tool's file), or None."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("settings"), dict) or \
-            not isinstance(entry.get("gguf"), dict):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("settings"), dict)
+        or not isinstance(entry.get("gguf"), dict)
+    ):
         return "malformed (no settings or gguf object)"
     st, gguf = entry["settings"], entry["gguf"]
     missing = [k for k in SETTING_KEYS if k not in st]
@@ -122,8 +136,9 @@ def _malformed(entry) -> str | None:
     return None
 
 
-def entry_for(doc: dict | None, model: str, *, workload: str, gguf: Path | None, ggufs_dir=None,
-              notice: Notice) -> dict | None:
+def entry_for(
+    doc: dict | None, model: str, *, workload: str, gguf: Path | None, ggufs_dir=None, notice: Notice
+) -> dict | None:
     """The profile's {"settings", ...} for a model and workload, if its measured GGUF is still the one in use.
 
     gguf: the file about to be loaded (None: the caller has not chosen a quant, so the profile's quant is used

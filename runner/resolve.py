@@ -12,8 +12,8 @@ The context is sized to the work: prompt + answer tokens, rounded up as llama.cp
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qrun import registry, settings
 from qrun.errors import NotConvertedError, QrunError, UsageError
@@ -87,11 +87,23 @@ def _model_of(gguf: Path, as_model: str | None) -> str | None:
         return None
 
 
-def resolve(model_or_path, *, quant: str | None = None, ggufs_dir=None, threads: int | None = None,
-            threads_batch: int | None = None, repack: bool | None = None, use_mmap: bool | None = None,
-            ctx: int | None = None, flash_attn: bool | None = None, kv_type: str | None = None,
-            workload: str = "chat", use_profile: bool = True, as_model: str | None = None,
-            notice: Notice = _quiet) -> tuple[Path, settings.LoadSettings]:
+def resolve(
+    model_or_path,
+    *,
+    quant: str | None = None,
+    ggufs_dir=None,
+    threads: int | None = None,
+    threads_batch: int | None = None,
+    repack: bool | None = None,
+    use_mmap: bool | None = None,
+    ctx: int | None = None,
+    flash_attn: bool | None = None,
+    kv_type: str | None = None,
+    workload: str = "chat",
+    use_profile: bool = True,
+    as_model: str | None = None,
+    notice: Notice = _quiet,
+) -> tuple[Path, settings.LoadSettings]:
     """The GGUF to load and its LoadSettings (n_ctx None unless --ctx: size it with size_ctx once the work is known).
 
     Args:
@@ -132,8 +144,10 @@ def resolve(model_or_path, *, quant: str | None = None, ggufs_dir=None, threads:
             entry = entry_for(model, None)
             if entry is not None:
                 chosen_quant, sources["quant"] = entry["settings"]["quant"], "profile"
-                notice(f"note: --quant auto: {model}-{chosen_quant}.gguf, the type `qrun tune` measured fastest "
-                       f"for {workload} on this machine")
+                notice(
+                    f"note: --quant auto: {model}-{chosen_quant}.gguf, the type `qrun tune` measured fastest "
+                    f"for {workload} on this machine"
+                )
             else:
                 chosen_quant, sources["quant"] = settings.DEFAULT_QUANT, "default"
                 notice(f"note: --quant auto: no usable tuning profile for {model}; using {chosen_quant}")
@@ -162,8 +176,12 @@ def resolve(model_or_path, *, quant: str | None = None, ggufs_dir=None, threads:
         # --threads 1 alone means "use 1 thread": prompt processing follows it
         values["n_threads_batch"], sources["n_threads_batch"] = values["n_threads"], sources["n_threads"]
     else:
-        pick("n_threads_batch", threads_batch, None,
-             values["n_threads"] if sources["n_threads"] == "default" else settings.physical_cores())
+        pick(
+            "n_threads_batch",
+            threads_batch,
+            None,
+            values["n_threads"] if sources["n_threads"] == "default" else settings.physical_cores(),
+        )
     pick("repack", repack, env_repack, False)
     pick("use_mmap", use_mmap, None, True)
     pick("flash_attn", flash_attn, None, False)

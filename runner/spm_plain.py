@@ -25,7 +25,7 @@ def encode(text: str, pieces: dict[str, tuple[int, float]], *, add_space_prefix:
                 best, best_score = i, entry[1]
         if best < 0:
             break
-        symbols[best:best + 2] = [symbols[best] + symbols[best + 1]]
+        symbols[best : best + 2] = [symbols[best] + symbols[best + 1]]
     ids: list[int] = []
     for symbol in symbols:
         entry = pieces.get(symbol)

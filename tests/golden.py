@@ -36,6 +36,7 @@ from gguf.constants import (
     GGMLQuantizationType,
     GGUFValueType,
 )
+
 from qrun.runner.engine import Engine
 from tiny_models import MODELS, TinyModels
 
@@ -88,7 +89,7 @@ class _Reader:
     def string(self) -> str:
         n = self.unpack("Q")
         self.pos += n
-        return bytes(self.data[self.pos - n:self.pos]).decode("utf-8")
+        return bytes(self.data[self.pos - n : self.pos]).decode("utf-8")
 
     def value(self, vtype: int):
         if vtype == _STRING:
@@ -136,8 +137,11 @@ def describe_gguf(path: Path) -> dict:
                         r.skip(itype)
                 else:
                     r.pos += count * struct.calcsize(_SCALARS[itype])
-                metadata[key] = {"type": type_name, "count": count,
-                                 "sha256": hashlib.sha256(data[start:r.pos]).hexdigest()}
+                metadata[key] = {
+                    "type": type_name,
+                    "count": count,
+                    "sha256": hashlib.sha256(data[start : r.pos]).hexdigest(),
+                }
             infos = []
             for _ in range(n_tensors):
                 name = r.string()
@@ -152,8 +156,14 @@ def describe_gguf(path: Path) -> dict:
                 start = data_start + offset
                 if start + n_bytes > len(data):
                     raise ValueError(f"{path}: tensor {name} runs past the end of the file")
-                tensors.append({"name": name, "type": GGMLQuantizationType(ttype).name, "shape": shape,
-                                "sha256": hashlib.sha256(data[start:start + n_bytes]).hexdigest()})
+                tensors.append(
+                    {
+                        "name": name,
+                        "type": GGMLQuantizationType(ttype).name,
+                        "shape": shape,
+                        "sha256": hashlib.sha256(data[start : start + n_bytes]).hexdigest(),
+                    }
+                )
         finally:
             data.release()
     return {"metadata": metadata, "tensors": tensors}
@@ -164,8 +174,9 @@ def greedy(path: Path, *, n_threads: int = GREEDY_THREADS, n_tokens: int = GREED
     """The prompt ids, the greedy ids qrun's engine generates (temperature 0, weight repacking off: llama.cpp's
     plain CPU kernels), and each step's top-2 logit margin, recomputed along the same ids with the same decode
     calls (the prompt as one batch, then one token at a time)."""
-    with Engine.load(path, n_ctx=GREEDY_CTX_TOKENS, n_threads=n_threads, n_threads_batch=n_threads,
-                     repack=False) as engine:
+    with Engine.load(
+        path, n_ctx=GREEDY_CTX_TOKENS, n_threads=n_threads, n_threads_batch=n_threads, repack=False
+    ) as engine:
         prompt_ids = engine.prompt_ids(PROMPT_MESSAGES)
         generation = engine.generate(prompt_ids, max_tokens=n_tokens, temperature=0.0).run()
         ids = list(generation.token_ids)
@@ -178,14 +189,13 @@ def greedy(path: Path, *, n_threads: int = GREEDY_THREADS, n_tokens: int = GREED
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
             top2 = np.sort(np.partition(logits, -2)[-2:])
             if int(np.argmax(logits)) != token:
-                raise AssertionError(f"{path.name}: replaying the greedy ids gave argmax {int(np.argmax(logits))} "
-                                     f"where generation chose {token}: llama.cpp is not deterministic here")
+                raise AssertionError(
+                    f"{path.name}: replaying the greedy ids gave argmax {int(np.argmax(logits))} "
+                    f"where generation chose {token}: llama.cpp is not deterministic here"
+                )
             margins.append(round(float(top2[1] - top2[0]), 4))
             engine._decode([token])
-        return {"prompt_ids": prompt_ids, "ids": ids, "stop_reason": generation.stats.stop_reason,
-                "margins": margins}
-
-
+        return {"prompt_ids": prompt_ids, "ids": ids, "stop_reason": generation.stats.stop_reason, "margins": margins}
 
 
 def clear_steps(margins: list[float], quant: str) -> int:
@@ -198,8 +208,10 @@ def clear_steps(margins: list[float], quant: str) -> int:
 
 def build_id() -> dict:
     """What decides the kernels llama.cpp runs: the binding's version and the CPU features its build uses."""
-    return {"llama_cpp_python": llama_cpp.__version__,
-            "system_info": llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()}
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "system_info": llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip(),
+    }
 
 
 # --- the golden document -------------------------------------------------------------------------------------------
@@ -209,8 +221,12 @@ def build(paths: Mapping[str, Path], model: str) -> dict:
         "model": model,
         "files": {quant: describe_gguf(paths[quant]) for quant in QUANTS},
         "greedy": {
-            "messages": PROMPT_MESSAGES, "max_tokens": GREEDY_TOKENS, "temperature": 0.0, "n_threads": GREEDY_THREADS,
-            "repack": False, "build": build_id(),
+            "messages": PROMPT_MESSAGES,
+            "max_tokens": GREEDY_TOKENS,
+            "temperature": 0.0,
+            "n_threads": GREEDY_THREADS,
+            "repack": False,
+            "build": build_id(),
             **{quant: greedy(paths[quant]) for quant in QUANTS},
         },
     }
@@ -289,12 +305,17 @@ def diff_greedy(expected: dict, actual: dict, quants: tuple[str, ...] = QUANTS) 
         n = len(exp["ids"]) if exact else clear_steps(exp["margins"], quant)
         if exp["ids"][:n] == act["ids"][:n] and (not exact or exp["ids"] == act["ids"]):
             continue
-        first = next((i for i, (e, a) in enumerate(zip(exp["ids"], act["ids"])) if e != a),
-                     min(len(exp["ids"]), len(act["ids"])))
-        rule = ("same llama.cpp build: every id must match" if exact else
-                f"another llama.cpp build: ids 0-{n - 1} must match (golden margins >= {CLEAR_MARGIN[quant]})")
-        lines.append(f"{quant} greedy ids differ from step {first} ({rule}):\n  golden {exp['ids']}\n"
-                     f"  now    {act['ids']}")
+        first = next(
+            (i for i, (e, a) in enumerate(zip(exp["ids"], act["ids"])) if e != a), min(len(exp["ids"]), len(act["ids"]))
+        )
+        rule = (
+            "same llama.cpp build: every id must match"
+            if exact
+            else f"another llama.cpp build: ids 0-{n - 1} must match (golden margins >= {CLEAR_MARGIN[quant]})"
+        )
+        lines.append(
+            f"{quant} greedy ids differ from step {first} ({rule}):\n  golden {exp['ids']}\n  now    {act['ids']}"
+        )
     return lines
 
 

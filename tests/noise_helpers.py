@@ -20,8 +20,14 @@ def cpu_hogs(n: int, seconds: float):
     """n busy-loop processes for at most `seconds`, detached from this process (a shell starts them in the
     background and exits), so the kernel reparents them: they are other processes to qrun's sampler, not children."""
     script = " ".join(f'"{sys.executable}" -c "$HOG" {seconds} </dev/null >/dev/null 2>&1 & echo $!;' for _ in range(n))
-    out = subprocess.run(["sh", "-c", script], env=dict(os.environ, HOG=_HOG), capture_output=True, text=True,
-                         check=True, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        ["sh", "-c", script],
+        env=dict(os.environ, HOG=_HOG),
+        capture_output=True,
+        text=True,
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
     pids = [int(p) for p in out.stdout.split()]
     assert len(pids) == n
     _wait_until_spinning(pids)

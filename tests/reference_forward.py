@@ -195,7 +195,9 @@ def chatglm_forward(config: dict, w: dict[str, np.ndarray], token_ids: list[int]
     for i in range(config["num_layers"]):
         p = f"transformer.encoder.layers.{i}."
         h = _rms_norm(x, w[p + "input_layernorm.weight"], eps)
-        qkv = _linear(h, w[p + "self_attention.query_key_value.weight"], w.get(p + "self_attention.query_key_value.bias"))
+        qkv = _linear(
+            h, w[p + "self_attention.query_key_value.weight"], w.get(p + "self_attention.query_key_value.bias")
+        )
         q_end, k_end = n_heads * head_dim, n_heads * head_dim + n_kv * head_dim
         q = _rope_interleaved(qkv[:, :q_end].reshape(n, n_heads, head_dim), rot_dim, base)
         k = _rope_interleaved(qkv[:, q_end:k_end].reshape(n, n_kv, head_dim), rot_dim, base)

@@ -13,32 +13,50 @@ import gguf
 import numpy as np
 import pytest
 
+from helpers import write_torch_zip
 from qrun import registry
 from qrun.convert.archs import permute_for_rope
-from qrun.convert.converters import converter_for
-from qrun.convert.safetensors_io import BF16_BITS
 from qrun.convert.checkpoint import Checkpoint
+from qrun.convert.converters import converter_for
 from qrun.convert.gguf_writer import write_gguf
-from qrun.convert.safetensors_io import f32_to_bf16_bits, write_safetensors
+from qrun.convert.safetensors_io import BF16_BITS, f32_to_bf16_bits, write_safetensors
 from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
 from qrun.errors import CheckpointError, UnsupportedConfigError
-
-from helpers import write_torch_zip
 from tiny_models import MODELS, TOKENIZERS_DIR, open_llama
 
 # What llama.cpp expects per layer (src/models/{llama,qwen,chatglm}.cpp), as (gguf name, numpy shape) for the tiny
 # shapes: hidden 256, 4 heads of 64, FFN 512 per branch.
 EXPECTED_LAYER = {
-    "deepseek-llm-7b-chat": [("attn_norm.weight", (256,)), ("attn_q.weight", (256, 256)),
-                             ("attn_k.weight", (256, 256)), ("attn_v.weight", (256, 256)),
-                             ("attn_output.weight", (256, 256)), ("ffn_norm.weight", (256,)), ("ffn_gate.weight", (512, 256)),
-                             ("ffn_up.weight", (512, 256)), ("ffn_down.weight", (256, 512))],
-    "qwen-7b-chat": [("attn_norm.weight", (256,)), ("attn_qkv.weight", (768, 256)), ("attn_qkv.bias", (768,)),
-                     ("attn_output.weight", (256, 256)), ("ffn_norm.weight", (256,)), ("ffn_up.weight", (512, 256)),
-                     ("ffn_gate.weight", (512, 256)), ("ffn_down.weight", (256, 512))],
-    "chatglm3-6b": [("attn_norm.weight", (256,)), ("attn_qkv.weight", (512, 256)), ("attn_qkv.bias", (512,)),
-                    ("attn_output.weight", (256, 256)), ("ffn_norm.weight", (256,)), ("ffn_up.weight", (1024, 256)),
-                    ("ffn_down.weight", (256, 512))],
+    "deepseek-llm-7b-chat": [
+        ("attn_norm.weight", (256,)),
+        ("attn_q.weight", (256, 256)),
+        ("attn_k.weight", (256, 256)),
+        ("attn_v.weight", (256, 256)),
+        ("attn_output.weight", (256, 256)),
+        ("ffn_norm.weight", (256,)),
+        ("ffn_gate.weight", (512, 256)),
+        ("ffn_up.weight", (512, 256)),
+        ("ffn_down.weight", (256, 512)),
+    ],
+    "qwen-7b-chat": [
+        ("attn_norm.weight", (256,)),
+        ("attn_qkv.weight", (768, 256)),
+        ("attn_qkv.bias", (768,)),
+        ("attn_output.weight", (256, 256)),
+        ("ffn_norm.weight", (256,)),
+        ("ffn_up.weight", (512, 256)),
+        ("ffn_gate.weight", (512, 256)),
+        ("ffn_down.weight", (256, 512)),
+    ],
+    "chatglm3-6b": [
+        ("attn_norm.weight", (256,)),
+        ("attn_qkv.weight", (512, 256)),
+        ("attn_qkv.bias", (512,)),
+        ("attn_output.weight", (256, 256)),
+        ("ffn_norm.weight", (256,)),
+        ("ffn_up.weight", (1024, 256)),
+        ("ffn_down.weight", (256, 512)),
+    ],
 }
 VOCAB = {"qwen-7b-chat": 151936, "chatglm3-6b": 65024, "deepseek-llm-7b-chat": 102400}
 EXPECTED_KEYS = {  # arch, context, ffn length, kv heads, rope dims, rope base, rms eps
@@ -68,7 +86,7 @@ def read_gguf(path: Path) -> tuple[dict, dict]:
         nonlocal pos
         n = take("Q")
         pos += n
-        return bytes(buf[pos - n:pos]).decode("utf-8", errors="replace")
+        return bytes(buf[pos - n : pos]).decode("utf-8", errors="replace")
 
     scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
@@ -99,7 +117,7 @@ def read_gguf(path: Path) -> tuple[dict, dict]:
         dtype = {0: np.float32, 1: np.float16, 30: np.uint16}[ggml_type]  # 30 = BF16, as its bits
         count = int(np.prod(shape))
         start = data_start + offset
-        data = blob[start:start + count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+        data = blob[start : start + count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
         tensors[name] = (shape, ggml_type, data)
     return kv, tensors
 
@@ -154,19 +172,26 @@ def test_gguf_names_shapes_types_and_keys(f16_ggufs, model):
     assert kv["general.architecture"] == arch
     assert kv["general.name"] == model and kv["qrun.model"] == model
     assert (kv[f"{arch}.context_length"], kv[f"{arch}.embedding_length"], kv[f"{arch}.block_count"]) == (ctx, 256, 2)
-    assert (kv[f"{arch}.feed_forward_length"], kv[f"{arch}.attention.head_count"],
-            kv[f"{arch}.attention.head_count_kv"], kv[f"{arch}.rope.dimension_count"]) == (ff, 4, kv_heads, rope)
+    assert (
+        kv[f"{arch}.feed_forward_length"],
+        kv[f"{arch}.attention.head_count"],
+        kv[f"{arch}.attention.head_count_kv"],
+        kv[f"{arch}.rope.dimension_count"],
+    ) == (ff, 4, kv_heads, rope)
     assert kv[f"{arch}.rope.freq_base"] == base
     assert kv[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(eps, rel=1e-6)
     assert kv[f"{arch}.vocab_size"] == VOCAB[model]
     assert info["tensor_count"] == len(expected) and info["file_bytes"] == path.stat().st_size
 
 
-@pytest.mark.parametrize("model", [
-    "chatglm3-6b",  # the smallest vocabulary: ~10 s; the other two take 20-40 s each in GGUFReader
-    pytest.param("qwen-7b-chat", marks=pytest.mark.slow),
-    pytest.param("deepseek-llm-7b-chat", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "chatglm3-6b",  # the smallest vocabulary: ~10 s; the other two take 20-40 s each in GGUFReader
+        pytest.param("qwen-7b-chat", marks=pytest.mark.slow),
+        pytest.param("deepseek-llm-7b-chat", marks=pytest.mark.slow),
+    ],
+)
 def test_gguf_reader_opens_the_file(f16_ggufs, model):
     path, _, _ = f16_ggufs(model)
     reader = gguf.GGUFReader(path)
@@ -179,18 +204,23 @@ def test_gguf_reader_opens_the_file(f16_ggufs, model):
 
 
 SOURCES = {  # gguf tensor -> (HF tensor, rearrangement) for one layer: the mapping facts under test
-    "deepseek-llm-7b-chat": {"blk.1.attn_q.weight": ("model.layers.1.self_attn.q_proj.weight", 4),
-                             "blk.1.attn_k.weight": ("model.layers.1.self_attn.k_proj.weight", 4),
-                             "blk.1.ffn_gate.weight": ("model.layers.1.mlp.gate_proj.weight", None),
-                             "output.weight": ("lm_head.weight", None)},
-    "qwen-7b-chat": {"blk.1.ffn_up.weight": ("transformer.h.1.mlp.w1.weight", None),
-                     "blk.1.ffn_gate.weight": ("transformer.h.1.mlp.w2.weight", None),
-                     "blk.1.attn_qkv.bias": ("transformer.h.1.attn.c_attn.bias", None),
-                     "blk.1.ffn_down.weight": ("transformer.h.1.mlp.c_proj.weight", None)},
-    "chatglm3-6b": {"blk.1.ffn_up.weight": ("transformer.encoder.layers.1.mlp.dense_h_to_4h.weight", None),
-                    "blk.1.attn_qkv.weight": ("transformer.encoder.layers.1.self_attention.query_key_value.weight",
-                                              None),
-                    "output_norm.weight": ("transformer.encoder.final_layernorm.weight", None)},
+    "deepseek-llm-7b-chat": {
+        "blk.1.attn_q.weight": ("model.layers.1.self_attn.q_proj.weight", 4),
+        "blk.1.attn_k.weight": ("model.layers.1.self_attn.k_proj.weight", 4),
+        "blk.1.ffn_gate.weight": ("model.layers.1.mlp.gate_proj.weight", None),
+        "output.weight": ("lm_head.weight", None),
+    },
+    "qwen-7b-chat": {
+        "blk.1.ffn_up.weight": ("transformer.h.1.mlp.w1.weight", None),
+        "blk.1.ffn_gate.weight": ("transformer.h.1.mlp.w2.weight", None),
+        "blk.1.attn_qkv.bias": ("transformer.h.1.attn.c_attn.bias", None),
+        "blk.1.ffn_down.weight": ("transformer.h.1.mlp.c_proj.weight", None),
+    },
+    "chatglm3-6b": {
+        "blk.1.ffn_up.weight": ("transformer.encoder.layers.1.mlp.dense_h_to_4h.weight", None),
+        "blk.1.attn_qkv.weight": ("transformer.encoder.layers.1.self_attention.query_key_value.weight", None),
+        "output_norm.weight": ("transformer.encoder.final_layernorm.weight", None),
+    },
 }
 
 
@@ -273,9 +303,18 @@ def test_interrupted_write_leaves_no_file(tmp_path, tiny_checkpoints):
 
 def test_tensors_stream_with_memory_far_below_model_size(tmp_path):
     folder = write_random_checkpoint(
-        "deepseek-llm-7b-chat", tmp_path / "m", tokenizer_dir=TOKENIZERS_DIR / "deepseek-llm-7b-chat",
-        config_overrides={"hidden_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 8,
-                          "num_hidden_layers": 4, "intermediate_size": 2048, "vocab_size": 2048})
+        "deepseek-llm-7b-chat",
+        tmp_path / "m",
+        tokenizer_dir=TOKENIZERS_DIR / "deepseek-llm-7b-chat",
+        config_overrides={
+            "hidden_size": 1024,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 8,
+            "num_hidden_layers": 4,
+            "intermediate_size": 2048,
+            "vocab_size": 2048,
+        },
+    )
     converter = converter_for(registry.get("deepseek-llm-7b-chat"), folder)
     total = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in converter.tensor_infos())
     tracemalloc.start()
@@ -297,19 +336,22 @@ def test_architecture_mismatch_names_both(tiny_checkpoints):
     assert "pass the right model name" in e.value.hint and "chatglm3-6b" in e.value.hint
 
 
-@pytest.mark.parametrize("model, change, named", [
-    ("deepseek-llm-7b-chat", {"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
-    ("deepseek-llm-7b-chat", {"hidden_act": "gelu"}, "hidden_act='gelu'"),
-    ("deepseek-llm-7b-chat", {"attention_bias": True}, "attention_bias=True"),
-    ("qwen-7b-chat", {"activation": "gelu"}, "activation='gelu'"),
-    ("qwen-7b-chat", {"no_bias": False}, "no_bias=False"),
-    ("qwen-7b-chat", {"hidden_size": 512}, "conflicting values: hidden_size=512, n_embd=256"),
-    ("chatglm3-6b", {"apply_residual_connection_post_layernorm": True}, "apply_residual_connection_post_layernorm"),
-    ("chatglm3-6b", {"rmsnorm": False}, "rmsnorm=False"),
-    ("chatglm3-6b", {"add_bias_linear": True}, "add_bias_linear=True"),
-    ("chatglm3-6b", {"multi_query_attention": False}, "multi_query_attention=False"),
-    ("chatglm3-6b", {"tie_word_embeddings": True}, "tie_word_embeddings=True"),
-])
+@pytest.mark.parametrize(
+    "model, change, named",
+    [
+        ("deepseek-llm-7b-chat", {"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
+        ("deepseek-llm-7b-chat", {"hidden_act": "gelu"}, "hidden_act='gelu'"),
+        ("deepseek-llm-7b-chat", {"attention_bias": True}, "attention_bias=True"),
+        ("qwen-7b-chat", {"activation": "gelu"}, "activation='gelu'"),
+        ("qwen-7b-chat", {"no_bias": False}, "no_bias=False"),
+        ("qwen-7b-chat", {"hidden_size": 512}, "conflicting values: hidden_size=512, n_embd=256"),
+        ("chatglm3-6b", {"apply_residual_connection_post_layernorm": True}, "apply_residual_connection_post_layernorm"),
+        ("chatglm3-6b", {"rmsnorm": False}, "rmsnorm=False"),
+        ("chatglm3-6b", {"add_bias_linear": True}, "add_bias_linear=True"),
+        ("chatglm3-6b", {"multi_query_attention": False}, "multi_query_attention=False"),
+        ("chatglm3-6b", {"tie_word_embeddings": True}, "tie_word_embeddings=True"),
+    ],
+)
 def test_unsupported_config_setting_is_named(tmp_path, tiny_checkpoints, model, change, named):
     folder = _edited_copy(tiny_checkpoints[model], tmp_path / "c", **change)
     with pytest.raises(UnsupportedConfigError) as e:
@@ -325,8 +367,11 @@ def test_dynamic_ntk_and_logn_are_recorded_not_refused(tiny_checkpoints):
 
 def test_shape_mismatch_with_config_is_named(tmp_path, tiny_checkpoints):
     folder = _edited_copy(tiny_checkpoints["chatglm3-6b"], tmp_path / "c", ffn_hidden_size=768)
-    with pytest.raises(CheckpointError, match=r"mlp\.dense_h_to_4h\.weight has shape \[1024, 256\], but config\.json"
-                                              r" implies \[1536, 256\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"mlp\.dense_h_to_4h\.weight has shape \[1024, 256\], but config\.json"
+        r" implies \[1536, 256\]",
+    ):
         converter_for(registry.get("chatglm3-6b"), folder)
 
 
@@ -361,7 +406,7 @@ def test_pickle_bin_checkpoint_converts_like_safetensors(tmp_path):
     for key, name in enumerate(checkpoint.names()):
         shape = checkpoint.shape(name)
         storages[str(key)] = ("BFloat16Storage", f32_to_bf16_bits(checkpoint.read(name)).ravel())
-        strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+        strides = [int(np.prod(shape[i + 1 :])) for i in range(len(shape))]
         tensors[name] = (str(key), 0, shape, tuple(strides))
     write_torch_zip(bin_folder / "pytorch_model.bin", tensors, storages)
     from_st = converter_for(registry.get("deepseek"), folder)

@@ -61,8 +61,9 @@ def test_resolve_names_aliases_paths(ggufs, tmp_path):
 
 def test_ask_streams_and_reports(ggufs):
     pieces = []
-    result = ask_lib.ask("deepseek", "你好", ggufs_dir=ggufs, threads=1, ctx=512, max_tokens=8, temperature=0,
-                         on_text=pieces.append)
+    result = ask_lib.ask(
+        "deepseek", "你好", ggufs_dir=ggufs, threads=1, ctx=512, max_tokens=8, temperature=0, on_text=pieces.append
+    )
     assert "".join(pieces) == result["answer"]
     assert result["model"] == MODEL and result["sha256"] == sha256_file(ggufs / f"{MODEL}-Q4_K_M.gguf")
     again = ask_lib.ask("deepseek", "你好", ggufs_dir=ggufs, threads=1, ctx=512, max_tokens=8, temperature=0)
@@ -72,8 +73,9 @@ def test_ask_streams_and_reports(ggufs):
 def test_cli_streams_only_the_answer(ggufs):
     result = run("ask", "deepseek", "Hello", "--ggufs", str(ggufs), *FAST)
     assert result.exit_code == 0, result.output
-    expected = ask_lib.ask("deepseek", "Hello", ggufs_dir=ggufs, threads=1, ctx=512, max_tokens=8, temperature=0,
-                           with_sha256=False)
+    expected = ask_lib.ask(
+        "deepseek", "Hello", ggufs_dir=ggufs, threads=1, ctx=512, max_tokens=8, temperature=0, with_sha256=False
+    )
     assert result.stdout == expected["answer"] + "\n"
     assert result.stderr == ""
 
@@ -84,8 +86,17 @@ def test_cli_json_and_stats(ggufs):
     data = json.loads(result.stdout)  # exactly one JSON object on stdout
     assert set(data) >= {"answer", "model", "gguf", "sha256", "stats"}
     assert len(data["sha256"]) == 64
-    for field in ("load_s", "prompt_tokens", "prompt_tokens_per_s", "ttft_s", "gen_tokens", "gen_tokens_per_s",
-                  "total_s", "peak_rss_bytes", "peak_anon_bytes"):
+    for field in (
+        "load_s",
+        "prompt_tokens",
+        "prompt_tokens_per_s",
+        "ttft_s",
+        "gen_tokens",
+        "gen_tokens_per_s",
+        "total_s",
+        "peak_rss_bytes",
+        "peak_anon_bytes",
+    ):
         assert data["stats"][field] > 0, field
     assert data["stats"]["stop_reason"] in ("eos", "stop_token", "max_tokens")
     for label in ("load", "prompt", "first token", "generated", "peak RSS", "stop reason"):
@@ -108,8 +119,18 @@ def test_overlong_prompt_fails_or_is_truncated(ggufs):
     result = run("ask", "deepseek", long_prompt, "--ggufs", str(ggufs), *FAST)
     assert_one_line_error(result, "context holds 512", "--truncate")
     notices = []
-    answer = ask_lib.ask("deepseek", long_prompt + "END", ggufs_dir=ggufs, threads=1, ctx=512, max_tokens=8,
-                         temperature=0, truncate=True, with_sha256=False, notice=notices.append)
+    answer = ask_lib.ask(
+        "deepseek",
+        long_prompt + "END",
+        ggufs_dir=ggufs,
+        threads=1,
+        ctx=512,
+        max_tokens=8,
+        temperature=0,
+        truncate=True,
+        with_sha256=False,
+        notice=notices.append,
+    )
     assert answer["stats"]["prompt_tokens"] <= 512 - 8
     assert len(notices) == 1 and "dropped its first" in notices[0]
     result = run("ask", "deepseek", long_prompt, "--ggufs", str(ggufs), "--truncate", *FAST)
@@ -134,19 +155,22 @@ def test_bad_files(ggufs, tiny_gguf, tmp_path):
     assert_one_line_error(run("ask", str(cut), "hi"), "truncated")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--ctx", "0"], "--ctx"),
-    (["--ctx", "-5"], "--ctx"),
-    (["--ctx", "abc"], "--ctx"),
-    (["--ctx", "1000000"], "trained on"),
-    (["--threads", "-1"], "--threads"),
-    (["--threads", "two"], "--threads"),
-    (["--temperature", "-0.5"], "--temperature"),
-    (["--top-p", "0"], "--top-p"),
-    (["--top-p", "1.5"], "--top-p"),
-    (["--max-tokens", "0"], "--max-tokens"),
-    (["--quant", "Q3_X"], "--quant"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--ctx", "0"], "--ctx"),
+        (["--ctx", "-5"], "--ctx"),
+        (["--ctx", "abc"], "--ctx"),
+        (["--ctx", "1000000"], "trained on"),
+        (["--threads", "-1"], "--threads"),
+        (["--threads", "two"], "--threads"),
+        (["--temperature", "-0.5"], "--temperature"),
+        (["--top-p", "0"], "--top-p"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--max-tokens", "0"], "--max-tokens"),
+        (["--quant", "Q3_X"], "--quant"),
+    ],
+)
 def test_bad_option_values(ggufs, args, needle):
     assert_one_line_error(run("ask", "deepseek", "hi", "--ggufs", str(ggufs), *args), needle)
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from click.testing import CliRunner
 
+from helpers import bench_doc
 from qrun.bench import report
 from qrun.cli import main
-from helpers import bench_doc
 
 
 def _one_error_line(result) -> None:
@@ -47,7 +46,8 @@ def test_report_on_a_damaged_results_file_is_one_error_line(tmp_path):
     _one_error_line(result)
 
 
-# Was defect R-P2-3: `qrun ask MODEL -` keeps the trailing newline that `echo`/a file gives stdin, so the prompt ids differ
+# Was defect R-P2-3: `qrun ask MODEL -` keeps the trailing newline that `echo`/a file gives stdin, so the prompt ids
+# differ
 # from the same question typed as an argument (DeepSeek: "你好\n" + "\n\n" = three newlines before "Assistant:").
 def test_prompt_from_stdin_equals_the_same_prompt_as_an_argument(tiny_gguf):
     gguf = str(tiny_gguf("deepseek-llm-7b-chat"))
@@ -57,8 +57,9 @@ def test_prompt_from_stdin_equals_the_same_prompt_as_an_argument(tiny_gguf):
     assert json.loads(piped.stdout)["prompt_token_ids"] == json.loads(typed.stdout)["prompt_token_ids"]
 
 
-# Was defect R-P3-1: a bad --threads-batch is reported as "--threads must be at least 1" (runner/ask.py load_engine calls
-# check_threads(threads_batch), whose message hard-codes --threads); tests/test_load_settings.py does not check the name.
+# Was defect R-P3-1: a bad --threads-batch is reported as "--threads must be at least 1" (the loader called
+# check_threads(threads_batch), whose message hard-coded --threads); tests/test_load_settings.py does not check the
+# name.
 def test_bad_threads_batch_error_names_its_own_flag(tiny_gguf):
     result = CliRunner().invoke(main, ["ask", str(tiny_gguf("deepseek-llm-7b-chat")), "hi", "--threads-batch", "-2"])
     assert result.exit_code == 1
@@ -97,8 +98,21 @@ def test_qrun_repack_off_words_mean_off(value, monkeypatch):
 
 def test_suite_with_a_misspelt_rubric_key_is_refused(tmp_path):
     suite = tmp_path / "mine.json"
-    suite.write_text(json.dumps({"name": "mine", "questions": [{"id": "q1", "question": "1+1=?", "rubric": [
-        {"id": "two", "weight": 1, "patterns": ["2"], "contradict": ["3"]}]}]}), encoding="utf-8")
+    suite.write_text(
+        json.dumps(
+            {
+                "name": "mine",
+                "questions": [
+                    {
+                        "id": "q1",
+                        "question": "1+1=?",
+                        "rubric": [{"id": "two", "weight": 1, "patterns": ["2"], "contradict": ["3"]}],
+                    }
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
     answers = tmp_path / "answers.jsonl"
     answers.write_text('{"question_id": "q1", "answer": "3"}\n', encoding="utf-8")
     result = CliRunner().invoke(main, ["score", str(answers), "--suite", str(suite)])

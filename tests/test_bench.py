@@ -1,6 +1,4 @@
-"""`qrun bench` end to end on the three tiny models: real worker processes, a real crash, a real Ctrl-C.
-
-"""
+"""`qrun bench` end to end on the three tiny models: real worker processes, a real crash, a real Ctrl-C."""
 
 from __future__ import annotations
 
@@ -52,8 +50,24 @@ def _events(out: Path) -> list[dict]:
 
 def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["bench", "--ggufs", str(ggufs), "--out", str(out), "--quant", QUANT,
-                                       "--threads", "1", "--repeat", "2", "--max-tokens", "4"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--ggufs",
+            str(ggufs),
+            "--out",
+            str(out),
+            "--quant",
+            QUANT,
+            "--threads",
+            "1",
+            "--repeat",
+            "2",
+            "--max-tokens",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert doc["schema"] == "qrun-bench-results" and doc["schema_version"] == 1 and doc["partial"] is False
@@ -65,11 +79,26 @@ def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
     for run in doc["runs"]:
         assert run["status"] == "ok" and run["failure"] is None
         requested = {k: v for k, v in run["settings"].items() if k != "source"}
-        assert requested == {"quant": None, "n_threads": 1, "n_threads_batch": 1, "n_ctx": None, "use_mmap": True,
-                             "repack": False, "flash_attn": False, "kv_type": "f16"}
-        assert run["settings_source"] == {"quant": "flag", "n_threads": "flag", "n_threads_batch": "flag",
-                                          "repack": "default", "use_mmap": "default", "n_ctx": "default",
-                                          "flash_attn": "default", "kv_type": "default"}
+        assert requested == {
+            "quant": None,
+            "n_threads": 1,
+            "n_threads_batch": 1,
+            "n_ctx": None,
+            "use_mmap": True,
+            "repack": False,
+            "flash_attn": False,
+            "kv_type": "f16",
+        }
+        assert run["settings_source"] == {
+            "quant": "flag",
+            "n_threads": "flag",
+            "n_threads_batch": "flag",
+            "repack": "default",
+            "use_mmap": "default",
+            "n_ctx": "default",
+            "flash_attn": "default",
+            "kv_type": "default",
+        }
         effective = run["effective_settings"]
         # the context is sized to the work: the longest seed question's prompt + --max-tokens, in 256s
         assert effective["n_threads"] == 1 and effective["source"]["n_ctx"] == "work"
@@ -87,8 +116,9 @@ def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
                 assert rep["prompt_tokens"] > 10 and rep["ttft_s"] > 0 and 1 <= rep["gen_tokens"] <= 4
                 assert rep["stop_reason"] in ("eos", "stop_token", "max_tokens")
                 assert rep["prompt_tokens_per_s"] == pytest.approx(rep["prompt_tokens"] / rep["ttft_s"])
-                assert rep["total_s"] >= rep["ttft_s"] and rep["decode_s"] == pytest.approx(rep["total_s"]
-                                                                                            - rep["ttft_s"])
+                assert rep["total_s"] >= rep["ttft_s"] and rep["decode_s"] == pytest.approx(
+                    rep["total_s"] - rep["ttft_s"]
+                )
                 if rep["gen_tokens"] > 1:  # decode-only rate: tokens after the first / time after the first
                     assert rep["gen_tokens_per_s"] > 0
                     assert (rep["gen_tokens"] - 1) / rep["gen_tokens_per_s"] <= rep["decode_s"] * 1.0001
@@ -104,8 +134,12 @@ def test_bench_three_tiny_models_end_to_end(ggufs, tmp_path):
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "PARTIAL" not in md and "### seed-5" in md and "peak anon" in md
     events = _events(out)
-    assert [e["event"] for e in events if e["run_id"] == doc["runs"][0]["run_id"]][:4] == ["start", "identity", "load",
-                                                                                       "warmup"]
+    assert [e["event"] for e in events if e["run_id"] == doc["runs"][0]["run_id"]][:4] == [
+        "start",
+        "identity",
+        "load",
+        "warmup",
+    ]
 
 
 def test_a_crashed_and_a_killed_worker_do_not_stop_the_others(ggufs, tmp_path, two_question_suite):
@@ -117,9 +151,25 @@ def test_a_crashed_and_a_killed_worker_do_not_stop_the_others(ggufs, tmp_path, t
         shutil.copy(ggufs / f"{model}-{QUANT}.gguf", folder / f"{model}-{QUANT}.gguf")
     out = tmp_path / "out"
     too_many = settings.physical_cores() + 1
-    proc = subprocess.Popen(QRUN + ["bench", "--ggufs", str(folder), "--out", str(out), "--suite",
-                                    str(two_question_suite), "--threads", str(too_many), "--max-tokens", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        QRUN
+        + [
+            "bench",
+            "--ggufs",
+            str(folder),
+            "--out",
+            str(out),
+            "--suite",
+            str(two_question_suite),
+            "--threads",
+            str(too_many),
+            "--max-tokens",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stderr_lines, killed = [], None
     for line in proc.stderr:
         stderr_lines.append(line)
@@ -136,15 +186,19 @@ def test_a_crashed_and_a_killed_worker_do_not_stop_the_others(ggufs, tmp_path, t
     assert killed
     stderr = "".join(stderr_lines)
     assert f"--threads {too_many} is more than this machine's" in stderr
-    assert stderr.splitlines()[-1] == (f"Error: 2 of 3 run(s) failed (qwen-7b-chat/{QUANT}/t{too_many}, "
-                                       f"chatglm3-6b/{QUANT}/t{too_many}) — details under \"Failures\" in "
-                                       f"{out / 'report.md'}")
+    assert stderr.splitlines()[-1] == (
+        f"Error: 2 of 3 run(s) failed (qwen-7b-chat/{QUANT}/t{too_many}, "
+        f'chatglm3-6b/{QUANT}/t{too_many}) — details under "Failures" in '
+        f"{out / 'report.md'}"
+    )
     assert not (out / ".jobs").exists() and (out / "measurements.jsonl").is_file()
     runs = {r["model"]: r for r in json.loads((out / "results.json").read_text(encoding="utf-8"))["runs"]}
     qwen, glm, deepseek = runs["qwen-7b-chat"], runs["chatglm3-6b"], runs["deepseek-llm-7b-chat"]
     assert qwen["status"] == "failed" and qwen["failure"]["exit_code"] != 0
-    assert qwen["failure"]["last_stderr"].startswith("Error: ") and f"qwen-7b-chat-{QUANT}.gguf" in qwen["failure"][
-        "last_stderr"]
+    assert (
+        qwen["failure"]["last_stderr"].startswith("Error: ")
+        and f"qwen-7b-chat-{QUANT}.gguf" in qwen["failure"]["last_stderr"]
+    )
     assert glm["status"] == "failed" and glm["failure"]["signal"] == signal.SIGKILL
     assert "SIGKILL" in glm["failure"]["reason"] and glm["load_s"] > 0  # measured before the kill: kept
     assert deepseek["status"] == "ok" and [q["question_id"] for q in deepseek["questions"]] == ["seed-3", "seed-4"]
@@ -154,10 +208,28 @@ def test_a_crashed_and_a_killed_worker_do_not_stop_the_others(ggufs, tmp_path, t
 
 def test_ctrl_c_writes_partial_results(ggufs, tmp_path, two_question_suite):
     out = tmp_path / "out"
-    proc = subprocess.Popen(QRUN + ["bench", "--ggufs", str(ggufs), "--out", str(out), "--suite",
-                                    str(two_question_suite), "--threads", "1", "--repeat", "4", "--max-tokens",
-                                    "48"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # see below
+    proc = subprocess.Popen(
+        QRUN
+        + [
+            "bench",
+            "--ggufs",
+            str(ggufs),
+            "--out",
+            str(out),
+            "--suite",
+            str(two_question_suite),
+            "--threads",
+            "1",
+            "--repeat",
+            "4",
+            "--max-tokens",
+            "48",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # see below
     deadline = time.time() + 90
     while not any(e["event"] == "rep" for e in _events(out)):
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() else "timeout"
@@ -188,11 +260,25 @@ def test_earlier_results_are_kept_unless_force(ggufs, tmp_path, two_question_sui
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text("{}", encoding="utf-8")
-    args = ["bench", "deepseek", "--ggufs", str(ggufs), "--out", str(out), "--suite", str(two_question_suite),
-            "--threads", "1", "--max-tokens", "1"]
+    args = [
+        "bench",
+        "deepseek",
+        "--ggufs",
+        str(ggufs),
+        "--out",
+        str(out),
+        "--suite",
+        str(two_question_suite),
+        "--threads",
+        "1",
+        "--max-tokens",
+        "1",
+    ]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1 and result.stderr == (f"Error: {out / 'results.json'} already holds earlier results"
-                                                       " — give --out NEW_DIR, or --force to replace them\n")
+    assert result.exit_code == 1 and result.stderr == (
+        f"Error: {out / 'results.json'} already holds earlier results"
+        " — give --out NEW_DIR, or --force to replace them\n"
+    )
     assert (out / "results.json").read_text(encoding="utf-8") == "{}"
     result = CliRunner().invoke(main, args + ["--force"])
     assert result.exit_code == 0, result.output

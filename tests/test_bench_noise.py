@@ -23,8 +23,25 @@ def _bench(tmp_path, tiny_gguf, *, repeat: int) -> tuple[dict, str, str]:
     suite = tmp_path / "two.json"
     suite.write_text(json.dumps(seed, ensure_ascii=False), encoding="utf-8")
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["bench", "deepseek", "--ggufs", str(ggufs), "--out", str(out), "--suite",
-                                       str(suite), "--threads", "1", "--repeat", str(repeat), "--max-tokens", "32"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "deepseek",
+            "--ggufs",
+            str(ggufs),
+            "--out",
+            str(out),
+            "--suite",
+            str(suite),
+            "--threads",
+            "1",
+            "--repeat",
+            str(repeat),
+            "--max-tokens",
+            "32",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "results.json").read_text(encoding="utf-8"))
     return doc["runs"][0], result.stdout, (out / "report.md").read_text(encoding="utf-8")

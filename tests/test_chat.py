@@ -22,8 +22,13 @@ def engine(tiny_gguf):
 
 
 def session_for(engine, notices=None):
-    return ChatSession(engine, system=None, sampling=dict(SAMPLING), seed=1,
-                       notice=(notices.append if notices is not None else lambda m: None))
+    return ChatSession(
+        engine,
+        system=None,
+        sampling=dict(SAMPLING),
+        seed=1,
+        notice=(notices.append if notices is not None else lambda m: None),
+    )
 
 
 def test_two_turns_keep_history_in_the_models_format(engine):
@@ -77,8 +82,11 @@ def test_run_chat_loop_commands(engine):
 
 def test_cli_chat_two_turns_reset_and_eof(tiny_gguf):
     path = str(tiny_gguf(MODEL))
-    result = CliRunner().invoke(main, ["chat", path, "--threads", "1", "--ctx", "256", "--max-tokens", "6",
-                                       "--temperature", "0"], input="你好\nhow are you?\n/reset\nbye\n")
+    result = CliRunner().invoke(
+        main,
+        ["chat", path, "--threads", "1", "--ctx", "256", "--max-tokens", "6", "--temperature", "0"],
+        input="你好\nhow are you?\n/reset\nbye\n",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.count("\n") == 3  # three answers, one line each
     assert "History cleared." in result.stderr and "Traceback" not in result.stderr
@@ -87,8 +95,11 @@ def test_cli_chat_two_turns_reset_and_eof(tiny_gguf):
 def test_cli_chat_overflow_with_small_ctx(tiny_gguf):
     path = str(tiny_gguf(MODEL))
     long = "这是一个需要很多上下文的问题。" * 10  # ~80 tokens: the fourth turn cannot fit 256 - 4
-    result = CliRunner().invoke(main, ["chat", path, "--threads", "1", "--ctx", "256", "--max-tokens", "4",
-                                       "--temperature", "0"], input=f"{long}\n{long}\n{long}\n{long}\n/exit\n")
+    result = CliRunner().invoke(
+        main,
+        ["chat", path, "--threads", "1", "--ctx", "256", "--max-tokens", "4", "--temperature", "0"],
+        input=f"{long}\n{long}\n{long}\n{long}\n/exit\n",
+    )
     assert result.exit_code == 0, result.output
     assert "dropped the oldest" in result.stderr
 
@@ -96,8 +107,11 @@ def test_cli_chat_overflow_with_small_ctx(tiny_gguf):
 def test_cli_chat_message_longer_than_the_context_is_an_error_line_not_an_exit(tiny_gguf):
     path = str(tiny_gguf(MODEL))
     huge = "很长" * 400
-    result = CliRunner().invoke(main, ["chat", path, "--threads", "1", "--ctx", "256", "--max-tokens", "4",
-                                       "--temperature", "0"], input=f"{huge}\nshort\n")
+    result = CliRunner().invoke(
+        main,
+        ["chat", path, "--threads", "1", "--ctx", "256", "--max-tokens", "4", "--temperature", "0"],
+        input=f"{huge}\nshort\n",
+    )
     assert result.exit_code == 0, result.output
     assert "Error: this message is" in result.stderr
     assert result.stdout.count("\n") == 1  # "short" was still answered

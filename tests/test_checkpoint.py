@@ -15,14 +15,18 @@ import pytest
 import safetensors.numpy
 from safetensors import TensorSpec, serialize_file
 
+from helpers import pickle_tuple, write_torch_zip
 from qrun.convert.checkpoint import Checkpoint
-from qrun.convert.safetensors_io import (BF16_BITS, SafetensorsFile, bf16_bits_to_f32, f32_to_bf16_bits,
-                                        write_safetensors)
+from qrun.convert.safetensors_io import (
+    BF16_BITS,
+    SafetensorsFile,
+    bf16_bits_to_f32,
+    f32_to_bf16_bits,
+    write_safetensors,
+)
 from qrun.convert.synthetic import TINY_OVERRIDES, write_random_checkpoint
 from qrun.convert.torch_pickle import TorchZipFile
 from qrun.errors import CheckpointError
-
-from helpers import pickle_tuple, write_torch_zip
 from tiny_models import TOKENIZERS_DIR, WEIGHT_STD
 
 
@@ -34,8 +38,12 @@ def _save_with_reference_writer(path: Path, arrays: dict[str, np.ndarray], *, bf
     for name, array in arrays.items():
         data = f32_to_bf16_bits(array) if name in bf16 else np.asarray(array, order="C")
         keep[name] = data
-        specs[name] = TensorSpec(dtype="bfloat16" if name in bf16 else data.dtype.name, shape=data.shape,
-                                 data_ptr=data.ctypes.data, data_len=data.nbytes)
+        specs[name] = TensorSpec(
+            dtype="bfloat16" if name in bf16 else data.dtype.name,
+            shape=data.shape,
+            data_ptr=data.ctypes.data,
+            data_len=data.nbytes,
+        )
     serialize_file(specs, str(path), metadata=None)
 
 
@@ -59,9 +67,12 @@ def test_bf16_rounding_is_nearest_even():
 
 def test_reader_matches_reference_writer_for_f32_f16_bf16(tmp_path):
     rng = np.random.default_rng(1)
-    arrays = {"a.f32": rng.standard_normal((5, 7)).astype(np.float32),
-              "b.f16": rng.standard_normal((3, 4, 2)).astype(np.float16),
-              "c.bf16": rng.standard_normal((6, 3)).astype(np.float32), "d.scalar": np.array(2.5, dtype=np.float32)}
+    arrays = {
+        "a.f32": rng.standard_normal((5, 7)).astype(np.float32),
+        "b.f16": rng.standard_normal((3, 4, 2)).astype(np.float16),
+        "c.bf16": rng.standard_normal((6, 3)).astype(np.float32),
+        "d.scalar": np.array(2.5, dtype=np.float32),
+    }
     path = tmp_path / "model.safetensors"
     _save_with_reference_writer(path, arrays, bf16={"c.bf16"})
     reader = SafetensorsFile(path)
@@ -77,9 +88,11 @@ def test_reader_matches_reference_writer_for_f32_f16_bf16(tmp_path):
 
 def test_reading_as_bf16_bits_copies_bf16_and_rounds_the_rest(tmp_path):
     rng = np.random.default_rng(2)
-    arrays = {"a.f32": rng.standard_normal((5, 7)).astype(np.float32),
-              "b.f16": rng.standard_normal((3, 4)).astype(np.float16),
-              "c.bf16": rng.standard_normal((6, 3)).astype(np.float32)}
+    arrays = {
+        "a.f32": rng.standard_normal((5, 7)).astype(np.float32),
+        "b.f16": rng.standard_normal((3, 4)).astype(np.float16),
+        "c.bf16": rng.standard_normal((6, 3)).astype(np.float32),
+    }
     path = tmp_path / "model.safetensors"
     _save_with_reference_writer(path, arrays, bf16={"c.bf16"})
     reader = SafetensorsFile(path)
@@ -109,7 +122,7 @@ def test_damaged_safetensors_is_reported_by_name(tmp_path, damage):
     damaged = {
         "truncated-data": data[:-100],
         "truncated-header": data[: 8 + header_len // 2],
-        "garbage-json": data[:8] + b"{" * header_len + data[8 + header_len:],
+        "garbage-json": data[:8] + b"{" * header_len + data[8 + header_len :],
         "huge-length": struct.pack("<Q", 1 << 40) + data[8:],
         "tiny": data[:5],
     }[damage]
@@ -128,10 +141,13 @@ def test_torch_zip_state_dict_loads_to_equal_arrays(tmp_path):
     path = tmp_path / "pytorch_model.bin"
     write_torch_zip(
         path,
-        {"a": ("0", 0, (4, 5), (5, 1)),  # contiguous
-         "a_t": ("0", 0, (5, 4), (1, 5)),  # the transpose of a: same storage, non-contiguous strides
-         "tail": ("0", 20, (20,), (1,)),  # offset into a shared storage
-         "h": ("1", 0, (3, 4), (4, 1)), "b": ("2", 0, (2, 3), (3, 1))},
+        {
+            "a": ("0", 0, (4, 5), (5, 1)),  # contiguous
+            "a_t": ("0", 0, (5, 4), (1, 5)),  # the transpose of a: same storage, non-contiguous strides
+            "tail": ("0", 20, (20,), (1,)),  # offset into a shared storage
+            "h": ("1", 0, (3, 4), (4, 1)),
+            "b": ("2", 0, (2, 3), (3, 1)),
+        },
         {"0": ("FloatStorage", f32), "1": ("HalfStorage", f16), "2": ("BFloat16Storage", f32_to_bf16_bits(bf16))},
     )
     reader = TorchZipFile(path)
@@ -182,9 +198,14 @@ def test_legacy_or_plain_pickle_bin_is_refused(tmp_path):
 # --- checkpoint folders -------------------------------------------------------------------------------------------
 def test_sharded_checkpoint_reads_like_single_file(tmp_path, tiny_checkpoints):
     model = "chatglm3-6b"
-    sharded = write_random_checkpoint(model, tmp_path / "sharded", tokenizer_dir=TOKENIZERS_DIR / model,
-                                      config_overrides=TINY_OVERRIDES[model], shard_max_bytes=8 << 20,
-                                      weight_std=WEIGHT_STD)  # as the session fixture's, so values must be equal
+    sharded = write_random_checkpoint(
+        model,
+        tmp_path / "sharded",
+        tokenizer_dir=TOKENIZERS_DIR / model,
+        config_overrides=TINY_OVERRIDES[model],
+        shard_max_bytes=8 << 20,
+        weight_std=WEIGHT_STD,
+    )  # as the session fixture's, so values must be equal
     shards = sorted(p.name for p in sharded.glob("*.safetensors"))
     assert len(shards) >= 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
@@ -197,8 +218,13 @@ def test_sharded_checkpoint_reads_like_single_file(tmp_path, tiny_checkpoints):
 
 def test_missing_shard_is_named(tmp_path, tiny_checkpoints):
     model = "chatglm3-6b"
-    folder = write_random_checkpoint(model, tmp_path / "c", tokenizer_dir=TOKENIZERS_DIR / model,
-                                     config_overrides=TINY_OVERRIDES[model], shard_max_bytes=8 << 20)
+    folder = write_random_checkpoint(
+        model,
+        tmp_path / "c",
+        tokenizer_dir=TOKENIZERS_DIR / model,
+        config_overrides=TINY_OVERRIDES[model],
+        shard_max_bytes=8 << 20,
+    )
     victim = sorted(folder.glob("model-*.safetensors"))[1]
     victim.unlink()
     with pytest.raises(CheckpointError, match=f"missing shard {victim.name} \\(listed in model.safetensors.index"):

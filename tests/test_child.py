@@ -68,12 +68,16 @@ def _gone_within(pid: int, seconds: float) -> bool:
 @pytest.mark.parametrize("code", [0, 3])
 def test_run_reports_the_exit_code_output_and_environment(tmp_path, code):
     name = _module(tmp_path, "exit_with", EXIT_WITH)
-    done = child.run(name, [code, "a b"], timeout_s=60, input="hello", env_extra={"QRUN_TEST_EXTRA": "x"},
-                     cwd=tmp_path)
+    done = child.run(name, [code, "a b"], timeout_s=60, input="hello", env_extra={"QRUN_TEST_EXTRA": "x"}, cwd=tmp_path)
     assert (done.returncode, done.signal_name, done.timed_out) == (code, None, False)
     got = json.loads(done.stdout)
-    assert got == {"argv": [str(code), "a b"], "stdin": "hello", "no_backtrace": "1", "parent": str(os.getpid()),
-                   "extra": "x"}
+    assert got == {
+        "argv": [str(code), "a b"],
+        "stdin": "hello",
+        "no_backtrace": "1",
+        "parent": str(os.getpid()),
+        "extra": "x",
+    }
     assert done.stderr == "last words\n"
     assert child.describe_exit(code) == (None if code == 0 else "exited with code 3")
     if code:
@@ -83,10 +87,13 @@ def test_run_reports_the_exit_code_output_and_environment(tmp_path, code):
         assert done.check() is done
 
 
-@pytest.mark.parametrize("sig, words", [
-    ("SIGILL", "died of SIGILL"),
-    ("SIGKILL", "died of SIGKILL — killed by SIGKILL, e.g. the kernel's out-of-memory killer"),
-])
+@pytest.mark.parametrize(
+    "sig, words",
+    [
+        ("SIGILL", "died of SIGILL"),
+        ("SIGKILL", "died of SIGKILL — killed by SIGKILL, e.g. the kernel's out-of-memory killer"),
+    ],
+)
 def test_a_child_killed_by_a_signal_is_named(tmp_path, sig, words):
     name = _module(tmp_path, "kill_self", KILL_SELF)
     done = child.run(name, [sig], timeout_s=60, cwd=tmp_path)
@@ -149,8 +156,10 @@ def test_stop_interrupts_a_child_even_when_started_with_sigint_ignored(tmp_path)
 
 def test_a_child_dies_with_its_sigkilled_parent(tmp_path):
     name = _module(tmp_path, "sleeper", SLEEP)
-    parent_code = (f"import sys, time; from qrun import child; c = child.start({name!r}, cwd={str(tmp_path)!r}); "
-                   "print(c.pid, flush=True); time.sleep(120)")
+    parent_code = (
+        f"import sys, time; from qrun import child; c = child.start({name!r}, cwd={str(tmp_path)!r}); "
+        "print(c.pid, flush=True); time.sleep(120)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())
     try:

@@ -12,24 +12,57 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from click.testing import CliRunner
+
 import qrun.bench.run as bench_run
 import qrun.bench.tune as tune_lib
 import qrun.convert.cli as convert_cli
 import qrun.runner.cli as runner_cli
-from click.testing import CliRunner
+from qrun import registry, settings
 from qrun.bench import cli as bench_cli
 from qrun.bench import tune_cli
-
-from qrun import registry, settings
 from qrun.cli import main
 
 # Every load flag given, in its non-default form, and what the library must receive for it.
-LOAD_FLAGS = ["--threads", "3", "--threads-batch", "5", "--repack", "--no-mmap", "--flash-attn", "--kv-type", "q8_0",
-              "--ctx", "1000", "--quant", "Q8_0", "--ggufs", "some/ggufs"]
-LOAD_KWARGS = dict(threads=3, threads_batch=5, repack=True, use_mmap=False, flash_attn=True, kv_type="q8_0",
-                   ctx=1000, quant="Q8_0", ggufs_dir="some/ggufs")
-DEFAULT_LOAD_KWARGS = dict(threads=None, threads_batch=None, repack=None, use_mmap=None, flash_attn=None,
-                           kv_type=None, ctx=None, quant=None, ggufs_dir=None)
+LOAD_FLAGS = [
+    "--threads",
+    "3",
+    "--threads-batch",
+    "5",
+    "--repack",
+    "--no-mmap",
+    "--flash-attn",
+    "--kv-type",
+    "q8_0",
+    "--ctx",
+    "1000",
+    "--quant",
+    "Q8_0",
+    "--ggufs",
+    "some/ggufs",
+]
+LOAD_KWARGS = dict(
+    threads=3,
+    threads_batch=5,
+    repack=True,
+    use_mmap=False,
+    flash_attn=True,
+    kv_type="q8_0",
+    ctx=1000,
+    quant="Q8_0",
+    ggufs_dir="some/ggufs",
+)
+DEFAULT_LOAD_KWARGS = dict(
+    threads=None,
+    threads_batch=None,
+    repack=None,
+    use_mmap=None,
+    flash_attn=None,
+    kv_type=None,
+    ctx=None,
+    quant=None,
+    ggufs_dir=None,
+)
 # The "off" spelling of each boolean flag: an explicit False, not None (None lets the profile decide).
 OFF_FLAGS = ["--no-repack", "--mmap", "--no-flash-attn"]
 OFF_KWARGS = dict(repack=False, use_mmap=True, flash_attn=False)
@@ -58,10 +91,24 @@ def assert_one_error_line(result, *words: str) -> None:
 
 
 # --- qrun ask -----------------------------------------------------------------------------------------------------
-ASK_RESULT = {"answer": "你好", "model": "qwen-7b-chat", "gguf": "x.gguf", "sha256": None, "settings": {},
-              "stats": {"load_s": 0.1, "prompt_tokens": 3, "prompt_tokens_per_s": 30.0, "ttft_s": 0.1,
-                        "gen_tokens": 2, "gen_tokens_per_s": 20.0, "peak_rss_bytes": 1 << 20,
-                        "peak_anon_bytes": 1 << 20, "stop_reason": "eos"}}
+ASK_RESULT = {
+    "answer": "你好",
+    "model": "qwen-7b-chat",
+    "gguf": "x.gguf",
+    "sha256": None,
+    "settings": {},
+    "stats": {
+        "load_s": 0.1,
+        "prompt_tokens": 3,
+        "prompt_tokens_per_s": 30.0,
+        "ttft_s": 0.1,
+        "gen_tokens": 2,
+        "gen_tokens_per_s": 20.0,
+        "peak_rss_bytes": 1 << 20,
+        "peak_anon_bytes": 1 << 20,
+        "stop_reason": "eos",
+    },
+}
 
 
 @pytest.fixture
@@ -70,9 +117,20 @@ def ask(monkeypatch):
 
 
 def _ask_call(**overrides) -> mock._Call:
-    kwargs = dict(system=None, max_tokens=None, temperature=None, top_p=None, top_k=None, seed=settings.DEFAULT_SEED,
-                  **DEFAULT_LOAD_KWARGS, truncate=False, with_sha256=False, on_text=mock.ANY, notice=mock.ANY,
-                  as_model=None)
+    kwargs = dict(
+        system=None,
+        max_tokens=None,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        seed=settings.DEFAULT_SEED,
+        **DEFAULT_LOAD_KWARGS,
+        truncate=False,
+        with_sha256=False,
+        on_text=mock.ANY,
+        notice=mock.ANY,
+        as_model=None,
+    )
     kwargs.update(overrides)
     return mock.call("qwen", "你好", **kwargs)
 
@@ -97,11 +155,39 @@ def test_ask_off_flags_are_explicit_false_not_unset(ask):
 
 
 def test_ask_sampling_and_output_flags(ask):
-    result = invoke("ask", "qwen", "你好", "--system", "简短", "--max-tokens", "7", "--temperature", "0",
-                    "--top-p", "0.5", "--top-k", "4", "--seed", "9", "--truncate", "--json")
+    result = invoke(
+        "ask",
+        "qwen",
+        "你好",
+        "--system",
+        "简短",
+        "--max-tokens",
+        "7",
+        "--temperature",
+        "0",
+        "--top-p",
+        "0.5",
+        "--top-k",
+        "4",
+        "--seed",
+        "9",
+        "--truncate",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
-    assert ask.call_args_list == [_ask_call(system="简短", max_tokens=7, temperature=0.0, top_p=0.5, top_k=4, seed=9,
-                                            truncate=True, with_sha256=True, on_text=None)]
+    assert ask.call_args_list == [
+        _ask_call(
+            system="简短",
+            max_tokens=7,
+            temperature=0.0,
+            top_p=0.5,
+            top_k=4,
+            seed=9,
+            truncate=True,
+            with_sha256=True,
+            on_text=None,
+        )
+    ]
     assert json.loads(result.stdout) == ASK_RESULT
 
 
@@ -141,10 +227,20 @@ def test_chat_defaults(chat):
     assert result.exit_code == 0, result.output
     assert load_engine.call_args_list == [_chat_load_call()]
     generation = registry.get("qwen").generation
-    assert session.call_args_list == [mock.call(engine, system=None, seed=settings.DEFAULT_SEED, notice=mock.ANY,
-                                                sampling=dict(max_tokens=generation.max_tokens,
-                                                              temperature=generation.temperature,
-                                                              top_p=generation.top_p, top_k=generation.top_k))]
+    assert session.call_args_list == [
+        mock.call(
+            engine,
+            system=None,
+            seed=settings.DEFAULT_SEED,
+            notice=mock.ANY,
+            sampling=dict(
+                max_tokens=generation.max_tokens,
+                temperature=generation.temperature,
+                top_p=generation.top_p,
+                top_k=generation.top_k,
+            ),
+        )
+    ]
     # stdin is read as bytes and decoded by qrun (a bad byte is one error line, not the end of the session)
     assert run_chat.call_args_list == [mock.call(session.return_value, stdin=mock.ANY)]
     engine.__exit__.assert_called_once()  # the model is freed when the chat ends
@@ -152,12 +248,34 @@ def test_chat_defaults(chat):
 
 def test_chat_passes_every_load_flag_and_sampling_flag(chat):
     load_engine, session, _, engine = chat
-    result = invoke("chat", "qwen", *LOAD_FLAGS, "--system", "你是助手", "--max-tokens", "9", "--temperature", "0.3",
-                    "--top-p", "0.9", "--top-k", "5", "--seed", "7")
+    result = invoke(
+        "chat",
+        "qwen",
+        *LOAD_FLAGS,
+        "--system",
+        "你是助手",
+        "--max-tokens",
+        "9",
+        "--temperature",
+        "0.3",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "5",
+        "--seed",
+        "7",
+    )
     assert result.exit_code == 0, result.output
     assert load_engine.call_args_list == [_chat_load_call(**LOAD_KWARGS, seed=7)]
-    assert session.call_args_list == [mock.call(engine, system="你是助手", seed=7, notice=mock.ANY,
-                                                sampling=dict(max_tokens=9, temperature=0.3, top_p=0.9, top_k=5))]
+    assert session.call_args_list == [
+        mock.call(
+            engine,
+            system="你是助手",
+            seed=7,
+            notice=mock.ANY,
+            sampling=dict(max_tokens=9, temperature=0.3, top_p=0.9, top_k=5),
+        )
+    ]
 
 
 def test_chat_off_flags(chat):
@@ -191,23 +309,72 @@ def test_bench_defaults(run_bench, tmp_path, monkeypatch):
     result = invoke("bench")
     assert result.exit_code == 0, result.output
     assert _bench_config(run_bench) == bench_run.BenchConfig(
-        models=[], quant=None, suite=settings.DEFAULT_SUITE, threads=[], repeat=1, max_tokens=512, n_ctx=None,
-        ggufs_dir=None, out_dir="bench-results", verdicts=None, use_mmap=None, extra_settings={}, command="qrun bench")
+        models=[],
+        quant=None,
+        suite=settings.DEFAULT_SUITE,
+        threads=[],
+        repeat=1,
+        max_tokens=512,
+        n_ctx=None,
+        ggufs_dir=None,
+        out_dir="bench-results",
+        verdicts=None,
+        use_mmap=None,
+        extra_settings={},
+        command="qrun bench",
+    )
     assert run_bench.call_args.kwargs == {"force": False}
 
 
 def test_bench_passes_every_load_flag(run_bench, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = ["qwen", "chatglm3", "--threads", "1,2", "--threads-batch", "5", "--repack", "--no-mmap", "--flash-attn",
-            "--kv-type", "Q8_0", "--ctx", "1000", "--quant", "q4_k_m", "--ggufs", "g", "--suite", "s.json",
-            "--repeat", "3", "--max-tokens", "64", "--out", "o", "--force", "--verdicts", "v.csv"]
+    args = [
+        "qwen",
+        "chatglm3",
+        "--threads",
+        "1,2",
+        "--threads-batch",
+        "5",
+        "--repack",
+        "--no-mmap",
+        "--flash-attn",
+        "--kv-type",
+        "Q8_0",
+        "--ctx",
+        "1000",
+        "--quant",
+        "q4_k_m",
+        "--ggufs",
+        "g",
+        "--suite",
+        "s.json",
+        "--repeat",
+        "3",
+        "--max-tokens",
+        "64",
+        "--out",
+        "o",
+        "--force",
+        "--verdicts",
+        "v.csv",
+    ]
     result = invoke("bench", *args)
     assert result.exit_code == 0, result.output
     assert _bench_config(run_bench) == bench_run.BenchConfig(
-        models=["qwen", "chatglm3"], quant="Q4_K_M", suite="s.json", threads=[1, 2], repeat=3, max_tokens=64,
-        n_ctx=1000, ggufs_dir="g", out_dir="o", verdicts="v.csv", use_mmap=False,
+        models=["qwen", "chatglm3"],
+        quant="Q4_K_M",
+        suite="s.json",
+        threads=[1, 2],
+        repeat=3,
+        max_tokens=64,
+        n_ctx=1000,
+        ggufs_dir="g",
+        out_dir="o",
+        verdicts="v.csv",
+        use_mmap=False,
         extra_settings={"n_threads_batch": 5, "repack": True, "flash_attn": True, "kv_type": "q8_0"},
-        command="qrun bench " + " ".join(args))
+        command="qrun bench " + " ".join(args),
+    )
     assert run_bench.call_args.kwargs == {"force": True}
 
 
@@ -227,11 +394,14 @@ def test_bench_zero_threads_means_physical_cores(run_bench, tmp_path, monkeypatc
     assert config.extra_settings == {}  # --threads-batch 0 = same as --threads: not a setting of its own
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--threads", "1,x"], ["--threads", "'x'"]),
-    (["--kv-type", "q4"], ["--kv-type", "'q4'"]),
-    (["--threads-batch", "-1"], ["--threads-batch"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--threads", "1,x"], ["--threads", "'x'"]),
+        (["--kv-type", "q4"], ["--kv-type", "'q4'"]),
+        (["--threads-batch", "-1"], ["--threads-batch"]),
+    ],
+)
 def test_bench_bad_flag_is_one_error_line_and_no_run(run_bench, args, words, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_one_error_line(invoke("bench", *args), *words)
@@ -240,19 +410,39 @@ def test_bench_bad_flag_is_one_error_line_and_no_run(run_bench, args, words, tmp
 
 # --- qrun convert -------------------------------------------------------------------------------------------------
 def _convert_result(model, quant):
-    return {"model": model, "quant": quant, "size_bytes": 1000, "bits_per_weight": 4.5, "path": f"{model}.gguf",
-            "status": "converted", "steps": {}}
+    return {
+        "model": model,
+        "quant": quant,
+        "size_bytes": 1000,
+        "bits_per_weight": 4.5,
+        "path": f"{model}.gguf",
+        "status": "converted",
+        "steps": {},
+    }
 
 
 @pytest.fixture
 def convert_model(monkeypatch):
-    return patch_call(monkeypatch, convert_cli, convert_cli, "convert_model",
-                      side_effect=lambda name, **kw: _convert_result(name, kw["quant"]))
+    return patch_call(
+        monkeypatch,
+        convert_cli,
+        convert_cli,
+        "convert_model",
+        side_effect=lambda name, **kw: _convert_result(name, kw["quant"]),
+    )
 
 
 def _convert_call(model, **overrides) -> mock._Call:
-    kwargs = dict(from_dir=None, source="modelscope", revision=None, quant=settings.DEFAULT_QUANT, out_dir=None,
-                  keep_f16=False, threads=None, progress=mock.ANY)
+    kwargs = dict(
+        from_dir=None,
+        source="modelscope",
+        revision=None,
+        quant=settings.DEFAULT_QUANT,
+        out_dir=None,
+        keep_f16=False,
+        threads=None,
+        progress=mock.ANY,
+    )
     kwargs.update(overrides)
     return mock.call(model, **kwargs)
 
@@ -264,11 +454,24 @@ def test_convert_defaults_convert_all_three_models(convert_model):
 
 
 def test_convert_passes_every_flag(convert_model, tmp_path):
-    result = invoke("convert", "qwen", "--from", str(tmp_path), "--quant", "q8_0", "--out", "out", "--keep-f16",
-                    "--threads", "3", "--json")
+    result = invoke(
+        "convert",
+        "qwen",
+        "--from",
+        str(tmp_path),
+        "--quant",
+        "q8_0",
+        "--out",
+        "out",
+        "--keep-f16",
+        "--threads",
+        "3",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
-    assert convert_model.call_args_list == [_convert_call("qwen-7b-chat", from_dir=str(tmp_path), quant="Q8_0",
-                                                          out_dir="out", keep_f16=True, threads=3)]
+    assert convert_model.call_args_list == [
+        _convert_call("qwen-7b-chat", from_dir=str(tmp_path), quant="Q8_0", out_dir="out", keep_f16=True, threads=3)
+    ]
     assert json.loads(result.stdout) == [_convert_result("qwen-7b-chat", "Q8_0")]
 
 
@@ -276,17 +479,21 @@ def test_convert_hub_flags_and_aliases(convert_model):
     result = invoke("convert", "deepseek", "chatglm3", "deepseek-llm-7b-chat", "--source", "hf", "--revision", "v1")
     assert result.exit_code == 0, result.output
     # aliases resolve to the canonical name, and a model named twice is converted once
-    assert convert_model.call_args_list == [_convert_call(name, source="hf", revision="v1")
-                                            for name in ("deepseek-llm-7b-chat", "chatglm3-6b")]
+    assert convert_model.call_args_list == [
+        _convert_call(name, source="hf", revision="v1") for name in ("deepseek-llm-7b-chat", "chatglm3-6b")
+    ]
 
 
-@pytest.mark.parametrize("args, words", [
-    (["qwen", "--quant", "Q3"], ["Q3"]),
-    (["qwen", "--source", "ftp"], ["--source", "'ftp'"]),
-    (["qwen", "chatglm3", "--from", "."], ["--from", "exactly one MODEL"]),
-    (["qwen", "--threads", "-1"], ["--threads"]),
-    (["qwen", "--quant", "BF16", "--keep-f16"], ["--keep-f16"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["qwen", "--quant", "Q3"], ["Q3"]),
+        (["qwen", "--source", "ftp"], ["--source", "'ftp'"]),
+        (["qwen", "chatglm3", "--from", "."], ["--from", "exactly one MODEL"]),
+        (["qwen", "--threads", "-1"], ["--threads"]),
+        (["qwen", "--quant", "BF16", "--keep-f16"], ["--keep-f16"]),
+    ],
+)
 def test_convert_bad_flag_is_one_error_line_and_no_call(convert_model, args, words):
     assert_one_error_line(invoke("convert", *args), *words)
     convert_model.assert_not_called()
@@ -295,13 +502,25 @@ def test_convert_bad_flag_is_one_error_line_and_no_call(convert_model, args, wor
 # --- qrun tune ----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def run_tune(monkeypatch, tmp_path):
-    return patch_call(monkeypatch, tune_cli, tune_lib, "run_tune",
-                      return_value=({"models": {}}, Path(tmp_path) / "profile.json"))
+    return patch_call(
+        monkeypatch, tune_cli, tune_lib, "run_tune", return_value=({"models": {}}, Path(tmp_path) / "profile.json")
+    )
 
 
 def _tune_call(*models, **overrides) -> mock._Call:
-    kwargs = dict(quants=None, threads=None, threads_batch=None, repack=None, use_mmap=None, flash_attn=None,
-                  kv_types=None, repeat=3, force=False, ggufs_dir=None, command=mock.ANY)
+    kwargs = dict(
+        quants=None,
+        threads=None,
+        threads_batch=None,
+        repack=None,
+        use_mmap=None,
+        flash_attn=None,
+        kv_types=None,
+        repeat=3,
+        force=False,
+        ggufs_dir=None,
+        command=mock.ANY,
+    )
     kwargs.update(overrides)
     return mock.call(tuple(models), **kwargs)
 
@@ -313,12 +532,41 @@ def test_tune_defaults(run_tune):
 
 
 def test_tune_passes_every_flag(run_tune):
-    result = invoke("tune", "qwen", "deepseek", "--quant", "Q4_0,Q4_K_M", "--quant", "Q8_0", "--threads", "1,2",
-                    "--threads-batch", "2", "--repack", "--no-mmap", "--repeat", "5", "--force", "--ggufs", "g")
+    result = invoke(
+        "tune",
+        "qwen",
+        "deepseek",
+        "--quant",
+        "Q4_0,Q4_K_M",
+        "--quant",
+        "Q8_0",
+        "--threads",
+        "1,2",
+        "--threads-batch",
+        "2",
+        "--repack",
+        "--no-mmap",
+        "--repeat",
+        "5",
+        "--force",
+        "--ggufs",
+        "g",
+    )
     assert result.exit_code == 0, result.output
-    assert run_tune.call_args_list == [_tune_call("qwen", "deepseek", quants=["Q4_0", "Q4_K_M", "Q8_0"],
-                                                  threads=[1, 2], threads_batch=[2], repack=True, use_mmap=False,
-                                                  repeat=5, force=True, ggufs_dir="g")]
+    assert run_tune.call_args_list == [
+        _tune_call(
+            "qwen",
+            "deepseek",
+            quants=["Q4_0", "Q4_K_M", "Q8_0"],
+            threads=[1, 2],
+            threads_batch=[2],
+            repack=True,
+            use_mmap=False,
+            repeat=5,
+            force=True,
+            ggufs_dir="g",
+        )
+    ]
 
 
 def test_tune_off_flags_measure_only_that_setting(run_tune):

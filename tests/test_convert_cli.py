@@ -54,13 +54,17 @@ def test_convert_from_prints_summary_and_reruns_as_up_to_date(tiny_ggufs, tiny_c
 def test_convert_quant_f16_writes_only_the_f16(tiny_checkpoints, tmp_path):
     model = "chatglm3-6b"
     out = tmp_path / "out"
-    result = run("convert", "chatglm3", "--from", str(tiny_checkpoints[model]), "--out", str(out), "--quant", "F16",
-                 "--json")
+    result = run(
+        "convert", "chatglm3", "--from", str(tiny_checkpoints[model]), "--out", str(out), "--quant", "F16", "--json"
+    )
     assert result.exit_code == 0, result.output
     [manifest] = json.loads(result.stdout)
     assert manifest["quant"] == "F16" and manifest["status"] == "converted"
     assert set(manifest["tensor_types"]) == {"F16", "F32"} and "quantize" not in manifest["steps"]
-    assert sorted(p.name for p in out.iterdir() if p.suffix != ".lock") == ["chatglm3-6b-F16.gguf", "chatglm3-6b-F16.json"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix != ".lock") == [
+        "chatglm3-6b-F16.gguf",
+        "chatglm3-6b-F16.json",
+    ]
 
 
 def test_models_lists_registry_and_local_files(tiny_ggufs, tmp_path):
@@ -74,8 +78,17 @@ def test_models_lists_registry_and_local_files(tiny_ggufs, tmp_path):
 
     table = run("models", "--ggufs", str(ggufs))
     assert table.exit_code == 0, table.output
-    for text in ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat", "qwen/Qwen-7B-Chat", "THUDM/chatglm3-6b",
-                 "ZhipuAI/chatglm3-6b", "deepseek-ai/deepseek-llm-7b-chat", "chatml-qwen", "llama"):
+    for text in (
+        "qwen-7b-chat",
+        "chatglm3-6b",
+        "deepseek-llm-7b-chat",
+        "qwen/Qwen-7B-Chat",
+        "THUDM/chatglm3-6b",
+        "ZhipuAI/chatglm3-6b",
+        "deepseek-ai/deepseek-llm-7b-chat",
+        "chatml-qwen",
+        "llama",
+    ):
         assert text in table.stdout
     assert "notes.gguf" not in table.stdout
 
@@ -127,8 +140,7 @@ def test_checkpoint_problems_are_one_line(tiny_checkpoints, tmp_path):
 
     # The DeepSeek checkpoint handed in as ChatGLM3: the architecture in config.json does not match.
     deepseek = Path(tiny_checkpoints["deepseek-llm-7b-chat"])
-    assert_one_error_line(run("convert", "chatglm3", "--from", str(deepseek), "--out", str(out)),
-                          "LlamaForCausalLM")
+    assert_one_error_line(run("convert", "chatglm3", "--from", str(deepseek), "--out", str(out)), "LlamaForCausalLM")
 
     truncated = _linked_checkpoint(qwen, tmp_path / "truncated", skip=("model.safetensors",))
     shard = qwen / "model.safetensors"

@@ -94,8 +94,11 @@ def test_tensor_summary_agrees_with_gguf_reader(tmp_path):
 
     reader_tensors = GGUFReader(path).tensors
     summary = mf.tensor_summary(path)
-    assert {n: t["tensors"] for n, t in summary["tensor_types"].items()} == dict(
-        Counter(t.tensor_type.name for t in reader_tensors)) == {"F32": 2, "F16": 1, "Q8_0": 1}
+    assert (
+        {n: t["tensors"] for n, t in summary["tensor_types"].items()}
+        == dict(Counter(t.tensor_type.name for t in reader_tensors))
+        == {"F32": 2, "F16": 1, "Q8_0": 1}
+    )
     assert summary["tensor_data_bytes"] == sum(int(t.n_bytes) for t in reader_tensors)
     assert summary["params"] == sum(int(t.n_elements) for t in reader_tensors) == 64 * 32 + 256 * 64 + 8 * 256 + 5
     assert summary["tensor_types"]["Q8_0"]["bits_per_weight"] == 8.5
@@ -146,16 +149,23 @@ def test_other_quant_reuses_the_kept_f16(tiny_ggufs, tiny_checkpoints, tmp_path,
     assert result["status"] == "converted" and result["quant"] == "Q8_0"
     assert result["steps"]["convert"]["reused"] is True
     assert set(result["tensor_types"]) == {"Q8_0", "F32"}
-    assert _names(out) == sorted([
-        "chatglm3-6b-F16.gguf", "chatglm3-6b-F16.json", "chatglm3-6b-Q8_0.gguf", "chatglm3-6b-Q8_0.json"])
+    assert _names(out) == sorted(
+        ["chatglm3-6b-F16.gguf", "chatglm3-6b-F16.json", "chatglm3-6b-Q8_0.gguf", "chatglm3-6b-Q8_0.json"]
+    )
     found = [(spec.name, quant, manifest is not None) for spec, quant, _, manifest in find_converted(out)]
     assert found == [("chatglm3-6b", "F16", True), ("chatglm3-6b", "Q8_0", True)]
 
 
 def _qrun_process(args: list[str], env: dict) -> subprocess.Popen:
     code = "from qrun.cli import main; main(" + repr(args) + ")"
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
 
 
 def _default_sigint() -> None:
@@ -254,8 +264,13 @@ def test_quantizes_from_the_checkpoints_own_type(tmp_path, dtype, weight_type, c
     from tiny_models import TOKENIZERS_DIR
 
     model, out = "deepseek-llm-7b-chat", tmp_path / "out"
-    folder = write_random_checkpoint(model, tmp_path / "ckpt", tokenizer_dir=TOKENIZERS_DIR / model,
-                                     config_overrides=TINY_OVERRIDES[model], dtype=dtype)
+    folder = write_random_checkpoint(
+        model,
+        tmp_path / "ckpt",
+        tokenizer_dir=TOKENIZERS_DIR / model,
+        config_overrides=TINY_OVERRIDES[model],
+        dtype=dtype,
+    )
     assert ws.natural_weight_type(Path(folder)) == weight_type
     manifest = convert_model(model, from_dir=folder, quant="Q8_0", out_dir=out, threads=1)
     assert manifest["unquantized_type"] == weight_type
@@ -267,6 +282,7 @@ def test_keep_f16_with_bf16_output_is_refused(tiny_checkpoints, tmp_path):
     from qrun.errors import UsageError
 
     with pytest.raises(UsageError, match="--keep-f16"):
-        convert_model("chatglm3-6b", from_dir=tiny_checkpoints["chatglm3-6b"], quant="BF16", keep_f16=True,
-                      out_dir=tmp_path)
+        convert_model(
+            "chatglm3-6b", from_dir=tiny_checkpoints["chatglm3-6b"], quant="BF16", keep_f16=True, out_dir=tmp_path
+        )
     assert list(tmp_path.iterdir()) == []

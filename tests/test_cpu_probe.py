@@ -13,10 +13,8 @@ from click.testing import CliRunner
 
 from qrun import settings
 from qrun.cli import main
-from qrun.errors import UsageError
 from qrun.runner import amx_guard, cpu_probe
-from qrun.runner.engine import Engine, system_info
-
+from qrun.runner.engine import system_info
 
 _PROBE_THEN_LOAD = """
 import json, sys
@@ -39,8 +37,12 @@ with Engine.load(sys.argv[1], n_ctx=256, n_threads=1, repack=True) as engine:
 def test_probe_verdict_is_cached_and_decides_whether_repack_may_load(tiny_gguf):
     # force the probe whatever this CPU is: its verdict must agree with what a real repacked load then does (in a
     # child process: where AMX traps, the verdict makes the process deny itself AMX for good)
-    child = subprocess.run([sys.executable, "-c", _PROBE_THEN_LOAD, str(tiny_gguf("deepseek-llm-7b-chat", "Q4_0"))],
-                           capture_output=True, text=True, timeout=600)
+    child = subprocess.run(
+        [sys.executable, "-c", _PROBE_THEN_LOAD, str(tiny_gguf("deepseek-llm-7b-chat", "Q4_0"))],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert child.returncode == 0, child.stderr  # a SIGILL here would mean the verdict let a crashing load through
     got = json.loads(child.stdout.strip().splitlines()[-1])
     cached = json.loads((settings.qrun_home() / "cpu-probe.json").read_text(encoding="utf-8"))["verdict"]
@@ -56,23 +58,32 @@ def test_probe_verdict_is_cached_and_decides_whether_repack_may_load(tiny_gguf):
 
 def _cache_verdict(verdict: dict) -> None:
     """Leave the verdict a probe on this machine would have cached."""
-    key = {"cpu": cpu_probe._cpu_model(), "llama_cpp_python": cpu_probe.metadata.version("llama-cpp-python"),
-           "system_info": system_info(), "probe_version": cpu_probe._PROBE_VERSION}
+    key = {
+        "cpu": cpu_probe._cpu_model(),
+        "llama_cpp_python": cpu_probe.metadata.version("llama-cpp-python"),
+        "system_info": system_info(),
+        "probe_version": cpu_probe._PROBE_VERSION,
+    }
     settings.qrun_home().mkdir(parents=True, exist_ok=True)
-    (settings.qrun_home() / "cpu-probe.json").write_text(json.dumps({"key": key, "verdict": verdict}),
-                                                         encoding="utf-8")
+    (settings.qrun_home() / "cpu-probe.json").write_text(json.dumps({"key": key, "verdict": verdict}), encoding="utf-8")
 
 
 @pytest.mark.skipif(not amx_guard.supported(), reason="the AMX guard is for Linux x86-64")
 def test_amx_guard_fails_only_the_amx_request():
-    plain = subprocess.run([sys.executable, "-c", "from qrun.runner import amx_guard as g; "
-                            "print(g.amx_request_denied())"], capture_output=True, text=True, timeout=60)
+    plain = subprocess.run(
+        [sys.executable, "-c", "from qrun.runner import amx_guard as g; print(g.amx_request_denied())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if plain.stdout.strip() != "False":
         pytest.skip("this kernel refuses AMX anyway: nothing for the guard to change")
-    code = ("import os; from qrun.runner import amx_guard; "
-            "assert amx_guard.deny_amx() and amx_guard.deny_amx(); "
-            "assert amx_guard.amx_request_denied(); "
-            "assert os.getpid() > 0 and os.listdir('.') is not None; print('ok')")
+    code = (
+        "import os; from qrun.runner import amx_guard; "
+        "assert amx_guard.deny_amx() and amx_guard.deny_amx(); "
+        "assert amx_guard.amx_request_denied(); "
+        "assert os.getpid() > 0 and os.listdir('.') is not None; print('ok')"
+    )
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert child.returncode == 0 and child.stdout.strip() == "ok", child.stderr
 
@@ -84,9 +95,26 @@ def test_a_cached_amx_only_crash_verdict_repacks_with_amx_denied(tiny_gguf, monk
     if "AMX_INT8 = 1" not in system_info():
         pytest.skip("this llama.cpp build has no AMX kernels")
     _cache_verdict({"repack_ok": False, "exit": "SIGILL", "repack_without_amx_ok": True})
-    child = subprocess.run([sys.executable, "-c", "from qrun.cli import main; main()", "ask", str(tiny_gguf("deepseek-llm-7b-chat", "Q4_0")), "hi",
-                            "--repack", "--json", "--max-tokens", "2", "--threads", "1"],
-                           capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from qrun.cli import main; main()",
+            "ask",
+            str(tiny_gguf("deepseek-llm-7b-chat", "Q4_0")),
+            "hi",
+            "--repack",
+            "--json",
+            "--max-tokens",
+            "2",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
+    )
     assert child.returncode == 0, child.stderr
     got = json.loads(child.stdout)["settings"]
     assert got["repack"] is True and got["amx_denied"] is True

@@ -31,15 +31,23 @@ def _run(args: list[str], *, home: Path) -> DemoRun:
     """`qrun demo ARGS` in a fresh process (a native crash in llama.cpp then fails this test, not the session)."""
     env = {**os.environ, "QRUN_HOME": str(home)}
     env.pop("QRUN_THREADS", None)
-    proc = subprocess.run([sys.executable, "-c", "from qrun.cli import main; main()", "demo", *args],
-                          capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from qrun.cli import main; main()", "demo", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        timeout=600,
+    )
     return DemoRun(proc.returncode, proc.stdout, proc.stderr)
 
 
 def _ok(run: DemoRun) -> None:
     if run.exit_code == -signal.SIGILL:
-        pytest.fail("llama.cpp died of SIGILL: its AMX Q4_K kernels trap on a CPU that advertises AMX without "
-                    "enabling it (llama_model_params.use_extra_bufts=False or a build without AMX avoids them)")
+        pytest.fail(
+            "llama.cpp died of SIGILL: its AMX Q4_K kernels trap on a CPU that advertises AMX without "
+            "enabling it (llama_model_params.use_extra_bufts=False or a build without AMX avoids them)"
+        )
     assert run.exit_code == 0, f"exit {run.exit_code}\n--- stdout\n{run.output}\n--- stderr\n{run.stderr[-3000:]}"
 
 
@@ -114,8 +122,10 @@ def test_demo_rerun_reuses_checkpoints_and_ggufs(demo_run, tmp_path):
 def test_demo_quant_option_one_model(tmp_path):
     # --quant picks another type (F16: no quantize step, the F16 GGUF is the output) and --model runs one model.
     out = tmp_path / "demo"
-    run = _run(["--out", str(out), "--threads", "2", "--model", "chatglm3", "--max-tokens", "3", "--quant", "F16"],
-               home=tmp_path)
+    run = _run(
+        ["--out", str(out), "--threads", "2", "--model", "chatglm3", "--max-tokens", "3", "--quant", "F16"],
+        home=tmp_path,
+    )
     _ok(run)
     assert "── chatglm3-6b (F16" in run.output and "qwen-7b-chat" not in run.output
     assert (out / "ggufs" / "chatglm3-6b-F16.gguf").is_file()
@@ -127,8 +137,12 @@ def test_demo_quant_option_one_model(tmp_path):
 
 def test_demo_bad_options_fail_in_one_line(tmp_path):
     # Checked before anything is built, so CliRunner in-process is safe and fast here.
-    for args, words in ((["--model", "llama-2"], "unknown model"), (["--max-tokens", "0"], "--max-tokens"),
-                        (["--threads", "-1"], "--threads"), (["--quant", "Q3_K"], "--quant")):
+    for args, words in (
+        (["--model", "llama-2"], "unknown model"),
+        (["--max-tokens", "0"], "--max-tokens"),
+        (["--threads", "-1"], "--threads"),
+        (["--quant", "Q3_K"], "--quant"),
+    ):
         result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), *args])
         assert result.exit_code == 1, result.output
         assert words in result.output

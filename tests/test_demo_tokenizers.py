@@ -17,9 +17,9 @@ import sentencepiece as spm
 import tiktoken
 from tokenizers import Tokenizer
 
-from qrun.demo import tokenizers as dt
 from qrun.convert.vocab import chatglm3_vocab, deepseek_vocab, qwen_vocab
 from qrun.convert.vocab_bpe import load_tiktoken_ranks, recover_merges
+from qrun.demo import tokenizers as dt
 from qrun.demo.checkpoints import DEMO_MODELS, VOCAB_ALIGN, write_demo_tokenizer_dir
 from qrun.demo.corpus import SEED_QUESTIONS
 from tokenizer_corpus import corpus  # tests/ is on sys.path (rootdir conftest), as for tiny_models
@@ -47,8 +47,10 @@ def demo_tok_dirs(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
 
 
 def _qwen_encoding(folder: Path, first_special: int) -> tiktoken.Encoding:
-    ranks = {base64.b64decode(b64): int(rank) for b64, rank in
-             (line.split() for line in (folder / "qwen.tiktoken").read_text().splitlines())}
+    ranks = {
+        base64.b64decode(b64): int(rank)
+        for b64, rank in (line.split() for line in (folder / "qwen.tiktoken").read_text().splitlines())
+    }
     specials = {text: first_special + i for i, text in enumerate(dt.QWEN_SPECIALS)}
     return tiktoken.Encoding("demo-qwen", pat_str=dt.QWEN_PAT, mergeable_ranks=ranks, special_tokens=specials)
 
@@ -59,10 +61,13 @@ def _digests(folder: Path) -> dict[str, str]:
 
 def test_made_in_a_fresh_process_the_files_are_byte_identical(demo_tok_dirs, tmp_path):
     # A different hash seed and process: nothing may depend on dict/set iteration order or threads.
-    code = ("import sys; from pathlib import Path; from qrun.demo.checkpoints import DEMO_MODELS, "
-            "write_demo_tokenizer_dir as w; [w(m, Path(sys.argv[1]) / m) for m in DEMO_MODELS]")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, env={"PYTHONHASHSEED": "12345",
-                                                                              **_path_env()})
+    code = (
+        "import sys; from pathlib import Path; from qrun.demo.checkpoints import DEMO_MODELS, "
+        "write_demo_tokenizer_dir as w; [w(m, Path(sys.argv[1]) / m) for m in DEMO_MODELS]"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], check=True, env={"PYTHONHASHSEED": "12345", **_path_env()}
+    )
     for model, (folder, _info) in demo_tok_dirs.items():
         assert _digests(tmp_path / model) == _digests(folder), model
 
@@ -142,7 +147,9 @@ def test_deepseek_tokenizer_json_shape(demo_tok_dirs):
     n_vocab = len(data["model"]["vocab"])
     assert 1000 <= n_vocab <= 2000 and info["first_special_id"] == n_vocab
     assert [(t["id"], t["content"], t["special"]) for t in data["added_tokens"]] == [
-        (n_vocab, dt.DEEPSEEK_BOS, True), (n_vocab + 1, dt.DEEPSEEK_EOS, True)]
+        (n_vocab, dt.DEEPSEEK_BOS, True),
+        (n_vocab + 1, dt.DEEPSEEK_EOS, True),
+    ]
     assert data["model"]["type"] == "BPE" and all(isinstance(m, str) for m in data["model"]["merges"])
     splits = [p for p in data["pre_tokenizer"]["pretokenizers"] if p["type"] == "Split"]
     assert [p["pattern"]["Regex"] for p in splits] == list(dt._DEEPSEEK_SPLITS)
@@ -186,8 +193,11 @@ def _vocab_only_llama(vocab, arch: str, path: Path) -> llama_cpp.Llama:
 @pytest.fixture(scope="module")
 def demo_llamas(demo_tok_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-vocab-ggufs")
-    builders = {"qwen-7b-chat": (qwen_vocab, "qwen"), "chatglm3-6b": (chatglm3_vocab, "chatglm"),
-                "deepseek-llm-7b-chat": (deepseek_vocab, "llama")}
+    builders = {
+        "qwen-7b-chat": (qwen_vocab, "qwen"),
+        "chatglm3-6b": (chatglm3_vocab, "chatglm"),
+        "deepseek-llm-7b-chat": (deepseek_vocab, "llama"),
+    }
     loaded = {}
     for model, (build, arch) in builders.items():
         folder, info = demo_tok_dirs[model]
@@ -237,11 +247,14 @@ def test_llama_cpp_matches_sentencepiece_on_the_demo_chatglm3(demo_tok_dirs, dem
     assert differences == expected
 
 
-@pytest.mark.parametrize("model, texts", [
-    ("qwen-7b-chat", ("<|endoftext|>", "<|im_start|>", "<|im_end|>")),
-    ("chatglm3-6b", ("[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")),
-    ("deepseek-llm-7b-chat", (dt.DEEPSEEK_BOS, dt.DEEPSEEK_EOS)),
-])
+@pytest.mark.parametrize(
+    "model, texts",
+    [
+        ("qwen-7b-chat", ("<|endoftext|>", "<|im_start|>", "<|im_end|>")),
+        ("chatglm3-6b", ("[gMASK]", "sop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")),
+        ("deepseek-llm-7b-chat", (dt.DEEPSEEK_BOS, dt.DEEPSEEK_EOS)),
+    ],
+)
 def test_specials_follow_the_made_vocabulary(demo_tok_dirs, demo_llamas, model, texts):
     _folder, info = demo_tok_dirs[model]
     vocab, llm = demo_llamas[model]
@@ -277,6 +290,13 @@ def test_base_configs_are_the_real_hyper_parameters(demo_tok_dirs, model):
     folder, _info = demo_tok_dirs[model]
     made = json.loads((folder / "config.json").read_text())
     real = json.loads((REAL_DIR / model / "config.json").read_text())
-    ignored = {"auto_map", "_name_or_path", "transformers_version", "vocab_size", "padded_vocab_size",
-               "bos_token_id", "eos_token_id"}
+    ignored = {
+        "auto_map",
+        "_name_or_path",
+        "transformers_version",
+        "vocab_size",
+        "padded_vocab_size",
+        "bos_token_id",
+        "eos_token_id",
+    }
     assert {k: v for k, v in made.items() if k not in ignored} == {k: v for k, v in real.items() if k not in ignored}

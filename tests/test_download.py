@@ -33,8 +33,12 @@ def _write_snapshot(folder: Path, files: dict[str, bytes]) -> Path:
 
 
 def _checkpoint_files(n_shards: int = 1) -> dict[str, bytes]:
-    files = {"config.json": b"{}", "generation_config.json": b"{}", "tokenizer_config.json": b"{}",
-             "qwen.tiktoken": b"IQ== 0\n"}
+    files = {
+        "config.json": b"{}",
+        "generation_config.json": b"{}",
+        "tokenizer_config.json": b"{}",
+        "qwen.tiktoken": b"IQ== 0\n",
+    }
     if n_shards == 1:
         files["model.safetensors"] = b"x" * 16
     else:
@@ -60,14 +64,32 @@ def _modelscope_cache(cache: Path, repo_id: str, files: dict[str, bytes], revisi
 
 def test_patterns_select_only_what_conversion_needs():
     # Qwen-7B-Chat's real file list (hub listing): code, images and docs must not be fetched, nor .bin twins.
-    listing = ["config.json", "configuration_qwen.py", "generation_config.json", "modeling_qwen.py",
-               "qwen.tiktoken", "tokenization_qwen.py", "tokenizer_config.json", "README.md", "assets/logo.jpg",
-               "model.safetensors.index.json", *[f"model-0000{i}-of-00008.safetensors" for i in range(1, 9)],
-               "pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin", "cpp_kernels.py"]
+    listing = [
+        "config.json",
+        "configuration_qwen.py",
+        "generation_config.json",
+        "modeling_qwen.py",
+        "qwen.tiktoken",
+        "tokenization_qwen.py",
+        "tokenizer_config.json",
+        "README.md",
+        "assets/logo.jpg",
+        "model.safetensors.index.json",
+        *[f"model-0000{i}-of-00008.safetensors" for i in range(1, 9)],
+        "pytorch_model.bin.index.json",
+        "pytorch_model-00001-of-00002.bin",
+        "cpp_kernels.py",
+    ]
     spec = registry.get("qwen")
     chosen = set(filter_repo_objects(listing, allow_patterns=[*base_patterns(spec), *SAFETENSORS_PATTERNS]))
-    assert chosen == {"config.json", "generation_config.json", "qwen.tiktoken", "tokenizer_config.json",
-                      "model.safetensors.index.json", *[f"model-0000{i}-of-00008.safetensors" for i in range(1, 9)]}
+    assert chosen == {
+        "config.json",
+        "generation_config.json",
+        "qwen.tiktoken",
+        "tokenizer_config.json",
+        "model.safetensors.index.json",
+        *[f"model-0000{i}-of-00008.safetensors" for i in range(1, 9)],
+    }
     pickles = set(filter_repo_objects(listing, allow_patterns=list(PICKLE_PATTERNS)))
     assert pickles == {"pytorch_model.bin.index.json", "pytorch_model-00001-of-00002.bin"}
     assert "tokenizer.model" in base_patterns(registry.get("chatglm3"))
@@ -80,7 +102,11 @@ def test_hf_offline_cache_resolves_through_huggingface_hub(tmp_path):
     result = download_checkpoint(spec, source="hf", cache_dir=tmp_path / "hf", local_only=True)
     assert result.path == snapshot
     assert (result.hub, result.repo_id, result.revision, result.requested_revision) == (
-        "hf", "Qwen/Qwen-7B-Chat", COMMIT, None)
+        "hf",
+        "Qwen/Qwen-7B-Chat",
+        COMMIT,
+        None,
+    )
     pinned = download_checkpoint(spec, source="hf", revision=COMMIT, cache_dir=tmp_path / "hf", local_only=True)
     assert pinned.path == snapshot and pinned.requested_revision == COMMIT
     assert pinned.to_source()["kind"] == "hub"
@@ -109,8 +135,9 @@ def test_modelscope_local_cache_resolves_through_modelscope(tmp_path):
 
 def _run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     """Python code in a fresh interpreter: the hub libraries read their environment once per process."""
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
 
 
 _DOWNLOAD_QWEN = (
@@ -138,9 +165,15 @@ def _run_qrun(args: list[str], env: dict[str, str]) -> subprocess.CompletedProce
 
 
 def test_unreachable_hub_is_one_clean_error_line(tmp_path):
-    proc = _run_qrun(["convert", "qwen", "--source", "hf"],
-                     {"HF_ENDPOINT": UNREACHABLE, "HF_HUB_CACHE": str(tmp_path / "empty-hf"),
-                      "QRUN_GGUF_DIR": str(tmp_path / "ggufs"), "QRUN_DEBUG": "0"})
+    proc = _run_qrun(
+        ["convert", "qwen", "--source", "hf"],
+        {
+            "HF_ENDPOINT": UNREACHABLE,
+            "HF_HUB_CACHE": str(tmp_path / "empty-hf"),
+            "QRUN_GGUF_DIR": str(tmp_path / "ggufs"),
+            "QRUN_DEBUG": "0",
+        },
+    )
     assert proc.returncode == 1, proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1, proc.stderr
@@ -160,7 +193,11 @@ def test_convert_from_the_hf_cache_offline_records_the_commit(tiny_checkpoints, 
     [manifest] = json.loads(proc.stdout)
     source = manifest["source"]
     assert (source["kind"], source["hub"], source["repo_id"], source["revision"]) == (
-        "hub", "hf", "THUDM/chatglm3-6b", COMMIT)
+        "hub",
+        "hf",
+        "THUDM/chatglm3-6b",
+        COMMIT,
+    )
     assert source["path"] == str(snapshot)
     assert set(manifest["steps"]) == {"download", "convert", "hash"}
     pinned = _run_qrun(["convert", "chatglm3", "--source", "hf", "--quant", "F16", "--revision", COMMIT], env)

@@ -11,8 +11,8 @@ import pytest
 
 from qrun import registry
 from qrun.errors import GGUFError, UsageError
-from qrun.runner.engine import Engine, TextStream, aligned_ctx
 from qrun.gguf_file import read_header
+from qrun.runner.engine import Engine, TextStream, aligned_ctx
 
 THREADS = 1  # tests share 2 cores with each other's builds: one thread avoids OpenMP spin-wait collapse
 PROMPT = [{"role": "user", "content": "你好，请介绍一下你自己。"}]
@@ -33,6 +33,7 @@ def engines(tiny_gguf):
 
 
 # -- file validation ---------------------------------------------------------------------------------------------------
+
 
 def test_missing_and_non_files_are_refused(tmp_path):
     with pytest.raises(GGUFError, match="not found"):
@@ -95,6 +96,7 @@ def test_unknown_architecture_is_refused(tmp_path):
 
 # -- context ----------------------------------------------------------------------------------------------------------
 
+
 def test_ctx_is_rounded_to_a_multiple_of_256_and_prompts_in_the_gap_work(tiny_gguf):
     assert [aligned_ctx(n) for n in (1, 256, 257, 300, 4096)] == [256, 256, 512, 512, 4096]
     with Engine.load(tiny_gguf("deepseek-llm-7b-chat"), n_ctx=300, n_threads=THREADS) as engine:
@@ -119,6 +121,7 @@ def test_ctx_above_training_and_below_one_are_refused(tiny_gguf):
 
 # -- sampling ---------------------------------------------------------------------------------------------------------
 
+
 def test_greedy_is_reproducible_and_the_kv_cache_is_cleared(engines):
     engine = engines("deepseek-llm-7b-chat")
     ids = engine.prompt_ids(PROMPT)
@@ -133,8 +136,10 @@ def test_greedy_is_reproducible_and_the_kv_cache_is_cleared(engines):
 def test_seeded_sampling_is_reproducible_and_differs_by_seed(engines):
     engine = engines("deepseek-llm-7b-chat")
     ids = engine.prompt_ids(PROMPT)
-    runs = [engine.generate(ids, max_tokens=16, temperature=1.5, top_p=0.95, top_k=0, seed=s).run().token_ids
-            for s in (1, 1, 2)]
+    runs = [
+        engine.generate(ids, max_tokens=16, temperature=1.5, top_p=0.95, top_k=0, seed=s).run().token_ids
+        for s in (1, 1, 2)
+    ]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
@@ -152,8 +157,9 @@ def test_generation_stops_at_each_stop_id(model, engines):
         assert generation.stats.gen_tokens == 1
 
 
-@pytest.mark.parametrize("model, control", [("chatglm3-6b", "[gMASK]"), ("chatglm3-6b", "<|assistant|>"),
-                                            ("qwen-7b-chat", "<|extra_0|>")])
+@pytest.mark.parametrize(
+    "model, control", [("chatglm3-6b", "[gMASK]"), ("chatglm3-6b", "<|assistant|>"), ("qwen-7b-chat", "<|extra_0|>")]
+)
 def test_control_tokens_never_reach_the_text(model, control, engines):
     engine = engines(model)
     control_id = engine.token_id(control)
@@ -164,8 +170,9 @@ def test_control_tokens_never_reach_the_text(model, control, engines):
 
 def test_stats_are_filled(engines):
     engine = engines("qwen-7b-chat")
-    generation = engine.generate(engine.prompt_ids(PROMPT), max_tokens=8,
-                                 logit_bias={i: -1000.0 for i in engine.stop_ids}).run()
+    generation = engine.generate(
+        engine.prompt_ids(PROMPT), max_tokens=8, logit_bias={i: -1000.0 for i in engine.stop_ids}
+    ).run()
     stats = generation.stats
     assert stats.stop_reason == "max_tokens" and stats.gen_tokens == 8 and len(generation.token_ids) == 8
     for field in ("ttft_s", "prompt_tokens_per_s", "gen_tokens_per_s", "total_s", "peak_rss_bytes"):
@@ -174,8 +181,10 @@ def test_stats_are_filled(engines):
 
 # -- UTF-8 streaming --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model, text", [("deepseek-llm-7b-chat", "🦙龘"), ("qwen-7b-chat", "🦙龘"),
-                                         ("chatglm3-6b", "🦙龘")])
+
+@pytest.mark.parametrize(
+    "model, text", [("deepseek-llm-7b-chat", "🦙龘"), ("qwen-7b-chat", "🦙龘"), ("chatglm3-6b", "🦙龘")]
+)
 def test_characters_split_across_tokens_stream_whole(model, text, engines):
     engine = engines(model)
     ids = engine.tokenize(text)
@@ -199,4 +208,3 @@ def _is_utf8(data: bytes) -> bool:
         return True
     except UnicodeDecodeError:
         return False
-

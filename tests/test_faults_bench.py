@@ -18,11 +18,13 @@ QRUN = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0
 DEEPSEEK = "deepseek-llm-7b-chat"
 
 
-def qrun(*args, input: bytes | None = None, env: dict | None = None, timeout: float = 120,
-         cwd: Path | None = None) -> subprocess.CompletedProcess:
+def qrun(
+    *args, input: bytes | None = None, env: dict | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run `qrun ARGS...` in a fresh process; args may be bytes (passed to the OS as they are)."""
-    return subprocess.run(QRUN + list(args), input=input, capture_output=True, timeout=timeout, cwd=cwd,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        QRUN + list(args), input=input, capture_output=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})}
+    )
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -44,11 +46,20 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 TOO_MANY = str(settings.max_threads() + 1)
 
 
-@pytest.mark.parametrize("args", [
-    ["--threads", "1000000"], ["--threads", TOO_MANY], ["--threads-batch", "1000000"],
-    ["--threads", "99999999999999999999999999"], ["--threads-batch", str(2**63)],
-    ["--temperature", "nan"], ["--temperature", "inf"], ["--top-p", "nan"], ["--top-p", "-inf"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--threads", "1000000"],
+        ["--threads", TOO_MANY],
+        ["--threads-batch", "1000000"],
+        ["--threads", "99999999999999999999999999"],
+        ["--threads-batch", str(2**63)],
+        ["--temperature", "nan"],
+        ["--temperature", "inf"],
+        ["--top-p", "nan"],
+        ["--top-p", "-inf"],
+    ],
+)
 def test_ask_refuses_absurd_numbers_in_one_line(tiny_gguf, tmp_path, args):
     # 1,000,000 threads reached llama.cpp and ended in std::bad_alloc; NaN sampling passed every check
     gguf = tiny_gguf(DEEPSEEK)
@@ -70,11 +81,17 @@ def test_the_bound_is_generous_but_finite():
     assert settings.check_thread_list("0, 1") == [0, 1]
 
 
-@pytest.mark.parametrize("args", [
-    ["bench", "--threads", f"1,{TOO_MANY}"], ["bench", "--threads-batch", "1000000"],
-    ["tune", "--threads", "1000000"], ["tune", "--threads-batch", TOO_MANY],
-    ["chat", DEEPSEEK, "--threads", "1000000"], ["chat", DEEPSEEK, "--top-p", "nan"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--threads", f"1,{TOO_MANY}"],
+        ["bench", "--threads-batch", "1000000"],
+        ["tune", "--threads", "1000000"],
+        ["tune", "--threads-batch", TOO_MANY],
+        ["chat", DEEPSEEK, "--threads", "1000000"],
+        ["chat", DEEPSEEK, "--top-p", "nan"],
+    ],
+)
 def test_every_command_shares_the_thread_bound(tmp_path, args):
     proc = qrun(*args, "--ggufs", str(tmp_path), input=b"", cwd=tmp_path)
     assert_one_error_line(proc, "--t")
@@ -83,8 +100,13 @@ def test_every_command_shares_the_thread_bound(tmp_path, args):
 
 @pytest.mark.parametrize("tool", ["bandwidth", "compute_peak", "realscale"])
 def test_measurement_tools_share_the_thread_bound(tool):
-    proc = subprocess.run([sys.executable, "-m", f"tools.perf.{tool}", "--threads", "1000000"],
-                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", f"tools.perf.{tool}", "--threads", "1000000"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr  # argparse's usage error
     assert f"is more threads than qrun allows on this machine ({settings.max_threads()}" in proc.stderr
 
@@ -125,14 +147,33 @@ def _reps(out: Path) -> int:
     return _events(out, "rep")
 
 
-def _start_long_bench(ggufs: Path, out: Path, suite: Path, *, max_tokens: int = 32,
-                      wait_for: str = "rep") -> tuple[subprocess.Popen, int]:
+def _start_long_bench(
+    ggufs: Path, out: Path, suite: Path, *, max_tokens: int = 32, wait_for: str = "rep"
+) -> tuple[subprocess.Popen, int]:
     """A `qrun bench` that measures for minutes; returns it and its worker's pid once `wait_for` is on disk."""
-    proc = subprocess.Popen(QRUN + ["bench", "deepseek", "--ggufs", str(ggufs), "--out", str(out), "--suite",
-                                    str(suite), "--threads", "1", "--repeat", "1000", "--max-tokens",
-                                    str(max_tokens)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        QRUN
+        + [
+            "bench",
+            "deepseek",
+            "--ggufs",
+            str(ggufs),
+            "--out",
+            str(out),
+            "--suite",
+            str(suite),
+            "--threads",
+            "1",
+            "--repeat",
+            "1000",
+            "--max-tokens",
+            str(max_tokens),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for line in proc.stderr:
         if "worker pid" in line:
             worker = int(line.rsplit("pid", 1)[1])
@@ -182,13 +223,38 @@ def test_sigkill_of_bench_ends_its_worker_and_the_next_run_cleans_up(deepseek_gg
     assert (out / ".jobs").is_dir() and _events(out, "warmup") == 1  # what the dead run left
     before = snapshot(out)
 
-    again = qrun("bench", "deepseek", "--ggufs", str(deepseek_ggufs), "--out", str(out), "--suite",
-                 str(one_question_suite), "--threads", "1", "--max-tokens", "2")
+    again = qrun(
+        "bench",
+        "deepseek",
+        "--ggufs",
+        str(deepseek_ggufs),
+        "--out",
+        str(out),
+        "--suite",
+        str(one_question_suite),
+        "--threads",
+        "1",
+        "--max-tokens",
+        "2",
+    )
     assert_one_error_line(again, "measurements.jsonl holds the measurements of an earlier run", "--force")
     assert snapshot(out) == before  # the earlier measurements survive, byte for byte
 
-    forced = qrun("bench", "deepseek", "--ggufs", str(deepseek_ggufs), "--out", str(out), "--suite",
-                  str(one_question_suite), "--threads", "1", "--max-tokens", "2", "--force")
+    forced = qrun(
+        "bench",
+        "deepseek",
+        "--ggufs",
+        str(deepseek_ggufs),
+        "--out",
+        str(out),
+        "--suite",
+        str(one_question_suite),
+        "--threads",
+        "1",
+        "--max-tokens",
+        "2",
+        "--force",
+    )
     assert forced.returncode == 0, forced.stderr.decode()
     assert b"note: removing" in forced.stderr and not (out / ".jobs").exists()
     assert not list(out.glob(".*.tmp")) and _reps(out) == 1
@@ -199,8 +265,21 @@ def test_a_second_bench_into_a_folder_in_use_is_refused(deepseek_ggufs, tmp_path
     out = tmp_path / "out"
     proc, worker = _start_long_bench(deepseek_ggufs, out, one_question_suite)
     try:
-        second = qrun("bench", "deepseek", "--ggufs", str(deepseek_ggufs), "--out", str(out), "--suite",
-                      str(one_question_suite), "--threads", "1", "--max-tokens", "2", "--force")
+        second = qrun(
+            "bench",
+            "deepseek",
+            "--ggufs",
+            str(deepseek_ggufs),
+            "--out",
+            str(out),
+            "--suite",
+            str(one_question_suite),
+            "--threads",
+            "1",
+            "--max-tokens",
+            "2",
+            "--force",
+        )
         assert_one_error_line(second, f"is in use by another `qrun bench` (pid {proc.pid})")
         assert (out / ".jobs").is_dir() and psutil.pid_exists(worker)  # the live run's files were not touched
         reps = _reps(out)
@@ -217,11 +296,12 @@ def test_a_second_bench_into_a_folder_in_use_is_refused(deepseek_ggufs, tmp_path
 
 def test_the_parent_watch_works_without_prctl(tmp_path):
     # the fallback for kernels without PR_SET_PDEATHSIG: a thread that polls os.getppid()
-    grandchild = ("import time; from qrun.lifeline import tie_to_parent; tie_to_parent(use_prctl=False); "
-                  "time.sleep(120)")
-    middle = ("import subprocess, sys, time; from qrun.lifeline import child_env; "
-              f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}], env=child_env()); "
-              "print(p.pid, flush=True); time.sleep(120)")
+    grandchild = "import time; from qrun.lifeline import tie_to_parent; tie_to_parent(use_prctl=False); time.sleep(120)"
+    middle = (
+        "import subprocess, sys, time; from qrun.lifeline import child_env; "
+        f"p = subprocess.Popen([sys.executable, '-c', {grandchild!r}], env=child_env()); "
+        "print(p.pid, flush=True); time.sleep(120)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", middle], stdout=subprocess.PIPE, text=True)
     pid = int(proc.stdout.readline())
     time.sleep(1.0)  # let the grandchild start its watch
@@ -262,8 +342,11 @@ def _point_lines(home: Path) -> list[dict]:
     path = home / "tune-points.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.endswith("}") and json.loads(line)["event"] == "point"]
+    return [
+        json.loads(line)
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.endswith("}") and json.loads(line)["event"] == "point"
+    ]
 
 
 def test_a_killed_tune_loses_no_measurement_and_the_rerun_reuses_them(converted_deepseek):
@@ -271,8 +354,9 @@ def test_a_killed_tune_loses_no_measurement_and_the_rerun_reuses_them(converted_
     home.mkdir()
     earlier_profile = home / "tune-profile.json"
     earlier_profile.write_text('{"schema": 1, "note": "an earlier profile"}\n', encoding="utf-8")
-    proc = subprocess.Popen(QRUN + TUNE, env={**os.environ, **converted_deepseek}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        QRUN + TUNE, env={**os.environ, **converted_deepseek}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while len(_point_lines(home)) < 2:
         assert proc.poll() is None and time.time() < deadline, "the tune measured nothing"
@@ -305,10 +389,10 @@ def test_a_killed_tune_loses_no_measurement_and_the_rerun_reuses_them(converted_
 
 import copy  # noqa: E402
 
+from helpers import bench_doc  # noqa: E402
 from qrun.bench import report, results  # noqa: E402
 from qrun.bench import suite as suites  # noqa: E402
 from qrun.errors import QrunError  # noqa: E402
-from helpers import bench_doc  # noqa: E402
 
 
 @pytest.fixture()
@@ -323,8 +407,13 @@ def test_report_never_rewrites_a_bench_folder(bench_folder, tmp_path):
     verdicts.write_text("model,question_id,score\nqwen,seed-4,1\n", encoding="utf-8")
     before = snapshot(bench_folder)
     results_json = str(bench_folder / "results.json")
-    for args in (["--verdicts", str(verdicts)], ["--suite", "seed"], [], ["--out", str(bench_folder)],
-                 ["--verdicts", str(verdicts), "--out", str(bench_folder)]):
+    for args in (
+        ["--verdicts", str(verdicts)],
+        ["--suite", "seed"],
+        [],
+        ["--out", str(bench_folder)],
+        ["--verdicts", str(verdicts), "--out", str(bench_folder)],
+    ):
         proc = qrun("report", results_json, *args, cwd=tmp_path)
         assert_one_error_line(proc, "give --out")
         assert snapshot(bench_folder) == before
@@ -337,13 +426,16 @@ def test_report_never_rewrites_a_bench_folder(bench_folder, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-results", "rescored", "v.csv"]
 
 
-@pytest.mark.parametrize(("damage", "needle"), [
-    (lambda d: d.update(schema_version="1"), "schema_version is '1', not a whole number"),
-    (lambda d: d.update(machine=None), "field machine is not an object"),
-    (lambda d: d.update(config=None), "field config is not an object"),
-    (lambda d: d["machine"].update(ram_bytes="8 GB"), "machine.ram_bytes"),
-    (lambda d: d["runs"][0]["summary"].update(accuracy="high"), "runs[0].summary.accuracy"),
-])
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda d: d.update(schema_version="1"), "schema_version is '1', not a whole number"),
+        (lambda d: d.update(machine=None), "field machine is not an object"),
+        (lambda d: d.update(config=None), "field config is not an object"),
+        (lambda d: d["machine"].update(ram_bytes="8 GB"), "machine.ram_bytes"),
+        (lambda d: d["runs"][0]["summary"].update(accuracy="high"), "runs[0].summary.accuracy"),
+    ],
+)
 def test_results_json_with_wrong_types_is_one_line(tmp_path, damage, needle):
     doc = json.loads(json.dumps(bench_doc(), ensure_ascii=False))
     damage(doc)
@@ -358,10 +450,20 @@ def test_results_json_with_wrong_types_is_one_line(tmp_path, damage, needle):
 def _field_paths(doc: dict) -> list[tuple[tuple, str]]:
     """(parent path, key) of every field the report reads, down to a question's repetitions and criteria."""
     q = doc["runs"][0]["questions"][0]
-    nested = [(), ("machine",), ("config",), ("suite",), ("suite", "definition"), ("runs", 0, "questions", 0),
-              ("runs", 0, "questions", 0, "score"), ("runs", 0, "questions", 0, "median"),
-              ("runs", 0, "questions", 0, "spread"), ("runs", 0, "questions", 0, "spread", "gen_tokens_per_s"),
-              ("runs", 0, "questions", 0, "repetitions", 0), ("runs", 0, "questions", 0, "score", "criteria", 0)]
+    nested = [
+        (),
+        ("machine",),
+        ("config",),
+        ("suite",),
+        ("suite", "definition"),
+        ("runs", 0, "questions", 0),
+        ("runs", 0, "questions", 0, "score"),
+        ("runs", 0, "questions", 0, "median"),
+        ("runs", 0, "questions", 0, "spread"),
+        ("runs", 0, "questions", 0, "spread", "gen_tokens_per_s"),
+        ("runs", 0, "questions", 0, "repetitions", 0),
+        ("runs", 0, "questions", 0, "score", "criteria", 0),
+    ]
     for r in (0, 1):
         nested += [("runs", r), ("runs", r, "summary"), ("runs", r, "summary", "range"), ("runs", r, "settings")]
         nested += [("runs", r, "failure")] if doc["runs"][r].get("failure") else []
@@ -407,6 +509,7 @@ def test_no_wrong_type_anywhere_in_results_json_crashes_the_report(tmp_path):
 
 # -- text that is not UTF-8 ------------------------------------------------------------------------------------------
 
+
 def test_a_prompt_argument_that_is_not_utf8_is_one_line(tiny_gguf):
     gguf = str(tiny_gguf(DEEPSEEK))
     for prompt in (b"\xff\xfe", "你好".encode() + b"\xc3"):  # a stray byte, a truncated sequence
@@ -421,14 +524,30 @@ def test_a_prompt_argument_that_is_not_utf8_is_one_line(tiny_gguf):
 
 @pytest.mark.parametrize("locale", ["C", "C.UTF-8"])  # the C locale hides bad bytes as surrogates; UTF-8 raises
 def test_stdin_that_is_not_utf8_is_one_line(tiny_gguf, locale):
-    proc = qrun("ask", str(tiny_gguf(DEEPSEEK)), "-", "--max-tokens", "2", input="你好".encode() + b"\xff\n",
-                env={"LC_ALL": locale, "LANG": locale, "PYTHONUTF8": "0"})
+    proc = qrun(
+        "ask",
+        str(tiny_gguf(DEEPSEEK)),
+        "-",
+        "--max-tokens",
+        "2",
+        input="你好".encode() + b"\xff\n",
+        env={"LC_ALL": locale, "LANG": locale, "PYTHONUTF8": "0"},
+    )
     assert_one_error_line(proc, "the prompt on stdin is not valid UTF-8 text: byte 0xff at byte 7")
 
 
 def _chat(gguf: Path, *lines: bytes) -> subprocess.CompletedProcess:
-    return qrun("chat", str(gguf), "--ctx", "256", "--max-tokens", "8", "--temperature", "0",
-                input=b"".join(line + b"\n" for line in lines))
+    return qrun(
+        "chat",
+        str(gguf),
+        "--ctx",
+        "256",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        input=b"".join(line + b"\n" for line in lines),
+    )
 
 
 def test_chat_survives_bad_lines_and_keeps_its_history(tiny_gguf):
@@ -452,8 +571,10 @@ def test_chat_survives_bad_lines_and_keeps_its_history(tiny_gguf):
 def test_a_suite_or_answers_file_that_is_not_text_is_one_line(tmp_path):
     seed = json.loads((Path(__file__).parents[1] / "bench" / "suites" / "seed.json").read_text(encoding="utf-8"))
     raw = json.dumps(seed, ensure_ascii=False).encode()
-    cases = {"bad-byte.json": raw.replace("冬天".encode(), b"\xff", 1),
-             "surrogate.json": raw.replace("冬天".encode(), b"\\ud800", 1)}
+    cases = {
+        "bad-byte.json": raw.replace("冬天".encode(), b"\xff", 1),
+        "surrogate.json": raw.replace("冬天".encode(), b"\\ud800", 1),
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         proc = qrun("bench", "--suite", str(tmp_path / name), "--ggufs", str(tmp_path), cwd=tmp_path)
@@ -469,9 +590,15 @@ def test_a_suite_or_answers_file_that_is_not_text_is_one_line(tmp_path):
 
 # -- a tuning profile with wrong types ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spoil", [
-    {"n_threads": "two"}, {"n_threads_batch": 10**9}, {"repack": "yes"},
-])
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        {"n_threads": "two"},
+        {"n_threads_batch": 10**9},
+        {"repack": "yes"},
+    ],
+)
 def test_a_profile_with_wrong_types_is_ignored_with_a_notice(converted_deepseek, spoil):
     from qrun.runner import profile
 
@@ -480,15 +607,17 @@ def test_a_profile_with_wrong_types_is_ignored_with_a_notice(converted_deepseek,
     gguf = Path(converted_deepseek["QRUN_GGUF_DIR"]) / f"{DEEPSEEK}-Q4_K_M.gguf"
     doc = profile.new_document(command="test")
     settings_ = {"quant": "Q4_K_M", "repack": False, "use_mmap": True, "n_threads": 1, "n_threads_batch": 1, **spoil}
-    doc["models"][DEEPSEEK] = {"chat": {"settings": settings_, "evidence": {},
-                                        "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size}}}
+    doc["models"][DEEPSEEK] = {
+        "chat": {"settings": settings_, "evidence": {}, "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size}}
+    }
     profile.write(doc)
     before = (home / "tune-profile.json").read_bytes()
     proc = qrun("ask", "deepseek", "你好", "--max-tokens", "2", "--json", env=converted_deepseek)
     assert proc.returncode == 0, proc.stderr.decode()
     notices = proc.stderr.decode().splitlines()
-    assert len(notices) == 1 and notices[0].startswith(f"note: ignoring the tuning profile's {DEEPSEEK} entry: "
-                                                       "malformed"), notices
+    assert len(notices) == 1 and notices[0].startswith(
+        f"note: ignoring the tuning profile's {DEEPSEEK} entry: malformed"
+    ), notices
     sources = json.loads(proc.stdout)["settings"]["source"]
     assert {v for k, v in sources.items() if k != "n_ctx"} == {"default"} and sources["n_ctx"] == "work"
     assert (home / "tune-profile.json").read_bytes() == before

@@ -10,9 +10,9 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
-import struct
 import time
 import zipfile
 from pathlib import Path
@@ -50,9 +50,14 @@ def assert_cli_error(result, *fragments: str) -> str:
 def qrun_process(*args: str, env: dict | None = None) -> subprocess.Popen:
     """`qrun ARGS` as its own process (the console script's code path), Ctrl-C behaving as in a terminal."""
     code = "from qrun.cli import main; main(" + repr(list(args)) + ")"
-    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, **(env or {})}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env={**os.environ, **(env or {})},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def partials(folder: Path) -> list[Path]:
@@ -93,7 +98,7 @@ def test_two_converts_at_once_share_nothing_and_both_succeed(tiny_checkpoints, t
     args = ("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--threads", "1")
     first, second = qrun_process(*args), qrun_process(*args)
     results = [proc.communicate(timeout=300) for proc in (first, second)]
-    for proc, (stdout, stderr) in zip((first, second), results):
+    for proc, (_stdout, stderr) in zip((first, second), results):
         assert proc.returncode == 0, stderr
         assert "Traceback" not in stderr
     stderrs = [stderr for _, stderr in results]
@@ -136,8 +141,9 @@ def test_stale_partial_cleanup_spares_files_of_live_processes(tiny_ggufs, tiny_c
         dead_tmp = out / f".{CHATGLM}-Q4_K_M.json.{dead.pid}.abc123.tmp"
         for path in (live_partial, dead_partial, dead_tmp):
             path.write_bytes(b"half")
-        result = run("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--quant",
-                     "Q8_0")
+        result = run(
+            "convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--quant", "Q8_0"
+        )
         assert result.exit_code == 0, result.output
         assert live_partial.read_bytes() == b"half"
         assert not dead_partial.exists() and not dead_tmp.exists()
@@ -188,8 +194,11 @@ def flip_last_byte_keep_mtime(path: Path) -> None:
 def model_statuses(ggufs: Path, *extra: str) -> tuple[int, dict, str]:
     result = run("models", "--ggufs", str(ggufs), "--json", *extra)
     listing = json.loads(result.stdout)
-    return result.exit_code, {Path(f["file"]).name: f["manifest"] for m in listing["models"]
-                              for f in m["converted"]}, result.stderr
+    return (
+        result.exit_code,
+        {Path(f["file"]).name: f["manifest"] for m in listing["models"] for f in m["converted"]},
+        result.stderr,
+    )
 
 
 def test_verification_is_remembered_and_an_edit_with_restored_mtime_is_caught(tiny_ggufs, tmp_path):
@@ -207,8 +216,9 @@ def test_verification_is_remembered_and_an_edit_with_restored_mtime_is_caught(ti
     assert (code, statuses) == (0, {f16.name: "ok", q4.name: "unverified"})
     code, statuses, stderr = model_statuses(ggufs, "--verify")
     assert statuses == {f16.name: "ok", q4.name: "stale"}
-    one_error_line(code, stderr, "1 GGUF file(s) do not match their manifests", q4.name, "sha256 differs",
-                   "qrun convert")
+    one_error_line(
+        code, stderr, "1 GGUF file(s) do not match their manifests", q4.name, "sha256 differs", "qrun convert"
+    )
     assert mf.manifest_path_for(q4).read_bytes() == q4_manifest_bytes  # a failed check rewrites nothing
 
 
@@ -227,8 +237,9 @@ def test_ask_and_convert_see_an_edit_with_restored_mtime(tiny_ggufs, tiny_checkp
     assert reported["sha256"] == sha256_file(q4) != mf.read_manifest(q4)["sha256"]
 
     # and convert does not call it up to date: it makes the file again
-    result = run("convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--out", str(ggufs),
-                 "--threads", "1")
+    result = run(
+        "convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--out", str(ggufs), "--threads", "1"
+    )
     assert result.exit_code == 0, result.output
     assert "up to date" not in result.stdout and "converted in" in result.stdout
     assert mf.check_manifest(q4, hash_always=True).ok
@@ -316,11 +327,11 @@ def test_a_fifo_shard_is_refused_at_once(named_by_index, tiny_checkpoints, earli
 def _rewrite_header(src: Path, dst: Path, edit) -> None:
     data = src.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     edit(header)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    dst.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
 
 
 def _first_two(header: dict) -> tuple[str, str]:
@@ -345,21 +356,50 @@ def test_safetensors_with_bad_layout_is_refused(damage, tiny_checkpoints, earlie
             header[first] = "not an object"
 
     _rewrite_header(_real_shard(tiny_checkpoints), ckpt / "model.safetensors", edit)
-    fragment = {"overlap": "overlaps another tensor", "gap": "belong to no tensor",
-                "not_an_object": "is not a JSON object"}[damage]
+    fragment = {
+        "overlap": "overlaps another tensor",
+        "gap": "belong to no tensor",
+        "not_an_object": "is not a JSON object",
+    }[damage]
     convert_fails(ckpt, earlier_output, "model.safetensors", fragment)
 
 
-def _torch_zip(path: Path, *, storage_numel: int, tensor_shape: tuple, write_storage: bool,
-               compression=zipfile.ZIP_STORED) -> None:
+def _torch_zip(
+    path: Path, *, storage_numel: int, tensor_shape: tuple, write_storage: bool, compression=zipfile.ZIP_STORED
+) -> None:
     from helpers import ORDERED_DICT, pickle_int, pickle_str, pickle_tuple
 
-    persistent_id = pickle_tuple([pickle_str("storage"), b"ctorch\nFloatStorage\n", pickle_str("0"),
-                                   pickle_str("cpu"), pickle_int(storage_numel)]) + b"Q"
-    args = pickle_tuple([persistent_id, pickle_int(0), pickle_tuple([pickle_int(d) for d in tensor_shape]),
-                          pickle_tuple([pickle_int(1)] * len(tensor_shape)), b"\x89", ORDERED_DICT])
-    pkl = (b"\x80\x02" + ORDERED_DICT + b"(" + pickle_str("model.embed_tokens.weight")
-           + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"Ru.")
+    persistent_id = (
+        pickle_tuple(
+            [
+                pickle_str("storage"),
+                b"ctorch\nFloatStorage\n",
+                pickle_str("0"),
+                pickle_str("cpu"),
+                pickle_int(storage_numel),
+            ]
+        )
+        + b"Q"
+    )
+    args = pickle_tuple(
+        [
+            persistent_id,
+            pickle_int(0),
+            pickle_tuple([pickle_int(d) for d in tensor_shape]),
+            pickle_tuple([pickle_int(1)] * len(tensor_shape)),
+            b"\x89",
+            ORDERED_DICT,
+        ]
+    )
+    pkl = (
+        b"\x80\x02"
+        + ORDERED_DICT
+        + b"("
+        + pickle_str("model.embed_tokens.weight")
+        + b"ctorch._utils\n_rebuild_tensor_v2\n"
+        + args
+        + b"Ru."
+    )
     with zipfile.ZipFile(path, "w", compression=compression) as zf:
         zf.writestr("archive/data.pkl", pkl)
         zf.writestr("archive/byteorder", "little")
@@ -376,14 +416,15 @@ def test_bin_with_a_storage_missing_from_the_zip(tiny_checkpoints, earlier_outpu
 def test_bin_decompresses_only_what_its_tensors_need(tmp_path):
     """A deflated storage that claims 400 MB of zeros (a ~400 KB file) behind a 4-element tensor."""
     path = tmp_path / "pytorch_model.bin"
-    _torch_zip(path, storage_numel=100_000_000, tensor_shape=(4,), write_storage=True,
-               compression=zipfile.ZIP_DEFLATED)
+    _torch_zip(path, storage_numel=100_000_000, tensor_shape=(4,), write_storage=True, compression=zipfile.ZIP_DEFLATED)
     assert path.stat().st_size < 1_000_000
-    code = ("import resource, sys; from qrun.convert.torch_pickle import TorchZipFile\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            f"r = TorchZipFile({str(path)!r}); a = r.read('model.embed_tokens.weight')\n"
-            "assert a.tolist() == [0.0] * 4\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
+    code = (
+        "import resource, sys; from qrun.convert.torch_pickle import TorchZipFile\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"r = TorchZipFile({str(path)!r}); a = r.read('model.embed_tokens.weight')\n"
+        "assert a.tolist() == [0.0] * 4\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     grown_kib = int(proc.stdout)
@@ -399,8 +440,9 @@ def mount_tmpfs():
 
     def mount(folder: Path, options: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
         mounted.append(folder)
@@ -415,27 +457,42 @@ def test_out_that_is_a_file_or_inside_one(tiny_checkpoints, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_bytes(b"keep me")
     ckpt = str(tiny_checkpoints[DEEPSEEK])
-    assert_cli_error(run("convert", "deepseek", "--from", ckpt, "--out", str(a_file / "sub")),
-                     f"--out {a_file / 'sub'} is inside a file, not a folder", "--out DIR")
-    assert_cli_error(run("convert", "deepseek", "--from", ckpt, env={"QRUN_GGUF_DIR": str(a_file)}),
-                     f"QRUN_GGUF_DIR {a_file} is a file, not a folder")
+    assert_cli_error(
+        run("convert", "deepseek", "--from", ckpt, "--out", str(a_file / "sub")),
+        f"--out {a_file / 'sub'} is inside a file, not a folder",
+        "--out DIR",
+    )
+    assert_cli_error(
+        run("convert", "deepseek", "--from", ckpt, env={"QRUN_GGUF_DIR": str(a_file)}),
+        f"QRUN_GGUF_DIR {a_file} is a file, not a folder",
+    )
     assert a_file.read_bytes() == b"keep me" and sorted(tmp_path.iterdir()) == [a_file]
 
 
 def test_read_only_out(tiny_checkpoints, tmp_path, mount_tmpfs):
     out = mount_tmpfs(tmp_path / "ro", "ro,size=1m")
-    assert_cli_error(run("convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--out", str(out)),
-                     f"cannot write in {out}: Read-only file system", "--out DIR")
+    assert_cli_error(
+        run("convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--out", str(out)),
+        f"cannot write in {out}: Read-only file system",
+        "--out DIR",
+    )
 
 
 def test_demo_with_an_unwritable_home(tmp_path, mount_tmpfs):
     a_file = tmp_path / "a-file"
     a_file.write_bytes(b"")
-    assert_cli_error(run("demo", "--model", "deepseek", env={"QRUN_HOME": str(a_file / "home")}),
-                     "the demo folder", "inside a file", "QRUN_HOME")
+    assert_cli_error(
+        run("demo", "--model", "deepseek", env={"QRUN_HOME": str(a_file / "home")}),
+        "the demo folder",
+        "inside a file",
+        "QRUN_HOME",
+    )
     home = mount_tmpfs(tmp_path / "ro-home", "ro,size=1m")
-    assert_cli_error(run("demo", "--model", "deepseek", env={"QRUN_HOME": str(home)}),
-                     f"cannot write in the demo folder {home / 'demo'}: Read-only file system", "QRUN_HOME")
+    assert_cli_error(
+        run("demo", "--model", "deepseek", env={"QRUN_HOME": str(home)}),
+        f"cannot write in the demo folder {home / 'demo'}: Read-only file system",
+        "QRUN_HOME",
+    )
 
 
 def test_disk_full_during_the_bf16_step(tiny_ggufs, tiny_checkpoints, tmp_path, mount_tmpfs):
@@ -447,15 +504,27 @@ def test_disk_full_during_the_bf16_step(tiny_ggufs, tiny_checkpoints, tmp_path, 
     n_params = ws.estimate_params(ckpt)
     # room for the free-space check (estimates of both files, reserve 0) and the earlier pair, little more
     earlier = tiny_ggufs[DEEPSEEK]["Q4_K_M"]
-    size_mb = (ws.estimate_gguf_bytes(n_params, "BF16") + ws.estimate_gguf_bytes(n_params, "Q4_K_M")
-               + 2 * earlier.stat().st_size) // (1 << 20) + 8
+    size_mb = (
+        ws.estimate_gguf_bytes(n_params, "BF16")
+        + ws.estimate_gguf_bytes(n_params, "Q4_K_M")
+        + 2 * earlier.stat().st_size
+    ) // (1 << 20) + 8
     for attempt in range(3):
         out = mount_tmpfs(tmp_path / f"disk{attempt}", f"size={size_mb}m")
         final = copy_pair(earlier, out)
         before = snapshot(out)
-        proc = qrun_process("convert", "deepseek", "--from", str(ckpt), "--out", str(out), "--threads", "1",
-                            env={"QRUN_KEEP_FREE_BYTES": "0"})
-        wait_for(lambda: any(out.glob("*.intermediate.gguf.*.partial")), proc, what="the BF16 step")
+        proc = qrun_process(
+            "convert",
+            "deepseek",
+            "--from",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            env={"QRUN_KEEP_FREE_BYTES": "0"},
+        )
+        wait_for(lambda out=out: any(out.glob("*.intermediate.gguf.*.partial")), proc, what="the BF16 step")
         proc.send_signal(signal.SIGSTOP)
         if any(out.glob("*.intermediate.gguf.*.partial")):
             break
@@ -481,8 +550,13 @@ def test_disk_full_during_the_bf16_step(tiny_ggufs, tiny_checkpoints, tmp_path, 
 # -- 6. GGUFs from elsewhere -----------------------------------------------------------------------------------------
 def edited_gguf(src: Path, dst: Path, *args: str) -> Path:
     """`src` rewritten by gguf-py's own gguf_new_metadata script (what a user would run on a foreign GGUF)."""
-    proc = subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", *args, str(src), str(dst)],
-                          input="YES\n", capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gguf.scripts.gguf_new_metadata", *args, str(src), str(dst)],
+        input="YES\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and dst.is_file(), proc.stderr[-2000:]
     return dst
 
@@ -494,8 +568,9 @@ def ask_args(gguf: Path, *extra: str) -> tuple[str, ...]:
 @pytest.mark.slow
 def test_a_gguf_without_qrun_model_key_is_not_guessed(tiny_gguf, tmp_path):
     foreign = edited_gguf(tiny_gguf(DEEPSEEK), tmp_path / "foreign.gguf", "--remove-metadata", "qrun.model")
-    line = assert_cli_error(run(*ask_args(foreign)), "not made by `qrun convert`", "architecture 'llama'",
-                            f"--as {DEEPSEEK}")
+    line = assert_cli_error(
+        run(*ask_args(foreign)), "not made by `qrun convert`", "architecture 'llama'", f"--as {DEEPSEEK}"
+    )
     assert "chat format" in line
     assert_cli_error(run(*ask_args(foreign, "--as", "qwen")), "architecture 'llama'", "not qwen-7b-chat's 'qwen'")
     assert_cli_error(run(*ask_args(foreign, "--as", "llama3")), "llama3")

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import copy
 
-import golden
 import pytest
+
+import golden
 from tiny_models import MODELS
 
 REGENERATE = "intended? regenerate with `python tests/golden.py --update` and review `git diff tests/data/golden/`"
@@ -29,8 +30,9 @@ def fresh(tiny_ggufs):
 @pytest.mark.parametrize("model", MODELS)
 def test_gguf_keys_and_tensors_match_golden(model, fresh):
     lines = golden.diff_files(golden.load(model), fresh(model))
-    assert not lines, f"{model}'s GGUFs differ from {golden.golden_path(model).name}:\n" + "\n".join(lines) + \
-        f"\n{REGENERATE}"
+    assert not lines, (
+        f"{model}'s GGUFs differ from {golden.golden_path(model).name}:\n" + "\n".join(lines) + f"\n{REGENERATE}"
+    )
 
 
 @pytest.mark.parametrize("quant", golden.QUANTS)
@@ -39,11 +41,16 @@ def test_greedy_ids_match_golden(model, quant, fresh):
     expected, actual = golden.load(model), fresh(model)
     if not golden.same_build(expected, actual) and golden.clear_steps(expected["greedy"][quant]["margins"], quant) == 0:
         # the documented fallback (README.md): on another llama.cpp build only clear margins are compared
-        pytest.skip(f"{model} {quant}: another llama.cpp build than the golden file's and no golden step with a "
-                    f"margin >= {golden.CLEAR_MARGIN[quant]}; prompt ids and tensors are still checked")
+        pytest.skip(
+            f"{model} {quant}: another llama.cpp build than the golden file's and no golden step with a "
+            f"margin >= {golden.CLEAR_MARGIN[quant]}; prompt ids and tensors are still checked"
+        )
     lines = golden.diff_greedy(expected, actual, quants=(quant,))
-    assert not lines, f"{model} {quant} greedy run differs from {golden.golden_path(model).name}:\n" + \
-        "\n".join(lines) + f"\n{REGENERATE}"
+    assert not lines, (
+        f"{model} {quant} greedy run differs from {golden.golden_path(model).name}:\n"
+        + "\n".join(lines)
+        + f"\n{REGENERATE}"
+    )
 
 
 @pytest.mark.parametrize("model", MODELS)

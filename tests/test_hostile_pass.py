@@ -40,8 +40,10 @@ def test_a_seed_llama_cpp_cannot_reproduce_is_refused(tiny_gguf, seed):
 
 def test_the_largest_seed_is_reproducible(tiny_gguf):
     gguf = str(tiny_gguf(MODEL))
-    runs = [ask_lib.ask(gguf, "hi", max_tokens=6, temperature=1.5, seed=0xFFFFFFFE, with_sha256=False)["answer"]
-            for _ in range(2)]
+    runs = [
+        ask_lib.ask(gguf, "hi", max_tokens=6, temperature=1.5, seed=0xFFFFFFFE, with_sha256=False)["answer"]
+        for _ in range(2)
+    ]
     assert runs[0] == runs[1]
 
 
@@ -53,8 +55,9 @@ def test_max_tokens_beyond_the_training_context_runs_in_it(tiny_gguf):
         trained = vocab.header.context_length
         assert vocab.n_ctx_train == trained
         eos = vocab.eos_id
-    result = ask_lib.ask(str(gguf), "hi", max_tokens=trained + 1000, temperature=0, with_sha256=False,
-                         logit_bias={eos: 100.0})  # stop at once: only the context size is under test
+    result = ask_lib.ask(
+        str(gguf), "hi", max_tokens=trained + 1000, temperature=0, with_sha256=False, logit_bias={eos: 100.0}
+    )  # stop at once: only the context size is under test
     assert result["settings"]["n_ctx"] == trained
 
 
@@ -68,24 +71,36 @@ def test_a_closed_stdin_reads_as_empty(tiny_gguf):
     gguf = str(tiny_gguf(MODEL))
     chat = subprocess.run([*QRUN, "chat", gguf], preexec_fn=_closing(0), capture_output=True, text=True, timeout=120)
     assert chat.returncode == 0 and "Traceback" not in chat.stderr, chat.stderr
-    ask = subprocess.run([*QRUN, "ask", gguf, "-"], preexec_fn=_closing(0), capture_output=True, text=True,
-                         timeout=120)
+    ask = subprocess.run([*QRUN, "ask", gguf, "-"], preexec_fn=_closing(0), capture_output=True, text=True, timeout=120)
     assert ask.returncode == 1 and ask.stderr.startswith("Error: the prompt is empty"), ask.stderr
     assert ask.stderr.count("\n") == 1
 
 
 def test_a_closed_stdout_discards_the_answer(tiny_gguf):
     gguf = str(tiny_gguf(MODEL))
-    ask = subprocess.run([*QRUN, "ask", gguf, "hi", "--max-tokens", "3"], preexec_fn=_closing(1),
-                         stderr=subprocess.PIPE, text=True, timeout=120)
+    ask = subprocess.run(
+        [*QRUN, "ask", gguf, "hi", "--max-tokens", "3"],
+        preexec_fn=_closing(1),
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
     assert ask.returncode == 0 and ask.stderr == "", ask.stderr
 
 
 # 0 heads or a size written as a string ended in ZeroDivisionError / TypeError tracebacks; a NaN or negative
 # rope_theta and a context of 0 converted without complaint into a GGUF that runs as nonsense.
-@pytest.mark.parametrize("key, value", [("num_attention_heads", 0), ("hidden_size", "256"),
-                                        ("num_key_value_heads", 0), ("rope_theta", float("nan")),
-                                        ("rope_theta", -1.0), ("max_position_embeddings", 0)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("num_attention_heads", 0),
+        ("hidden_size", "256"),
+        ("num_key_value_heads", 0),
+        ("rope_theta", float("nan")),
+        ("rope_theta", -1.0),
+        ("max_position_embeddings", 0),
+    ],
+)
 def test_a_config_size_that_is_zero_or_not_a_number_is_refused(tiny_checkpoints, tmp_path, key, value):
     source = tiny_checkpoints[MODEL]
     folder = tmp_path / "ckpt"
@@ -113,11 +128,13 @@ def test_a_device_or_deeply_nested_json_as_input_is_one_line(tmp_path):
     deep = _deep_json(tmp_path / "deep.json")
     answers = tmp_path / "answers.jsonl"
     answers.write_text(json.dumps({"question_id": "seed-1", "answer": "x"}) + "\n", encoding="utf-8")
-    for args, words in ((["score", "/dev/zero"], ["/dev/zero", "device"]),
-                        (["report", "/dev/zero", "--out", str(tmp_path / "r1")], ["/dev/zero", "device"]),
-                        (["score", deep], ["nested too deeply"]),
-                        (["score", str(answers), "--suite", deep], ["nested too deeply"]),
-                        (["report", deep, "--out", str(tmp_path / "r2")], ["nested too deeply"])):
+    for args, words in (
+        (["score", "/dev/zero"], ["/dev/zero", "device"]),
+        (["report", "/dev/zero", "--out", str(tmp_path / "r1")], ["/dev/zero", "device"]),
+        (["score", deep], ["nested too deeply"]),
+        (["score", str(answers), "--suite", deep], ["nested too deeply"]),
+        (["report", deep, "--out", str(tmp_path / "r2")], ["nested too deeply"]),
+    ):
         _one_error_line(CliRunner().invoke(main, args), *words)
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
 
@@ -138,7 +155,7 @@ def test_a_suite_of_ten_thousand_questions_loads_quickly(tmp_path):
     assert time.monotonic() - t0 < 30  # minutes before; a few seconds on 2 shared CPUs now
     assert len(loaded.questions) == 10_000
     text = path.read_text(encoding="utf-8")
-    assert loaded.raw["questions"][-1].line == text[:text.rindex('"id": "q9999"')].count("\n")
+    assert loaded.raw["questions"][-1].line == text[: text.rindex('"id": "q9999"')].count("\n")
 
 
 # A GGUF whose file name is not UTF-8 was reported as "llama.cpp could not load ...: 'utf-8' codec can't encode

@@ -36,12 +36,24 @@ def _qrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def _bench_json(ggufs: Path, out: Path, suite: Path) -> dict:
-    proc = _qrun("bench", "--ggufs", str(ggufs), "--out", str(out), "--suite", str(suite), "--threads", "1",
-                 "--max-tokens", "2", "--json")
+    proc = _qrun(
+        "bench",
+        "--ggufs",
+        str(ggufs),
+        "--out",
+        str(out),
+        "--suite",
+        str(suite),
+        "--threads",
+        "1",
+        "--max-tokens",
+        "2",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # stdout is the document and nothing else
     assert doc == json.loads((out / "results.json").read_text(encoding="utf-8"))
-    assert "gen tok/s" not in proc.stdout and f"qrun bench: 1 run(s)" in proc.stderr
+    assert "gen tok/s" not in proc.stdout and "qrun bench: 1 run(s)" in proc.stderr
     return doc
 
 
@@ -68,8 +80,20 @@ def test_results_carry_the_files_own_sha256_which_changes_with_the_file(tiny_ggu
     gguf.write_bytes(bytes(data))
     after = hashlib.sha256(bytes(data)).hexdigest()
     assert after != before
-    proc = _qrun("bench", "--ggufs", str(ggufs), "--out", str(tmp_path / "second"), "--suite",
-                 str(one_question_suite), "--threads", "1", "--max-tokens", "2", "--json")
+    proc = _qrun(
+        "bench",
+        "--ggufs",
+        str(ggufs),
+        "--out",
+        str(tmp_path / "second"),
+        "--suite",
+        str(one_question_suite),
+        "--threads",
+        "1",
+        "--max-tokens",
+        "2",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     second = json.loads(proc.stdout)["runs"][0]
     assert second["status"] == "ok" and second["gguf_sha256"] == after
@@ -90,8 +114,19 @@ def test_tune_json_is_the_profile_and_its_path(tiny_gguf, tmp_path):
     folder = Path(os.environ["QRUN_GGUF_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{MODEL}-Q4_K_M.gguf").symlink_to(tiny_gguf(MODEL, "Q4_K_M"))
-    proc = _qrun("tune", MODEL, "--threads", "1", "--no-repack", "--mmap", "--no-flash-attn", "--repeat", "1",
-                 "--force", "--json")
+    proc = _qrun(
+        "tune",
+        MODEL,
+        "--threads",
+        "1",
+        "--no-repack",
+        "--mmap",
+        "--no-flash-attn",
+        "--repeat",
+        "1",
+        "--force",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     path = Path(doc.pop("profile_path"))

@@ -34,8 +34,15 @@ def long_gguf(tiny_models) -> Path:
 
 def _start(args: list[str], **kwargs) -> subprocess.Popen:
     # SIGINT restored: a suite started as a background job (`pytest &`) would hand it down ignored
-    return subprocess.Popen(QRUN + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+    return subprocess.Popen(
+        QRUN + args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        **kwargs,
+    )
 
 
 def _wait_until(predicate, proc: subprocess.Popen, what: str, timeout_s: float = 120) -> None:
@@ -69,8 +76,7 @@ def test_a_signal_stops_ask_during_a_long_prompt_evaluation(long_gguf, tmp_path,
     prompt = tmp_path / "prompt.txt"
     prompt.write_text(LONG_PROMPT, encoding="utf-8")
     with open(prompt, encoding="utf-8") as stdin:
-        proc = _start(["ask", str(long_gguf), "-", "--threads", "1", "--ctx", "4096", "--max-tokens", "4"],
-                      stdin=stdin)
+        proc = _start(["ask", str(long_gguf), "-", "--threads", "1", "--ctx", "4096", "--max-tokens", "4"], stdin=stdin)
     _wait_until(lambda: _has_mapped(proc.pid, long_gguf), proc, "the load")
     time.sleep(SIGNAL_AFTER_PROMPT_STARTS_S)
     elapsed_s, stdout, stderr = _signal_and_time(proc, sig)
@@ -82,9 +88,14 @@ def test_a_signal_stops_ask_during_a_long_prompt_evaluation(long_gguf, tmp_path,
 
 def test_uninterrupted_the_prompt_takes_long_enough_to_test(long_gguf):
     """Guards the test above: were the prompt quick, it would pass without ever aborting a decode."""
-    result = subprocess.run(QRUN + ["ask", str(long_gguf), "-", "--threads", "1", "--ctx", "4096",
-                                    "--max-tokens", "1", "--json"], input=LONG_PROMPT, capture_output=True,
-                            text=True, encoding="utf-8", timeout=300)
+    result = subprocess.run(
+        QRUN + ["ask", str(long_gguf), "-", "--threads", "1", "--ctx", "4096", "--max-tokens", "1", "--json"],
+        input=LONG_PROMPT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)["stats"]
     assert stats["ttft_s"] > SIGNAL_AFTER_PROMPT_STARTS_S + STOP_WITHIN_S, stats
@@ -92,8 +103,22 @@ def test_uninterrupted_the_prompt_takes_long_enough_to_test(long_gguf):
 
 def test_ctrl_c_stops_a_long_generation_and_keeps_the_partial_answer(tiny_gguf):
     gguf = tiny_gguf(MODEL)
-    proc = _start(["ask", str(gguf), "写一首很长的诗", "--threads", "1", "--ctx", "4096", "--max-tokens", "4000",
-                   "--temperature", "0"], start_new_session=True)
+    proc = _start(
+        [
+            "ask",
+            str(gguf),
+            "写一首很长的诗",
+            "--threads",
+            "1",
+            "--ctx",
+            "4096",
+            "--max-tokens",
+            "4000",
+            "--temperature",
+            "0",
+        ],
+        start_new_session=True,
+    )
     first = proc.stdout.read(8)  # streamed: the answer has begun
     assert first, proc.stderr.read()
     time.sleep(SIGNAL_AFTER_PROMPT_STARTS_S)
@@ -106,8 +131,9 @@ def test_ctrl_c_stops_a_long_generation_and_keeps_the_partial_answer(tiny_gguf):
 
 
 def test_ctrl_c_in_chat_stops_the_answer_and_keeps_the_session(long_gguf):
-    proc = _start(["chat", str(long_gguf), "--threads", "1", "--ctx", "4096", "--max-tokens", "4"],
-                  stdin=subprocess.PIPE)
+    proc = _start(
+        ["chat", str(long_gguf), "--threads", "1", "--ctx", "4096", "--max-tokens", "4"], stdin=subprocess.PIPE
+    )
     stopped_at: list[float] = []
 
     def watch_stderr() -> None:
@@ -132,20 +158,24 @@ def test_ctrl_c_in_chat_stops_the_answer_and_keeps_the_session(long_gguf):
     assert stdout.strip(), "the next message got no answer"
 
 
-@pytest.mark.parametrize("sig, group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
-                         ids=["ctrl-c-to-the-group", "sigterm-to-the-parent"])
+@pytest.mark.parametrize(
+    "sig, group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c-to-the-group", "sigterm-to-the-parent"]
+)
 def test_a_signal_stops_bench_during_a_long_prompt_and_marks_it_partial(long_gguf, tmp_path, sig, group):
     seed = json.loads((Path(__file__).parents[1] / "bench" / "suites" / "seed.json").read_text(encoding="utf-8"))
     seed["name"], seed["questions"] = "long", [{**seed["questions"][0], "question": LONG_PROMPT}]
     suite = tmp_path / "long.json"
     suite.write_text(json.dumps(seed, ensure_ascii=False), encoding="utf-8")
     out = tmp_path / "out"
-    proc = _start(["bench", str(long_gguf), "--out", str(out), "--suite", str(suite), "--threads", "1",
-                   "--max-tokens", "4"], start_new_session=True)
+    proc = _start(
+        ["bench", str(long_gguf), "--out", str(out), "--suite", str(suite), "--threads", "1", "--max-tokens", "4"],
+        start_new_session=True,
+    )
     stream = out / "measurements.jsonl"
     # the worker's "load" line: next comes the warm-up, which evaluates the long prompt
-    _wait_until(lambda: stream.exists() and '"event": "load"' in stream.read_text(encoding="utf-8"), proc,
-                "the worker's load")
+    _wait_until(
+        lambda: stream.exists() and '"event": "load"' in stream.read_text(encoding="utf-8"), proc, "the worker's load"
+    )
     time.sleep(SIGNAL_AFTER_PROMPT_STARTS_S)
     elapsed_s, _stdout, stderr = _signal_and_time(proc, sig, group=group)
     assert proc.returncode == 130, stderr

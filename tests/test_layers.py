@@ -102,16 +102,27 @@ IMPORTS = {module: _imports(module, path) for module, path in MODULES.items()}
 
 
 def _violations() -> list[tuple[str, str, int]]:
-    return [(module, target, line) for module, found in IMPORTS.items() for target, line, _local in found
-            if layer_of(target) is not None and layer_of(target) not in ALLOWED[layer_of(module)]]
+    return [
+        (module, target, line)
+        for module, found in IMPORTS.items()
+        for target, line, _local in found
+        if layer_of(target) is not None and layer_of(target) not in ALLOWED[layer_of(module)]
+    ]
 
 
 def _import_cycles() -> list[list[str]]:
     """Every group of qrun modules that import each other, directly or around a loop (strongly connected
     components of the runtime import graph, imports inside functions included)."""
-    graph = {module: sorted({target for target, _line, _local in _imports(module, path, runtime_only=True)
-                             if target in MODULES and target != module})
-             for module, path in MODULES.items()}
+    graph = {
+        module: sorted(
+            {
+                target
+                for target, _line, _local in _imports(module, path, runtime_only=True)
+                if target in MODULES and target != module
+            }
+        )
+        for module, path in MODULES.items()
+    }
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -151,19 +162,28 @@ def test_every_layer_has_modules():
     assert len(MODULES) > 50 and sum(map(len, IMPORTS.values())) > 300
 
 
-@pytest.mark.parametrize("module, target, layer_ok", [
-    ("qrun.runner.engine", "qrun.convert.manifest", True), ("qrun.convert.pipeline", "qrun.runner.engine", False),
-    ("qrun.registry", "qrun.cli", False), ("qrun.bench.run", "qrun.runner.engine", True),
-    ("qrun.demo.cli", "qrun.bench.run", True), ("qrun.settings", "qrun.errors", True),
-    ("qrun.bench.profile", "qrun.demo.checkpoints", False),
-])
+@pytest.mark.parametrize(
+    "module, target, layer_ok",
+    [
+        ("qrun.runner.engine", "qrun.convert.manifest", True),
+        ("qrun.convert.pipeline", "qrun.runner.engine", False),
+        ("qrun.registry", "qrun.cli", False),
+        ("qrun.bench.run", "qrun.runner.engine", True),
+        ("qrun.demo.cli", "qrun.bench.run", True),
+        ("qrun.settings", "qrun.errors", True),
+        ("qrun.bench.profile", "qrun.demo.checkpoints", False),
+    ],
+)
 def test_the_rule_itself(module, target, layer_ok):
     assert (layer_of(target) in ALLOWED[layer_of(module)]) is layer_ok
 
 
 def test_imports_follow_the_layers():
-    new = [f"{module} imports {target} (line {line})" for module, target, line in _violations()
-           if (module, target) not in KNOWN_VIOLATIONS]
+    new = [
+        f"{module} imports {target} (line {line})"
+        for module, target, line in _violations()
+        if (module, target) not in KNOWN_VIOLATIONS
+    ]
     assert not new, "imports against the layers (core <- convert <- runner <- bench <- cli/demo):\n" + "\n".join(new)
 
 
@@ -176,7 +196,10 @@ def test_the_known_violations_still_exist():
 def test_no_test_module_imports_another():
     # shared helpers live in tests/helpers.py (and tiny_models.py, tokenizer_corpus.py, reference_forward.py)
     test_modules = {p.stem for p in TESTS.glob("test_*.py")}
-    offenders = [f"{path.name} imports {target}" for path in sorted(TESTS.glob("*.py"))
-                 for target, _line, _local in _imports(path.stem, path) if target.split(".")[0] in test_modules]
+    offenders = [
+        f"{path.name} imports {target}"
+        for path in sorted(TESTS.glob("*.py"))
+        for target, _line, _local in _imports(path.stem, path)
+        if target.split(".")[0] in test_modules
+    ]
     assert not offenders, offenders
-

@@ -34,8 +34,14 @@ def _anon_growth_bytes(gguf, *, use_mmap: bool, repack: bool) -> int:
     # Loading alone never runs a repacked matmul, so the once-per-machine crash check (runner/cpu_probe.py, which
     # refuses --repack on VMs whose AMX kernels trap) is skipped: this measures the load, not a generation.
     env = {**os.environ, cpu_probe._CHILD_ENV: "1"}
-    out = subprocess.run([sys.executable, "-c", _LOAD_AND_MEASURE, str(gguf), str(int(use_mmap)), str(int(repack))],
-                         capture_output=True, text=True, timeout=120, check=True, env=env).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_MEASURE, str(gguf), str(int(use_mmap)), str(int(repack))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=env,
+    ).stdout
     return json.loads(out)["anon_growth_bytes"]
 
 
@@ -54,9 +60,14 @@ def _repacked_on_every_x86_bytes(gguf_path) -> int:
     llama.cpp). The token embedding is a row lookup, not a product, and stays mapped. CPUs with AMX take more tensor
     types into their own buffer, so this is a lower bound that holds on AMD and Intel alike."""
     reader = gguf.GGUFReader(str(gguf_path))
-    return sum(int(t.n_bytes) for t in reader.tensors
-               if t.tensor_type == gguf.GGMLQuantizationType.Q4_0 and len(t.shape) == 2
-               and t.name != "token_embd.weight" and int(t.shape[1]) % 8 == 0)
+    return sum(
+        int(t.n_bytes)
+        for t in reader.tensors
+        if t.tensor_type == gguf.GGMLQuantizationType.Q4_0
+        and len(t.shape) == 2
+        and t.name != "token_embd.weight"
+        and int(t.shape[1]) % 8 == 0
+    )
 
 
 def test_repack_copies_quantized_weights_into_anonymous_memory(tiny_models):
@@ -73,12 +84,33 @@ def test_repack_copies_quantized_weights_into_anonymous_memory(tiny_models):
 
 def test_ask_json_reports_the_load_settings_it_used(tiny_gguf):
     gguf = tiny_gguf("deepseek-llm-7b-chat")
-    result = CliRunner().invoke(main, ["ask", str(gguf), "hi", "--max-tokens", "2", "--temperature", "0",
-                                       "--threads", "1", "--threads-batch", "2", "--no-mmap", "--no-repack",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "ask",
+            str(gguf),
+            "hi",
+            "--max-tokens",
+            "2",
+            "--temperature",
+            "0",
+            "--threads",
+            "1",
+            "--threads-batch",
+            "2",
+            "--no-mmap",
+            "--no-repack",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     settings = json.loads(result.stdout)["settings"]
-    assert (settings["threads"], settings["threads_batch"], settings["use_mmap"], settings["repack"]) == (1, 2, False, False)
+    assert (settings["threads"], settings["threads_batch"], settings["use_mmap"], settings["repack"]) == (
+        1,
+        2,
+        False,
+        False,
+    )
 
 
 @pytest.mark.parametrize("args", [["--threads-batch", "-1"], ["--threads-batch", "x"]])

@@ -14,8 +14,9 @@ from tests.noise_helpers import cpu_hogs, spin_cpu_s
 
 # -- the noise rule --------------------------------------------------------------------------------------------------
 def _classify(other, steal=0.0, capacity=2.0, resolution=0.04):
-    return measure.classify_noise(other_cpu_s=other, steal_cpu_s=steal, capacity_cpu_s=capacity,
-                                  resolution_cpu_s=resolution)
+    return measure.classify_noise(
+        other_cpu_s=other, steal_cpu_s=steal, capacity_cpu_s=capacity, resolution_cpu_s=resolution
+    )
 
 
 def test_the_threshold_is_ten_percent_other_or_five_percent_steal_beyond_the_resolution():
@@ -34,8 +35,7 @@ def test_the_threshold_is_ten_percent_other_or_five_percent_steal_beyond_the_res
 
 
 def _snap(wall, own, busy, steal=0.0, n=2):
-    return measure.CpuSnapshot(wall_s=wall, own_cpu_s=own, busy_cpu_s=busy, steal_cpu_s=steal, n_cpus=n,
-                               loadavg_1m=0.5)
+    return measure.CpuSnapshot(wall_s=wall, own_cpu_s=own, busy_cpu_s=busy, steal_cpu_s=steal, n_cpus=n, loadavg_1m=0.5)
 
 
 def test_noise_fields_other_is_busy_minus_own_as_a_fraction_of_capacity():
@@ -60,8 +60,11 @@ def test_without_proc_stat_the_verdict_is_unknown_not_a_crash(tmp_path):
 
 
 def test_count_noisy():
-    assert measure.count_noisy([{"noisy": True}, {"noisy": False}, {"noisy": None}, {}]) == \
-        {"samples": 4, "noisy": 1, "unknown": 2}
+    assert measure.count_noisy([{"noisy": True}, {"noisy": False}, {"noisy": None}, {}]) == {
+        "samples": 4,
+        "noisy": 1,
+        "unknown": 2,
+    }
 
 
 # -- the separation rule ---------------------------------------------------------------------------------------------
@@ -79,8 +82,13 @@ def test_a_claim_needs_the_worst_of_one_to_beat_the_best_of_the_other():
 @pytest.mark.parametrize("n", [1, 2])
 def test_fewer_than_three_samples_a_side_claim_nothing(n):
     out = measure.compare_samples([100.0] * n, [1.0] * n)  # however large the gap
-    assert out == {"verdict": "not measured enough", "n": [n, n], "ratio": None, "ratio_bounds": None,
-                   "higher_is_better": True}
+    assert out == {
+        "verdict": "not measured enough",
+        "n": [n, n],
+        "ratio": None,
+        "ratio_bounds": None,
+        "higher_is_better": True,
+    }
     assert measure.compare_samples([100.0] * 3, [1.0] * n)["verdict"] == "not measured enough"
 
 
@@ -112,8 +120,10 @@ def test_a_quiet_window_is_not_noisy():
     if background["noisy"] is None and background["other_cpu_s"] is None:
         pytest.skip("no /proc/stat here: the verdict is always unknown")
     if background["other_cpu_fraction"] > measure.NOISY_OTHER_CPU_FRACTION / 2:
-        pytest.skip(f"the machine is busy: other processes used {background['other_cpu_fraction']:.0%} of the CPU "
-                    f"during a 1 s idle window (load average {background['loadavg_1m_start']})")
+        pytest.skip(
+            f"the machine is busy: other processes used {background['other_cpu_fraction']:.0%} of the CPU "
+            f"during a 1 s idle window (load average {background['loadavg_1m_start']})"
+        )
     with measure.NoiseWindow() as window:
         spin_cpu_s(1.0)
     f = window.fields()

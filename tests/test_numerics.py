@@ -66,7 +66,9 @@ def test_f16_gguf_matches_reference_forward(model, logits_pair):
     assert ref.std() > 0.5
     errors = relative_errors(got, ref)
     worst = int(errors.argmax())
-    assert errors.max() < MAX_REL_ERR, f"position {worst}: relative error {errors[worst]:.2e} (all: {np.round(errors, 5)})"
+    assert errors.max() < MAX_REL_ERR, (
+        f"position {worst}: relative error {errors[worst]:.2e} (all: {np.round(errors, 5)})"
+    )
     # Greedy choice agrees everywhere, up to ties within the tolerance.
     rows = np.arange(len(ref))
     margin = MAX_REL_ERR * np.abs(ref).max(axis=1)

@@ -56,18 +56,41 @@ def _can_build_wheels() -> bool:
 def test_the_built_wheel_holds_no_perf_tooling(tmp_path):
     # Built from a copy, so setuptools' build/ and egg-info never touch the checkout (and no stale build/ leaks in).
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", "ggufs", "data", "build", "dist", "*.egg-info",
-                                                             "__pycache__", ".pytest_cache"))
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", "ggufs", "data", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache"
+        ),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     (wheel,) = (tmp_path / "dist").glob("qrun-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"qrun", wheel.name.split("-py")[0] + ".dist-info"}
     assert not [n for n in names if any(perf in n for perf in PERF_NAMES)]
     # ...and everything users run: every module of the four packages and the built-in suites
-    expected = {f"{pkg.replace('.', '/')}/{p.relative_to(folder).as_posix()}"
-                for pkg, folder in _package_dirs().items() for p in folder.glob("*.py")}
+    expected = {
+        f"{pkg.replace('.', '/')}/{p.relative_to(folder).as_posix()}"
+        for pkg, folder in _package_dirs().items()
+        for p in folder.glob("*.py")
+    }
     assert expected <= set(names)
     assert "qrun/bench/suites/seed.json" in names and "qrun/cli.py" in names
 
@@ -77,7 +100,8 @@ def test_python_dash_m_qrun_is_the_command_line(tmp_path):
     assert help_run.returncode == 0, help_run.stderr
     assert all(f"\n  {cmd} " in help_run.stdout for cmd in ("ask", "bench", "convert", "demo", "tune"))
     missing = tmp_path / "missing.gguf"
-    bad = subprocess.run([sys.executable, "-m", "qrun", "ask", str(missing), "hi"], capture_output=True, text=True,
-                         timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "qrun", "ask", str(missing), "hi"], capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith(f"Error: GGUF file not found: {missing} — ") and bad.stderr.count("\n") == 1

@@ -24,8 +24,14 @@ from tools.perf import bandwidth, compute_peak, realscale, realscale_ckpt, reals
 pytestmark = pytest.mark.slow
 
 TOKENIZERS = Path(__file__).parent / "data" / "tokenizers"
-SMALL = {"hidden_size": 512, "num_attention_heads": 4, "kv_channels": 128, "multi_query_group_num": 2,
-         "num_layers": 2, "ffn_hidden_size": 1024}
+SMALL = {
+    "hidden_size": 512,
+    "num_attention_heads": 4,
+    "kv_channels": 128,
+    "multi_query_group_num": 2,
+    "num_layers": 2,
+    "ffn_hidden_size": 1024,
+}
 
 
 def _tensors(folder: Path) -> dict:
@@ -46,10 +52,12 @@ def _tensors(folder: Path) -> dict:
 def test_tiled_checkpoint_has_the_layout_of_synthetic(tmp_path, model):
     overrides = dict(synthetic.TINY_OVERRIDES[model])
     shard = 40 << 20  # forces several shards and an index
-    realscale_ckpt.write_tiled_checkpoint(model, tmp_path / "t", tokenizer_dir=TOKENIZERS / model,
-                                          config_overrides=overrides, shard_max_bytes=shard)
-    synthetic.write_random_checkpoint(model, tmp_path / "r", tokenizer_dir=TOKENIZERS / model,
-                                      config_overrides=overrides, shard_max_bytes=shard)
+    realscale_ckpt.write_tiled_checkpoint(
+        model, tmp_path / "t", tokenizer_dir=TOKENIZERS / model, config_overrides=overrides, shard_max_bytes=shard
+    )
+    synthetic.write_random_checkpoint(
+        model, tmp_path / "r", tokenizer_dir=TOKENIZERS / model, config_overrides=overrides, shard_max_bytes=shard
+    )
     tiled, rand = _tensors(tmp_path / "t"), _tensors(tmp_path / "r")
     assert list(tiled) == list(rand)
     assert len({v[2] for v in tiled.values()}) > 1
@@ -64,8 +72,18 @@ def test_tiled_checkpoint_has_the_layout_of_synthetic(tmp_path, model):
 
 def test_small_shape_end_to_end(tmp_path, capsys):
     work = tmp_path / "work"
-    base = ["--work", str(work), "--models", "chatglm3", "--threads", "1", "--repeat", "1",
-            "--config-overrides", json.dumps({"chatglm3": SMALL})]
+    base = [
+        "--work",
+        str(work),
+        "--models",
+        "chatglm3",
+        "--threads",
+        "1",
+        "--repeat",
+        "1",
+        "--config-overrides",
+        json.dumps({"chatglm3": SMALL}),
+    ]
     assert realscale.main(base + ["--steps", "checkpoint,convert,iofloor,load,bench", "--delete-as-you-go"]) == 0
     doc = json.loads((work / "results" / "realscale.json").read_text())
     m = doc["models"]["chatglm3-6b"]
@@ -95,8 +113,10 @@ def test_small_shape_end_to_end(tmp_path, capsys):
     assert "noise (qrun reps)" in md and measure.NOISE_RULE in md
     # a second run measures nothing again (everything is recorded) and keeps the results
     assert realscale.main(base + ["--steps", "convert,iofloor"]) == 0
-    assert json.loads((work / "results" / "realscale.json").read_text())["models"]["chatglm3-6b"]["convert"] == \
-        m["convert"]
+    assert (
+        json.loads((work / "results" / "realscale.json").read_text())["models"]["chatglm3-6b"]["convert"]
+        == m["convert"]
+    )
 
 
 def test_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
@@ -106,41 +126,102 @@ def test_refuses_when_the_disk_is_too_small(tmp_path, monkeypatch):
     monkeypatch.setattr(realscale.shutil, "disk_usage", lambda path: Usage())
     with pytest.raises(DiskSpaceError, match=r"needs about \d+\.\d GiB .* only 20\.0 GiB are free"):
         realscale.Run(realscale.parse_args(["--work", str(tmp_path), "--steps", "checkpoint,convert"])).check_disk(
-            ["qwen-7b-chat", "chatglm3-6b"])
+            ["qwen-7b-chat", "chatglm3-6b"]
+        )
     # ~52.6 GiB: outputs of all (~22) + one checkpoint and one F16 at a time (Qwen: ~28.7) + 2; all at once ~77
     Usage.free = 55 << 30
     realscale.Run(realscale.parse_args(["--work", str(tmp_path), "--delete-as-you-go"])).check_disk(
-        ["qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat"])
+        ["qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat"]
+    )
     with pytest.raises(DiskSpaceError):
         realscale.Run(realscale.parse_args(["--work", str(tmp_path)])).check_disk(
-            ["qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat"])
+            ["qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat"]
+        )
 
 
 def test_llama_bench_command_and_parsing(tmp_path):
     # Stands in for the llama-bench binary: records its argv, prints rows in llama-bench's -o json format.
-    rows = [{"n_prompt": 512, "n_gen": 0, "n_threads": t, "avg_ts": 10.0 * t, "stddev_ts": 0.5,
-             "samples_ts": [9.0 * t, 10.0 * t, 11.5 * t], "build_commit": "abc", "cpu_info": "cpu"} for t in (1, 2)]
-    rows += [{"n_prompt": 0, "n_gen": 128, "n_threads": t, "avg_ts": 3.0 * t, "stddev_ts": 0.1,
-              "samples_ts": [3.0 * t, 2.0 * t, 4.0 * t], "build_commit": "abc", "cpu_info": "cpu"} for t in (1, 2)]
+    rows = [
+        {
+            "n_prompt": 512,
+            "n_gen": 0,
+            "n_threads": t,
+            "avg_ts": 10.0 * t,
+            "stddev_ts": 0.5,
+            "samples_ts": [9.0 * t, 10.0 * t, 11.5 * t],
+            "build_commit": "abc",
+            "cpu_info": "cpu",
+        }
+        for t in (1, 2)
+    ]
+    rows += [
+        {
+            "n_prompt": 0,
+            "n_gen": 128,
+            "n_threads": t,
+            "avg_ts": 3.0 * t,
+            "stddev_ts": 0.1,
+            "samples_ts": [3.0 * t, 2.0 * t, 4.0 * t],
+            "build_commit": "abc",
+            "cpu_info": "cpu",
+        }
+        for t in (1, 2)
+    ]
     script = tmp_path / "llama-bench"
-    script.write_text(f"#!{sys.executable}\nimport json, sys\nopen({str(tmp_path / 'argv')!r}, 'w').write("
-                      f"json.dumps(sys.argv[1:]))\nprint(json.dumps({rows!r}))\n")
+    script.write_text(
+        f"#!{sys.executable}\nimport json, sys\nopen({str(tmp_path / 'argv')!r}, 'w').write("
+        f"json.dumps(sys.argv[1:]))\nprint(json.dumps({rows!r}))\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     out = realscale_tasks.llama_bench(str(script), Path("m.gguf"), threads=[1, 2], repeat=3, repack=False)
     argv = json.loads((tmp_path / "argv").read_text())
-    assert argv == ["-m", "m.gguf", "-p", "512", "-n", "128", "-r", "3", "-t", "1,2", "-fa", "off", "-lm", "mmap",
-                    "--repack", "0", "-o", "json"]
+    assert argv == [
+        "-m",
+        "m.gguf",
+        "-p",
+        "512",
+        "-n",
+        "128",
+        "-r",
+        "3",
+        "-t",
+        "1,2",
+        "-fa",
+        "off",
+        "-lm",
+        "mmap",
+        "--repack",
+        "0",
+        "-o",
+        "json",
+    ]
     assert out["pp"]["2"]["median"] == 20.0 and out["tg"]["1"]["median"] == 3.0
-    doc = {"machine": {}, "runs": [], "bandwidth": [{"threads": 1, "copy": {"median_gb_per_s": 30.0, "best_gb_per_s": 31},
-                                                     "triad": {"median_gb_per_s": 20.0, "best_gb_per_s": 21},
-                                                     "loadavg": [0.1]}],
-           "models": {"m": {"llama_bench": out, "bench": {
-               "weights_read_per_token_bytes": 3e9,
-               "pp": {"1": {"prompt_tokens_per_s": [9.5, 9.6, 9.4], "median": 9.5, "loadavg_1m": [0.2]}},
-               "tg": {"1": {"gen_tokens_per_s": [2.9, 2.8, 3.0], "median": 2.9, "loadavg_1m": [0.3]}}}}}}
+    doc = {
+        "machine": {},
+        "runs": [],
+        "bandwidth": [
+            {
+                "threads": 1,
+                "copy": {"median_gb_per_s": 30.0, "best_gb_per_s": 31},
+                "triad": {"median_gb_per_s": 20.0, "best_gb_per_s": 21},
+                "loadavg": [0.1],
+            }
+        ],
+        "models": {
+            "m": {
+                "llama_bench": out,
+                "bench": {
+                    "weights_read_per_token_bytes": 3e9,
+                    "pp": {"1": {"prompt_tokens_per_s": [9.5, 9.6, 9.4], "median": 9.5, "loadavg_1m": [0.2]}},
+                    "tg": {"1": {"gen_tokens_per_s": [2.9, 2.8, 3.0], "median": 2.9, "loadavg_1m": [0.3]}},
+                },
+            }
+        },
+    }
     md = realscale_report.render(doc)
-    assert "| m | 1 | 9.50 (9.40–9.60) | 10.00 (9.00–11.50) | 0.950 | 2.90 (2.80–3.00) | 3.00 (2.00–4.00) | 0.967 |" \
-        in md
+    assert (
+        "| m | 1 | 9.50 (9.40–9.60) | 10.00 (9.00–11.50) | 0.950 | 2.90 (2.80–3.00) | 3.00 (2.00–4.00) | 0.967 |" in md
+    )
     # ceiling 30 GB/s / 3 GB = 10 tok/s: qrun at 0.29 of it, llama-bench at 0.30
     assert "| m | 1 | 3.00 | 30.0 | 10.00 | 2.90 | 0.290 | 3.00 | 0.300 |" in md
 
@@ -157,9 +238,14 @@ def test_compute_peak_and_the_prompt_fraction(tmp_path):
     got = compute_peak.measure(threads=1, size=256, repeat=2)
     assert got["threads"] == 1 and 0 < got["min_gflop_per_s"] <= got["median_gflop_per_s"] <= got["best_gflop_per_s"]
     # 2 x 6.5e9 weights x 20 tok/s = 260 GFLOP/s achieved against a 130 GFLOP/s SGEMM: fraction 2.0 (int8 > f32)
-    doc = {"machine": {}, "runs": [], "compute": [{**got, "median_gflop_per_s": 130.0, "best_gflop_per_s": 131.0}],
-           "models": {"m": {"matmul_weights": 6.5e9, "bench": {"pp": {"1": {"prompt_tokens_per_s": [20.0],
-                                                                               "median": 20.0}}}}}}
+    doc = {
+        "machine": {},
+        "runs": [],
+        "compute": [{**got, "median_gflop_per_s": 130.0, "best_gflop_per_s": 131.0}],
+        "models": {
+            "m": {"matmul_weights": 6.5e9, "bench": {"pp": {"1": {"prompt_tokens_per_s": [20.0], "median": 20.0}}}}
+        },
+    }
     md = realscale_report.render(doc)
     assert "| 1 | 130.0 (131.0) |" in md
     assert "| m | 1 | 6.50 | 20.00 | 260.0 | 130.0 | 2.000 | — | — |" in md

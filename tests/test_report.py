@@ -9,11 +9,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from helpers import bench_doc
 from qrun.bench import report, results
 from qrun.cli import main
 from qrun.errors import BenchError
-
-from helpers import bench_doc
 
 
 def test_build_run_medians_spread_summary_and_scores():
@@ -23,8 +22,12 @@ def test_build_run_medians_spread_summary_and_scores():
     q3 = qwen["questions"][2]
     assert q3["question_id"] == "seed-3" and q3["answers_identical"]
     assert q3["median"]["gen_tokens_per_s"] == pytest.approx(7.5)  # reps 7.0 and 8.0
-    assert q3["spread"]["gen_tokens_per_s"] == {"min": 7.0, "max": 8.0, "stdev": pytest.approx(0.7071, abs=1e-4),
-                                                "n": 2}
+    assert q3["spread"]["gen_tokens_per_s"] == {
+        "min": 7.0,
+        "max": 8.0,
+        "stdev": pytest.approx(0.7071, abs=1e-4),
+        "n": 2,
+    }
     assert [q["score"]["score"] for q in qwen["questions"]] == [0.8, 0.4, 1.0, 0.0, 0.0]
     assert qwen["questions"][3]["score"]["contradicted"] == ["baibai-likes-mingming"]
     assert qwen["summary"]["accuracy"] == pytest.approx(0.44) and qwen["summary"]["questions_total"] == 5
@@ -43,7 +46,9 @@ def test_markdown_and_csv(tmp_path):
     assert "明明喜欢白白。" in md and "contradicted: baibai-likes-mingming" in md
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text(encoding="utf-8"))))
     assert [(r["model"], r["question_id"]) for r in rows] == [
-        *(("qwen-7b-chat", f"seed-{i}") for i in range(1, 6)), ("chatglm3-6b", "seed-3")]
+        *(("qwen-7b-chat", f"seed-{i}") for i in range(1, 6)),
+        ("chatglm3-6b", "seed-3"),
+    ]
     assert float(rows[0]["gen_tokens_per_s_median"]) == 7.5 and rows[0]["score_source"] == "rubric"
     saved = json.loads(paths["json"].read_text(encoding="utf-8"))
     assert saved["schema"] == "qrun-bench-results" and saved["schema_version"] == 1 and saved["partial"] is True
@@ -62,8 +67,10 @@ def test_qrun_report_regenerates_and_merges_with_verdicts(tmp_path):
     verdicts = tmp_path / "v.csv"
     verdicts.write_text("model,question_id,score\nqwen,seed-4,1\n", encoding="utf-8")
     out = tmp_path / "merged"
-    result = CliRunner().invoke(main, ["report", str(a / "results.json"), str(b / "results.json"), "--out", str(out),
-                                       "--verdicts", str(verdicts)])
+    result = CliRunner().invoke(
+        main,
+        ["report", str(a / "results.json"), str(b / "results.json"), "--out", str(out), "--verdicts", str(verdicts)],
+    )
     assert result.exit_code == 0, result.output
     table = result.stdout
     assert "machine" in table and "box-a" in table and "box-b" in table
@@ -72,13 +79,16 @@ def test_qrun_report_regenerates_and_merges_with_verdicts(tmp_path):
     assert "## Machine: box-a" in md and "## Machine: box-b" in md and "1.00 (verdict)" in md
 
 
-@pytest.mark.parametrize(("damage", "field"), [
-    (lambda d: d["runs"][0].update(questions={}), "runs[0].questions is not a list"),
-    (lambda d: d["runs"][1].pop("summary"), "runs[1].summary is missing"),
-    (lambda d: d["runs"][0]["questions"][2]["spread"].update(ttft_s=3), "runs[0].questions[2].spread.ttft_s"),
-    (lambda d: d["runs"][0]["questions"][0]["score"].pop("score"), "runs[0].questions[0].score.score is missing"),
-    (lambda d: d.update(runs=None), "field runs is not a list"),
-])
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        (lambda d: d["runs"][0].update(questions={}), "runs[0].questions is not a list"),
+        (lambda d: d["runs"][1].pop("summary"), "runs[1].summary is missing"),
+        (lambda d: d["runs"][0]["questions"][2]["spread"].update(ttft_s=3), "runs[0].questions[2].spread.ttft_s"),
+        (lambda d: d["runs"][0]["questions"][0]["score"].pop("score"), "runs[0].questions[0].score.score is missing"),
+        (lambda d: d.update(runs=None), "field runs is not a list"),
+    ],
+)
 def test_a_damaged_results_file_names_the_field(tmp_path, damage, field):
     doc = json.loads(json.dumps(bench_doc(), ensure_ascii=False))
     damage(doc)

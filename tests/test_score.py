@@ -34,16 +34,24 @@ def judge(seed, qid, answer):
 # (question, answer, expected score, expected statuses of named criteria)
 CASES = [
     # seed-1: winter wear more, summer wear less (+1 point for saying the same words flip meaning)
-    ("seed-1", "冬天天气冷，能穿多少就穿多少，意思是越多越好；夏天炎热，穿得越少越好。同样的话在不同语境下意思完全相反。",
-     1.0, {"winter-more": "matched", "summer-less": "matched", "same-words": "matched"}),
+    (
+        "seed-1",
+        "冬天天气冷，能穿多少就穿多少，意思是越多越好；夏天炎热，穿得越少越好。同样的话在不同语境下意思完全相反。",
+        1.0,
+        {"winter-more": "matched", "summer-less": "matched", "same-words": "matched"},
+    ),
     ("seed-1", "冬天要尽可能多穿衣服保暖，夏天则尽量少穿。", 0.8, {"same-words": "missing"}),
     ("seed-1", "冬天少穿，夏天多穿。", 0.0, {"winter-more": "contradicted", "summer-less": "contradicted"}),
     ("seed-1", "冬天：能穿多少穿多少 2、夏天：能穿多少穿多少", 0.0, {"winter-more": "missing"}),  # echo only
     ("seed-1", "In winter, wear as much as you can; in summer, wear as little as you can.", 0.8, {}),
     ("seed-1", "冬天不是少穿，而是多穿；夏天嘛，尽量少穿", 0.8, {"winter-more": "matched"}),
     # seed-2: the two readings, in either order; naming subject/object is the last point
-    ("seed-2", "第一个是他自己看不上别人，第二个是别人看不上他。前者谁是宾语，后者谁是主语。", 1.0,
-     {"reading-looks-down-on-others": "matched", "reading-nobody-wants-them": "matched"}),
+    (
+        "seed-2",
+        "第一个是他自己看不上别人，第二个是别人看不上他。前者谁是宾语，后者谁是主语。",
+        1.0,
+        {"reading-looks-down-on-others": "matched", "reading-nobody-wants-them": "matched"},
+    ),
     ("seed-2", "一是别人都看不上他，二是他看不上别人", 0.8, {"subject-vs-object": "missing"}),
     ("seed-2", "一个是眼光太高，另一个是没人看得上他。", 0.8, {}),
     ("seed-2", "眼光太高了。", 0.4, {"reading-nobody-wants-them": "missing"}),
@@ -70,10 +78,19 @@ CASES = [
     ("seed-4", "明明很清楚，**白白**喜欢“明明”。", 1.0, {"mingming-understands": "matched"}),
     ("seed-4", "明明明明明白白白喜欢他，可她就是不说。", 0.0, {"baibai-likes-mingming": "missing"}),  # echo
     # seed-5: nine meanings, one point each
-    ("seed-5", "1. 询问用意；2. 没什么特别的；3. 送点小礼物表示一下；4. 不够朋友；5. 微不足道；6. 有趣；"
-               "7. 没有别的意图；8. 那我就收下了；9. 是我过意不去", 1.0, {}),
-    ("seed-5", "第一个问用意，第三个是送礼，第六个是说这人有趣。", round(3 / 9, 4),
-     {"1-intention": "matched", "3-token-gift": "matched", "6-interesting": "matched", "4-not-generous": "missing"}),
+    (
+        "seed-5",
+        "1. 询问用意；2. 没什么特别的；3. 送点小礼物表示一下；4. 不够朋友；5. 微不足道；6. 有趣；"
+        "7. 没有别的意图；8. 那我就收下了；9. 是我过意不去",
+        1.0,
+        {},
+    ),
+    (
+        "seed-5",
+        "第一个问用意，第三个是送礼，第六个是说这人有趣。",
+        round(3 / 9, 4),
+        {"1-intention": "matched", "3-token-gift": "matched", "6-interesting": "matched", "4-not-generous": "missing"},
+    ),
     ("seed-5", "意思就是意思。", 0.0, {}),
 ]
 
@@ -100,7 +117,7 @@ def test_normalize_and_clauses():
     assert scoring.normalize("**白白** 喜欢 “明明”，  OK！") == "白白喜欢明明, ok!"
     text = scoring.normalize("不是A而是B，真的吗？")
     parts = scoring.clauses(text)
-    assert [text[c.start:c.end] for c in parts] == ["不是a", "而是b,", "真的吗?"]
+    assert [text[c.start : c.end] for c in parts] == ["不是a", "而是b,", "真的吗?"]
     assert [c.question for c in parts] == [False, False, True]
 
 
@@ -110,6 +127,7 @@ def test_chinese_chars_counts_ideographs_only():
 
 # -- qrun score -------------------------------------------------------------------------------------------------
 
+
 def _answers(tmp_path, items):
     path = tmp_path / "answers.jsonl"
     path.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items), encoding="utf-8")
@@ -117,29 +135,38 @@ def _answers(tmp_path, items):
 
 
 def test_qrun_score_json_in_input_order_with_verdicts(tmp_path):
-    path = _answers(tmp_path, [
-        {"question_id": "seed-4", "answer": "不是明明喜欢白白，而是白白喜欢明明", "model": "qwen-7b-chat"},
-        {"question_id": "seed-3", "answer": "我不知道"},
-        {"question_id": "seed-4", "answer": "明明喜欢白白", "model": "chatglm3"},
-    ])
+    path = _answers(
+        tmp_path,
+        [
+            {"question_id": "seed-4", "answer": "不是明明喜欢白白，而是白白喜欢明明", "model": "qwen-7b-chat"},
+            {"question_id": "seed-3", "answer": "我不知道"},
+            {"question_id": "seed-4", "answer": "明明喜欢白白", "model": "chatglm3"},
+        ],
+    )
     verdicts = tmp_path / "verdicts.csv"
     verdicts.write_text("model,question_id,score\nchatglm3-6b,seed-4,0.5\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["score", str(path), "--json", "--verdicts", str(verdicts)])
     assert result.exit_code == 0, result.output
     scored = json.loads(result.stdout)
     assert [(s["question_id"], s["score"], s["source"]) for s in scored] == [
-        ("seed-4", 0.75, "rubric"), ("seed-3", 0.0, "rubric"), ("seed-4", 0.5, "verdict")]
+        ("seed-4", 0.75, "rubric"),
+        ("seed-3", 0.0, "rubric"),
+        ("seed-4", 0.5, "verdict"),
+    ]
     assert scored[0]["matched"] == ["baibai-likes-mingming"] and scored[1]["contradicted"] == ["he-does-not-know"]
     table = CliRunner().invoke(main, ["score", str(path)])
     assert table.exit_code == 0 and "mean score: 0.250 over 3 answers" in table.stdout
 
 
-@pytest.mark.parametrize(("line", "expected"), [
-    ("not json", "line 2: invalid JSON"),
-    ('{"question_id": "seed-1"}', 'line 2: field "answer" missing'),
-    ('{"question_id": "seed-9", "answer": "x"}', "line 2: question 'seed-9' is not in suite 'seed'"),
-    ('["seed-1", "x"]', "line 2: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("not json", "line 2: invalid JSON"),
+        ('{"question_id": "seed-1"}', 'line 2: field "answer" missing'),
+        ('{"question_id": "seed-9", "answer": "x"}', "line 2: question 'seed-9' is not in suite 'seed'"),
+        ('["seed-1", "x"]', "line 2: expected a JSON object"),
+    ],
+)
 def test_qrun_score_bad_line_names_its_number(tmp_path, line, expected):
     path = tmp_path / "answers.jsonl"
     path.write_text('{"question_id": "seed-1", "answer": "冬天多穿"}\n' + line + "\n", encoding="utf-8")
@@ -168,15 +195,37 @@ def test_bad_verdicts_file_names_the_line(tmp_path):
 # (question, answer, expected score, expected statuses): answers a keyword rubric gets wrong
 CLAIM_CASES = [
     # the right words, the wrong claim
-    ("seed-1", "冬天能穿多少穿多少，意思是少穿一点，因为有暖气；夏天能穿多少穿多少，意思是多穿一点防晒。", 0.0,
-     {"winter-more": "contradicted", "summer-less": "contradicted"}),
-    ("seed-2", "第一句“谁”是主语，表示别人都看不上他；第二句“谁”也是主语，意思相同。", 0.0,
-     {"reading-nobody-wants-them": "contradicted"}),
-    ("seed-4", "明明明白白白喜欢他，所以白白是被喜欢的人，明明喜欢白白。", 0.0, {"baibai-likes-mingming": "contradicted"}),
-    ("seed-5", "1. 什么意思：送礼\n2. 没什么意思：有趣\n3. 意思意思：意图\n4. 不够意思：微不足道", 0.0,
-     {"1-intention": "contradicted", "3-token-gift": "contradicted"}),
+    (
+        "seed-1",
+        "冬天能穿多少穿多少，意思是少穿一点，因为有暖气；夏天能穿多少穿多少，意思是多穿一点防晒。",
+        0.0,
+        {"winter-more": "contradicted", "summer-less": "contradicted"},
+    ),
+    (
+        "seed-2",
+        "第一句“谁”是主语，表示别人都看不上他；第二句“谁”也是主语，意思相同。",
+        0.0,
+        {"reading-nobody-wants-them": "contradicted"},
+    ),
+    (
+        "seed-4",
+        "明明明白白白喜欢他，所以白白是被喜欢的人，明明喜欢白白。",
+        0.0,
+        {"baibai-likes-mingming": "contradicted"},
+    ),
+    (
+        "seed-5",
+        "1. 什么意思：送礼\n2. 没什么意思：有趣\n3. 意思意思：意图\n4. 不够意思：微不足道",
+        0.0,
+        {"1-intention": "contradicted", "3-token-gift": "contradicted"},
+    ),
     # the right claim in other words
-    ("seed-1", "天冷，衣服能往上加就往上加；天热，能脱就脱。", 0.8, {"winter-more": "matched", "summer-less": "matched"}),
+    (
+        "seed-1",
+        "天冷，衣服能往上加就往上加；天热，能脱就脱。",
+        0.8,
+        {"winter-more": "matched", "summer-less": "matched"},
+    ),
     ("seed-2", "前者是我挑别人，后者是别人挑我——一个主动拒绝，一个被动被拒。", 1.0, {}),
     ("seed-3", "被蒙在鼓里的是他。", 1.0, {"he-does-not-know": "matched"}),
     ("seed-4", "动心的是白白，对象是明明。", 0.75, {"baibai-likes-mingming": "matched"}),
@@ -188,8 +237,12 @@ CLAIM_CASES = [
     # saying both sides without a correction is a contradiction; with one, the correction counts
     ("seed-4", "答案是白白喜欢明明，也就是说明明对白白有好感。", 0.0, {"baibai-likes-mingming": "contradicted"}),
     ("seed-2", "第一个是他看不上别人，第二个是别人看不上他。所以两句话其实没有区别。", 0.0, {}),
-    ("seed-4", "很多人以为是明明喜欢白白，其实不然，白白才是喜欢明明的那个人。", 0.75,
-     {"baibai-likes-mingming": "matched"}),
+    (
+        "seed-4",
+        "很多人以为是明明喜欢白白，其实不然，白白才是喜欢明明的那个人。",
+        0.75,
+        {"baibai-likes-mingming": "matched"},
+    ),
     ("seed-1", "冬天不能少穿，夏天不能多穿。", 0.8, {"winter-more": "matched", "summer-less": "matched"}),
 ]
 
@@ -217,8 +270,18 @@ def test_an_edited_seed_rubric_is_scored_by_its_patterns(tmp_path):
 # -- agreement with human labels ---------------------------------------------------------------------------------
 LABELLED = Path(__file__).parent / "data" / "scorer" / "labelled.jsonl"
 HELD_OUT_GOAL = 0.95
-CATEGORIES = {"plain-correct", "plain-wrong", "unusual-words", "reuses-words", "negation", "hedged", "partial",
-              "english", "garbled", "contradiction"}
+CATEGORIES = {
+    "plain-correct",
+    "plain-wrong",
+    "unusual-words",
+    "reuses-words",
+    "negation",
+    "hedged",
+    "partial",
+    "english",
+    "garbled",
+    "contradiction",
+}
 
 
 def test_labelled_set_is_large_varied_and_split_by_its_hash():
@@ -241,8 +304,9 @@ def test_scorer_meets_its_held_out_agreement():
 
 
 def test_score_eval_command_prints_both_halves():
-    result = subprocess.run([sys.executable, "-m", "qrun.bench.score_eval", str(LABELLED)], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "qrun.bench.score_eval", str(LABELLED)], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("tune     agreement: ") and lines[1].startswith("heldout  agreement: ")

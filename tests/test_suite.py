@@ -16,8 +16,8 @@ SEED_TEXTS = {
     "seed-3": "他知道我知道你知道他不知道吗？这句话里，到底谁不知道",
     "seed-4": "明明明明明白白白喜欢他，可她就是不说。这句话里，明明和白白谁喜欢谁？",
     "seed-5": "领导：你这是什么意思？小明：没什么意思。意思意思。领导：你这就不够意思了。小明：小意思，小意思。"
-              "领导：你这人真有意思。小明：其实也没有别的意思。领导：那我就不好意思了。小明：是我不好意思。"
-              "请问：以上\"意思\"分别是什么意思。",
+    "领导：你这人真有意思。小明：其实也没有别的意思。领导：那我就不好意思了。小明：是我不好意思。"
+    '请问：以上"意思"分别是什么意思。',
 }
 
 
@@ -32,8 +32,16 @@ def test_seed_suite_has_the_issue_texts_exactly():
 
 def test_suite_by_path_and_question_lookup(tmp_path):
     path = tmp_path / "mine.json"
-    path.write_text(json.dumps({"name": "mine", "questions": [
-        {"id": "q1", "question": "1+1?", "rubric": [{"id": "two", "patterns": ["2", "re:\\btwo\\b"]}]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "name": "mine",
+                "questions": [
+                    {"id": "q1", "question": "1+1?", "rubric": [{"id": "two", "patterns": ["2", "re:\\btwo\\b"]}]}
+                ],
+            }
+        )
+    )
     mine = suites.load(str(path))
     assert mine.name == "mine" and mine.questions[0].rubric[0].weight == 1.0
     with pytest.raises(SuiteError, match="'q9' is not in suite 'mine'") as err:
@@ -56,18 +64,30 @@ def _write(tmp_path, text):
     return path
 
 
-@pytest.mark.parametrize(("question", "expected"), [
-    ({"id": "q2", "rubric": [{"id": "c", "patterns": ["x"]}]}, r'question 2 \(q2\): field "question"'),
-    ({"id": "q2", "question": "?", "rubric": []}, r'question 2 \(q2\): field "rubric"'),
-    ({"id": "q2", "question": "?", "rubric": [{"id": "c", "patterns": []}]},
-     r'question 2 \(q2\), criterion 1 \(c\): field "patterns"'),
-    ({"id": "q2", "question": "?", "rubric": [{"id": "c", "weight": 0, "patterns": ["x"]}]}, r'field "weight"'),
-    ({"id": "q2", "question": "?", "rubric": [{"id": "c", "patterns": ["re:(unclosed"]}]},
-     r'field "patterns" item 1 is not a valid regular expression'),
-    ({"id": "q2", "question": "?", "rubric": [{"id": "c", "patterns": ["x"], "contradicts": ["re:a*"]}]},
-     r'field "contradicts" item 1 matches the empty string'),
-    ({"id": "q1", "question": "?", "rubric": [{"id": "c", "patterns": ["x"]}]}, r'question 2: field "id" duplicate'),
-])
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        ({"id": "q2", "rubric": [{"id": "c", "patterns": ["x"]}]}, r'question 2 \(q2\): field "question"'),
+        ({"id": "q2", "question": "?", "rubric": []}, r'question 2 \(q2\): field "rubric"'),
+        (
+            {"id": "q2", "question": "?", "rubric": [{"id": "c", "patterns": []}]},
+            r'question 2 \(q2\), criterion 1 \(c\): field "patterns"',
+        ),
+        ({"id": "q2", "question": "?", "rubric": [{"id": "c", "weight": 0, "patterns": ["x"]}]}, r'field "weight"'),
+        (
+            {"id": "q2", "question": "?", "rubric": [{"id": "c", "patterns": ["re:(unclosed"]}]},
+            r'field "patterns" item 1 is not a valid regular expression',
+        ),
+        (
+            {"id": "q2", "question": "?", "rubric": [{"id": "c", "patterns": ["x"], "contradicts": ["re:a*"]}]},
+            r'field "contradicts" item 1 matches the empty string',
+        ),
+        (
+            {"id": "q1", "question": "?", "rubric": [{"id": "c", "patterns": ["x"]}]},
+            r'question 2: field "id" duplicate',
+        ),
+    ],
+)
 def test_malformed_suite_names_file_line_question_and_field(tmp_path, question, expected):
     text = json.dumps({"name": "bad", "questions": [GOOD_Q, question]}, indent=2)
     path = _write(tmp_path, text)
@@ -85,15 +105,26 @@ def test_invalid_json_gives_line_and_column(tmp_path):
         suites.load(str(path))
 
 
-@pytest.mark.parametrize(("suite", "where", "valid"), [
-    ({"name": "x", "question": [GOOD_Q], "questions": [GOOD_Q]}, "top level has unknown field 'question'",
-     "name, description, questions"),
-    ({"questions": [dict(GOOD_Q, refrence="2")]}, "question 1 (q1) has unknown field 'refrence'",
-     "id, question, reference, rubric"),
-    ({"questions": [dict(GOOD_Q, rubric=[{"id": "c1", "patterns": ["x"], "contradict": ["y"]}])]},
-     "question 1 (q1), criterion 1 (c1) has unknown field 'contradict'",
-     "id, description, weight, patterns, contradicts"),
-])
+@pytest.mark.parametrize(
+    ("suite", "where", "valid"),
+    [
+        (
+            {"name": "x", "question": [GOOD_Q], "questions": [GOOD_Q]},
+            "top level has unknown field 'question'",
+            "name, description, questions",
+        ),
+        (
+            {"questions": [dict(GOOD_Q, refrence="2")]},
+            "question 1 (q1) has unknown field 'refrence'",
+            "id, question, reference, rubric",
+        ),
+        (
+            {"questions": [dict(GOOD_Q, rubric=[{"id": "c1", "patterns": ["x"], "contradict": ["y"]}])]},
+            "question 1 (q1), criterion 1 (c1) has unknown field 'contradict'",
+            "id, description, weight, patterns, contradicts",
+        ),
+    ],
+)
 def test_unknown_keys_are_refused_at_every_level(tmp_path, suite, where, valid):
     path = _write(tmp_path, json.dumps(suite, indent=2))
     with pytest.raises(SuiteError) as err:

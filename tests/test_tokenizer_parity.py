@@ -40,7 +40,7 @@ QWEN_DIR = TOKENIZERS_DIR / "qwen-7b-chat"
 CHATGLM3_DIR = TOKENIZERS_DIR / "chatglm3-6b"
 DEEPSEEK_DIR = TOKENIZERS_DIR / "deepseek-llm-7b-chat"
 # Source: Qwen-7B-Chat tokenization_qwen.py PAT_STR.
-QWEN_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501 (the pattern verbatim)
 DEEPSEEK_U3000 = re.compile(r"[^\S\r\n]{2}\u3000")
 CORPUS = corpus()
 
@@ -130,8 +130,11 @@ def test_corpus_is_large_and_mixed():
 
 def test_qwen_matches_tiktoken(models, qwen_ref):
     ref = qwen_ref
-    mismatches = [(t, llama_ids(models["qwen"], t), ref.encode_ordinary(t)) for t in CORPUS
-                  if llama_ids(models["qwen"], t) != ref.encode_ordinary(t)]
+    mismatches = [
+        (t, llama_ids(models["qwen"], t), ref.encode_ordinary(t))
+        for t in CORPUS
+        if llama_ids(models["qwen"], t) != ref.encode_ordinary(t)
+    ]
     assert mismatches == []
 
 
@@ -181,14 +184,26 @@ def test_known_differences_are_exactly_these(models, sp, qwen_ref, deepseek_ref)
     assert llama_ids(models["qwen"], nfc) == qwen_ref.encode_ordinary(nfc) != llama_ids(models["qwen"], decomposed)
 
 
-@pytest.mark.parametrize("model, text, token_id", [
-    ("qwen", "<|endoftext|>", 151643), ("qwen", "<|im_start|>", 151644), ("qwen", "<|im_end|>", 151645),
-    ("qwen", "<|extra_0|>", 151646), ("qwen", "<|extra_204|>", 151850),
-    ("chatglm3", "[MASK]", 64789), ("chatglm3", "[gMASK]", 64790), ("chatglm3", "sop", 64792),
-    ("chatglm3", "<|system|>", 64794), ("chatglm3", "<|user|>", 64795), ("chatglm3", "<|assistant|>", 64796),
-    ("chatglm3", "<|observation|>", 64797), ("chatglm3", "</s>", 2),
-    ("deepseek", "<｜begin▁of▁sentence｜>", 100000), ("deepseek", "<｜end▁of▁sentence｜>", 100001),
-])
+@pytest.mark.parametrize(
+    "model, text, token_id",
+    [
+        ("qwen", "<|endoftext|>", 151643),
+        ("qwen", "<|im_start|>", 151644),
+        ("qwen", "<|im_end|>", 151645),
+        ("qwen", "<|extra_0|>", 151646),
+        ("qwen", "<|extra_204|>", 151850),
+        ("chatglm3", "[MASK]", 64789),
+        ("chatglm3", "[gMASK]", 64790),
+        ("chatglm3", "sop", 64792),
+        ("chatglm3", "<|system|>", 64794),
+        ("chatglm3", "<|user|>", 64795),
+        ("chatglm3", "<|assistant|>", 64796),
+        ("chatglm3", "<|observation|>", 64797),
+        ("chatglm3", "</s>", 2),
+        ("deepseek", "<｜begin▁of▁sentence｜>", 100000),
+        ("deepseek", "<｜end▁of▁sentence｜>", 100001),
+    ],
+)
 def test_special_tokens_resolve_to_the_real_ids(models, model, text, token_id):
     m = models[model]
     assert m.vocab.special_ids[text] == token_id
@@ -198,11 +213,14 @@ def test_special_tokens_resolve_to_the_real_ids(models, model, text, token_id):
     assert detokenize(m, [token_id]) == ""  # control tokens never print as text
 
 
-@pytest.mark.parametrize("model, bos, eos, add_bos, eog, not_eog", [
-    ("qwen", 151643, 151643, False, {151643, 151645}, {151644, 151646, 198}),
-    ("chatglm3", 1, 2, False, {2, 64795, 64797}, {64790, 64792, 64794, 64796, 13}),
-    ("deepseek", 100000, 100001, True, {100001}, {100000, 100002, 185}),
-])
+@pytest.mark.parametrize(
+    "model, bos, eos, add_bos, eog, not_eog",
+    [
+        ("qwen", 151643, 151643, False, {151643, 151645}, {151644, 151646, 198}),
+        ("chatglm3", 1, 2, False, {2, 64795, 64797}, {64790, 64792, 64794, 64796, 13}),
+        ("deepseek", 100000, 100001, True, {100001}, {100000, 100002, 185}),
+    ],
+)
 def test_bos_eos_and_end_of_generation(models, model, bos, eos, add_bos, eog, not_eog):
     lv = models[model].lv
     assert (llama_cpp.llama_vocab_bos(lv), llama_cpp.llama_vocab_eos(lv)) == (bos, eos)
@@ -210,8 +228,9 @@ def test_bos_eos_and_end_of_generation(models, model, bos, eos, add_bos, eog, no
     assert {t for t in eog | not_eog if llama_cpp.llama_vocab_is_eog(lv, t)} == eog
 
 
-@pytest.mark.parametrize("model, vocab_size, first_pad", [("qwen", 151936, 151851), ("chatglm3", 65024, 64798),
-                                                          ("deepseek", 102400, 100015)])
+@pytest.mark.parametrize(
+    "model, vocab_size, first_pad", [("qwen", 151936, 151851), ("chatglm3", 65024, 64798), ("deepseek", 102400, 100015)]
+)
 def test_padding_tokens_are_unused_and_never_typed(models, model, vocab_size, first_pad):
     m = models[model]
     assert llama_cpp.llama_vocab_n_tokens(m.lv) == vocab_size
@@ -224,8 +243,7 @@ def test_padding_tokens_are_unused_and_never_typed(models, model, vocab_size, fi
 @pytest.mark.parametrize("model", ["qwen", "deepseek"])
 def test_byte_level_detokenize_round_trips(models, model):
     m = models[model]
-    failures = [t for t in CORPUS
-                if detokenize(m, m.llm.tokenize(t.encode(), add_bos=False, special=False)) != t]
+    failures = [t for t in CORPUS if detokenize(m, m.llm.tokenize(t.encode(), add_bos=False, special=False)) != t]
     assert failures == []
 
 
@@ -252,7 +270,9 @@ def test_chatglm3_pieces_scores_and_types_match_sentencepiece(models, sp):
     n = sp.vocab_size()
     assert v.tokens[:n] == [sp.id_to_piece(i) for i in range(n)]
     assert v.scores[:n] == [sp.get_score(i) for i in range(n)]
-    kinds = [3 if sp.is_control(i) else 2 if sp.is_unknown(i) else 6 if sp.is_byte(i) else 5 if sp.is_unused(i)
-             else 1 for i in range(n)]
+    kinds = [
+        3 if sp.is_control(i) else 2 if sp.is_unknown(i) else 6 if sp.is_byte(i) else 5 if sp.is_unused(i) else 1
+        for i in range(n)
+    ]
     assert v.token_types[:n] == kinds
     assert v.add_space_prefix is True and v.eot_id == 64795 and v.eom_id == 64797

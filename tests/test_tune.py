@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
 import re
+import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from qrun import measure
 from qrun.bench import tune
-from qrun.runner import profile
 from qrun.bench.tune_cli import tune_cmd
 from qrun.cli import main
 from qrun.errors import BenchError
+from qrun.runner import profile
 
 MODEL = "deepseek-llm-7b-chat"
 
@@ -26,8 +26,15 @@ def test_grid_is_every_combination():
     # x 3 attention settings: no flash attention (f16 KV), flash attention with f16 or q8_0 KV
     assert len(grid) == 2 * 2 * 2 * 2 * 2 * 3
     assert len({tune.point_id(p) for p in grid}) == len(grid)
-    assert grid[0] == {"quant": "Q4_0", "repack": False, "use_mmap": True, "n_threads": 1, "n_threads_batch": 1,
-                       "flash_attn": False, "kv_type": "f16"}
+    assert grid[0] == {
+        "quant": "Q4_0",
+        "repack": False,
+        "use_mmap": True,
+        "n_threads": 1,
+        "n_threads_batch": 1,
+        "flash_attn": False,
+        "kv_type": "f16",
+    }
     assert not any(p["kv_type"] == "q8_0" and not p["flash_attn"] for p in grid)
 
 
@@ -43,16 +50,29 @@ def test_default_threads_never_exceed_the_cores():
 
 # -- choice rule on synthetic measurements ---------------------------------------------------------------------------
 def _point(quant="Q4_K_M", repack=False, mmap=True, t=2, tb=2):
-    return {"quant": quant, "repack": repack, "use_mmap": mmap, "n_threads": t, "n_threads_batch": tb,
-            "flash_attn": False, "kv_type": "f16"}
+    return {
+        "quant": quant,
+        "repack": repack,
+        "use_mmap": mmap,
+        "n_threads": t,
+        "n_threads_batch": tb,
+        "flash_attn": False,
+        "kv_type": "f16",
+    }
 
 
 NO_FLASH_ATTN = ((False, "f16"),)
 
 
 def _run(gen, pp, rss_mib, anon_mib=50, load_s=0.5):
-    return {"chat.gen_tokens_per_s": gen, "prompt.prompt_tokens_per_s": pp, "peak_rss_bytes": rss_mib << 20,
-            "peak_anon_bytes": anon_mib << 20, "load_s": load_s, "loadavg_1m": 0.1}
+    return {
+        "chat.gen_tokens_per_s": gen,
+        "prompt.prompt_tokens_per_s": pp,
+        "peak_rss_bytes": rss_mib << 20,
+        "peak_anon_bytes": anon_mib << 20,
+        "load_s": load_s,
+        "loadavg_1m": 0.1,
+    }
 
 
 def test_summary_has_median_and_spread():
@@ -92,10 +112,20 @@ def test_a_crashing_point_is_recorded_once_and_excluded(tmp_path, monkeypatch):
             return None, "SIGILL"
         return {**_run(5.0 + point["n_threads"], 20, 100), "peak_rss_bytes": 100 << 20}, None
 
-    entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False, True), "use_mmap": (True,),
-                                                            "threads": (1, 2), "threads_batch": None,
-                                                            "attention": NO_FLASH_ATTN},
-                            repeat=2, progress=lambda _: None, measure=fake_measure)
+    entry = tune.tune_model(
+        MODEL,
+        [("Q4_K_M", gguf)],
+        grid={
+            "repack": (False, True),
+            "use_mmap": (True,),
+            "threads": (1, 2),
+            "threads_batch": None,
+            "attention": NO_FLASH_ATTN,
+        },
+        repeat=2,
+        progress=lambda _: None,
+        measure=fake_measure,
+    )
     repack_calls = [c for c in calls if "/repack/" in c]
     assert sorted(repack_calls) == sorted(set(repack_calls)) and len(repack_calls) == 4  # never retried
     assert len(calls) == 4 * 2 + 4  # 4 healthy points x 2 reps + 4 crashing points once
@@ -115,8 +145,11 @@ def _three_points_measure(calls):
         calls.append(point)
         jitter = 0.1 * (len(calls) % 3)
         gen = {1: 10.0, 4: 4.0}.get(point["n_threads_batch"], 5.0) + jitter
-        return {**_run(gen, 4 * gen, 3000 if point["repack"] else 1000), "peak_anon_bytes": 1 << 30,
-                "load_s": 2.0 if point["repack"] else 0.5}, None
+        return {
+            **_run(gen, 4 * gen, 3000 if point["repack"] else 1000),
+            "peak_anon_bytes": 1 << 30,
+            "load_s": 2.0 if point["repack"] else 0.5,
+        }, None
 
     return fake_measure
 
@@ -126,15 +159,32 @@ def test_defaults_are_measured_alongside_and_ratios_are_given_only_where_repetit
     gguf = tmp_path / f"{MODEL}-Q4_K_M.gguf"
     gguf.write_bytes(b"x" * 10)
     defaults = tune.llama_cpp_defaults(cpus=4)
-    assert defaults == {"repack": True, "use_mmap": True, "n_threads": 2, "n_threads_batch": 4, "flash_attn": False,
-                        "kv_type": "f16", "n_ctx": 4096}
-    entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False,), "use_mmap": (True,),
-                                                            "threads": (1,), "threads_batch": None,
-                                                            "attention": NO_FLASH_ATTN},
-                            repeat=3, baseline=defaults, progress=lambda _: None, measure=_three_points_measure([]))
+    assert defaults == {
+        "repack": True,
+        "use_mmap": True,
+        "n_threads": 2,
+        "n_threads_batch": 4,
+        "flash_attn": False,
+        "kv_type": "f16",
+        "n_ctx": 4096,
+    }
+    entry = tune.tune_model(
+        MODEL,
+        [("Q4_K_M", gguf)],
+        grid={
+            "repack": (False,),
+            "use_mmap": (True,),
+            "threads": (1,),
+            "threads_batch": None,
+            "attention": NO_FLASH_ATTN,
+        },
+        repeat=3,
+        baseline=defaults,
+        progress=lambda _: None,
+        measure=_three_points_measure([]),
+    )
     qrun_default = _point(t=2, tb=2)
-    assert [s["settings"] for s in entry["grid"]] == [_point(t=1, tb=1), {"quant": "Q4_K_M", **defaults},
-                                                      qrun_default]
+    assert [s["settings"] for s in entry["grid"]] == [_point(t=1, tb=1), {"quant": "Q4_K_M", **defaults}, qrun_default]
     assert entry["llama_cpp_defaults"] == defaults
     for workload in ("chat", "prompt"):
         assert entry[workload]["settings"] == _point(t=1, tb=1)  # every repetition beats qrun's defaults
@@ -145,19 +195,35 @@ def test_defaults_are_measured_alongside_and_ratios_are_given_only_where_repetit
         assert vs["point"] == "Q4_K_M/repack/mmap/t2/tb4/nofa/kv-f16/ctx4096" and vs["status"] == "ok"
         # equal anonymous memory on both sides: inside the noise, so no ratio for it
         assert vs["separation"]["peak_anon_bytes"]["verdict"] == "inside the noise"
-        assert vs["ratios"] == pytest.approx({"chat.gen_tokens_per_s": 10.1 / 4.1, "prompt.prompt_tokens_per_s":
-                                              10.1 / 4.1, "peak_rss_bytes": 1 / 3, "load_s": 0.25})
+        assert vs["ratios"] == pytest.approx(
+            {
+                "chat.gen_tokens_per_s": 10.1 / 4.1,
+                "prompt.prompt_tokens_per_s": 10.1 / 4.1,
+                "peak_rss_bytes": 1 / 3,
+                "load_s": 0.25,
+            }
+        )
 
 
 def test_one_repetition_keeps_the_defaults_and_claims_no_ratio(tmp_path, monkeypatch):
     monkeypatch.setenv("QRUN_THREADS", "2")
     gguf = tmp_path / f"{MODEL}-Q4_K_M.gguf"
     gguf.write_bytes(b"x" * 10)
-    entry = tune.tune_model(MODEL, [("Q4_K_M", gguf)], grid={"repack": (False,), "use_mmap": (True,),
-                                                            "threads": (1,), "threads_batch": None,
-                                                            "attention": NO_FLASH_ATTN},
-                            repeat=1, baseline=tune.llama_cpp_defaults(cpus=4), progress=lambda _: None,
-                            measure=_three_points_measure([]))
+    entry = tune.tune_model(
+        MODEL,
+        [("Q4_K_M", gguf)],
+        grid={
+            "repack": (False,),
+            "use_mmap": (True,),
+            "threads": (1,),
+            "threads_batch": None,
+            "attention": NO_FLASH_ATTN,
+        },
+        repeat=1,
+        baseline=tune.llama_cpp_defaults(cpus=4),
+        progress=lambda _: None,
+        measure=_three_points_measure([]),
+    )
     for workload in ("chat", "prompt"):
         chosen = entry[workload]
         assert chosen["settings"] == _point(t=2, tb=2)  # twice as fast once is not shown faster: defaults kept
@@ -212,8 +278,9 @@ def converted(tiny_gguf):
 
 
 def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
-    result = CliRunner().invoke(tune_cmd, [MODEL, "--threads", "1", "--no-repack", "--mmap", "--repeat", "1",
-                                           "--force"])
+    result = CliRunner().invoke(
+        tune_cmd, [MODEL, "--threads", "1", "--no-repack", "--mmap", "--repeat", "1", "--force"]
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(profile.profile_path().read_text(encoding="utf-8"))
     assert doc["schema"] == profile.SCHEMA and doc["machine"] == profile.machine_key()
@@ -239,8 +306,9 @@ def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
         assert chosen["settings"] == defaults
         assert chosen["gguf"]["name"] == f"{MODEL}-Q4_K_M.gguf"
         evidence = chosen["evidence"]
-        assert evidence["decision"]["keep_default"] is True or evidence["decision"]["grid_choice"] == \
-            tune.point_id(defaults)
+        assert evidence["decision"]["keep_default"] is True or evidence["decision"]["grid_choice"] == tune.point_id(
+            defaults
+        )
         assert evidence["noise"]["samples"] == 1 and evidence["noise_rule"] == measure.NOISE_RULE
         metric = evidence[evidence["metric"]]
         assert metric["median"] > 0 and metric["spread"] == 0
@@ -248,8 +316,12 @@ def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
         if summary["status"] == "ok":  # every measurement's windows were judged: load and both workloads
             assert set(summary["noise_samples"][0]) == {"load", "chat", "prompt"}
     got = _ask_settings(["deepseek"])
-    assert (got["threads"], got["threads_batch"], got["repack"], got["use_mmap"]) == \
-        (defaults["n_threads"], defaults["n_threads_batch"], defaults["repack"], defaults["use_mmap"])
+    assert (got["threads"], got["threads_batch"], got["repack"], got["use_mmap"]) == (
+        defaults["n_threads"],
+        defaults["n_threads_batch"],
+        defaults["repack"],
+        defaults["use_mmap"],
+    )
     # the profile kept qrun's defaults (nothing was shown better): ask says "default", not "profile"
     assert "profile" not in got["source"].values() and got["source"]["n_ctx"] == "work"
 
@@ -257,10 +329,17 @@ def test_real_tiny_tune_writes_a_profile_that_ask_uses(converted):
 def _write_profile(**chat_settings):
     doc = profile.new_document(command="test")
     gguf = profile.settings.gguf_dir() / f"{MODEL}-Q4_K_M.gguf"
-    settings = {"quant": "Q4_K_M", "repack": False, "use_mmap": False, "n_threads": 1, "n_threads_batch": 2,
-                **chat_settings}
-    doc["models"][MODEL] = {"chat": {"settings": settings, "evidence": {},
-                                     "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size}}}
+    settings = {
+        "quant": "Q4_K_M",
+        "repack": False,
+        "use_mmap": False,
+        "n_threads": 1,
+        "n_threads_batch": 2,
+        **chat_settings,
+    }
+    doc["models"][MODEL] = {
+        "chat": {"settings": settings, "evidence": {}, "gguf": {"name": gguf.name, "size_bytes": gguf.stat().st_size}}
+    }
     profile.write(doc)
     return doc
 
@@ -277,19 +356,37 @@ def test_profile_settings_are_used_and_flags_override_them(converted):
     _write_profile()
     notices: list[str] = []
     got = _ask_settings(["deepseek"], notices=notices)
-    assert (got["quant"], got["threads"], got["threads_batch"], got["use_mmap"], got["repack"]) == \
-        ("Q4_K_M", 1, 2, False, False)
-    assert got["source"] == {"quant": "default", "threads": "profile", "threads_batch": "profile",
-                             "repack": "profile", "use_mmap": "profile", "n_ctx": "work", "flash_attn": "default",
-                             "kv_type": "default"}
+    assert (got["quant"], got["threads"], got["threads_batch"], got["use_mmap"], got["repack"]) == (
+        "Q4_K_M",
+        1,
+        2,
+        False,
+        False,
+    )
+    assert got["source"] == {
+        "quant": "default",
+        "threads": "profile",
+        "threads_batch": "profile",
+        "repack": "profile",
+        "use_mmap": "profile",
+        "n_ctx": "work",
+        "flash_attn": "default",
+        "kv_type": "default",
+    }
     # one line says which settings the profile chose, for which file
-    assert notices == [f"note: {MODEL}-Q4_K_M.gguf: n_threads=1, n_threads_batch=2, repack=off, use_mmap=off "
-                       "from the tuning profile (chat; flags override it)"]
+    assert notices == [
+        f"note: {MODEL}-Q4_K_M.gguf: n_threads=1, n_threads_batch=2, repack=off, use_mmap=off "
+        "from the tuning profile (chat; flags override it)"
+    ]
     # (--no-repack: repacking on would die of SIGILL on CPUs whose AMX the kernel withholds)
     got = _ask_settings(["deepseek", "--threads-batch", "1", "--mmap", "--no-repack"])
     assert (got["threads"], got["threads_batch"], got["use_mmap"], got["repack"]) == (1, 1, True, False)
     assert {k: got["source"][k] for k in ("threads", "threads_batch", "repack", "use_mmap")} == {
-        "threads": "profile", "threads_batch": "flag", "repack": "flag", "use_mmap": "flag"}
+        "threads": "profile",
+        "threads_batch": "flag",
+        "repack": "flag",
+        "use_mmap": "flag",
+    }
     # --threads alone: prompt processing follows it (as without a profile)
     got = _ask_settings(["deepseek", "--threads", "2"])
     assert (got["threads"], got["threads_batch"]) == (2, 2) and got["source"]["threads_batch"] == "flag"
@@ -334,9 +431,15 @@ def _model_gone(path):
     path.write_text(json.dumps(doc), encoding="utf-8")
 
 
-@pytest.mark.parametrize("spoil, reason", [(_corrupt, "unreadable"), (_other_machine, "another machine"),
-                                           (_unknown_schema, "unknown schema"),
-                                           (_model_gone, "no longer converted")])
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [
+        (_corrupt, "unreadable"),
+        (_other_machine, "another machine"),
+        (_unknown_schema, "unknown schema"),
+        (_model_gone, "no longer converted"),
+    ],
+)
 def test_bad_profiles_are_ignored_with_one_notice(converted, spoil, reason):
     _write_profile()
     spoil(profile.profile_path())
@@ -362,5 +465,6 @@ def test_a_profile_never_changes_the_quant_unless_asked(converted, tiny_gguf):
     assert "profile" not in got["source"].values() and notices == []
     got = _ask_settings(["deepseek", "--quant", "auto"], notices=notices)
     assert got["quant"] == "Q4_0" and got["source"]["quant"] == "profile" and got["source"]["threads"] == "profile"
-    assert notices[0] == (f"note: --quant auto: {MODEL}-Q4_0.gguf, the type `qrun tune` measured fastest for chat "
-                          "on this machine")
+    assert notices[0] == (
+        f"note: --quant auto: {MODEL}-Q4_0.gguf, the type `qrun tune` measured fastest for chat on this machine"
+    )

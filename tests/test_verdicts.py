@@ -10,12 +10,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from helpers import ANSWERS, bench_lines
 from qrun.bench import report, results, verdicts
 from qrun.bench import suite as suites
 from qrun.cli import main
 from qrun.errors import SuiteError
-
-from helpers import ANSWERS, bench_lines
 
 Q4_SEED4 = ANSWERS["seed-4"]  # "明明喜欢白白。": the wrong way round
 Q8_SEED4 = "白白喜欢明明。"
@@ -24,13 +23,20 @@ Q8_SEED4 = "白白喜欢明明。"
 def _two_quants_doc() -> dict:
     """qwen at Q4_K_M and Q8_0: the same answers except seed-4, where the two texts differ."""
     seed = suites.load("seed")
-    doc = results.new_document(command="qrun bench", machine={"hostname": "box"}, suite=seed, verdicts_path=None,
-                               config={"max_tokens": 64, "repeat": 2})
+    doc = results.new_document(
+        command="qrun bench",
+        machine={"hostname": "box"},
+        suite=seed,
+        verdicts_path=None,
+        config={"max_tokens": 64, "repeat": 2},
+    )
     q8 = bench_lines("qwen-7b-chat/Q8_0/t2", "qwen-7b-chat", gen_tps=5.0, answers={**ANSWERS, "seed-4": Q8_SEED4})
     q8[0].update(quant="Q8_0", gguf="/g/qwen-7b-chat-Q8_0.gguf")
     lines = bench_lines("qwen-7b-chat/Q4_K_M/t2", "qwen-7b-chat", gen_tps=6.0) + q8
-    doc["runs"] = [results.build_run(run_id, lines, failure=None, suite=seed, verdicts=None)
-                   for run_id in ("qwen-7b-chat/Q4_K_M/t2", "qwen-7b-chat/Q8_0/t2")]
+    doc["runs"] = [
+        results.build_run(run_id, lines, failure=None, suite=seed, verdicts=None)
+        for run_id in ("qwen-7b-chat/Q4_K_M/t2", "qwen-7b-chat/Q8_0/t2")
+    ]
     return doc
 
 
@@ -41,8 +47,9 @@ def _saved(tmp_path) -> tuple[dict, str]:
 
 
 def _seed4(doc: dict) -> dict[str, dict]:
-    return {run["quant"]: next(q for q in run["questions"] if q["question_id"] == "seed-4")["score"]
-            for run in doc["runs"]}
+    return {
+        run["quant"]: next(q for q in run["questions"] if q["question_id"] == "seed-4")["score"] for run in doc["runs"]
+    }
 
 
 def _csv(tmp_path, text: str):
@@ -74,8 +81,9 @@ def test_a_verdict_keyed_to_a_quant_applies_to_that_answer_only(tmp_path):
 def test_a_stale_answer_hash_applies_to_nothing_and_is_listed(tmp_path):
     doc, path = _saved(tmp_path)
     stale = verdicts.answer_sha256("明明喜欢白白，白白不知道。")  # the answer a verdict was once written for
-    vfile = _csv(tmp_path, f"model,quant,question_id,answer_sha256,score\nqwen,Q4_K_M,seed-4,{stale},1\n"
-                           "qwen,Q4_K_M,seed-9,,1\n")
+    vfile = _csv(
+        tmp_path, f"model,quant,question_id,answer_sha256,score\nqwen,Q4_K_M,seed-4,{stale},1\nqwen,Q4_K_M,seed-9,,1\n"
+    )
     out = tmp_path / "with-verdicts"
     result = CliRunner().invoke(main, ["report", path, "--verdicts", str(vfile), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -85,16 +93,19 @@ def test_a_stale_answer_hash_applies_to_nothing_and_is_listed(tmp_path):
     assert f"answer_sha256 {stale[:12]} is not the answer's ({mine}): the answer changed" in md
     assert "no answer of that model, quant and question" in md  # seed-9: no such question in the results
     warnings = [line for line in result.stderr.splitlines() if "matched no answer" in line]
-    assert warnings == [f"warning: 2 verdict(s) matched no answer (line(s) 2, 3); why each did not is under "
-                        f"\"Verdicts that matched nothing\" in {out / 'report.md'}"]
+    assert warnings == [
+        f"warning: 2 verdict(s) matched no answer (line(s) 2, 3); why each did not is under "
+        f'"Verdicts that matched nothing" in {out / "report.md"}'
+    ]
     assert "0.44" in result.stdout and "by verdict" not in result.stdout
 
 
 def test_an_old_three_column_file_applies_only_where_its_answers_are_one_text(tmp_path):
     doc, path = _saved(tmp_path)
     vfile = _csv(tmp_path, "model,question_id,score\nqwen,seed-4,1\nqwen,seed-2,1\n")
-    result = CliRunner().invoke(main, ["report", path, "--verdicts", str(vfile), "--json",
-                                       "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        main, ["report", path, "--verdicts", str(vfile), "--json", "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     got = json.loads(result.stdout)  # --json: the results document, nothing else on stdout
     assert got["schema"] == "qrun-bench-results" and got["verdicts"] == str(vfile)
@@ -128,21 +139,27 @@ def test_the_template_carries_every_answers_hash_and_round_trips(tmp_path):
     table = verdicts.load(filled)
     assert results.apply_verdicts(doc["runs"], table) == []
     assert [(q, s["score"], s["source"]) for q, s in _seed4(doc).items()] == [
-        ("Q4_K_M", 0.0, "rubric"), ("Q8_0", 0.5, "verdict")]
+        ("Q4_K_M", 0.0, "rubric"),
+        ("Q8_0", 0.5, "verdict"),
+    ]
 
     before = template.read_bytes()
     again = CliRunner().invoke(main, ["report", path, "--verdicts-template", str(template)])
-    assert again.exit_code == 1 and again.stderr == (f"Error: {template} already exists — give --verdicts-template "
-                                                     "a new file name\n")
+    assert again.exit_code == 1 and again.stderr == (
+        f"Error: {template} already exists — give --verdicts-template a new file name\n"
+    )
     assert template.read_bytes() == before
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("qwen,Q4_K_M,seed-4,abc,1\n", "line 1: answer_sha256 'abc' is not 12-64 hex digits"),
-    ("model,quant,question_id,answer_sha256,score\nqwen,Q3,seed-4,,1\n", "line 2: unknown quant 'Q3'"),
-    ("qwen,Q4_K_M,seed-4,1\n", "line 1: expected 5 fields (model,quant,question_id,answer_sha256,score) or 3"),
-    ("model,quant,score\nqwen,Q4_K_M,1\n", "line 1: the header lacks column(s) question_id"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("qwen,Q4_K_M,seed-4,abc,1\n", "line 1: answer_sha256 'abc' is not 12-64 hex digits"),
+        ("model,quant,question_id,answer_sha256,score\nqwen,Q3,seed-4,,1\n", "line 2: unknown quant 'Q3'"),
+        ("qwen,Q4_K_M,seed-4,1\n", "line 1: expected 5 fields (model,quant,question_id,answer_sha256,score) or 3"),
+        ("model,quant,score\nqwen,Q4_K_M,1\n", "line 1: the header lacks column(s) question_id"),
+    ],
+)
 def test_bad_verdict_lines_are_named(tmp_path, text, expected):
     with pytest.raises(SuiteError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         verdicts.load(_csv(tmp_path, text))
@@ -150,14 +167,22 @@ def test_bad_verdict_lines_are_named(tmp_path, text, expected):
 
 def test_qrun_score_applies_quant_keyed_verdicts_to_their_lines_only(tmp_path):
     answers = tmp_path / "answers.jsonl"
-    answers.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in [
-        {"question_id": "seed-4", "answer": Q4_SEED4, "model": "qwen", "quant": "Q4_K_M"},
-        {"question_id": "seed-4", "answer": Q8_SEED4, "model": "qwen", "quant": "Q8_0"},
-    ]), encoding="utf-8")
+    answers.write_text(
+        "".join(
+            json.dumps(item, ensure_ascii=False) + "\n"
+            for item in [
+                {"question_id": "seed-4", "answer": Q4_SEED4, "model": "qwen", "quant": "Q4_K_M"},
+                {"question_id": "seed-4", "answer": Q8_SEED4, "model": "qwen", "quant": "Q8_0"},
+            ]
+        ),
+        encoding="utf-8",
+    )
     vfile = _csv(tmp_path, "qwen,Q8_0,seed-4,,0.5\n")
     result = CliRunner().invoke(main, ["score", str(answers), "--json", "--verdicts", str(vfile)])
     assert result.exit_code == 0, result.output
     scored = json.loads(result.stdout)
-    assert [(s["quant"], s["score"], s["source"]) for s in scored] == [("Q4_K_M", 0.0, "rubric"),
-                                                                      ("Q8_0", 0.5, "verdict")]
+    assert [(s["quant"], s["score"], s["source"]) for s in scored] == [
+        ("Q4_K_M", 0.0, "rubric"),
+        ("Q8_0", 0.5, "verdict"),
+    ]
     assert scored[0]["answer_sha256"] == verdicts.answer_sha256(Q4_SEED4)

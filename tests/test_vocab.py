@@ -42,8 +42,12 @@ def test_qwen_specials_start_at_the_rank_count_and_keys_are_written(tmp_path):
     assert keys["tokenizer.ggml.tokens"][507] == "<|extra_204|>" and keys["tokenizer.ggml.tokens"][508] == "[PAD508]"
     assert keys["tokenizer.ggml.token_type"][299:301] == [1, 3] and keys["tokenizer.ggml.token_type"][-1] == 5
     assert len(keys["tokenizer.ggml.tokens"]) == 640 and len(keys["tokenizer.ggml.merges"]) == 300 - 256
-    assert (keys["tokenizer.ggml.bos_token_id"], keys["tokenizer.ggml.eos_token_id"],
-            keys["tokenizer.ggml.unknown_token_id"], keys["tokenizer.ggml.eot_token_id"]) == (300, 300, 300, 302)
+    assert (
+        keys["tokenizer.ggml.bos_token_id"],
+        keys["tokenizer.ggml.eos_token_id"],
+        keys["tokenizer.ggml.unknown_token_id"],
+        keys["tokenizer.ggml.eot_token_id"],
+    ) == (300, 300, 300, 302)
     assert keys["tokenizer.ggml.add_bos_token"] is False and "tokenizer.ggml.scores" not in keys
 
 
@@ -71,7 +75,16 @@ def test_chatglm3_vocab(tmp_path):
     vocab = chatglm3_vocab(TOKENIZERS_DIR / "chatglm3-6b", vocab_size=65024)
     assert (vocab.model, vocab.pre, len(vocab.tokens), len(vocab.scores)) == ("llama", "chatglm-spm", 65024, 65024)
     assert vocab.tokens[64789:64798] == [
-        "[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
+        "[MASK]",
+        "[gMASK]",
+        "[sMASK]",
+        "sop",
+        "eop",
+        "<|system|>",
+        "<|user|>",
+        "<|assistant|>",
+        "<|observation|>",
+    ]
     assert set(vocab.token_types[64789:64798]) == {3} and set(vocab.token_types[64798:]) == {5}
     assert (vocab.add_bos, vocab.add_space_prefix, vocab.bos_id, vocab.eos_id, vocab.unk_id) == (False, True, 1, 2, 0)
     assert (vocab.eot_id, vocab.eom_id, vocab.pad_id) == (64795, 64797, 0)
@@ -82,8 +95,12 @@ def test_chatglm3_vocab(tmp_path):
 def test_sentencepiece_settings_llama_cpp_cannot_reproduce_are_refused(tmp_path):
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(  # sentencepiece's defaults: nmt_nfkc, whitespace collapsing, no bytes
-        sentence_iterator=iter(["hello world", "你好世界", "tokenizers are fun"] * 20), model_writer=model,
-        vocab_size=60, model_type="bpe", minloglevel=2)
+        sentence_iterator=iter(["hello world", "你好世界", "tokenizers are fun"] * 20),
+        model_writer=model,
+        vocab_size=60,
+        model_type="bpe",
+        minloglevel=2,
+    )
     (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
     with pytest.raises(UnsupportedConfigError, match="nmt_nfkc.*remove_extra_whitespaces.*byte fallback"):
         chatglm3_vocab(tmp_path, vocab_size=100)
@@ -104,10 +121,17 @@ def _tiny_deepseek(tmp_path, *, added, config=None):
 
 
 def test_deepseek_ids_come_from_the_files(tmp_path):
-    added = [{"id": 3, "content": "<B>", "special": True}, {"id": 4, "content": "<E>", "special": True},
-             {"id": 5, "content": "ø", "special": False}]
-    vocab = deepseek_vocab(_tiny_deepseek(tmp_path, added=added, config={"bos_token": "<B>", "eos_token": {
-        "content": "<E>"}, "add_bos_token": True}), vocab_size=8)
+    added = [
+        {"id": 3, "content": "<B>", "special": True},
+        {"id": 4, "content": "<E>", "special": True},
+        {"id": 5, "content": "ø", "special": False},
+    ]
+    vocab = deepseek_vocab(
+        _tiny_deepseek(
+            tmp_path, added=added, config={"bos_token": "<B>", "eos_token": {"content": "<E>"}, "add_bos_token": True}
+        ),
+        vocab_size=8,
+    )
     assert (vocab.bos_id, vocab.eos_id, vocab.add_bos) == (3, 4, True)
     assert vocab.token_types == [1, 1, 1, 3, 3, 4, 5, 5] and vocab.merges == ["a b"]
     shutil.copy(TOKENIZERS_DIR / "deepseek-llm-7b-chat" / "config.json", tmp_path / "config.json")
@@ -118,5 +142,6 @@ def test_deepseek_ids_come_from_the_files(tmp_path):
 def test_repeated_token_text_is_refused_before_llama_cpp_aborts(tmp_path):
     added = [{"id": 3, "content": "ab", "special": True}]
     with pytest.raises(CheckpointError, match="'ab' twice"):
-        deepseek_vocab(_tiny_deepseek(tmp_path, added=added, config={"bos_token": "ab", "eos_token": "ab"}),
-                       vocab_size=4)
+        deepseek_vocab(
+            _tiny_deepseek(tmp_path, added=added, config={"bos_token": "ab", "eos_token": "ab"}), vocab_size=4
+        )

@@ -26,6 +26,7 @@ MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
 # architectures; 0.08 pushes those to ~1.2e-3).
 WEIGHT_STD = 0.05
 
+
 def _threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
@@ -79,8 +80,13 @@ class TinyModels:
 
             folder = self.root / "shaped" / label
             checkpoint = write_random_checkpoint(
-                model, folder / "checkpoint", tokenizer_dir=TOKENIZERS_DIR / model,
-                config_overrides={**TINY_OVERRIDES[model], **overrides}, seed=0, weight_std=WEIGHT_STD)
+                model,
+                folder / "checkpoint",
+                tokenizer_dir=TOKENIZERS_DIR / model,
+                config_overrides={**TINY_OVERRIDES[model], **overrides},
+                seed=0,
+                weight_std=WEIGHT_STD,
+            )
             convert_model(model, from_dir=checkpoint, quant=quant, out_dir=folder, threads=_threads())
             self._ggufs[key] = Path(gguf_path_for(model, quant, folder))
         return self._ggufs[key]
@@ -95,8 +101,9 @@ class TinyModels:
         from qrun.convert.pipeline import convert_model, gguf_path_for
 
         out_dir = self._out_dir(model)
-        convert_model(model, from_dir=self.checkpoint(model), quant="Q4_K_M", out_dir=out_dir, keep_f16=True,
-                      threads=_threads())
+        convert_model(
+            model, from_dir=self.checkpoint(model), quant="Q4_K_M", out_dir=out_dir, keep_f16=True, threads=_threads()
+        )
         paths = {(model, q): Path(gguf_path_for(model, q, out_dir)) for q in ("F16", "Q4_K_M")}
         for path in paths.values():
             assert path.is_file(), f"convert_model did not write {path}"
@@ -116,8 +123,14 @@ def open_llama(gguf_path: Path, *, logits_all: bool = False):
     from qrun.runner.engine import _model_params
 
     with _model_params(use_extra_bufts=settings.repack_weights()):
-        return Llama(model_path=str(gguf_path), n_ctx=N_CTX_TOKENS, n_threads=_threads(), logits_all=logits_all,
-                     seed=0, verbose=False)
+        return Llama(
+            model_path=str(gguf_path),
+            n_ctx=N_CTX_TOKENS,
+            n_threads=_threads(),
+            logits_all=logits_all,
+            seed=0,
+            verbose=False,
+        )
 
 
 def llama_cpp_logits(gguf_path: Path, token_ids: list[int]) -> np.ndarray:
@@ -145,17 +158,18 @@ def load_failure(gguf_path: Path) -> str | None:
     A llama.cpp built with instructions the CPU or VM refuses (e.g. AMX tile ops, used for quantized matmuls only)
     kills the process with SIGILL; probing in a child turns that into a test failure instead of a dead test session.
     """
-    result = subprocess.run([sys.executable, "-c", _PROBE, str(gguf_path)], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-c", _PROBE, str(gguf_path)], capture_output=True, text=True, timeout=300)
     if result.returncode == 0:
         return None
     if result.returncode < 0:
         name = signal.Signals(-result.returncode).name
         why = f"llama.cpp died with {name}"
         if name == "SIGILL":
-            why += (" (an instruction this machine refuses, e.g. the AMX tile ops of llama.cpp's weight repacking:"
-                    " unset QRUN_REPACK, or rebuild llama-cpp-python with CMAKE_ARGS='-DGGML_NATIVE=OFF"
-                    " -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON')")
+            why += (
+                " (an instruction this machine refuses, e.g. the AMX tile ops of llama.cpp's weight repacking:"
+                " unset QRUN_REPACK, or rebuild llama-cpp-python with CMAKE_ARGS='-DGGML_NATIVE=OFF"
+                " -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON')"
+            )
         return why
     return f"llama.cpp exited {result.returncode}: {result.stderr.strip()[-500:]}"
 

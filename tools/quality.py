@@ -24,8 +24,9 @@ def _package_tree(into: Path) -> Path:
     """<into>/qrun laid out as the installed package (setup.cfg's package_dir), made of symlinks."""
     options = configparser.ConfigParser()
     options.read(ROOT / "setup.cfg", encoding="utf-8")
-    mapping = dict(line.replace(" ", "").split("=") for line in options["options"]["package_dir"].split("\n")
-                   if line.strip())
+    mapping = dict(
+        line.replace(" ", "").split("=") for line in options["options"]["package_dir"].split("\n") if line.strip()
+    )
     root = into / "qrun"
     root.mkdir()
     for entry in (ROOT / mapping["qrun"]).iterdir():
@@ -52,10 +53,18 @@ def main() -> int:
     ]
     with tempfile.TemporaryDirectory(prefix="qrun-mypy-") as tmp:
         tree = _package_tree(Path(tmp))
-        results.append(_run("mypy", [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"),
-                                     "-p", "qrun"], cwd=tree))
-    results.append(_run("layers contract", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                            "tests/test_layers.py"]))
+        results.append(
+            _run(
+                "mypy",
+                [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "-p", "qrun"],
+                cwd=tree,
+            )
+        )
+    results.append(
+        _run(
+            "layers contract", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layers.py"]
+        )
+    )
     return 0 if all(results) else 1
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from qrun.convert.synthetic import BASE_CONFIGS, TINY_OVERRIDES, write_random_checkpoint
 from qrun.demo import tokenizers as demo_tokenizers
@@ -22,9 +22,11 @@ DEMO_MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
 VOCAB_ALIGN = 64  # embedding rows rounded up to a multiple of this (the real models pad to 64 or 128 too)
 _MARKER = ".qrun-demo.json"  # written last into a finished checkpoint: what it was built from
 # The vocabulary keys each config carries: Qwen both, ChatGLM3 only padded_vocab_size, DeepSeek vocab_size.
-_VOCAB_KEYS = {"qwen-7b-chat": ("vocab_size", "padded_vocab_size"), "chatglm3-6b": ("padded_vocab_size",),
-               "deepseek-llm-7b-chat": ("vocab_size",)}
-
+_VOCAB_KEYS = {
+    "qwen-7b-chat": ("vocab_size", "padded_vocab_size"),
+    "chatglm3-6b": ("padded_vocab_size",),
+    "deepseek-llm-7b-chat": ("vocab_size",),
+}
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -47,18 +49,29 @@ def write_demo_tokenizer_dir(model: str, out_dir: Path) -> dict:
         vocab_size = _round_up(n_tokens, VOCAB_ALIGN)
         # Qwen's config and generation_config use <|endoftext|> as bos/eos/pad.
         config.update(vocab_size=vocab_size, padded_vocab_size=vocab_size, bos_token_id=first, eos_token_id=first)
-        generation = {"chat_format": "chatml", "eos_token_id": first, "pad_token_id": first,
-                      "stop_words_ids": [[first]], "do_sample": True, "top_k": 0, "top_p": 0.8,
-                      "max_new_tokens": 512}
-        _write_json(out_dir / "tokenizer_config.json", {"remove_space": False, "do_lower_case": False,
-                                                        "tokenizer_class": "QWenTokenizer"})
+        generation = {
+            "chat_format": "chatml",
+            "eos_token_id": first,
+            "pad_token_id": first,
+            "stop_words_ids": [[first]],
+            "do_sample": True,
+            "top_k": 0,
+            "top_p": 0.8,
+            "max_new_tokens": 512,
+        }
+        _write_json(
+            out_dir / "tokenizer_config.json",
+            {"remove_space": False, "do_lower_case": False, "tokenizer_class": "QWenTokenizer"},
+        )
     elif model == "chatglm3-6b":
         first = demo_tokenizers.write_chatglm3_tokenizer(out_dir)
         n_tokens = first + len(demo_tokenizers.CHATGLM3_SPECIALS)
         vocab_size = _round_up(n_tokens, VOCAB_ALIGN)
         config.update(padded_vocab_size=vocab_size)
-        _write_json(out_dir / "tokenizer_config.json", {"remove_space": False, "do_lower_case": False,
-                                                        "tokenizer_class": "ChatGLMTokenizer"})
+        _write_json(
+            out_dir / "tokenizer_config.json",
+            {"remove_space": False, "do_lower_case": False, "tokenizer_class": "ChatGLMTokenizer"},
+        )
     elif model == "deepseek-llm-7b-chat":
         first = demo_tokenizers.write_deepseek_tokenizer(out_dir)  # also writes tokenizer_config.json
         n_tokens = first + 2
@@ -81,8 +94,9 @@ def demo_config_overrides(model: str, vocab: dict) -> dict:
     return overrides
 
 
-def build_demo_checkpoints(root: Path, *, models=DEMO_MODELS,
-                           progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+def build_demo_checkpoints(
+    root: Path, *, models=DEMO_MODELS, progress: Callable[[str], None] | None = None
+) -> dict[str, Path]:
     """Tiny random checkpoints of `models` under root/<model>, reusing any already built from the same inputs.
 
     Returns:

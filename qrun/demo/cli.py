@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 
@@ -19,8 +19,7 @@ from qrun.demo.checkpoints import DEMO_MODELS, build_demo_checkpoints
 from qrun.errors import BenchError, UsageError
 from qrun.fsutil import ensure_writable_dir
 
-BANNER = ("tiny random-weight models: the answers are gibberish by design; "
-          "this checks the pipeline, not the models")
+BANNER = "tiny random-weight models: the answers are gibberish by design; this checks the pipeline, not the models"
 DEMO_QUANT = "Q4_K_M"
 DEMO_QUESTION = "你好！请用一句话介绍你自己。"
 DEFAULT_MAX_TOKENS = 16  # per answer, in ask and bench: enough to see streaming and measure speed, fast on 2 cores
@@ -28,7 +27,7 @@ NEXT_STEPS = (
     "Next, with the real models (a 12-15 GB download each, a 4.1-4.9 GB Q4_K_M GGUF; see README, Performance):",
     "  qrun convert chatglm3            # download from ModelScope, convert, quantize to Q4_K_M",
     "  qrun convert qwen --from DIR     # or convert a checkpoint folder you already have",
-    "  qrun ask chatglm3 \"你好\"          # one streamed answer",
+    '  qrun ask chatglm3 "你好"          # one streamed answer',
     "  qrun bench --threads 2           # speed, memory and scored answers for every converted model",
 )
 
@@ -42,10 +41,16 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
-             progress: Callable[[str], None] | None = _stderr, models: tuple[str, ...] = DEMO_MODELS,
-             max_tokens: int = DEFAULT_MAX_TOKENS, quant: str = DEMO_QUANT,
-             echo: Callable[[str], None] | None = None) -> dict:
+def run_demo(
+    *,
+    out_dir: str | Path | None = None,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = _stderr,
+    models: tuple[str, ...] = DEMO_MODELS,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    quant: str = DEMO_QUANT,
+    echo: Callable[[str], None] | None = None,
+) -> dict:
     """Build, convert, ask, bench and report the tiny demo models; everything lands under out_dir.
 
     Args:
@@ -77,9 +82,11 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
         raise UsageError(f"--threads must be at least 1 (0 = physical cores), got {threads}")
     threads = threads or settings.default_threads()
     # before anything is built: an unwritable folder is one line, not a traceback halfway through
-    ensure_writable_dir(out, what="the demo folder",
-                        hint="pass --out DIR, or set QRUN_HOME to a writable folder" if not out_dir
-                        else "pass --out a writable folder")
+    ensure_writable_dir(
+        out,
+        what="the demo folder",
+        hint="pass --out DIR, or set QRUN_HOME to a writable folder" if not out_dir else "pass --out a writable folder",
+    )
     write = echo or _stdout
     say = progress or (lambda _msg: None)
     steps_s: dict[str, float] = {}
@@ -98,8 +105,9 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
     ggufs = {}
     with step("convert"):
         for name in names:
-            manifest = convert_model(name, from_dir=checkpoints[name], quant=quant, out_dir=out / "ggufs",
-                                     threads=threads)
+            manifest = convert_model(
+                name, from_dir=checkpoints[name], quant=quant, out_dir=out / "ggufs", threads=threads
+            )
             ggufs[name] = Path(manifest["path"])
 
     from qrun.runner.ask import ask
@@ -110,35 +118,60 @@ def run_demo(*, out_dir: str | Path | None = None, threads: int | None = None,
             size_mb = ggufs[name].stat().st_size / 1e6
             write(f"── {name} ({quant}, {size_mb:.1f} MB) ──\n")
             write(f"Q: {DEMO_QUESTION}\nA: ")
-            result = ask(ggufs[name], DEMO_QUESTION, max_tokens=max_tokens, temperature=0.0, threads=threads,
-                         with_sha256=False, on_text=write, notice=say)
+            result = ask(
+                ggufs[name],
+                DEMO_QUESTION,
+                max_tokens=max_tokens,
+                temperature=0.0,
+                threads=threads,
+                with_sha256=False,
+                on_text=write,
+                notice=say,
+            )
             stats = result["stats"]
             speed = stats.get("gen_tokens_per_s")
             speed_text = f"{speed:.0f} tokens/s" if speed else "no decode timing"
-            write(f"\n   [{stats['gen_tokens']} tokens, {speed_text}, stop: {stats['stop_reason']}, "
-                  f"load {stats['load_s']:.2f} s]\n\n")
+            write(
+                f"\n   [{stats['gen_tokens']} tokens, {speed_text}, stop: {stats['stop_reason']}, "
+                f"load {stats['load_s']:.2f} s]\n\n"
+            )
             answers[name] = result
 
     with step("bench"):
-        bench = _run_bench(names, quant=quant, ggufs_dir=out / "ggufs", out_dir=out / "bench", threads=threads,
-                           max_tokens=max_tokens, progress=say)
+        bench = _run_bench(
+            names,
+            quant=quant,
+            ggufs_dir=out / "ggufs",
+            out_dir=out / "bench",
+            threads=threads,
+            max_tokens=max_tokens,
+            progress=say,
+        )
     write(bench["table"].rstrip("\n") + "\n\n")
 
     elapsed_s = time.perf_counter() - started
     write(f"Results: {bench['results_json']}\nReport:  {bench['report_md']}\n")
     failed = [run for run in bench["doc"]["runs"] if run["status"] != "ok"]
     if failed:
-        reasons = "; ".join(f"{run['model']}: {(run.get('failure') or {}).get('reason', run['status'])}"
-                            for run in failed)
+        reasons = "; ".join(
+            f"{run['model']}: {(run.get('failure') or {}).get('reason', run['status'])}" for run in failed
+        )
         raise BenchError(f"the demo bench failed ({reasons})", f"see {bench['report_md']} and the worker output above")
     write("Steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in steps_s.items()) + f"; total {elapsed_s:.1f} s\n\n")
     write(f"Reminder: {BANNER}.\n")
     write(f"The tiny models stay in {out / 'ggufs'}: try  qrun chat deepseek --ggufs {out / 'ggufs'}\n\n")
     write("\n".join(NEXT_STEPS) + "\n")
-    return {"out_dir": str(out), "checkpoints": {k: str(v) for k, v in checkpoints.items()},
-            "ggufs": {k: str(v) for k, v in ggufs.items()}, "answers": answers,
-            "results_json": str(bench["results_json"]), "report_md": str(bench["report_md"]), "bench": bench,
-            "steps_s": steps_s, "elapsed_s": elapsed_s}
+    return {
+        "out_dir": str(out),
+        "checkpoints": {k: str(v) for k, v in checkpoints.items()},
+        "ggufs": {k: str(v) for k, v in ggufs.items()},
+        "answers": answers,
+        "results_json": str(bench["results_json"]),
+        "report_md": str(bench["report_md"]),
+        "bench": bench,
+        "steps_s": steps_s,
+        "elapsed_s": elapsed_s,
+    }
 
 
 def _run_bench(names, *, quant: str, ggufs_dir: Path, out_dir: Path, threads: int, max_tokens: int, progress) -> dict:
@@ -146,14 +179,25 @@ def _run_bench(names, *, quant: str, ggufs_dir: Path, out_dir: Path, threads: in
     from qrun.bench import report
     from qrun.bench.run import BenchConfig, run_bench
 
-    config = BenchConfig(models=list(names), quant=quant, suite=settings.DEFAULT_SUITE, threads=[threads],
-                         max_tokens=max_tokens, ggufs_dir=str(ggufs_dir), out_dir=str(out_dir),
-                         command=f"qrun demo (bench: qrun bench {' '.join(names)} --quant {quant} "
-                                 f"--threads {threads} --max-tokens {max_tokens} --ggufs {ggufs_dir} "
-                                 f"--out {out_dir})")
+    config = BenchConfig(
+        models=list(names),
+        quant=quant,
+        suite=settings.DEFAULT_SUITE,
+        threads=[threads],
+        max_tokens=max_tokens,
+        ggufs_dir=str(ggufs_dir),
+        out_dir=str(out_dir),
+        command=f"qrun demo (bench: qrun bench {' '.join(names)} --quant {quant} "
+        f"--threads {threads} --max-tokens {max_tokens} --ggufs {ggufs_dir} "
+        f"--out {out_dir})",
+    )
     doc = run_bench(config, progress=progress, force=True)  # a demo rerun replaces its own bench/ results
-    return {"doc": doc, "table": report.render_table([doc]), "results_json": out_dir / "results.json",
-            "report_md": out_dir / "report.md"}
+    return {
+        "doc": doc,
+        "table": report.render_table([doc]),
+        "results_json": out_dir / "results.json",
+        "report_md": out_dir / "report.md",
+    }
 
 
 class _Timer:
@@ -174,13 +218,20 @@ def _stdout(text: str) -> None:
 
 
 @click.command("demo")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Working folder (default: $QRUN_HOME/demo, i.e. ~/.cache/qrun/demo).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Working folder (default: $QRUN_HOME/demo, i.e. ~/.cache/qrun/demo).",
+)
 @click.option("--threads", type=int, default=None, help="llama.cpp threads (default: physical cores; 0 = same).")
-@click.option("--model", "models", multiple=True, metavar="MODEL",
-              help="Run only this model (repeatable; default: all three).")
-@click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True,
-              help="Tokens per answer, in ask and bench.")
+@click.option(
+    "--model", "models", multiple=True, metavar="MODEL", help="Run only this model (repeatable; default: all three)."
+)
+@click.option(
+    "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True, help="Tokens per answer, in ask and bench."
+)
 @click.option("--quant", default=DEMO_QUANT, show_default=True, help="Quantization type of the demo GGUFs.")
 def demo_cmd(out_dir, threads, models, max_tokens, quant):
     """Run convert -> ask -> bench -> report offline on tiny random-weight models.
@@ -192,5 +243,11 @@ def demo_cmd(out_dir, threads, models, max_tokens, quant):
     qrun demo
     qrun demo --out /tmp/qrun-demo --threads 2
     """
-    run_demo(out_dir=out_dir, threads=threads, models=tuple(models) or DEMO_MODELS, max_tokens=max_tokens,
-             quant=quant, echo=lambda text: click.echo(text, nl=False))
+    run_demo(
+        out_dir=out_dir,
+        threads=threads,
+        models=tuple(models) or DEMO_MODELS,
+        max_tokens=max_tokens,
+        quant=quant,
+        echo=lambda text: click.echo(text, nl=False),
+    )

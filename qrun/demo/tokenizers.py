@@ -31,23 +31,32 @@ from qrun.convert.vocab_bpe import byte_to_unicode
 from qrun.demo.corpus import corpus_lines
 
 # Source: Qwen-7B-Chat tokenization_qwen.py PAT_STR (cl100k-style, but single digits).
-QWEN_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501 (the pattern verbatim)
 # Source: Qwen's tokenization_qwen.py: specials follow the ranks in this order, then <|extra_0|>..<|extra_204|>.
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
 # Source: ChatGLM3 tokenization_chatglm.py SPTokenizer: appended after the SentencePiece pieces, in this order.
-CHATGLM3_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop", "<|system|>", "<|user|>", "<|assistant|>",
-                     "<|observation|>")
+CHATGLM3_SPECIALS = (
+    "[MASK]",
+    "[gMASK]",
+    "[sMASK]",
+    "sop",
+    "eop",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+)
 DEEPSEEK_BOS = "<｜begin▁of▁sentence｜>"  # full-width bar U+FF5C and U+2581, as in the real tokenizer.json
 DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"
 
 # Source: the deepseek-llm tokenizer.json pre_tokenizer (five Split regexes, then single digits, then byte-level);
 # llama.cpp's "deepseek-llm" pre-tokenizer implements the same splits.
 _DEEPSEEK_SPLITS = (
-    '[\r\n]',
-    '\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+',
-    '\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+',
-    '\\s+$',
-    '[一-龥ࠀ-一가-\ud7ff]+',
+    "[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-\ud7ff]+",
 )
 
 # Source: deepseek-llm-7b-chat tokenizer_config.json chat_template (the published DeepSeek-LLM chat format).
@@ -80,9 +89,13 @@ def _byte_level_bpe(pre_tokenizer, *, vocab_size: int) -> dict:
     """Train a byte-level BPE on the corpus with the `tokenizers` trainer; returns the tokenizer as a JSON dict."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizer
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  max_token_length=MAX_TOKEN_BYTES,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        max_token_length=MAX_TOKEN_BYTES,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator([line + "\n" for line in corpus_lines()], trainer)
     return json.loads(tokenizer.to_str())
 
@@ -94,7 +107,7 @@ def _rank_bpe(ranks: dict[bytes, int], piece: bytes) -> list[bytes]:
         best = min(range(len(parts) - 1), key=lambda i: ranks.get(parts[i] + parts[i + 1], 1 << 62))
         if parts[best] + parts[best + 1] not in ranks:
             break
-        parts[best:best + 2] = [parts[best] + parts[best + 1]]
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
     return parts
 
 
@@ -106,8 +119,10 @@ def qwen_ranks() -> list[bytes]:
     agree with tiktoken's rank-based one).
     """
     split = pre_tokenizers.Split(Regex(QWEN_PAT), behavior="isolated")
-    learned = _byte_level_bpe(pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(
-        add_prefix_space=False, use_regex=False)]), vocab_size=QWEN_TARGET_TOKENS)
+    learned = _byte_level_bpe(
+        pre_tokenizers.Sequence([split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
+        vocab_size=QWEN_TARGET_TOKENS,
+    )
     unicode_to_byte = {ch: b for b, ch in enumerate(byte_to_unicode())}
     ranks: dict[bytes, int] = {bytes([b]): i for i, b in enumerate(gpt2_byte_order())}
     for merge in learned["model"]["merges"]:
@@ -131,13 +146,30 @@ def chatglm3_model_proto() -> bytes:
     model = io.BytesIO()
     # minloglevel silences the trainer's C++ log (its `logstream` option needs a real stderr file descriptor).
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus_lines()), model_writer=model, minloglevel=3,
-        model_type="bpe", vocab_size=CHATGLM3_PIECES, byte_fallback=True, split_digits=True,
-        allow_whitespace_only_pieces=True, normalization_rule_name="identity", add_dummy_prefix=True,
-        remove_extra_whitespaces=False, character_coverage=0.9999,
-        max_sentencepiece_length=CHATGLM3_MAX_PIECE_CHARS, split_by_unicode_script=True, split_by_number=True,
-        split_by_whitespace=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, input_sentence_size=0,
-        shuffle_input_sentence=False)
+        sentence_iterator=iter(corpus_lines()),
+        model_writer=model,
+        minloglevel=3,
+        model_type="bpe",
+        vocab_size=CHATGLM3_PIECES,
+        byte_fallback=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=False,
+        character_coverage=0.9999,
+        max_sentencepiece_length=CHATGLM3_MAX_PIECE_CHARS,
+        split_by_unicode_script=True,
+        split_by_number=True,
+        split_by_whitespace=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        input_sentence_size=0,
+        shuffle_input_sentence=False,
+    )
     return model.getvalue()
 
 
@@ -151,18 +183,29 @@ def write_chatglm3_tokenizer(out_dir: Path) -> int:
 def deepseek_tokenizer_json() -> dict:
     """The demo DeepSeek tokenizer.json (as a dict): learned BPE + the real pre-tokenizer structure + BOS/EOS."""
     splits = [pre_tokenizers.Split(Regex(pattern), behavior="isolated") for pattern in _DEEPSEEK_SPLITS]
-    pre = pre_tokenizers.Sequence([*splits, pre_tokenizers.Digits(individual_digits=True),
-                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    pre = pre_tokenizers.Sequence(
+        [
+            *splits,
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     learned = _byte_level_bpe(pre, vocab_size=DEEPSEEK_TARGET_TOKENS)
     tokenizer = Tokenizer.from_str(json.dumps(learned))
     tokenizer.normalizer = normalizers.Sequence([])
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([AddedToken(DEEPSEEK_BOS, special=True, normalized=False),
-                                  AddedToken(DEEPSEEK_EOS, special=True, normalized=False)])
+    tokenizer.add_special_tokens(
+        [
+            AddedToken(DEEPSEEK_BOS, special=True, normalized=False),
+            AddedToken(DEEPSEEK_EOS, special=True, normalized=False),
+        ]
+    )
     bos_id = tokenizer.token_to_id(DEEPSEEK_BOS)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{DEEPSEEK_BOS} $A", pair=f"{DEEPSEEK_BOS} $A {DEEPSEEK_BOS}:1 $B:1",
-        special_tokens=[(DEEPSEEK_BOS, bos_id)])
+        single=f"{DEEPSEEK_BOS} $A",
+        pair=f"{DEEPSEEK_BOS} $A {DEEPSEEK_BOS}:1 $B:1",
+        special_tokens=[(DEEPSEEK_BOS, bos_id)],
+    )
     data = json.loads(tokenizer.to_str())
     # The real file (and older `tokenizers` releases) store merges as "left right" strings.
     data["model"]["merges"] = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
@@ -174,15 +217,34 @@ def write_deepseek_tokenizer(out_dir: Path) -> int:
     data = deepseek_tokenizer_json()
     (out_dir / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
     config = {
-        "add_bos_token": True, "add_eos_token": False,
-        "bos_token": {"__type": "AddedToken", "content": DEEPSEEK_BOS, "lstrip": False, "normalized": True,
-                      "rstrip": False, "single_word": False},
-        "eos_token": {"__type": "AddedToken", "content": DEEPSEEK_EOS, "lstrip": False, "normalized": True,
-                      "rstrip": False, "single_word": False},
-        "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 4096, "pad_token": None,
-        "sp_model_kwargs": {}, "unk_token": None, "tokenizer_class": "LlamaTokenizerFast",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": {
+            "__type": "AddedToken",
+            "content": DEEPSEEK_BOS,
+            "lstrip": False,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+        },
+        "eos_token": {
+            "__type": "AddedToken",
+            "content": DEEPSEEK_EOS,
+            "lstrip": False,
+            "normalized": True,
+            "rstrip": False,
+            "single_word": False,
+        },
+        "clean_up_tokenization_spaces": False,
+        "legacy": True,
+        "model_max_length": 4096,
+        "pad_token": None,
+        "sp_model_kwargs": {},
+        "unk_token": None,
+        "tokenizer_class": "LlamaTokenizerFast",
         "chat_template": DEEPSEEK_CHAT_TEMPLATE,
     }
-    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n",
-                                                   encoding="utf-8")
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     return len(data["model"]["vocab"])

@@ -56,14 +56,23 @@ def main() -> None:
             samples[name].append((prompt_tps, gen_tps, os.getloadavg()[0]))
     summary = {}
     for name, rows in samples.items():
-        summary[name] = {"prompt_tokens_per_s": statistics.median(r[0] for r in rows),
-                         "gen_tokens_per_s": statistics.median(r[1] for r in rows),
-                         "loadavg_1m": [round(r[2], 2) for r in rows]}
+        summary[name] = {
+            "prompt_tokens_per_s": statistics.median(r[0] for r in rows),
+            "gen_tokens_per_s": statistics.median(r[1] for r in rows),
+            "loadavg_1m": [round(r[2], 2) for r in rows],
+        }
     summary["ratio_on_over_off"] = {
-        k: round(summary["on"][k] / summary["off"][k], 4) for k in ("prompt_tokens_per_s", "gen_tokens_per_s")}
-    summary["setup"] = {"gguf": args.gguf, "threads": args.threads, "prompt_tokens": len(prompt_ids),
-                        "gen_tokens": args.gen_tokens, "rounds": args.rounds, "cpus": os.cpu_count(),
-                        "time_unix": round(time.time())}
+        k: round(summary["on"][k] / summary["off"][k], 4) for k in ("prompt_tokens_per_s", "gen_tokens_per_s")
+    }
+    summary["setup"] = {
+        "gguf": args.gguf,
+        "threads": args.threads,
+        "prompt_tokens": len(prompt_ids),
+        "gen_tokens": args.gen_tokens,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "time_unix": round(time.time()),
+    }
     print(json.dumps(summary, indent=1))
 
 

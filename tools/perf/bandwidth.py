@@ -1,7 +1,8 @@
 """This machine's memory bandwidth, measured with numpy: a STREAM-like copy and triad at 1..N threads.
 
 Decoding one token reads every weight once, so bandwidth / bytes read per token is the ceiling on generation
-tokens/s (docs/performance.md, "Decode speed against the memory-bandwidth ceiling"). numpy's copy and ufuncs run on one thread but release the GIL on large arrays, so N Python
+tokens/s (docs/performance.md, "Decode speed against the memory-bandwidth ceiling"). numpy's copy and ufuncs run
+on one thread but release the GIL on large arrays, so N Python
 threads over N disjoint slices load N cores. Bytes are counted as STREAM does (copy: read a + write b = 2 arrays;
 triad a = b + s*c: 3 arrays; write-allocate traffic not counted). Run: `python -m tools.perf.bandwidth [--json]`.
 """
@@ -59,18 +60,21 @@ def measure(*, threads: int, array_bytes: int = DEFAULT_ARRAY_BYTES, repeat: int
         # a = b + 3*c in slices that fit L2, so the temporary stays in cache and memory sees 3 arrays' traffic
         lo, hi = bounds[i]
         step = 1 << 15
-        t = tmp[lo:lo + step]
+        t = tmp[lo : lo + step]
         for s in range(lo, hi, step):
             e = min(s + step, hi)
-            np.multiply(c[s:e], 3.0, out=t[:e - s])
-            np.add(b[s:e], t[:e - s], out=a[s:e])
+            np.multiply(c[s:e], 3.0, out=t[: e - s])
+            np.add(b[s:e], t[: e - s], out=a[s:e])
 
     out = {"threads": threads, "array_bytes": array_bytes, "repeat": repeat}
     for name, work, arrays in (("copy", copy, 2), ("triad", triad, 3)):
         _run_threads(threads, work)  # warm-up
         rates = [arrays * n * 8 / _run_threads(threads, work) / 1e9 for _ in range(repeat)]
-        out[name] = {"best_gb_per_s": max(rates), "median_gb_per_s": statistics.median(rates),
-                     "min_gb_per_s": min(rates)}
+        out[name] = {
+            "best_gb_per_s": max(rates),
+            "median_gb_per_s": statistics.median(rates),
+            "min_gb_per_s": min(rates),
+        }
     out["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
@@ -95,8 +99,12 @@ def thread_counts_arg(value: str) -> list[int]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", default=None, type=thread_counts_arg,
-                        help="comma-separated thread counts (default: 1 and all CPUs)")
+    parser.add_argument(
+        "--threads",
+        default=None,
+        type=thread_counts_arg,
+        help="comma-separated thread counts (default: 1 and all CPUs)",
+    )
     parser.add_argument("--array-mib", type=int, default=DEFAULT_ARRAY_BYTES >> 20)
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
     parser.add_argument("--json", action="store_true")
@@ -106,9 +114,11 @@ def main(argv=None) -> int:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
-            print(f"threads {r['threads']}: copy {r['copy']['median_gb_per_s']:.1f} GB/s (best "
-                  f"{r['copy']['best_gb_per_s']:.1f}), triad {r['triad']['median_gb_per_s']:.1f} GB/s (best "
-                  f"{r['triad']['best_gb_per_s']:.1f}); load average {r['loadavg']}")
+            print(
+                f"threads {r['threads']}: copy {r['copy']['median_gb_per_s']:.1f} GB/s (best "
+                f"{r['copy']['best_gb_per_s']:.1f}), triad {r['triad']['median_gb_per_s']:.1f} GB/s (best "
+                f"{r['triad']['best_gb_per_s']:.1f}); load average {r['loadavg']}"
+            )
     return 0
 
 

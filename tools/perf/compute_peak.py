@@ -37,8 +37,14 @@ def _measure_here(threads: int, size: int, repeat: int) -> dict:
     from tools.perf.bandwidth import _run_threads
 
     rng = np.random.default_rng(0)
-    mats = [(rng.standard_normal((size, size), dtype=np.float32), rng.standard_normal((size, size), dtype=np.float32),
-             np.empty((size, size), dtype=np.float32)) for _ in range(threads)]
+    mats = [
+        (
+            rng.standard_normal((size, size), dtype=np.float32),
+            rng.standard_normal((size, size), dtype=np.float32),
+            np.empty((size, size), dtype=np.float32),
+        )
+        for _ in range(threads)
+    ]
     per_run = 4  # products per thread per timed run, so one run lasts long enough to time (~0.1 s per product)
 
     def work(i):
@@ -47,11 +53,18 @@ def _measure_here(threads: int, size: int, repeat: int) -> dict:
             np.matmul(a, b, out=c)
 
     _run_threads(threads, work)  # warm-up
-    flops = threads * per_run * 2 * size ** 3
+    flops = threads * per_run * 2 * size**3
     rates = [flops / _run_threads(threads, work) / 1e9 for _ in range(repeat)]
-    return {"threads": threads, "size": size, "repeat": repeat, "best_gflop_per_s": max(rates),
-            "median_gflop_per_s": statistics.median(rates), "min_gflop_per_s": min(rates),
-            "blas": _blas_name(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "threads": threads,
+        "size": size,
+        "repeat": repeat,
+        "best_gflop_per_s": max(rates),
+        "median_gflop_per_s": statistics.median(rates),
+        "min_gflop_per_s": min(rates),
+        "blas": _blas_name(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _blas_name() -> str:
@@ -66,9 +79,13 @@ def _blas_name() -> str:
 
 def measure(*, threads: int, size: int = DEFAULT_SIZE, repeat: int = DEFAULT_REPEAT) -> dict:
     """SGEMM GFLOP/s at `threads` threads (1 GFLOP = 1e9 floating-point operations), measured in a fresh process."""
-    done = child.run("tools.perf.compute_peak", ["--in-process", "--threads", str(threads), "--size", str(size),
-                                                 "--repeat", str(repeat)],
-                     timeout_s=600, env_extra=_ONE_BLAS_THREAD, cwd=_CHECKOUT).check()
+    done = child.run(
+        "tools.perf.compute_peak",
+        ["--in-process", "--threads", str(threads), "--size", str(size), "--repeat", str(repeat)],
+        timeout_s=600,
+        env_extra=_ONE_BLAS_THREAD,
+        cwd=_CHECKOUT,
+    ).check()
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -79,8 +96,12 @@ def measure_all(*, thread_counts=None, size: int = DEFAULT_SIZE, repeat: int = D
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", default=None, type=thread_counts_arg,
-                        help="comma-separated thread counts (default: 1 and all CPUs)")
+    parser.add_argument(
+        "--threads",
+        default=None,
+        type=thread_counts_arg,
+        help="comma-separated thread counts (default: 1 and all CPUs)",
+    )
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT)
     parser.add_argument("--json", action="store_true")
@@ -94,8 +115,10 @@ def main(argv=None) -> int:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
-            print(f"threads {r['threads']}: SGEMM {r['median_gflop_per_s']:.1f} GFLOP/s (best "
-                  f"{r['best_gflop_per_s']:.1f}, {r['blas']}); load average {r['loadavg']}")
+            print(
+                f"threads {r['threads']}: SGEMM {r['median_gflop_per_s']:.1f} GFLOP/s (best "
+                f"{r['best_gflop_per_s']:.1f}, {r['blas']}); load average {r['loadavg']}"
+            )
     return 0
 
 

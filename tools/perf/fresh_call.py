@@ -32,13 +32,17 @@ def call(fn, *args, timeout_s: float | None = None):
         RuntimeError: the child failed otherwise (crashed, killed, timed out); names how, with its last stderr line.
     """
     path = os.pathsep.join(p for p in (str(_CHECKOUT), os.environ.get("PYTHONPATH")) if p)
-    done = child.run("tools.perf.fresh_call", [fn.__module__, fn.__name__, json.dumps(args)], timeout_s=timeout_s,
-                     env_extra={"PYTHONPATH": path})
+    done = child.run(
+        "tools.perf.fresh_call",
+        [fn.__module__, fn.__name__, json.dumps(args)],
+        timeout_s=timeout_s,
+        env_extra={"PYTHONPATH": path},
+    )
     if done.returncode == 0 and not done.timed_out:
         return json.loads(done.stdout)
     last = ([line.strip() for line in done.stderr.splitlines() if line.strip()] or [""])[-1]
     if done.returncode == _QRUN_ERROR_EXIT and last.startswith(_ERROR_PREFIX):
-        raise QrunError(last[len(_ERROR_PREFIX):])
+        raise QrunError(last[len(_ERROR_PREFIX) :])
     how = f"timed out after {timeout_s} s" if done.timed_out else child.describe_exit(done.returncode)
     raise RuntimeError(f"{fn.__module__}.{fn.__name__} in a fresh process {how}: {last}")
 

@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 from qrun import registry, settings
+from qrun.errors import DiskSpaceError, UsageError
+from qrun.fsutil import write_json_atomic
 from qrun.runner import machine
 from tools.perf import bandwidth, compute_peak, fresh_call
 from tools.perf import realscale_ckpt as ckpt
 from tools.perf import realscale_report as report
 from tools.perf import realscale_tasks as tasks
-from qrun.errors import DiskSpaceError, UsageError
-from qrun.fsutil import write_json_atomic
 
 MODEL_STEPS = ("checkpoint", "convert", "iofloor", "load", "bench", "llama-bench")
 MACHINE_STEPS = ("bandwidth", "compute")  # measured once, before the models
@@ -58,8 +58,11 @@ class Run:
         self.work = Path(args.work)
         self.out = Path(args.out)
         self.results_path = self.out / "realscale.json"
-        self.doc = json.loads(self.results_path.read_text()) if self.results_path.exists() else {
-            "schema": "qrun-realscale", "schema_version": 1, "models": {}, "bandwidth": None, "runs": []}
+        self.doc = (
+            json.loads(self.results_path.read_text())
+            if self.results_path.exists()
+            else {"schema": "qrun-realscale", "schema_version": 1, "models": {}, "bandwidth": None, "runs": []}
+        )
         self.repack = settings.repack_weights(None)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
@@ -102,8 +105,11 @@ class Run:
         for model in models:
             n = tasks.param_count(model, TOKENIZERS_DIR / model, self.args.config_overrides.get(model))
             ck = 0 if ckpt.is_complete(self.ckpt_dir(model)) or "checkpoint" not in self.args.steps else 2 * n
-            todo = [q for q in self.quants(model) if not self.gguf(model, q).exists()] if "convert" in self.args.steps \
+            todo = (
+                [q for q in self.quants(model) if not self.gguf(model, q).exists()]
+                if "convert" in self.args.steps
                 else []
+            )
             f16 = ws.estimate_gguf_bytes(n, "F16") if todo else 0  # the unquantized GGUF, BF16 or F16 (same size)
             out = sum(ws.estimate_gguf_bytes(n, q) for q in todo if q not in settings.UNQUANTIZED)
             need_each.append((ck, f16, out))
@@ -119,7 +125,8 @@ class Run:
             raise DiskSpaceError(
                 f"the real-scale run needs about {need / _GiB:.1f} GiB in {self.work} but only {free / _GiB:.1f} "
                 f"GiB are free (per 7B model: ~15 GiB checkpoint + ~15 GiB BF16/F16 GGUF + ~4.5 GiB per output)",
-                "pass --delete-as-you-go, fewer --models, another --work folder, or free some disk")
+                "pass --delete-as-you-go, fewer --models, another --work folder, or free some disk",
+            )
         self.say(f"disk: need ~{need / _GiB:.1f} GiB, {free / _GiB:.1f} GiB free")
 
     # -- steps ---------------------------------------------------------------------------------------------------
@@ -128,8 +135,14 @@ class Run:
         if ckpt.is_complete(folder) and not self.args.redo:
             return
         self.say(f"{model}: writing the full-size checkpoint ({self.args.fill}) to {folder}")
-        info = _in_fresh_process(ckpt.make_checkpoint, model, str(folder), str(TOKENIZERS_DIR / model),
-                                 self.args.fill, self.args.config_overrides.get(model))
+        info = _in_fresh_process(
+            ckpt.make_checkpoint,
+            model,
+            str(folder),
+            str(TOKENIZERS_DIR / model),
+            self.args.fill,
+            self.args.config_overrides.get(model),
+        )
         self.model_doc(model)["checkpoint"] = info
         self.say(f"{model}: checkpoint {info['bytes'] / 1e9:.2f} GB in {info['wall_s']:.0f} s")
 
@@ -139,8 +152,10 @@ class Run:
         if all(q in done and self.gguf(model, q).exists() for q in quants) and not self.args.redo:
             return
         if not ckpt.is_complete(self.ckpt_dir(model)):
-            raise UsageError(f"no complete checkpoint of {model} in {self.ckpt_dir(model)}",
-                             "run the checkpoint step first (--steps checkpoint,convert)")
+            raise UsageError(
+                f"no complete checkpoint of {model} in {self.ckpt_dir(model)}",
+                "run the checkpoint step first (--steps checkpoint,convert)",
+            )
         # qrun's own step first, alone: the unquantized GGUF (--quants F16/BF16 if given, else what `qrun convert`
         # writes from this checkpoint: BF16 from bf16). Each quantized type is then made from it, as a rerun of
         # `qrun convert --quant Q` does when the unquantized file is there.
@@ -152,10 +167,13 @@ class Run:
         for i, quant in enumerate(plan):
             for path in (self.gguf(model, quant), self.gguf(model, quant).with_suffix(".json")):
                 path.unlink(missing_ok=True)  # measure a full conversion, never the up-to-date skip
-            dropped = tasks.drop_page_cache() if i == 0 and self.args.drop_caches else False  # cold, as after a download
+            dropped = (
+                tasks.drop_page_cache() if i == 0 and self.args.drop_caches else False
+            )  # cold, as after a download
             self.say(f"{model}: qrun convert --quant {quant} (page cache dropped: {dropped})")
-            done[quant] = _in_fresh_process(tasks.convert_one, model, str(self.ckpt_dir(model)), quant,
-                                            str(self.ggufs()), self.args.convert_threads)
+            done[quant] = _in_fresh_process(
+                tasks.convert_one, model, str(self.ckpt_dir(model)), quant, str(self.ggufs()), self.args.convert_threads
+            )
             done[quant]["page_cache_dropped"] = dropped
             self.save()
         for quant in settings.UNQUANTIZED:
@@ -169,17 +187,21 @@ class Run:
         folder = self.ckpt_dir(model)
         if not ckpt.is_complete(folder) or ("iofloor" in self.model_doc(model) and not self.args.redo):
             return
-        self.say(f"{model}: I/O floor (read {ckpt.checkpoint_bytes(folder) / 1e9:.1f} GB, write "
-                 f"{out_bytes / 1e9:.1f} GB)")
-        self.model_doc(model)["iofloor"] = tasks.io_floor(folder, out_bytes or 4 * _GiB, scratch=self.work / "scratch",
-                                                          drop_caches=self.args.drop_caches)
+        self.say(
+            f"{model}: I/O floor (read {ckpt.checkpoint_bytes(folder) / 1e9:.1f} GB, write {out_bytes / 1e9:.1f} GB)"
+        )
+        self.model_doc(model)["iofloor"] = tasks.io_floor(
+            folder, out_bytes or 4 * _GiB, scratch=self.work / "scratch", drop_caches=self.args.drop_caches
+        )
 
     def speed_gguf(self, model: str) -> Path:
         """The --speed-quant GGUF the load/bench/llama-bench steps measure; UsageError when it was not converted."""
         gguf = self.gguf(model, self.args.speed_quant)
         if not gguf.is_file():
-            raise UsageError(f"no {gguf.name} in {self.ggufs()}",
-                             f"run the convert step first (--steps convert --quants {self.args.speed_quant})")
+            raise UsageError(
+                f"no {gguf.name} in {self.ggufs()}",
+                f"run the convert step first (--steps convert --quants {self.args.speed_quant})",
+            )
         return gguf
 
     def step_load(self, model: str) -> None:
@@ -189,29 +211,46 @@ class Run:
         n_ctx = None  # the llama.cpp load uses the context qrun chose (4096 capped at the training context)
         for rep in range(self.args.repeat):
             for kind in ("qrun", "llama.cpp"):
-                result.append({"kind": kind, "rep": rep + 1, **_in_fresh_process(
-                    tasks.load_once, kind, str(gguf), self.args.threads[-1], self.repack, n_ctx)})
+                result.append(
+                    {
+                        "kind": kind,
+                        "rep": rep + 1,
+                        **_in_fresh_process(
+                            tasks.load_once, kind, str(gguf), self.args.threads[-1], self.repack, n_ctx
+                        ),
+                    }
+                )
                 n_ctx = result[-1]["n_ctx"]
         self.speed_doc(model)["load"] = result
 
     def step_bench(self, model: str) -> None:
         self.speed_doc(model)["bench"] = tasks.qrun_bench(
-            model, self.speed_gguf(model), threads=self.args.threads, repeat=self.args.repeat,
-            out=self.out / "bench" / model, repack=self.repack)
+            model,
+            self.speed_gguf(model),
+            threads=self.args.threads,
+            repeat=self.args.repeat,
+            out=self.out / "bench" / model,
+            repack=self.repack,
+        )
 
     def step_llama_bench(self, model: str) -> None:
         if not self.args.llama_bench:
             self.say("llama-bench: no --llama-bench PATH given, skipped")
             return
         self.speed_doc(model)["llama_bench"] = tasks.llama_bench(
-            self.args.llama_bench, self.speed_gguf(model), threads=self.args.threads,
-            repeat=self.args.repeat, repack=self.repack)
+            self.args.llama_bench,
+            self.speed_gguf(model),
+            threads=self.args.threads,
+            repeat=self.args.repeat,
+            repack=self.repack,
+        )
 
     def run(self) -> None:
         models = self.args.models
         self.doc["machine"] = machine.fingerprint()
-        self.doc["runs"].append({"argv": sys.argv, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                 "loadavg": _loadavg()})
+        self.doc["runs"].append(
+            {"argv": sys.argv, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg": _loadavg()}
+        )
         if {"checkpoint", "convert"} & set(self.args.steps):
             self.check_disk(models)
         if "bandwidth" in self.args.steps:
@@ -224,7 +263,8 @@ class Run:
             for model in models:  # what one prompt token multiplies, for prompt tok/s -> FLOP/s
                 if self.gguf(model, self.args.speed_quant).exists():
                     self.speed_doc(model)["matmul_weights"] = tasks.matmul_weights(
-                        self.gguf(model, self.args.speed_quant))
+                        self.gguf(model, self.args.speed_quant)
+                    )
             self.save()
         for model in models:
             for step in MODEL_STEPS:
@@ -247,17 +287,29 @@ def parse_args(argv=None):
     p.add_argument("--llama-bench", default=None, help="path to a llama-bench binary (see docs/performance.md)")
     p.add_argument("--threads", default=[1, 2], type=bandwidth.thread_counts_arg, help="comma-separated (default 1,2)")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--speed-quant", default="Q4_K_M", type=_quant_arg,
-                   help="GGUF type the load, bench and llama-bench steps measure (default Q4_K_M)")
-    p.add_argument("--quants", default=None, help="quants to convert each model to (default: Q4_K_M, and Q4_0 "
-                   "for ChatGLM3 and Qwen); F16 measures qrun's own conversion step without llama.cpp's quantizer")
-    p.add_argument("--convert-threads", type=_threads_arg, default=None,
-                   help="quantizer threads (default: physical cores)")
+    p.add_argument(
+        "--speed-quant",
+        default="Q4_K_M",
+        type=_quant_arg,
+        help="GGUF type the load, bench and llama-bench steps measure (default Q4_K_M)",
+    )
+    p.add_argument(
+        "--quants",
+        default=None,
+        help="quants to convert each model to (default: Q4_K_M, and Q4_0 "
+        "for ChatGLM3 and Qwen); F16 measures qrun's own conversion step without llama.cpp's quantizer",
+    )
+    p.add_argument(
+        "--convert-threads", type=_threads_arg, default=None, help="quantizer threads (default: physical cores)"
+    )
     p.add_argument("--fill", choices=("tiled", "random"), default="tiled", help="see realscale_ckpt.py")
     p.add_argument("--config-overrides", default="{}", help="JSON {model: {config key: value}} (tests: small shapes)")
     p.add_argument("--delete-as-you-go", action="store_true", help="delete each checkpoint once measured")
-    p.add_argument("--drop-caches", action="store_true",
-                   help="drop the page cache before conversion and the I/O floor (root; slows the whole machine)")
+    p.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache before conversion and the I/O floor (root; slows the whole machine)",
+    )
     p.add_argument("--redo", action="store_true", help="re-measure steps whose results exist")
     args = p.parse_args(argv)
     args.models = [registry.get(m).name for m in args.models.split(",") if m.strip()]

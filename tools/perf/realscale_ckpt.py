@@ -66,8 +66,15 @@ def _write_shard(path: Path, specs, config: dict, tile: bytes, *, seed: int) -> 
         os.fsync(f.fileno())
 
 
-def write_tiled_checkpoint(model: str, out_dir: Path, *, tokenizer_dir: Path, config_overrides: dict | None = None,
-                           seed: int = 0, shard_max_bytes: int = _SHARD_MAX_BYTES) -> Path:
+def write_tiled_checkpoint(
+    model: str,
+    out_dir: Path,
+    *,
+    tokenizer_dir: Path,
+    config_overrides: dict | None = None,
+    seed: int = 0,
+    shard_max_bytes: int = _SHARD_MAX_BYTES,
+) -> Path:
     """The files write_random_checkpoint(model, out_dir, tokenizer_dir=..., config_overrides=..., dtype="bf16",
     shard_max_bytes=...) writes, with tiled values in the large tensors."""
     spec = registry.get(model)
@@ -99,8 +106,9 @@ def write_tiled_checkpoint(model: str, out_dir: Path, *, tokenizer_dir: Path, co
         _write_shard(out_dir / file_name, specs, config, tile, seed=seed)
         weight_map.update({name: file_name for name, _ in specs})
         total += sum(math.prod(shape) * 2 for _, shape in specs)
-    write_json_atomic(out_dir / "model.safetensors.index.json",
-                      {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json_atomic(
+        out_dir / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map}
+    )
     return out_dir
 
 
@@ -112,13 +120,20 @@ def make_checkpoint(model: str, out_dir: str, tokenizer_dir: str, fill: str, con
     load_before = os.getloadavg()
     with MemoryWatch() as watch:
         if fill == "random":
-            synthetic.write_random_checkpoint(model, out, tokenizer_dir=tokenizer_dir,
-                                              config_overrides=config_overrides, dtype="bf16")
+            synthetic.write_random_checkpoint(
+                model, out, tokenizer_dir=tokenizer_dir, config_overrides=config_overrides, dtype="bf16"
+            )
         else:
             write_tiled_checkpoint(model, out, tokenizer_dir=Path(tokenizer_dir), config_overrides=config_overrides)
-    info = {"model": registry.get(model).name, "fill": fill, "config_overrides": config_overrides,
-            "bytes": checkpoint_bytes(out), **watch.stats().to_dict(),
-            "loadavg_before": [round(x, 2) for x in load_before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()], "finished_unix": time.time()}
+    info = {
+        "model": registry.get(model).name,
+        "fill": fill,
+        "config_overrides": config_overrides,
+        "bytes": checkpoint_bytes(out),
+        **watch.stats().to_dict(),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "finished_unix": time.time(),
+    }
     write_json_atomic(out / MARKER, info)
     return info

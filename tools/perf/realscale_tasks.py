@@ -22,8 +22,10 @@ PP_TOKENS = 512  # llama-bench's pp512
 TG_TOKENS = 128  # llama-bench's tg128
 TG_SUITE = Path(__file__).resolve().parent / "suites" / "perf-tg128.json"
 # Text the prompt-processing suite repeats until the chat-formatted prompt is exactly PP_TOKENS tokens.
-_PP_FILLER = ("请仔细阅读下面这段关于天气、城市、交通和饮食的记录，然后用三句话总结其中最重要的信息。"
-              "The quick brown fox jumps over the lazy dog while the city wakes up and the trains start running. ")
+_PP_FILLER = (
+    "请仔细阅读下面这段关于天气、城市、交通和饮食的记录，然后用三句话总结其中最重要的信息。"
+    "The quick brown fox jumps over the lazy dog while the city wakes up and the trains start running. "
+)
 
 
 _QUIET_LOG = None
@@ -61,12 +63,20 @@ def convert_one(model: str, ckpt_dir: str, quant: str, out_dir: str, threads: in
     load_before, t0 = _loadavg(), time.perf_counter()
     manifest = convert_model(model, from_dir=ckpt_dir, quant=quant, out_dir=out_dir, threads=threads)
     wall_s = time.perf_counter() - t0
-    return {"quant": quant, "wall_s": wall_s, "steps": manifest["steps"], "size_bytes": manifest["size_bytes"],
-            "unquantized_type": manifest.get("unquantized_type"),
-            "unquantized_size_bytes": manifest.get("unquantized_size_bytes"),
-            "bits_per_weight": manifest.get("bits_per_weight"), "tensor_types": manifest.get("tensor_types"),
-            "threads": manifest.get("threads"), "process_peak_rss_bytes": peak_rss_bytes_since_start(),
-            "loadavg_before": load_before, "loadavg_after": _loadavg()}
+    return {
+        "quant": quant,
+        "wall_s": wall_s,
+        "steps": manifest["steps"],
+        "size_bytes": manifest["size_bytes"],
+        "unquantized_type": manifest.get("unquantized_type"),
+        "unquantized_size_bytes": manifest.get("unquantized_size_bytes"),
+        "bits_per_weight": manifest.get("bits_per_weight"),
+        "tensor_types": manifest.get("tensor_types"),
+        "threads": manifest.get("threads"),
+        "process_peak_rss_bytes": peak_rss_bytes_since_start(),
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+    }
 
 
 def read_file(path: Path) -> int:
@@ -96,13 +106,22 @@ def io_floor(ckpt_dir: Path, out_bytes: int, *, scratch: Path, drop_caches: bool
     with open(target, "wb", buffering=0) as f:
         left = out_bytes
         while left:
-            left -= f.write(view[:min(left, len(buf))])
+            left -= f.write(view[: min(left, len(buf))])
         os.fsync(f.fileno())
     write_s = time.perf_counter() - t0
     target.unlink()
-    return {"page_cache_dropped": dropped, "read_bytes": read_bytes, "read_s": read_s, "write_bytes": out_bytes,
-            "write_s": write_s, "floor_s": read_s + write_s, "read_gb_per_s": read_bytes / read_s / 1e9,
-            "write_gb_per_s": out_bytes / write_s / 1e9, "loadavg_before": load_before, "loadavg_after": _loadavg()}
+    return {
+        "page_cache_dropped": dropped,
+        "read_bytes": read_bytes,
+        "read_s": read_s,
+        "write_bytes": out_bytes,
+        "write_s": write_s,
+        "floor_s": read_s + write_s,
+        "read_gb_per_s": read_bytes / read_s / 1e9,
+        "write_gb_per_s": out_bytes / write_s / 1e9,
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+    }
 
 
 def load_once(kind: str, gguf: str, threads: int, repack: bool, n_ctx: int | None = None) -> dict:
@@ -136,8 +155,14 @@ def load_once(kind: str, gguf: str, threads: int, repack: bool, n_ctx: int | Non
         ctx = llama_cpp.llama_init_from_model(model, cparams)
         wall_s, n_ctx = time.perf_counter() - t0, llama_cpp.llama_n_ctx(ctx)
     window.__exit__(None, None, None)
-    return {"load_s": wall_s, "n_ctx": n_ctx, "rss_bytes": measure.rss_bytes(), "anon_bytes": measure.anon_bytes(),
-            "loadavg_before": load_before, **window.fields()}
+    return {
+        "load_s": wall_s,
+        "n_ctx": n_ctx,
+        "rss_bytes": measure.rss_bytes(),
+        "anon_bytes": measure.anon_bytes(),
+        "loadavg_before": load_before,
+        **window.fields(),
+    }
 
 
 def matmul_weights(gguf: Path) -> int:
@@ -168,6 +193,7 @@ def pp_suite(gguf: Path, path: Path, tokens: int = PP_TOKENS) -> dict:
     from qrun.runner.engine import Engine
 
     with Engine.load(gguf, vocab_only=True) as engine:
+
         def count(n_chars: int) -> int:
             return len(engine.prompt_ids([{"role": "user", "content": text[:n_chars]}]))
 
@@ -177,10 +203,12 @@ def pp_suite(gguf: Path, path: Path, tokens: int = PP_TOKENS) -> dict:
             mid = (lo + hi + 1) // 2
             lo, hi = (mid, hi) if count(mid) <= tokens else (lo, mid - 1)
         n_tokens = count(lo)
-    suite = {"name": f"perf-pp{tokens}", "description": f"one prompt of {n_tokens} tokens for {engine.spec.name} "
-             "(prompt-processing speed; answers are not meaningful with random weights)",
-             "questions": [{"id": f"pp{tokens}", "question": text[:lo],
-                            "rubric": [{"id": "any", "patterns": ["re:."]}]}]}
+    suite = {
+        "name": f"perf-pp{tokens}",
+        "description": f"one prompt of {n_tokens} tokens for {engine.spec.name} "
+        "(prompt-processing speed; answers are not meaningful with random weights)",
+        "questions": [{"id": f"pp{tokens}", "question": text[:lo], "rubric": [{"id": "any", "patterns": ["re:."]}]}],
+    }
     write_json_atomic(path, suite)
     return {"path": str(path), "prompt_tokens": n_tokens}
 
@@ -189,15 +217,26 @@ def _runs(doc: dict, metric: str) -> dict:
     out = {}
     for run in doc["runs"]:
         threads = run["settings"]["n_threads"]
-        entry = {"status": run["status"], "load_s": run["load_s"], "peak_rss_bytes": run["peak_rss_bytes"],
-                 "peak_anon_bytes": run["peak_anon_bytes"]}
+        entry = {
+            "status": run["status"],
+            "load_s": run["load_s"],
+            "peak_rss_bytes": run["peak_rss_bytes"],
+            "peak_anon_bytes": run["peak_anon_bytes"],
+        }
         if run["questions"]:
             q = run["questions"][0]
             reps = q["repetitions"]
-            entry.update({metric: [r[metric] for r in reps], "median": statistics.median(r[metric] for r in reps),
-                          "prompt_tokens": q["median"].get("prompt_tokens"),
-                          "gen_tokens": [r["gen_tokens"] for r in reps], "loadavg_1m": [r.get("loadavg_1m") for r in reps],
-                          "stop_reason": q["stop_reason"], "noise": measure.count_noisy(reps)})
+            entry.update(
+                {
+                    metric: [r[metric] for r in reps],
+                    "median": statistics.median(r[metric] for r in reps),
+                    "prompt_tokens": q["median"].get("prompt_tokens"),
+                    "gen_tokens": [r["gen_tokens"] for r in reps],
+                    "loadavg_1m": [r.get("loadavg_1m") for r in reps],
+                    "stop_reason": q["stop_reason"],
+                    "noise": measure.count_noisy(reps),
+                }
+            )
         out[str(threads)] = entry
     return out
 
@@ -208,13 +247,29 @@ def qrun_bench(model: str, gguf: Path, *, threads: list[int], repeat: int, out: 
 
     out.mkdir(parents=True, exist_ok=True)
     pp = pp_suite(gguf, out / "perf-pp512.json")
-    result = {"gguf": str(gguf), "gguf_size_bytes": gguf.stat().st_size, "repack": repack, "pp_suite": pp,
-              "weights_read_per_token_bytes": weights_read_per_token_bytes(gguf)}
-    for name, suite, max_tokens, metric in (("pp", pp["path"], 1, "prompt_tokens_per_s"),
-                                            ("tg", str(TG_SUITE), TG_TOKENS, "gen_tokens_per_s")):
-        doc = run_bench(BenchConfig(models=[str(gguf)], suite=suite, threads=threads, repeat=repeat,
-                                    max_tokens=max_tokens, out_dir=str(out / name), extra_settings={"repack": repack},
-                                    command=f"realscale {name} {model}"))
+    result = {
+        "gguf": str(gguf),
+        "gguf_size_bytes": gguf.stat().st_size,
+        "repack": repack,
+        "pp_suite": pp,
+        "weights_read_per_token_bytes": weights_read_per_token_bytes(gguf),
+    }
+    for name, suite, max_tokens, metric in (
+        ("pp", pp["path"], 1, "prompt_tokens_per_s"),
+        ("tg", str(TG_SUITE), TG_TOKENS, "gen_tokens_per_s"),
+    ):
+        doc = run_bench(
+            BenchConfig(
+                models=[str(gguf)],
+                suite=suite,
+                threads=threads,
+                repeat=repeat,
+                max_tokens=max_tokens,
+                out_dir=str(out / name),
+                extra_settings={"repack": repack},
+                command=f"realscale {name} {model}",
+            )
+        )
         result[name] = _runs(doc, metric)
     return result
 
@@ -222,21 +277,49 @@ def qrun_bench(model: str, gguf: Path, *, threads: list[int], repeat: int, out: 
 def llama_bench(binary: str, gguf: Path, *, threads: list[int], repeat: int, repack: bool) -> dict:
     """llama-bench pp512/tg128 on the same file and threads, with qrun's settings: flash attention off (Llama()'s
     default; llama-bench's is auto), mmap, and the same CPU weight repacking."""
-    cmd = [binary, "-m", str(gguf), "-p", str(PP_TOKENS), "-n", str(TG_TOKENS), "-r", str(repeat),
-           "-t", ",".join(map(str, threads)), "-fa", "off", "-lm", "mmap", "--repack", "1" if repack else "0",
-           "-o", "json"]
+    cmd = [
+        binary,
+        "-m",
+        str(gguf),
+        "-p",
+        str(PP_TOKENS),
+        "-n",
+        str(TG_TOKENS),
+        "-r",
+        str(repeat),
+        "-t",
+        ",".join(map(str, threads)),
+        "-fa",
+        "off",
+        "-lm",
+        "mmap",
+        "--repack",
+        "1" if repack else "0",
+        "-o",
+        "json",
+    ]
     load_before, t0 = _loadavg(), time.perf_counter()
     with measure.NoiseWindow() as window:  # one window over all of llama-bench's runs (its own CPU counts as ours)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        return {"command": cmd, "error": (proc.stderr.strip().splitlines() or ["?"])[-1],
-                "exit_code": proc.returncode}
+        return {"command": cmd, "error": (proc.stderr.strip().splitlines() or ["?"])[-1], "exit_code": proc.returncode}
     results = {}
     for row in json.loads(proc.stdout):
         kind = "pp" if row["n_prompt"] and not row["n_gen"] else "tg"
         samples = row["samples_ts"]
         results.setdefault(kind, {})[str(row["n_threads"])] = {
-            "samples": samples, "median": statistics.median(samples), "avg_ts": row["avg_ts"],
-            "stddev_ts": row["stddev_ts"], "build_commit": row.get("build_commit"), "cpu_info": row.get("cpu_info")}
-    return {"command": cmd, "wall_s": time.perf_counter() - t0, "loadavg_before": load_before,
-            "loadavg_after": _loadavg(), "noise": window.fields(), **results}
+            "samples": samples,
+            "median": statistics.median(samples),
+            "avg_ts": row["avg_ts"],
+            "stddev_ts": row["stddev_ts"],
+            "build_commit": row.get("build_commit"),
+            "cpu_info": row.get("cpu_info"),
+        }
+    return {
+        "command": cmd,
+        "wall_s": time.perf_counter() - t0,
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+        "noise": window.fields(),
+        **results,
+    }

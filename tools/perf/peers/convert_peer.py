@@ -21,11 +21,12 @@ module, because the module imports transformers at top level but the classes use
 Usage:  venv/bin/python convert_peer.py chatglm CKPT_DIR OUT.bin [--type q4_0]
         venv/bin/python convert_peer.py qwen    CKPT_DIR OUT.bin [--type q4_0]
 """
+
 import argparse
-import os
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 import time
 import types
@@ -139,9 +140,7 @@ def qwen_tokenizer(ckpt):
                 n_ranks += 1
     # Qwen tokenization_qwen.py: special tokens are numbered from len(mergeable_ranks):
     # <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0|> ...
-    return types.SimpleNamespace(
-        eod_id=n_ranks, im_start_id=n_ranks + 1, im_end_id=n_ranks + 2, n_ranks=n_ranks
-    )
+    return types.SimpleNamespace(eod_id=n_ranks, im_start_id=n_ranks + 1, im_end_id=n_ranks + 2, n_ranks=n_ranks)
 
 
 def main():
@@ -185,8 +184,12 @@ def main():
             # ffn_hidden_size.  HF's QWenConfig of that version maps hidden_size, num_attention_heads and
             # num_hidden_layers onto them via attribute_map; qwen.cpp's converter (written against the later
             # config) also reads intermediate_size (= ffn_hidden_size = 22016, of which qwen.cpp uses /2).
-            for new_name, old_name in (("hidden_size", "n_embd"), ("num_attention_heads", "n_head"),
-                                       ("num_hidden_layers", "n_layer"), ("intermediate_size", "ffn_hidden_size")):
+            for new_name, old_name in (
+                ("hidden_size", "n_embd"),
+                ("num_attention_heads", "n_head"),
+                ("num_hidden_layers", "n_layer"),
+                ("intermediate_size", "ffn_hidden_size"),
+            ):
                 if not hasattr(config, new_name):
                     setattr(config, new_name, getattr(config, old_name))
                     print(f"config alias: {new_name} = {old_name} = {getattr(config, old_name)}", flush=True)

@@ -39,6 +39,7 @@ How the numbers are taken
 Output: --out JSON (default results/peers-<timestamp>.json) with every sample and median/min/max per
 (peer, threads, metric); a short table is printed.
 """
+
 import argparse
 import json
 import os
@@ -112,8 +113,7 @@ class Sampler(threading.Thread):
 def run_sampled(cmd, env=None, timeout=None):
     la_before = os.getloadavg()
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
-                         errors="replace")
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True, errors="replace")
     s = Sampler(p.pid)
     s.start()
     try:
@@ -133,8 +133,13 @@ def run_sampled(cmd, env=None, timeout=None):
         "mem_samples": s.n,
     }
     return {
-        "returncode": p.returncode, "stdout": out, "stderr": err, "wall_s": wall,
-        "loadavg_before": la_before[0], "loadavg_after": la_after[0], **mem,
+        "returncode": p.returncode,
+        "stdout": out,
+        "stderr": err,
+        "wall_s": wall,
+        "loadavg_before": la_before[0],
+        "loadavg_after": la_after[0],
+        **mem,
     }
 
 
@@ -152,13 +157,18 @@ def chatglm_worker(args):
     load_s = time.perf_counter() - t1
     model, tok = pipe.model, pipe.tokenizer
     eos = {model.config.eos_token_id, *model.config.extra_eos_token_ids}
-    res = {"load_s": load_s, "import_s": t_import, "chatglm_cpp_version": chatglm_cpp.__version__,
-           "model_max_length": model.config.max_length}
+    res = {
+        "load_s": load_s,
+        "import_s": t_import,
+        "chatglm_cpp_version": chatglm_cpp.__version__,
+        "model_max_length": model.config.max_length,
+    }
     if args.phase == "tg":
         ids = tok.encode(SHORT_PROMPT, 512)
         gen_steps = args.gen_tokens
-        gen_config = _C.GenerationConfig(max_length=model.config.max_length, max_new_tokens=-1,
-                                          max_context_length=512)  # peer defaults for sampling
+        gen_config = _C.GenerationConfig(
+            max_length=model.config.max_length, max_new_tokens=-1, max_context_length=512
+        )  # peer defaults for sampling
         n_ctx = len(ids)
         t = time.perf_counter()
         nxt = model.generate_next_token(ids, None, gen_config, 0, n_ctx)
@@ -174,9 +184,15 @@ def chatglm_worker(args):
             out_ids.append(nxt)
             eos_hits += int(nxt in eos)
         decode_s = time.perf_counter() - t
-        res.update(prompt_tokens=n_ctx, prompt_s=prompt_s, decode_steps=gen_steps, decode_s=decode_s,
-                   new_tokens=len(out_ids), eos_sampled_and_ignored=eos_hits,
-                   text_head=tok.decode(out_ids[:16])[:80])
+        res.update(
+            prompt_tokens=n_ctx,
+            prompt_s=prompt_s,
+            decode_steps=gen_steps,
+            decode_s=decode_s,
+            new_tokens=len(out_ids),
+            eos_sampled_and_ignored=eos_hits,
+            text_head=tok.decode(out_ids[:16])[:80],
+        )
     else:
         ids = tok.encode(LONG_UNIT * 20, args.pp_tokens)
         gen_config = _C.GenerationConfig(max_length=model.config.max_length, max_context_length=args.pp_tokens)
@@ -197,17 +213,29 @@ def run_chatglm(phase, threads, args):
     env["LD_PRELOAD"] = str(SHIM) + ((":" + env["LD_PRELOAD"]) if env.get("LD_PRELOAD") else "")
     env["PEER_NPROCS"] = str(threads)
     env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "chatglm", "--phase", phase,
-           "--model", str(args.chatglm_model), "--gen-tokens", str(args.gen_tokens),
-           "--pp-tokens", str(args.pp_tokens)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "chatglm",
+        "--phase",
+        phase,
+        "--model",
+        str(args.chatglm_model),
+        "--gen-tokens",
+        str(args.gen_tokens),
+        "--pp-tokens",
+        str(args.pp_tokens),
+    ]
     if args.ctx is not None:
         cmd += ["--ctx", str(args.ctx)]
     if args.nice:
         cmd = ["nice", "-n", str(args.nice)] + cmd
     r = run_sampled(cmd, env=env, timeout=args.timeout)
     sample = {k: r[k] for k in r if k not in ("stdout", "stderr")}
-    sample["cmd"] = " ".join(f"{k}={env[k]}" for k in ("LD_PRELOAD", "PEER_NPROCS", "OMP_NUM_THREADS")) + " " + \
-        " ".join(cmd)
+    sample["cmd"] = (
+        " ".join(f"{k}={env[k]}" for k in ("LD_PRELOAD", "PEER_NPROCS", "OMP_NUM_THREADS")) + " " + " ".join(cmd)
+    )
     m = re.search(r"^RESULT (\{.*\})$", r["stdout"], re.M)
     if r["returncode"] != 0 or not m:
         sample["error"] = (r["stderr"] or r["stdout"])[-2000:]
@@ -231,8 +259,10 @@ def run_chatglm(phase, threads, args):
 
 
 # --------------------------------------------------------------------------------------------- qwen
-QWEN_PAT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
-            r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN_PAT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 
 def qwen_count_tokens(text, tiktoken_path):
@@ -257,12 +287,18 @@ def parse_qwen(out):
         d["load_ms"] = float(m.group(1))
     m = re.search(r"prompt time: ([\d.]+) ms / (\d+) tokens \(([\d.]+) ms/token\)", out)
     if m:
-        d["prompt_ms"], d["prompt_tokens"], d["prompt_ms_per_token"] = float(m.group(1)), int(m.group(2)), \
-            float(m.group(3))
+        d["prompt_ms"], d["prompt_tokens"], d["prompt_ms_per_token"] = (
+            float(m.group(1)),
+            int(m.group(2)),
+            float(m.group(3)),
+        )
     m = re.search(r"output time: ([\d.]+) ms / (\d+) tokens \(([\d.]+) ms/token\)", out)
     if m:
-        d["output_ms"], d["output_tokens"], d["output_ms_per_token_reported"] = float(m.group(1)), \
-            int(m.group(2)), float(m.group(3))
+        d["output_ms"], d["output_tokens"], d["output_ms_per_token_reported"] = (
+            float(m.group(1)),
+            int(m.group(2)),
+            float(m.group(3)),
+        )
     m = re.search(r"num_threads = (\d+)", out)
     if m:
         d["num_threads"] = int(m.group(1))
@@ -278,8 +314,24 @@ def run_qwen(phase, threads, args, n_short):
         prompt, ctx = LONG_UNIT * 20, args.pp_tokens
         max_len = args.pp_tokens + 2
         want_prompt, want_out = args.pp_tokens, 2
-    cmd = [str(args.qwen_main), "-m", str(args.qwen_model), "--tiktoken", str(args.qwen_tiktoken),
-           "--mode", "generate", "-p", prompt, "-l", str(max_len), "-c", str(ctx), "-t", str(threads), "-v"]
+    cmd = [
+        str(args.qwen_main),
+        "-m",
+        str(args.qwen_model),
+        "--tiktoken",
+        str(args.qwen_tiktoken),
+        "--mode",
+        "generate",
+        "-p",
+        prompt,
+        "-l",
+        str(max_len),
+        "-c",
+        str(ctx),
+        "-t",
+        str(threads),
+        "-v",
+    ]
     if args.nice:
         cmd = ["nice", "-n", str(args.nice)] + cmd
     attempts = []
@@ -315,8 +367,10 @@ def run_qwen(phase, threads, args, n_short):
         attempts.append(sample)
         if sample["complete"] or "error" in sample:
             break
-        print(f"    qwen {phase} t={threads}: stopped early ({p['output_tokens']} of {want_out} tokens, EOS); "
-              f"retrying", flush=True)
+        print(
+            f"    qwen {phase} t={threads}: stopped early ({p['output_tokens']} of {want_out} tokens, EOS); retrying",
+            flush=True,
+        )
     final = dict(attempts[-1])
     if len(attempts) > 1:
         final["earlier_attempts"] = attempts[:-1]
@@ -324,8 +378,18 @@ def run_qwen(phase, threads, args, n_short):
 
 
 # --------------------------------------------------------------------------------------------- driver
-METRICS = ["load_s", "ttft_s", "tg_tok_s", "tg_prompt_tok_s", "pp_tok_s", "peak_rss_bytes", "peak_anon_bytes",
-           "peak_file_rss_bytes", "max_threads", "wall_s"]
+METRICS = [
+    "load_s",
+    "ttft_s",
+    "tg_tok_s",
+    "tg_prompt_tok_s",
+    "pp_tok_s",
+    "peak_rss_bytes",
+    "peak_anon_bytes",
+    "peak_file_rss_bytes",
+    "max_threads",
+    "wall_s",
+]
 
 
 def summarize(samples):
@@ -339,8 +403,9 @@ def summarize(samples):
                 g.setdefault(f"{s['phase']}.{k}", []).append(s[k])
     out = {}
     for g, d in groups.items():
-        out[g] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
-                  for k, v in sorted(d.items())}
+        out[g] = {
+            k: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)} for k, v in sorted(d.items())
+        }
     return out
 
 
@@ -395,9 +460,13 @@ def main():
     out = args.out or HERE / "results" / time.strftime("peers-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "host": host_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "short_prompt": SHORT_PROMPT, "samples": []}
+    doc = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "host": host_info(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "short_prompt": SHORT_PROMPT,
+        "samples": [],
+    }
     rounds = [("warmup", i) for i in range(args.warmup)] + [("rep", i) for i in range(args.repeat)]
     for kind, i in rounds:
         for peer in peers:
@@ -414,11 +483,14 @@ def main():
                         print(f"    ERROR: {s['error'][-500:]}", flush=True)
                     else:
                         key = "tg_tok_s" if phase == "tg" else "pp_tok_s"
-                        print(f"    load {s.get('load_s', float('nan')):.2f} s  {key} "
-                              f"{s.get(key, float('nan')):.2f}  peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB  "
-                              f"anon {s['peak_anon_bytes'] / 2**20:.0f} MiB  threads<= {s['max_threads']}  "
-                              f"complete={s.get('complete')}  load1 {s['loadavg_before']:.2f}->"
-                              f"{s['loadavg_after']:.2f}", flush=True)
+                        print(
+                            f"    load {s.get('load_s', float('nan')):.2f} s  {key} "
+                            f"{s.get(key, float('nan')):.2f}  peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB  "
+                            f"anon {s['peak_anon_bytes'] / 2**20:.0f} MiB  threads<= {s['max_threads']}  "
+                            f"complete={s.get('complete')}  load1 {s['loadavg_before']:.2f}->"
+                            f"{s['loadavg_after']:.2f}",
+                            flush=True,
+                        )
                     # write as we go, so an interrupted run keeps what it measured
                     doc["summary"] = summarize(doc["samples"])
                     out.write_text(json.dumps(doc, indent=1))
@@ -427,24 +499,28 @@ def main():
     out.write_text(json.dumps(doc, indent=1))
 
     print(f"\nwrote {out}")
-    hdr = f"{'peer/threads':14} {'tg tok/s':>22} {'pp tok/s':>22} {'load s (tg)':>12} {'peak RSS MiB':>13} " \
-          f"{'peak anon MiB':>14}  n"
+    hdr = (
+        f"{'peer/threads':14} {'tg tok/s':>22} {'pp tok/s':>22} {'load s (tg)':>12} {'peak RSS MiB':>13} "
+        f"{'peak anon MiB':>14}  n"
+    )
     print(hdr)
     print("-" * len(hdr))
     for g, d in doc["summary"].items():
-        def f(k, scale=1.0, fmt="{:.2f}"):
+
+        def f(k, scale=1.0, fmt="{:.2f}", d=d):
             if k not in d:
                 return "-"
             v = d[k]
-            return (fmt + " [" + fmt + "-" + fmt + "]").format(v["median"] / scale, v["min"] / scale,
-                                                              v["max"] / scale)
+            return (fmt + " [" + fmt + "-" + fmt + "]").format(v["median"] / scale, v["min"] / scale, v["max"] / scale)
 
-        def med(k, scale=1.0, fmt="{:.0f}"):
+        def med(k, scale=1.0, fmt="{:.0f}", d=d):
             return fmt.format(d[k]["median"] / scale) if k in d else "-"
 
         n = max((v["n"] for v in d.values()), default=0)
-        print(f"{g:14} {f('tg.tg_tok_s'):>22} {f('pp.pp_tok_s'):>22} {med('tg.load_s', fmt='{:.2f}'):>12} "
-              f"{med('tg.peak_rss_bytes', 2**20):>13} {med('tg.peak_anon_bytes', 2**20):>14}  {n}")
+        print(
+            f"{g:14} {f('tg.tg_tok_s'):>22} {f('pp.pp_tok_s'):>22} {med('tg.load_s', fmt='{:.2f}'):>12} "
+            f"{med('tg.peak_rss_bytes', 2**20):>13} {med('tg.peak_anon_bytes', 2**20):>14}  {n}"
+        )
     print("(median [min-max]; peak memory from the tg phase; pp-phase memory is in the JSON)")
 
 
