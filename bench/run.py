@@ -63,7 +63,7 @@ class BenchConfig:
     out_dir: str | None = None
     verdicts: str | None = None
     use_mmap: bool | None = None  # None: the tuning profile's, else mmap
-    extra_settings: dict = field(default_factory=dict)  # more Engine.load kwargs (issue 6: repack, ...)
+    extra_settings: dict = field(default_factory=dict)  # more load flags (qrun.bench.run.load_settings)
     command: str = ""
 
 
@@ -177,7 +177,7 @@ def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dic
         if n > cores:
             progress(
                 f"warning: --threads {n} is more than this machine's {cores} physical cores; llama.cpp slows "
-                f"down sharply above the core count (see PERF-FACTS) — measuring it anyway"
+                f"down sharply above the core count (its threads spin-wait for a core) — measuring it anyway"
             )
     out_dir = Path(config.out_dir) if config.out_dir else DEFAULT_OUT_DIR
     if out_dir.exists() and not out_dir.is_dir():

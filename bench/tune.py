@@ -6,7 +6,7 @@ interleaved (rep 1 of every point, then rep 2 of every point, ... each pass star
 drift on a shared machine hits all points alike. A point whose process crashes (e.g. SIGILL from llama.cpp's AMX
 repacking) is recorded as failed and not measured again; it is never chosen.
 
-Choice (PERF-FACTS: llama.cpp's defaults are not the best settings on a CPU, and the best differs per model):
+Choice (llama.cpp's defaults are not the best settings on a CPU, and the best differs per model: docs/performance.md):
   chat   = short prompt, long answer -> the highest median gen tok/s;
   prompt = long prompt, short answer -> the highest median prompt tok/s;
 points whose [min, max] over the repetitions overlaps the best one's are ties, broken by less peak RSS, then less
@@ -44,7 +44,7 @@ WORKLOADS = {"chat": (32, 64), "prompt": (512, 8)}
 METRIC = {"chat": "chat.gen_tokens_per_s", "prompt": "prompt.prompt_tokens_per_s"}
 FOUR_BIT = ("Q4_0", "Q4_K_S", "Q4_K_M")
 # Refuse above this 1-minute load average per core: a busy neighbour moves llama.cpp's speed by 10-60x at
-# threads = cores (PERF-FACTS), which would be measured as a property of the settings.
+# threads = cores (its worker threads spin-wait for a core), which would be measured as a property of the settings.
 MAX_LOAD_PER_CORE = 0.5
 DEFAULT_REPEAT = 3
 _WORKER_TIMEOUT_S = 1800
@@ -57,7 +57,8 @@ def _stderr(text: str) -> None:
 
 
 def default_threads_values(cores: int | None = None) -> list[int]:
-    """The core count and one less (on 2 cores: 1 and 2) — never more threads than cores (PERF-FACTS)."""
+    """The core count and one less (on 2 cores: 1 and 2) — never more threads than cores (qrun.settings.physical_cores
+    says why)."""
     cores = cores or settings.physical_cores()
     return sorted({max(1, cores - 1), cores})
 

@@ -3,8 +3,9 @@
 Repacking (llama_model_params.use_extra_bufts) also enables llama.cpp's AMX kernels where the CPU advertises AMX.
 Some virtual machines advertise AMX (cpuinfo flags, the kernel's XCOMP permission) without the hypervisor enabling
 the tile registers, and the first batched Q4 matmul then dies with SIGILL (`tilezero`) — the whole process, with no
-message (seen on this project's development VM). A crash cannot be caught in-process, so before a model is loaded
-with repacking on such a CPU, a tiny model is run with it in a child process and the verdict is cached.
+message (seen on a KVM "Intel Xeon Processor"; on the same VM the probe child has also died of SIGSEGV). A crash cannot
+be caught in-process, so before a model is loaded with repacking on such a CPU, a tiny model is run with it in a child
+process and the verdict is cached.
 
 When AMX is what crashes, a second child repeats the run with AMX denied (runner/amx_guard.py): if that works,
 repacking stays available with llama.cpp's AVX-512/AVX2 kernels, and every process that repacks on this machine

@@ -3,8 +3,8 @@
 Prompt processing is matrix-matrix work: a batch of prompt tokens goes through every weight matrix, ~2 FLOPs per
 weight per token (a multiply and an add; attention over a 512-token prompt adds ~1 % for these 7B shapes). So
 prompt tokens/s x 2 x matmul weights is the arithmetic rate llama.cpp reached, and SGEMM's rate on the same cores
-is the reference it is compared with (issue 5). llama.cpp's Q4 kernels multiply in int8 (AVX-512 VNNI / AVX2),
-whose per-instruction width is 4x float32's, so this is the measured float32 peak, not a bound on the int8 path.
+is the reference it is compared with (docs/performance.md). llama.cpp's Q4 kernels multiply in int8 (AVX-512 VNNI /
+AVX2), whose per-instruction width is 4x float32's, so this is the measured float32 peak, not a bound on the int8 path.
 
 Each thread count runs in a fresh process with the BLAS limited to one thread (OPENBLAS/OMP/MKL_NUM_THREADS=1) and
 N Python threads multiplying their own matrices (numpy releases the GIL), so N means N busy cores, as in

@@ -1,4 +1,4 @@
-"""Real-scale performance (issue 5): full-size random-weight checkpoints -> qrun convert -> qrun bench, side by side
+"""Real-scale performance: full-size random-weight checkpoints -> qrun convert -> qrun bench, side by side
 with llama.cpp's own llama-bench and this machine's memory bandwidth.
 
     python -m tools.perf.realscale [--models M,...] [--steps S,...] [--work DIR] [--out DIR]
@@ -36,7 +36,7 @@ from tools.perf import realscale_tasks as tasks
 MODEL_STEPS = ("checkpoint", "convert", "iofloor", "load", "bench", "llama-bench")
 MACHINE_STEPS = ("bandwidth", "compute")  # measured once, before the models
 STEPS = MODEL_STEPS + MACHINE_STEPS
-# Q4_0 too where Q4_K_M is known to be the slower 4-bit type or a peer ships q4_0 (PERF-FACTS, issue 5 item 5).
+# Q4_0 too where a peer ships q4_0 (chatglm.cpp, qwen.cpp: docs/performance.md compares them).
 QUANTS = {"chatglm3-6b": ("Q4_K_M", "Q4_0"), "qwen-7b-chat": ("Q4_K_M", "Q4_0"), "deepseek-llm-7b-chat": ("Q4_K_M",)}
 TOKENIZERS_DIR = Path(__file__).resolve().parents[2] / "tests" / "data" / "tokenizers"
 _GiB = 1 << 30

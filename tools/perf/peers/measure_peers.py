@@ -4,7 +4,7 @@
 Run with the venv's python (chatglm's worker imports chatglm_cpp from it; qwen's prompt is token-counted with
 tiktoken from it):
 
-    /work/peers/venv/bin/python /work/peers/measure_peers.py --peer chatglm,qwen --threads 1,2 --repeat 5
+    PEERS_VENV/bin/python tools/perf/peers/measure_peers.py --peer chatglm,qwen --threads 1,2 --repeat 5
 
 Every repetition of every (peer, threads) pair runs two FRESH processes:
   tg phase: load the model, short prompt, then exactly --gen-tokens single-token decode steps (EOS ignored for
@@ -56,7 +56,7 @@ HERE = Path(os.environ.get("PEERS_DIR", ".")).resolve()
 CHATGLM_MODEL = HERE / "chatglm3-6b-q4_0.bin"
 QWEN_MODEL = HERE / "qwen-7b-chat-q4_0.bin"
 QWEN_MAIN = HERE / "qwen-build/bin/main"
-QWEN_TIKTOKEN = HERE / "qwen.tiktoken"  # copy of /work/perf/checkpoints/qwen-7b-chat/qwen.tiktoken
+QWEN_TIKTOKEN = HERE / "qwen.tiktoken"  # copy of the real-scale Qwen checkpoint's qwen.tiktoken
 SHIM = HERE / "shim/libnprocs.so"
 
 SHORT_PROMPT = "Write a short story about a robot who learns to paint."
