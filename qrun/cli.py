@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -60,6 +61,39 @@ class QrunGroup(click.Group):
                 raise
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except OSError as err:
+            if err.errno not in _UNWRITABLE_OUTPUT or not _stdout_broken() or settings.debug():
+                raise
+            # `qrun ask ... > /dev/full` or a full disk under a redirect: stdout is unusable from here on, so the
+            # flush at exit must not fail a second time with a traceback
+            _discard_stdout()
+            click.echo(
+                f"Error: cannot write the output ({err.strerror}) — free space on that disk, or send the output "
+                "elsewhere",
+                err=True,
+            )
+            sys.exit(1)
+
+
+_UNWRITABLE_OUTPUT = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
+
+
+def _stdout_broken() -> bool:
+    """True when writing to stdout itself fails now (the error came from the answer's output, not from a file)."""
+    try:
+        sys.stdout.flush()
+        os.write(sys.stdout.fileno(), b"")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+def _discard_stdout() -> None:
+    null_fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null_fd, sys.stdout.fileno())
+    os.close(null_fd)
 
 
 @click.group(cls=QrunGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -168,3 +168,21 @@ def test_a_gguf_name_that_is_not_utf8_says_so(tiny_gguf, tmp_path):
     stderr = result.stderr.decode("utf-8", errors="replace")
     assert result.returncode == 1 and stderr.count("\n") == 1, stderr
     assert stderr.startswith("Error:") and "not UTF-8" in stderr and "rename" in stderr, stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (a device that is always full)")
+def test_an_output_that_cannot_be_written_is_one_line(tiny_gguf):
+    """`qrun ask ... > /dev/full`: one error line on stderr, exit 1, no traceback at exit either."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [*QRUN, "ask", str(tiny_gguf("deepseek-llm-7b-chat")), "你好", "--max-tokens", "64", "--temperature", "0"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "Error: cannot write the output (No space left on device) — free space on that disk, or send the output "
+        "elsewhere"
+    ]
