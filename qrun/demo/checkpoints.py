@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from qrun.convert.synthetic import BASE_CONFIGS, TINY_OVERRIDES, write_random_checkpoint
+from qrun.convert.vocab import CHATGLM3_SPECIALS
 from qrun.demo import tokenizers as demo_tokenizers
 from qrun.fsutil import write_json_atomic
 
@@ -65,7 +66,7 @@ def write_demo_tokenizer_dir(model: str, out_dir: Path) -> dict:
         )
     elif model == "chatglm3-6b":
         first = demo_tokenizers.write_chatglm3_tokenizer(out_dir)
-        n_tokens = first + len(demo_tokenizers.CHATGLM3_SPECIALS)
+        n_tokens = first + len(CHATGLM3_SPECIALS)
         vocab_size = _round_up(n_tokens, VOCAB_ALIGN)
         config.update(padded_vocab_size=vocab_size)
         _write_json(

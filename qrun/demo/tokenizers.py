@@ -34,18 +34,6 @@ from qrun.demo.corpus import corpus_lines
 QWEN_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501 (the pattern verbatim)
 # Source: Qwen's tokenization_qwen.py: specials follow the ranks in this order, then <|extra_0|>..<|extra_204|>.
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
-# Source: ChatGLM3 tokenization_chatglm.py SPTokenizer: appended after the SentencePiece pieces, in this order.
-CHATGLM3_SPECIALS = (
-    "[MASK]",
-    "[gMASK]",
-    "[sMASK]",
-    "sop",
-    "eop",
-    "<|system|>",
-    "<|user|>",
-    "<|assistant|>",
-    "<|observation|>",
-)
 DEEPSEEK_BOS = "<｜begin▁of▁sentence｜>"  # full-width bar U+FF5C and U+2581, as in the real tokenizer.json
 DEEPSEEK_EOS = "<｜end▁of▁sentence｜>"
 
