@@ -463,38 +463,50 @@ def run_tune(
     """Tune every named (or converted) model; merge into and write the profile. Returns (profile, its path)."""
     if repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
+    grid = _grid(
+        repack=repack,
+        use_mmap=use_mmap,
+        threads=threads,
+        threads_batch=threads_batch,
+        flash_attn=flash_attn,
+        kv_types=kv_types,
+    )  # flags first: a bad combination is refused at once
     targets = find_grid_targets(list(models), quants=quants, ggufs_dir=ggufs_dir)
     log = tune_log.PointLog(workloads=WORKLOADS, n_ctx=n_ctx)  # refuses an unwritable qrun home before measuring
     try:
         return _tune_targets(
-            targets,
-            log,
-            repack=repack,
-            use_mmap=use_mmap,
-            threads=threads,
-            threads_batch=threads_batch,
-            flash_attn=flash_attn,
-            kv_types=kv_types,
-            repeat=repeat,
-            force=force,
-            n_ctx=n_ctx,
-            command=command,
-            progress=progress,
+            targets, log, grid=grid, repeat=repeat, force=force, n_ctx=n_ctx, command=command, progress=progress
         )
     finally:
         log.close()
+
+
+def _grid(*, repack, use_mmap, threads, threads_batch, flash_attn, kv_types) -> dict:
+    """make_grid's axes from the flags (None: every value of that axis)."""
+    attention = tuple(
+        (fa, kv)
+        for fa, kv in ATTENTION
+        if (flash_attn is None or fa == flash_attn) and (not kv_types or kv in kv_types)
+    )
+    if not attention:
+        raise UsageError(
+            "--no-flash-attn with only --kv-type q8_0 leaves nothing to measure",
+            "a q8_0 KV cache needs flash attention: add --flash-attn or --kv-type f16",
+        )
+    return {
+        "repack": (False, True) if repack is None else (repack,),
+        "use_mmap": (True, False) if use_mmap is None else (use_mmap,),
+        "threads": tuple(threads or default_threads_values()),
+        "threads_batch": tuple(threads_batch) if threads_batch else None,
+        "attention": attention,
+    }
 
 
 def _tune_targets(
     targets,
     log: tune_log.PointLog,
     *,
-    repack,
-    use_mmap,
-    threads,
-    threads_batch,
-    flash_attn,
-    kv_types,
+    grid: dict,
     repeat: int,
     force: bool,
     n_ctx,
@@ -502,22 +514,6 @@ def _tune_targets(
     progress: Progress,
 ) -> tuple[dict, Path]:
     check_load(force=force, progress=progress)
-    grid = {
-        "repack": (False, True) if repack is None else (repack,),
-        "use_mmap": (True, False) if use_mmap is None else (use_mmap,),
-        "threads": tuple(threads or default_threads_values()),
-        "threads_batch": tuple(threads_batch) if threads_batch else None,
-        "attention": tuple(
-            (fa, kv)
-            for fa, kv in ATTENTION
-            if (flash_attn is None or fa == flash_attn) and (not kv_types or kv in kv_types)
-        ),
-    }
-    if not grid["attention"]:
-        raise UsageError(
-            "--no-flash-attn with only --kv-type q8_0 leaves nothing to measure",
-            "a q8_0 KV cache needs flash attention: add --flash-attn or --kv-type f16",
-        )
     doc = profile_mod.read(notice=progress) or profile_mod.new_document(command=command)
     doc.update(command=command, created_utc=profile_mod.new_document(command=command)["created_utc"])
     if log.reusable:

@@ -468,3 +468,10 @@ def test_a_profile_never_changes_the_quant_unless_asked(converted, tiny_gguf):
     assert notices[0] == (
         f"note: --quant auto: {MODEL}-Q4_0.gguf, the type `qrun tune` measured fastest for chat on this machine"
     )
+
+
+def test_a_grid_with_nothing_to_measure_is_refused_before_looking_for_models(tmp_path):
+    # (no model is converted here: the flags are checked first, so this is the error the user sees)
+    result = CliRunner().invoke(main, ["tune", "--no-flash-attn", "--kv-type", "q8_0", "--ggufs", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "--no-flash-attn with only --kv-type q8_0 leaves nothing to measure" in result.output
