@@ -83,7 +83,8 @@ def _model_params(**fields) -> Iterator[None]:
 # llama.cpp polls these during its long calls (after every graph node of a decode, and while loading) and stops when
 # they say so; qrun.interrupts explains why that is what makes Ctrl-C take effect within a second. The abort callback
 # is set only while a prompt is evaluated: a one-token decode is short (a fraction of a second on a 7B), and calling
-# Python after each graph node cost 4.5 % of generation speed on a small model (tools/perf/abort_overhead.py).
+# Python after each graph node cost 2.6 % of generation speed on a small model, nothing measurable on a 7B
+# (docs/performance.md, "The cost of making Ctrl-C work inside llama.cpp").
 @llama_cpp.ggml_abort_callback
 def _abort_decode(_user_data) -> bool:
     return interrupts.abort_requested()
