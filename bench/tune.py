@@ -37,6 +37,7 @@ from qrun import measure as measure_mod  # (tune_model takes a "measure" functio
 from qrun.bench import tune_log
 from qrun.errors import BenchError, UsageError
 from qrun.runner import profile as profile_mod
+from qrun.runner import resolve
 
 # (prompt tokens, generated tokens) per workload: "chat" ~ a question and a paragraph of answer; "prompt" ~ a
 # document to summarize in a line. Sized so a 7B grid point takes ~30 s on 2 cores.
@@ -114,22 +115,17 @@ def versus(chosen: dict, baseline: dict | None) -> dict | None:
     return out
 
 
+# The load settings a grid point sets (with "quant"); n_ctx is sized to the workload.
+GRID_KEYS = ("repack", "use_mmap", "n_threads", "n_threads_batch", "flash_attn", "kv_type")
 # (flash attention, KV cache type) pairs llama.cpp runs on the CPU: a q8_0 V cache needs flash attention.
 ATTENTION = ((False, "f16"), (True, "f16"), (True, "q8_0"))
 
 
 def qrun_defaults(quant: str) -> dict:
-    """The load settings `qrun ask` uses without a profile or flags (qrun.settings), as a grid point."""
-    threads = settings.default_threads()
-    return {
-        "quant": quant,
-        "repack": settings.repack_weights(None),
-        "use_mmap": True,
-        "n_threads": threads,
-        "n_threads_batch": threads,
-        "flash_attn": False,
-        "kv_type": "f16",
-    }
+    """The load settings `qrun ask` uses without a profile or flags (qrun.runner.resolve.defaults), as a grid
+    point."""
+    load = resolve.defaults()
+    return {"quant": quant, **{k: getattr(load, k) for k in GRID_KEYS}}
 
 
 def decide(chosen: dict, default: dict | None, workload: str) -> dict:
@@ -313,10 +309,9 @@ def find_grid_targets(models, *, quants, ggufs_dir) -> dict[str, list[tuple[str,
 
 def run_point(gguf: Path, point: dict, *, n_ctx: int | None = None) -> tuple[dict | None, str | None]:
     """Measure one point in a fresh process -> (flat result, None) or (None, failure reason)."""
-    keys = ("repack", "use_mmap", "n_threads", "n_threads_batch", "flash_attn", "kv_type")
     job = {
         "gguf": str(gguf),
-        "settings": {k: point[k] for k in keys if k in point},
+        "settings": {k: point[k] for k in GRID_KEYS if k in point},
         "n_ctx": point.get("n_ctx") or n_ctx,
         "workloads": WORKLOADS,
         "seed": settings.DEFAULT_SEED,

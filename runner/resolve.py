@@ -159,10 +159,32 @@ def resolve(
             entry = entry_for(model, gguf)
     tuned = dict(entry["settings"]) if entry else {}
     tuned.pop("quant", None)  # the profile never picks the file (handled above, only for --quant auto)
-    values: dict = {}
+    flags = {
+        "n_threads": threads,
+        "n_threads_batch": threads_batch,
+        "repack": repack,
+        "use_mmap": use_mmap,
+        "flash_attn": flash_attn,
+        "kv_type": kv_type,
+    }
+    values, picked = _pick(flags, tuned)
+    sources.update(picked)
+    values["n_ctx"], sources["n_ctx"] = (ctx, "flag") if ctx is not None else (None, "default")
+    load = settings.LoadSettings(quant=chosen_quant, sources=sources, **values)
+    from_profile = [k for k, v in sources.items() if v == "profile" and k != "quant"]
+    if from_profile:
+        shown = ", ".join(f"{k}={_show(values[k])}" for k in from_profile)
+        notice(f"note: {gguf.name}: {shown} from the tuning profile ({workload}; flags override it)")
+    return gguf, load
 
-    def pick(key, flag, env_value, default):
-        for value, source in ((flag, "flag"), (env_value, "env"), (tuned.get(key), "profile")):
+
+def _pick(flags: dict, tuned: dict) -> tuple[dict, dict]:
+    """Each load setting but quant and n_ctx from flag > QRUN_* env > profile (`tuned`) > default, and its source."""
+    values: dict = {}
+    sources: dict[str, str] = {}
+
+    def pick(key, env_value, default):
+        for value, source in ((flags.get(key), "flag"), (env_value, "env"), (tuned.get(key), "profile")):
             if value is not None:
                 values[key], sources[key] = value, source
                 return
@@ -171,28 +193,28 @@ def resolve(
     env_value = os.environ.get("QRUN_THREADS", "").strip()
     env_threads = (settings.check_threads(env_value, flag="QRUN_THREADS") or None) if env_value else None
     env_repack = settings.env_bool("QRUN_REPACK") if os.environ.get("QRUN_REPACK", "").strip() else None
-    pick("n_threads", threads, env_threads, settings.physical_cores())
-    if sources["n_threads"] in ("flag", "env") and threads_batch is None:
+    pick("n_threads", env_threads, settings.physical_cores())
+    if sources["n_threads"] in ("flag", "env") and flags.get("n_threads_batch") is None:
         # --threads 1 alone means "use 1 thread": prompt processing follows it
         values["n_threads_batch"], sources["n_threads_batch"] = values["n_threads"], sources["n_threads"]
     else:
         pick(
             "n_threads_batch",
-            threads_batch,
             None,
             values["n_threads"] if sources["n_threads"] == "default" else settings.physical_cores(),
         )
-    pick("repack", repack, env_repack, False)
-    pick("use_mmap", use_mmap, None, True)
-    pick("flash_attn", flash_attn, None, False)
-    pick("kv_type", kv_type, None, "f16")
-    values["n_ctx"], sources["n_ctx"] = (ctx, "flag") if ctx is not None else (None, "default")
-    load = settings.LoadSettings(quant=chosen_quant, sources=sources, **values)
-    from_profile = [k for k, v in sources.items() if v == "profile" and k != "quant"]
-    if from_profile:
-        shown = ", ".join(f"{k}={_show(values[k])}" for k in from_profile)
-        notice(f"note: {gguf.name}: {shown} from the tuning profile ({workload}; flags override it)")
-    return gguf, load
+    pick("repack", env_repack, False)
+    pick("use_mmap", None, True)
+    pick("flash_attn", None, False)
+    pick("kv_type", None, "f16")
+    return values, sources
+
+
+def defaults() -> settings.LoadSettings:
+    """What a model is loaded with when no flag or profile says otherwise (QRUN_* still apply): `qrun tune`
+    measures it as qrun's default point."""
+    values, sources = _pick({}, {})
+    return settings.LoadSettings(sources=sources, **values)
 
 
 def _show(value) -> str:
