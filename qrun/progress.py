@@ -38,9 +38,9 @@ def bar_format(unit: str, *, scaled: bool = False, known_total: bool = True, dra
     else:
         counts = "{n_fmt}" + ("/{total_fmt}" if known_total else "") + " " + unit
     if not known_total:
-        return "{desc}: " + counts + " [{elapsed}, {rate_fmt}]"
+        return "{desc}: " + counts + " [{elapsed}, {rate_noinv_fmt}]"
     bar = "|{bar}|" if drawn else ""
-    return "{desc}: {percentage:3.0f}%" + bar + " " + counts + " [{elapsed}<{remaining}, {rate_fmt}]"
+    return "{desc}: {percentage:3.0f}%" + bar + " " + counts + " [{elapsed}<{remaining}, {rate_noinv_fmt}]"
 
 
 _lock = threading.RLock()
