@@ -259,7 +259,7 @@ def unreachable_reason(urls: list[str], timeout_s: float | None = None) -> str |
     for host, port in targets:
         threading.Thread(target=_try_connect, args=(host, port, timeout_s, answers), daemon=True).start()
     deadline_s = time.monotonic() + timeout_s
-    reasons = []
+    reasons: list[str] = []
     while len(reasons) < len(targets):
         try:
             reason = answers.get(timeout=max(deadline_s - time.monotonic(), 0.0))
