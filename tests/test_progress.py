@@ -4,7 +4,6 @@ fail at once, in one line naming QRUN_OFFLINE, when offline."""
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import os
@@ -224,7 +223,7 @@ def test_tune_bar_counts_grid_points_including_an_excluded_one(tiny_gguf, tmp_pa
         },
         repeat=2,
         progress=lines.append,
-        meter=functools.partial(Recorded),
+        meter=Recorded,
     )
     [bar] = recorded
     assert [s["status"].split(":")[0] for s in entry["grid"]] == ["ok", "failed"]
