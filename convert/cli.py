@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -15,27 +14,7 @@ from qrun.convert import workspace as ws
 from qrun.convert.download import SOURCES
 from qrun.convert.pipeline import convert_model, find_converted
 from qrun.errors import ConversionError, GGUFError, QrunError, UsageError
-
-
-class StderrProgress:
-    """Per-tensor progress of a step as one line about every second (and at the end) on stderr."""
-
-    def __init__(self, interval_s: float = 1.0):
-        self.interval_s = interval_s
-        self._last_s = 0.0
-
-    def __call__(self, step: str, **info) -> None:
-        if "done_bytes" in info:
-            done, total = info["done_bytes"], info["total_bytes"]
-            what = f"{done / 1e6:.0f}/{total / 1e6:.0f} MB"
-        else:
-            done, total = info.get("done"), info.get("total")
-            what = f"{done}/{total} tensors"
-        now = time.monotonic()
-        if done != total and now - self._last_s < self.interval_s:
-            return
-        self._last_s = now
-        click.echo(f"[{step}] {what} {info.get('tensor', '')}".rstrip(), err=True)
+from qrun.progress import StepBars
 
 
 def _size(n_bytes: int | None) -> str:
@@ -125,7 +104,7 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
                 out_dir=out_dir,
                 keep_f16=keep_f16,
                 threads=threads,
-                progress=StderrProgress(),
+                progress=StepBars(),  # bars with ETA on a terminal, whole lines in a log (qrun.progress)
             )
         except QrunError as err:
             if len(specs) == 1:

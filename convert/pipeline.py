@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from qrun import progress as progress_mod
 from qrun import registry, settings
 from qrun.convert import manifest as mf
 from qrun.convert import workspace as ws
@@ -75,7 +75,7 @@ def find_converted(out_dir: str | os.PathLike | None = None) -> list[tuple[Model
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    progress_mod.say(message)  # above a progress bar being drawn, if any
 
 
 def _measured(steps: dict, name: str):
