@@ -126,7 +126,7 @@ def remove_model(
         paths = model_files(spec, folder, quant)
         if not paths or not confirm(paths):
             return []
-        removed = []
+        removed: list[Path] = []
         # each GGUF before its manifest: a run stopped between the two leaves a manifest without its file, which
         # model_files() still lists, so `qrun rm` again finishes the job
         for path in paths:

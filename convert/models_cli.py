@@ -190,7 +190,7 @@ def _source_text(source: dict | None) -> str:
     if source.get("kind") == "local":
         return f"local folder {source.get('path')}"
     if source.get("kind") == "hub":
-        hub = {"modelscope": "ModelScope", "hf": "Hugging Face"}.get(source.get("hub"), source.get("hub"))
+        hub = {"modelscope": "ModelScope", "hf": "Hugging Face"}.get(str(source.get("hub")), source.get("hub"))
         asked = source.get("requested_revision")
         return (
             f"{hub} {source.get('repo_id')} revision {source.get('revision')}"

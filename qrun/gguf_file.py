@@ -226,6 +226,7 @@ def token_ids(path: str | os.PathLike, texts: Iterable[str]) -> dict[str, int | 
 
     def pick(ids: list[int]) -> int | None:
         special = [i for i in ids if i < len(token_types) and token_types[i] in _SPECIAL_TOKEN_TYPES]
-        return (special or ids or [None])[-1]
+        chosen = special or ids
+        return chosen[-1] if chosen else None
 
     return {text: pick(ids) for text, ids in found.items()}
