@@ -110,6 +110,28 @@ def test_show_a_converted_model(model, tiny_ggufs, tiny_checkpoints, tmp_path):
     assert f"Q4_K    {q4k['tensors']}" in text.stdout
 
 
+def test_show_names_the_hub_and_revision_a_download_came_from(tiny_ggufs, tmp_path):
+    folder = _folder_of(tiny_ggufs, "chatglm3-6b", tmp_path / "ggufs")
+    gguf_path = folder / "chatglm3-6b-Q4_K_M.gguf"
+    manifest = mf.read_manifest(gguf_path)
+    # the source block `qrun convert chatglm3 --revision v1.0` records (convert/download.py DownloadResult)
+    manifest["source"] = {
+        "kind": "hub",
+        "hub": "modelscope",
+        "repo_id": "ZhipuAI/chatglm3-6b",
+        "requested_revision": "v1.0",
+        "revision": "v1.0",
+        "path": "/cache/modelscope/ZhipuAI/chatglm3-6b",
+        "fingerprint": "0" * 32,
+    }
+    mf.write_manifest(gguf_path, manifest)
+    result = run("show", "chatglm3", "--quant", "Q4_K_M", "--ggufs", str(folder))
+    assert result.exit_code == 0, result.output
+    assert "source          ModelScope ZhipuAI/chatglm3-6b revision v1.0, cached at /cache/modelscope/" in result.stdout
+    [info] = json.loads(run("show", "chatglm3", "--quant", "Q4_K_M", "--ggufs", str(folder), "--json").stdout)
+    assert info["source"] == manifest["source"]
+
+
 def test_show_a_foreign_gguf_by_path(tmp_path):
     path = write_foreign_gguf(tmp_path / "elsewhere.gguf")
     result = run("show", str(path), "--json")

@@ -73,25 +73,25 @@ def test_bench_draws_both_plots_from_its_results(bench_out):
 
 def test_accuracy_bubbles_are_each_models_fastest_run(bench_out, tmp_path):
     runs = _runs(bench_out)
-    series = plots.plot_accuracy_speed(
-        plots.plot_rows([json.loads((bench_out / "results.json").read_text())]), tmp_path / "a.png"
-    )
-    fastest = {}
-    for run in runs:
-        if (
-            run["model"] not in fastest
-            or run["summary"]["gen_tokens_per_s"] > fastest[run["model"]]["summary"]["gen_tokens_per_s"]
-        ):
-            fastest[run["model"]] = run
-    chosen = [fastest[m] for m in dict.fromkeys(r["model"] for r in runs)]
-    assert series["x"] == [r["summary"]["gen_tokens_per_s"] for r in chosen]
-    assert series["y"] == [r["summary"]["accuracy"] for r in chosen]
-    assert series["peak_rss_bytes"] == [r["peak_rss_bytes"] for r in chosen]
-    largest = max(r["peak_rss_bytes"] for r in chosen)
-    assert series["sizes"] == [plots.MAX_BUBBLE_AREA_PT2 * r["peak_rss_bytes"] / largest for r in chosen]
-    assert max(series["sizes"]) == plots.MAX_BUBBLE_AREA_PT2
-    assert [label.split(" (")[0] for label in series["labels"]] == [f"{r['model']} {QUANT}" for r in chosen]
-    assert_png(tmp_path / "a.png", width=800, height=550)
+    fastest = {model: max((r for r in runs if r["model"] == model), key=_speed) for model in MODELS}
+    assert all(len({_speed(r) for r in runs if r["model"] == m}) == 2 for m in MODELS)  # the choice matters
+    rows = plots.plot_rows([json.loads((bench_out / "results.json").read_text(encoding="utf-8"))])
+    for order, ordered_rows in (("as measured", rows), ("reversed", rows[::-1])):
+        series = plots.plot_accuracy_speed(ordered_rows, tmp_path / "a.png")
+        chosen = [fastest[label.split(" ")[0]] for label in series["labels"]]
+        assert sorted(r["model"] for r in chosen) == sorted(MODELS), order
+        assert series["x"] == [_speed(r) for r in chosen], order
+        assert series["y"] == [r["summary"]["accuracy"] for r in chosen]
+        assert series["peak_rss_bytes"] == [r["peak_rss_bytes"] for r in chosen]
+        largest = max(r["peak_rss_bytes"] for r in chosen)
+        assert series["sizes"] == [plots.MAX_BUBBLE_AREA_PT2 * r["peak_rss_bytes"] / largest for r in chosen]
+        assert max(series["sizes"]) == plots.MAX_BUBBLE_AREA_PT2
+        assert series["labels"] == [f"{r['model']} {QUANT} ({r['peak_rss_bytes'] / 2**20:.0f} MiB)" for r in chosen]
+        assert_png(tmp_path / "a.png", width=800, height=550)
+
+
+def _speed(run: dict) -> float:
+    return run["summary"]["gen_tokens_per_s"]
 
 
 def test_threads_plot_has_one_line_per_model(bench_out, tmp_path):
