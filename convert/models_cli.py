@@ -205,7 +205,7 @@ def _show_text(info: dict) -> str:
 
     m = info["manifest"]
     manifest = m["data"] or {}
-    head = f"{info['model'] or 'foreign GGUF'}  {info['quant'] or ''}  {info['file']}".replace("    ", "  ")
+    head = "  ".join(part for part in (info["model"] or "foreign GGUF", info["quant"], info["file"]) if part)
     if m["status"] == "missing":
         manifest_line = "none" + (
             " — not made by `qrun convert`: its model is not guessed (run it with `qrun ask FILE --as MODEL`)"
