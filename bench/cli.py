@@ -255,7 +255,7 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
         )
     else:
         click.echo(report.render_table(docs))
-    click.echo(f"report: {paths['report']}, {paths['csv']}", err=True)
+    click.echo(f"report: {', '.join(str(path) for key, path in paths.items() if key != 'json')}", err=True)
     if unmatched:
         click.echo(report.unmatched_line(unmatched, paths["report"]), err=True)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from qrun import child, lifeline, registry, settings
 from qrun import progress as progress_mod
-from qrun.bench import report
+from qrun.bench import plots, report
 from qrun.bench import results as results_mod
 from qrun.bench import suite as suites
 from qrun.bench.score import load_verdicts
@@ -243,7 +243,8 @@ def _remove_leftovers(out_dir: Path, progress) -> None:
     if jobs_dir.exists():
         progress(f"note: removing {jobs_dir}, left by a `qrun bench` that did not finish")
         shutil.rmtree(jobs_dir, ignore_errors=True)
-    for name in ("results.json", "results.csv", "report.md"):  # qrun.fsutil.atomic_open's temporary names
+    # qrun.fsutil.atomic_open's temporary names
+    for name in ("results.json", "results.csv", "report.md", *plots.PLOT_NAMES):
         for tmp in out_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 

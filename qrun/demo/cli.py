@@ -65,7 +65,8 @@ def run_demo(
 
     Returns:
         {"out_dir", "checkpoints": {model: dir}, "ggufs": {model: path}, "answers": {model: ask() result},
-         "results_json", "report_md", "bench": bench summary, "steps_s": {step: seconds}, "elapsed_s"}.
+         "results_json", "report_md", "plots": PNG paths, "bench": bench summary, "steps_s": {step: seconds},
+         "elapsed_s"}.
 
     Raises:
         UsageError for bad arguments; any QrunError of the steps it runs.
@@ -151,6 +152,8 @@ def run_demo(
 
     elapsed_s = time.perf_counter() - started
     write(f"Results: {bench['results_json']}\nReport:  {bench['report_md']}\n")
+    if bench["plots"]:
+        write(f"Plots:   {', '.join(str(path) for path in bench['plots'])} (embedded in the report)\n")
     failed = [run for run in bench["doc"]["runs"] if run["status"] != "ok"]
     if failed:
         reasons = "; ".join(
@@ -168,6 +171,7 @@ def run_demo(
         "answers": answers,
         "results_json": str(bench["results_json"]),
         "report_md": str(bench["report_md"]),
+        "plots": [str(path) for path in bench["plots"]],
         "bench": bench,
         "steps_s": steps_s,
         "elapsed_s": elapsed_s,
@@ -176,19 +180,21 @@ def run_demo(
 
 def _run_bench(names, *, quant: str, ggufs_dir: Path, out_dir: Path, threads: int, max_tokens: int, progress) -> dict:
     """The seed suite over the demo GGUFs through qrun.bench (one worker process per model, as `qrun bench`)."""
-    from qrun.bench import report
+    from qrun.bench import plots, report
     from qrun.bench.run import BenchConfig, run_bench
 
+    # one thread and `threads`: the report then has its speed-against-threads plot beside the accuracy bubbles
+    sweep = sorted({1, threads})
     config = BenchConfig(
         models=list(names),
         quant=quant,
         suite=settings.DEFAULT_SUITE,
-        threads=[threads],
+        threads=sweep,
         max_tokens=max_tokens,
         ggufs_dir=str(ggufs_dir),
         out_dir=str(out_dir),
         command=f"qrun demo (bench: qrun bench {' '.join(names)} --quant {quant} "
-        f"--threads {threads} --max-tokens {max_tokens} --ggufs {ggufs_dir} "
+        f"--threads {','.join(map(str, sweep))} --max-tokens {max_tokens} --ggufs {ggufs_dir} "
         f"--out {out_dir})",
     )
     doc = run_bench(config, progress=progress, force=True)  # a demo rerun replaces its own bench/ results
@@ -197,6 +203,7 @@ def _run_bench(names, *, quant: str, ggufs_dir: Path, out_dir: Path, threads: in
         "table": report.render_table([doc]),
         "results_json": out_dir / "results.json",
         "report_md": out_dir / "report.md",
+        "plots": [out_dir / name for name in plots.PLOT_NAMES if (out_dir / name).is_file()],
     }
 
 
