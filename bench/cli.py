@@ -11,6 +11,7 @@ import click
 from tabulate import tabulate
 
 from qrun import settings
+from qrun.completion import complete_model, complete_quant
 from qrun.errors import UsageError
 
 
@@ -28,7 +29,7 @@ def _command_line() -> str:
 
 
 @click.command("bench", cls=_RecordsArgs)
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, shell_complete=complete_model)
 @click.option(
     "--threads",
     "threads",
@@ -43,6 +44,7 @@ def _command_line() -> str:
     default=None,
     type=click.Choice(settings.QUANTS, case_sensitive=False),
     metavar="QUANT",
+    shell_complete=complete_quant,
     help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)} (default: every converted type).",
 )
 @click.option(

@@ -10,6 +10,7 @@ import click
 from tabulate import tabulate
 
 from qrun import measure
+from qrun.completion import complete_model, complete_quant
 
 
 def _ints(value: str | None, option: str) -> list[int] | None:
@@ -27,12 +28,13 @@ def _kv_types(value: str | None) -> list[str] | None:
 
 
 @click.command("tune")
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, shell_complete=complete_model)
 @click.option(
     "--quant",
     "quants",
     multiple=True,
     metavar="Q[,Q...]",
+    shell_complete=complete_quant,
     help="GGUF types to compare (repeatable; default: every converted 4-bit type of the model).",
 )
 @click.option(

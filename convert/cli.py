@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from qrun import registry, settings
+from qrun.completion import complete_model, complete_quant
 from qrun.convert import manifest as mf
 from qrun.convert import workspace as ws
 from qrun.convert.download import SOURCES
@@ -56,7 +57,7 @@ def _summary(result: dict) -> str:
 
 
 @click.command("convert")
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, shell_complete=complete_model)
 @click.option("--from", "from_dir", metavar="DIR", help="Convert a local checkpoint folder (exactly one MODEL).")
 @click.option(
     "--source",
@@ -71,6 +72,7 @@ def _summary(result: dict) -> str:
     default=settings.DEFAULT_QUANT,
     show_default=True,
     metavar="QUANT",
+    shell_complete=complete_quant,
     help=f"Output type: {', '.join(settings.QUANTS)}.",
 )
 @click.option(

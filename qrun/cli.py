@@ -114,12 +114,14 @@ def main():
 def _register() -> None:
     from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
     from qrun.bench.tune_cli import tune_cmd
+    from qrun.completion import completion_cmd
     from qrun.convert.cli import convert_cmd, models_cmd
     from qrun.demo.cli import demo_cmd
     from qrun.runner.cli import ask_cmd, chat_cmd
 
     for cmd in (demo_cmd, convert_cmd, models_cmd, ask_cmd, chat_cmd, bench_cmd, report_cmd, score_cmd, tune_cmd):
         main.add_command(cmd)
+    main.add_command(completion_cmd)
 
 
 _register()

@@ -13,6 +13,7 @@ import sys
 import click
 
 from qrun import settings
+from qrun.completion import complete_model, complete_quant_or_auto
 from qrun.errors import UsageError
 from qrun.runner import ask as ask_lib
 from qrun.runner import chat as chat_lib
@@ -92,6 +93,7 @@ def _model_options(f):
             click.option(
                 "--quant",
                 default=None,
+                shell_complete=complete_quant_or_auto,
                 help=f"Which GGUF of MODEL; auto = the type `qrun tune` measured fastest [{settings.DEFAULT_QUANT}].",
             ),
             click.option(
@@ -105,6 +107,7 @@ def _model_options(f):
                 "as_model",
                 default=None,
                 metavar="MODEL",
+                shell_complete=complete_model,
                 help="Which model a .gguf path not made by `qrun convert` holds (picks its chat format).",
             ),
         ]
@@ -137,7 +140,7 @@ def format_stats(result: dict) -> str:
 
 
 @click.command("ask")
-@click.argument("model")
+@click.argument("model", shell_complete=complete_model)
 @click.argument("prompt")
 @_model_options
 @click.option("--stats", "show_stats", is_flag=True, help="Print speed and memory to stderr.")
@@ -228,7 +231,7 @@ def ask_cmd(
 
 
 @click.command("chat")
-@click.argument("model")
+@click.argument("model", shell_complete=complete_model)
 @_model_options
 def chat_cmd(
     model,

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from qrun import registry, settings
+from qrun.completion import complete_model, complete_quant
 from qrun.demo.checkpoints import DEMO_MODELS, build_demo_checkpoints
 from qrun.errors import BenchError, UsageError
 from qrun.fsutil import ensure_writable_dir
@@ -227,12 +228,23 @@ def _stdout(text: str) -> None:
 )
 @click.option("--threads", type=int, default=None, help="llama.cpp threads (default: physical cores; 0 = same).")
 @click.option(
-    "--model", "models", multiple=True, metavar="MODEL", help="Run only this model (repeatable; default: all three)."
+    "--model",
+    "models",
+    multiple=True,
+    metavar="MODEL",
+    shell_complete=complete_model,
+    help="Run only this model (repeatable; default: all three).",
 )
 @click.option(
     "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True, help="Tokens per answer, in ask and bench."
 )
-@click.option("--quant", default=DEMO_QUANT, show_default=True, help="Quantization type of the demo GGUFs.")
+@click.option(
+    "--quant",
+    default=DEMO_QUANT,
+    show_default=True,
+    shell_complete=complete_quant,
+    help="Quantization type of the demo GGUFs.",
+)
 def demo_cmd(out_dir, threads, models, max_tokens, quant):
     """Run convert -> ask -> bench -> report offline on tiny random-weight models.
 

@@ -1,0 +1,128 @@
+"""The command line as a whole: shell completion, --version, help (whole summaries, one default style), --ggufs,
+and every command's --json parsed from real runs on the tiny models."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.shell_completion import get_completion_class
+from click.testing import CliRunner
+
+from qrun import registry, settings
+from qrun.cli import main
+from qrun.completion import COMPLETE_VAR, SHELLS, model_names
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+# --- qrun completion ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def qrun_on_path(tmp_path) -> dict[str, str]:
+    """An environment whose PATH starts with a `qrun` that runs this checkout's qrun with this Python (what the
+    completion scripts call back, as the installed console script would)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "qrun"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m qrun "$@"\n', encoding="utf-8")
+    shim.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def _bash_complete(env: dict[str, str], script: str, words: list[str]) -> list[str]:
+    """COMPREPLY after bash runs the generated completion function for `qrun WORDS` (the last word being typed)."""
+    program = "\n".join(
+        [
+            script,
+            "COMP_WORDS=(qrun " + " ".join(f"'{w}'" for w in words) + ")",
+            f"COMP_CWORD={len(words)}",
+            "_qrun_completion qrun",
+            'printf "%s\\n" "${COMPREPLY[@]}"',
+        ]
+    )
+    proc = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", program], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_bash_completion_script_completes_commands_models_and_quants(qrun_on_path):
+    result = invoke("completion", "bash")
+    assert result.exit_code == 0, result.output
+    script = result.stdout
+    assert "complete -o nosort -F _qrun_completion qrun" in script and COMPLETE_VAR in script
+
+    assert _bash_complete(qrun_on_path, script, ["com"]) == ["completion"]
+    assert set(_bash_complete(qrun_on_path, script, [""])) >= {"ask", "chat", "convert", "bench", "completion"}
+    assert _bash_complete(qrun_on_path, script, ["ask", "q"]) == ["qwen-7b-chat", "qwen"]
+    assert _bash_complete(qrun_on_path, script, ["chat", "deepseek-"]) == ["deepseek-llm-7b-chat", "deepseek-llm"]
+    assert _bash_complete(qrun_on_path, script, ["convert", "chatglm3", "--quant", "q4_k"]) == ["Q4_K_S", "Q4_K_M"]
+    assert _bash_complete(qrun_on_path, script, ["ask", "qwen", "hi", "--quant", "a"]) == ["auto"]
+    assert _bash_complete(qrun_on_path, script, ["bench", "--quant", "Q8"]) == ["Q8_0"]
+    # tune takes a comma list: the last item is completed, the ones before it kept
+    assert _bash_complete(qrun_on_path, script, ["tune", "--quant", "Q4_0,Q6"]) == ["Q4_0,Q6_K"]
+    assert _bash_complete(qrun_on_path, script, ["convert", "--qu"]) == ["--quant"]
+
+
+def test_every_model_argument_and_quant_option_completes():
+    """Every MODEL argument completes the registry's names and every --quant option the quant types."""
+    ctx = main.make_context("qrun", [], resilient_parsing=True)
+    checked = set()
+    for name, cmd in main.commands.items():
+        for param in cmd.params:
+            if param.name in ("model", "models") or param.metavar == "MODEL":
+                values = [item.value for item in param.shell_complete(ctx, "")]
+                assert values == model_names(), (name, param.name)
+                checked.add((name, "model"))
+            if "--quant" in getattr(param, "opts", []):
+                values = [item.value for item in param.shell_complete(ctx, "")]
+                assert set(values) >= set(settings.QUANTS), name
+                checked.add((name, "quant"))
+    # the commands that take a model and a quant type today (other commands may add more)
+    for name in ("convert", "ask", "chat", "bench", "tune", "demo"):
+        assert (name, "model") in checked and (name, "quant") in checked, name
+    assert set(model_names()) == {n for s in registry.MODELS for n in (s.name, *s.aliases)}
+
+
+# how each script passes the word being typed: zsh its index in COMP_WORDS, fish the word itself
+@pytest.mark.parametrize("shell, cword", [("zsh", "2"), ("fish", "chat")])
+def test_zsh_and_fish_scripts_are_clicks_own_for_qrun(shell, cword, qrun_on_path):
+    result = invoke("completion", shell)
+    assert result.exit_code == 0, result.output
+    expected = get_completion_class(shell)(main, {}, "qrun", COMPLETE_VAR).source()
+    assert result.stdout == expected
+    assert f"{COMPLETE_VAR}={shell}_complete" in result.stdout and "qrun" in result.stdout
+    # what the script asks `qrun` for, answered by the real command line (the shells may not be installed)
+    proc = subprocess.run(
+        ["qrun"],
+        env={**qrun_on_path, COMPLETE_VAR: f"{shell}_complete", "COMP_WORDS": "qrun ask chat", "COMP_CWORD": cword},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "chatglm3-6b" in proc.stdout and "chatglm3" in proc.stdout
+    if shutil.which(shell):  # run the script in the shell itself where it exists
+        check = subprocess.run([shell, "-c", result.stdout], env=qrun_on_path, capture_output=True, timeout=60)
+        assert check.returncode == 0, check.stderr
+
+
+def test_completion_of_an_unknown_shell_is_one_error_line():
+    result = invoke("completion", "tcsh")
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "tcsh" in lines[0], result.stderr
+
+
+def test_readme_says_how_to_install_completion():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for shell in SHELLS:
+        assert f"qrun completion {shell}" in readme
