@@ -96,8 +96,29 @@ def _discard_stdout() -> None:
     os.close(null_fd)
 
 
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from qrun.runner.engine import build_info
+
+    info = build_info()
+    click.echo(f"qrun {__version__}")
+    click.echo(f"llama-cpp-python {info['llama_cpp_python'] or 'unknown'}")
+    build = ", ".join(f"{key} {info[key]}" for key in ("ggml", "commit") if info[key])
+    click.echo(f"llama.cpp {info['llama_cpp'] or 'unknown'}" + (f" ({build})" if build else ""))
+    click.echo(f"llama.cpp system info: {info['system_info']}")
+    ctx.exit()
+
+
 @click.group(cls=QrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="qrun")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show qrun, llama-cpp-python and llama.cpp versions and exit.",
+)
 def main():
     """Convert, run and benchmark Chinese chat LLMs on the CPU with llama.cpp.
 

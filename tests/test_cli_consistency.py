@@ -3,6 +3,7 @@ and every command's --json parsed from real runs on the tiny models."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -126,3 +127,26 @@ def test_readme_says_how_to_install_completion():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     for shell in SHELLS:
         assert f"qrun completion {shell}" in readme
+
+
+# --- qrun --version -----------------------------------------------------------------------------------------------
+def test_version_names_qrun_llama_cpp_python_and_the_llama_cpp_build():
+    import importlib.metadata
+
+    import llama_cpp
+
+    import qrun
+
+    proc = subprocess.run([sys.executable, "-m", "qrun", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"qrun {qrun.__version__}"
+    assert lines[1] == f"llama-cpp-python {importlib.metadata.version('llama-cpp-python')}"
+    assert lines[1] == f"llama-cpp-python {llama_cpp.__version__}"
+    # llama.cpp's own version string and the commit its ggml was built from, read from the loaded library
+    lib = llama_cpp.llama_cpp._lib
+    lib.ggml_commit.restype = lib.llama_version.restype = ctypes.c_char_p
+    assert lines[2].startswith(f"llama.cpp {lib.llama_version().decode()} (")
+    assert f"commit {lib.ggml_commit().decode()}" in lines[2]
+    assert lines[3].startswith("llama.cpp system info: ") and "=" in lines[3]
+    assert proc.stderr == ""
