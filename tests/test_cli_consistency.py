@@ -4,6 +4,7 @@ and every command's --json parsed from real runs on the tiny models."""
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import subprocess
@@ -70,7 +71,7 @@ def test_bash_completion_script_completes_commands_models_and_quants(qrun_on_pat
     assert _bash_complete(qrun_on_path, script, ["bench", "--quant", "Q8"]) == ["Q8_0"]
     # tune takes a comma list: the last item is completed, the ones before it kept
     assert _bash_complete(qrun_on_path, script, ["tune", "--quant", "Q4_0,Q6"]) == ["Q4_0,Q6_K"]
-    assert _bash_complete(qrun_on_path, script, ["convert", "--qu"]) == ["--quant"]
+    assert _bash_complete(qrun_on_path, script, ["convert", "--gg"]) == ["--ggufs"]
 
 
 def test_every_model_argument_and_quant_option_completes():
@@ -150,3 +151,24 @@ def test_version_names_qrun_llama_cpp_python_and_the_llama_cpp_build():
     assert f"commit {lib.ggml_commit().decode()}" in lines[2]
     assert lines[3].startswith("llama.cpp system info: ") and "=" in lines[3]
     assert proc.stderr == ""
+
+
+# --- --ggufs on convert (and its old name --out) --------------------------------------------------------------------
+def test_convert_writes_into_ggufs_and_out_is_the_same_folder_with_a_notice(tiny_checkpoints, tmp_path):
+    ckpt = str(tiny_checkpoints["deepseek-llm-7b-chat"])
+    ggufs = tmp_path / "my-ggufs"
+    result = invoke("convert", "deepseek", "--from", ckpt, "--quant", "F16", "--ggufs", str(ggufs), "--json")
+    assert result.exit_code == 0, result.output
+    (manifest,) = json.loads(result.stdout)
+    assert manifest["path"] == str(ggufs / "deepseek-llm-7b-chat-F16.gguf") and Path(manifest["path"]).is_file()
+    assert "--out" not in result.stderr
+    before = (ggufs / "deepseek-llm-7b-chat-F16.gguf").read_bytes()
+
+    again = invoke("convert", "deepseek", "--from", ckpt, "--quant", "F16", "--out", str(ggufs), "--json")
+    assert again.exit_code == 0, again.output
+    assert [line for line in again.stderr.splitlines() if "--out" in line] == [
+        "note: `qrun convert --out` is now --ggufs, as in every other command; --out still works"
+    ]
+    (manifest,) = json.loads(again.stdout)
+    assert manifest["status"] == "up_to_date" and manifest["path"] == str(ggufs / "deepseek-llm-7b-chat-F16.gguf")
+    assert (ggufs / "deepseek-llm-7b-chat-F16.gguf").read_bytes() == before
