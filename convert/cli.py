@@ -91,7 +91,14 @@ def _summary(result: dict) -> str:
     help="Also keep an F16 GGUF (the quantized file is then made from it; "
     "without this flag a bf16 checkpoint goes through an exact BF16 intermediate that is deleted).",
 )
-@click.option("--threads", type=int, default=None, metavar="N", help="Quantizer threads [default: physical cores].")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    metavar="N",
+    show_default="physical cores",
+    help="Quantizer threads, one number.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as a JSON list on stdout.")
 def convert_cmd(models, from_dir, source, revision, quant, ggufs_dir, out_dir, keep_f16, threads, as_json):
     """Convert checkpoints to GGUF and quantize them (default Q4_K_M); no MODEL = all three.

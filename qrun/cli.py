@@ -74,6 +74,18 @@ class QrunGroup(click.Group):
             )
             sys.exit(1)
 
+    def format_commands(self, ctx, formatter):
+        """The command list with each command's whole summary (its short_help, else the first sentence of its
+        help), wrapped rather than cut at the width Click would leave it."""
+        rows = [
+            (name, cmd.get_short_help_str(limit=10_000))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 _UNWRITABLE_OUTPUT = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
@@ -110,7 +122,12 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
     ctx.exit()
 
 
-@click.group(cls=QrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+# show_default: every default appears one way, Click's "[default: ...]" (a computed one in parentheses, as
+# show_default="..." renders it); max_content_width: help uses a terminal's width up to 120 columns, not 80
+@click.group(
+    cls=QrunGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 120},
+)
 @click.option(
     "--version",
     is_flag=True,

@@ -45,62 +45,88 @@ def _notice(message: str) -> None:
 def _model_options(f):
     for option in reversed(
         [
-            click.option("--system", default=None, help="System prompt (default: the model's own, e.g. Qwen's)."),
-            click.option("--max-tokens", type=INT, default=None, help="Most tokens to generate [model default 512]."),
+            click.option("--system", default=None, show_default="the model's own, e.g. Qwen's", help="System prompt."),
             click.option(
-                "--temperature", type=FLOAT, default=None, help="0 = greedy and reproducible [model default]."
+                "--max-tokens", type=INT, default=None, show_default="the model's, 512", help="Most tokens to generate."
             ),
-            click.option("--top-p", type=FLOAT, default=None, help="Nucleus sampling, in (0, 1] [model default]."),
-            click.option("--top-k", type=INT, default=None, help="Top-k sampling, 0 = off [model default]."),
+            click.option(
+                "--temperature",
+                type=FLOAT,
+                default=None,
+                show_default="the model's",
+                help="0 = greedy and reproducible.",
+            ),
+            click.option(
+                "--top-p", type=FLOAT, default=None, show_default="the model's", help="Nucleus sampling, in (0, 1]."
+            ),
+            click.option(
+                "--top-k", type=INT, default=None, show_default="the model's", help="Top-k sampling, 0 = off."
+            ),
             click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
             click.option(
                 "--threads",
                 type=INT,
                 default=None,
-                help="CPU threads [QRUN_THREADS, else tuning profile, else physical cores; 0 = default].",
+                metavar="N",
+                show_default="QRUN_THREADS, else tuning profile, else physical cores",
+                help="CPU threads, one number (bench and tune sweep several); 0 = as if not given.",
             ),
             click.option(
                 "--threads-batch",
                 type=INT,
                 default=None,
-                help="Threads for prompt processing [--threads if given, else tuning profile, else the same].",
+                metavar="N",
+                show_default="--threads if given, else tuning profile, else the same",
+                help="Threads for prompt processing, one number.",
             ),
             click.option(
                 "--repack/--no-repack",
                 default=None,
-                help="llama.cpp's CPU weight repacking [QRUN_REPACK, else tuning profile, else off].",
+                show_default="QRUN_REPACK, else tuning profile, else off",
+                help="llama.cpp's CPU weight repacking.",
             ),
             click.option(
                 "--mmap/--no-mmap",
                 default=None,
-                help="Map the GGUF instead of reading it into memory [tuning profile, else on].",
+                show_default="tuning profile, else on",
+                help="Map the GGUF instead of reading it into memory.",
             ),
             click.option(
-                "--flash-attn/--no-flash-attn", default=None, help="Flash attention [tuning profile, else off]."
+                "--flash-attn/--no-flash-attn",
+                default=None,
+                show_default="tuning profile, else off",
+                help="Flash attention.",
             ),
             click.option(
                 "--kv-type",
                 default=None,
                 metavar="|".join(settings.KV_TYPES),
-                help="KV cache type; q8_0 needs --flash-attn [tuning profile, else f16].",
+                show_default="tuning profile, else f16",
+                help="KV cache type; q8_0 needs --flash-attn.",
             ),
             click.option(
                 "--ctx",
                 type=INT,
                 default=None,
-                help="Context tokens, rounded up to a multiple of 256 [ask: prompt + --max-tokens; chat: 4096].",
+                metavar="N",
+                show_default="ask: prompt + --max-tokens; chat: 4096",
+                help="Context tokens, rounded up to a multiple of 256.",
             ),
             click.option(
                 "--quant",
                 default=None,
                 shell_complete=complete_quant_or_auto,
-                help=f"Which GGUF of MODEL; auto = the type `qrun tune` measured fastest [{settings.DEFAULT_QUANT}].",
+                metavar="QUANT|auto",
+                show_default=settings.DEFAULT_QUANT,
+                help="Which GGUF of MODEL; auto = the type `qrun tune` measured fastest.",
             ),
             click.option(
                 "--ggufs",
                 type=click.Path(file_okay=False),
                 default=None,
-                help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs].",
+                metavar="DIR",
+                show_default="QRUN_GGUF_DIR, then ./ggufs",
+                help="Folder of GGUFs.",
             ),
             click.option(
                 "--as",

@@ -6,11 +6,13 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.shell_completion import get_completion_class
 from click.testing import CliRunner
@@ -172,3 +174,85 @@ def test_convert_writes_into_ggufs_and_out_is_the_same_folder_with_a_notice(tiny
     (manifest,) = json.loads(again.stdout)
     assert manifest["status"] == "up_to_date" and manifest["path"] == str(ggufs / "deepseek-llm-7b-chat-F16.gguf")
     assert (ggufs / "deepseek-llm-7b-chat-F16.gguf").read_bytes() == before
+
+
+# --- help: whole summaries, one way of writing defaults, one spelling per concept -----------------------------------
+# models_cmd is being reworked on another branch (show, rm, foreign GGUFs): its --ggufs help gets the same
+# show_default there; until then it is the one option allowed to write its default by hand
+ELSEWHERE = {("models", "--ggufs")}
+
+
+def _options():
+    """(command name, its context under `qrun`, option) for every visible option of every command."""
+    parent = click.Context(main, info_name="qrun", **main.context_settings)
+    yield "qrun", parent, next(p for p in main.params if p.name == "version")
+    for name, cmd in sorted(main.commands.items()):
+        ctx = click.Context(cmd, info_name=name, parent=parent)
+        for param in cmd.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                yield name, ctx, param
+
+
+def _has_value_default(param: click.Option, ctx: click.Context) -> bool:
+    value = param.get_default(ctx, call=False)
+    if value is None or type(value).__name__ == "Sentinel" or value == ():
+        return False
+    return not (param.is_flag and not param.secondary_opts)  # an on/off flag has no default worth showing
+
+
+def test_qrun_help_shows_every_command_summary_whole():
+    result = CliRunner().invoke(main, ["--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    commands = result.stdout.split("Commands:", 1)[1]
+    assert "..." not in commands
+    flat = " ".join(commands.split()).replace("- ", "-")  # Click may wrap a line after a hyphen
+    for name, cmd in main.commands.items():
+        summary = cmd.get_short_help_str(limit=10_000)
+        if not cmd.short_help:  # the whole first paragraph of the help, not a cut
+            assert summary == " ".join((cmd.help or "").split("\n\n")[0].split()), name
+        assert f"{name} {' '.join(summary.split())}".replace("- ", "-") in flat, name
+
+
+def test_every_default_is_written_one_way():
+    checked = 0
+    for name, ctx, param in _options():
+        where = f"qrun {name} {param.opts[0]}"
+        record = param.get_help_record(ctx)
+        assert record is not None, where
+        help_text = record[1]
+        if (name, param.opts[0]) in ELSEWHERE:
+            continue
+        # never by hand ("(default: x)", "[x default]", "[default: x]"): only Click's show_default writes it
+        assert "default" not in (param.help or "").lower(), where
+        assert help_text.count("[default: ") <= 1, where
+        if isinstance(param.show_default, str):
+            assert help_text.endswith(f"[default: ({param.show_default})]"), where
+            checked += 1
+        elif _has_value_default(param, ctx):
+            assert help_text.endswith(f"[default: {param.get_default(ctx, call=False)}]"), where
+            checked += 1
+        if param.is_bool_flag and param.secondary_opts and param.default is None:  # on / off / not given
+            assert isinstance(param.show_default, str), f"{where}: say what not giving it means"
+    assert checked > 40
+
+
+def test_one_spelling_per_concept():
+    seen = {"--ggufs": 0, "--threads": 0, "--out": 0}
+    for name, _ctx, param in _options():
+        opt, help_text = param.opts[0], param.help or ""
+        if (name, opt) in ELSEWHERE:
+            continue
+        if opt == "--ggufs":  # the GGUF folder, on every command that reads or writes one
+            assert param.metavar == "DIR" and param.show_default == "QRUN_GGUF_DIR, then ./ggufs", name
+            seen[opt] += 1
+        elif opt in ("--threads", "--threads-batch"):  # a sweep takes a list, a single run one number
+            assert param.metavar in ("N", "N[,N...]"), (name, opt)
+            assert ("a list" in help_text) == (param.metavar == "N[,N...]"), (name, opt)
+            assert ("one number" in help_text) == (param.metavar == "N"), (name, opt)
+            seen["--threads"] += 1
+        elif opt == "--out":  # never the GGUF folder (convert's old --out is hidden): say which folder it is
+            assert re.match(r"(Results|Report|Work) folder: ", help_text), name
+            seen[opt] += 1
+    assert seen == {"--ggufs": 5, "--threads": 10, "--out": 3}
+    for name in ("convert", "models", "ask", "chat", "bench", "tune"):
+        assert "--ggufs" in [opt for p in main.commands[name].params for opt in p.opts], name

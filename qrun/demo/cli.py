@@ -224,16 +224,26 @@ def _stdout(text: str) -> None:
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Working folder (default: $QRUN_HOME/demo, i.e. ~/.cache/qrun/demo).",
+    metavar="DIR",
+    show_default="$QRUN_HOME/demo, i.e. ~/.cache/qrun/demo",
+    help="Work folder: checkpoints/, ggufs/ and bench/ go here.",
 )
-@click.option("--threads", type=int, default=None, help="llama.cpp threads (default: physical cores; 0 = same).")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    metavar="N",
+    show_default="physical cores",
+    help="llama.cpp threads, one number; 0 = physical cores.",
+)
 @click.option(
     "--model",
     "models",
     multiple=True,
     metavar="MODEL",
     shell_complete=complete_model,
-    help="Run only this model (repeatable; default: all three).",
+    show_default="all three",
+    help="Run only this model (repeatable).",
 )
 @click.option(
     "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True, help="Tokens per answer, in ask and bench."
