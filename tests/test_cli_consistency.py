@@ -256,3 +256,149 @@ def test_one_spelling_per_concept():
     assert seen == {"--ggufs": 5, "--threads": 10, "--out": 3}
     for name in ("convert", "models", "ask", "chat", "bench", "tune"):
         assert "--ggufs" in [opt for p in main.commands[name].params for opt in p.opts], name
+
+
+# --- --json: one document on stdout, from real runs on the tiny models ---------------------------------------------
+JSON_COMMANDS = ("ask", "convert", "models", "bench", "report", "score", "tune", "demo")
+# the top-level keys README's "JSON output" table promises for each command (a document may carry more)
+JSON_SHAPES = {
+    "ask": {"answer", "model", "gguf", "sha256", "stats", "settings"},
+    "ask --show-prompt": {"prompt_text", "prompt_token_ids"},
+    "convert": {"model", "quant", "sha256", "size_bytes", "bits_per_weight", "tensor_types", "source", "steps"}
+    | {"status", "path"},
+    "models": {"ggufs_dir", "models"},
+    "models[]": {"name", "aliases", "modelscope_id", "hf_id", "gguf_arch", "chat_format", "converted"},
+    "bench": {"schema", "schema_version", "machine", "config", "suite", "runs"},
+    "report": {"schema", "schema_version", "documents"},
+    "score": {"line", "model", "question_id", "score", "source", "matched", "contradicted"},
+    "tune": {"schema", "created_utc", "command", "machine", "models", "profile_path"},
+    "demo": {"schema", "schema_version", "out_dir", "checkpoints", "ggufs", "answers", "results_json", "report_md"}
+    | {"bench", "steps_s", "elapsed_s"},
+}
+TINY = "deepseek-llm-7b-chat"
+
+
+def _qrun_json(*args: str, env: dict[str, str] | None = None):
+    """A real `qrun ... --json` process: its stdout (file descriptor 1, which llama.cpp could write to as well)
+    must be one JSON document and nothing else."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "qrun", *args, "--json"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, f"qrun {' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout), proc.stderr
+
+
+def _keys(doc, shape: str) -> None:
+    assert isinstance(doc, dict) and set(doc) >= JSON_SHAPES[shape], (shape, sorted(doc))
+
+
+def test_every_result_command_has_json_and_readme_documents_its_shape():
+    for name in JSON_COMMANDS:
+        assert "--json" in [opt for p in main.commands[name].params for opt in p.opts], name
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## JSON output", 1)[1].split("\n## ", 1)[0]
+    for name in JSON_COMMANDS:
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| `qrun {name}` |")]
+        keys = JSON_SHAPES[name] | JSON_SHAPES.get(f"{name}[]", set()) | JSON_SHAPES.get(f"{name} --show-prompt", set())
+        for key in keys:
+            assert f"`{key}`" in row, (name, key)
+
+
+def test_json_of_ask_models_convert_bench_report_score_and_tune(tiny_gguf, tiny_checkpoints, tmp_path):
+    ggufs = tmp_path / "ggufs"
+    ggufs.mkdir()
+    gguf = tiny_gguf(TINY, "Q4_K_M")
+    for source in (gguf, gguf.with_suffix(".json")):
+        (ggufs / source.name).symlink_to(source)
+    g = ["--ggufs", str(ggufs)]
+
+    answer, _ = _qrun_json("ask", "deepseek", "你好", "--max-tokens", "2", "--temperature", "0", *g)
+    _keys(answer, "ask")
+    assert answer["model"] == TINY and answer["stats"]["gen_tokens"] <= 2
+    shown, _ = _qrun_json("ask", "deepseek", "你好", "--show-prompt", *g)
+    _keys(shown, "ask --show-prompt")
+
+    listed, _ = _qrun_json("models", *g)
+    _keys(listed, "models")
+    for row in listed["models"]:
+        _keys(row, "models[]")
+    assert [f["quant"] for r in listed["models"] if r["name"] == TINY for f in r["converted"]] == ["Q4_K_M"]
+
+    ckpt = str(tiny_checkpoints[TINY])
+    converted, _ = _qrun_json("convert", "deepseek", "--from", ckpt, "--quant", "F16", "--ggufs", str(tmp_path / "f16"))
+    assert isinstance(converted, list) and len(converted) == 1
+    _keys(converted[0], "convert")
+
+    suite = json.loads((Path(__file__).resolve().parents[1] / "bench" / "suites" / "seed.json").read_text("utf-8"))
+    suite["name"], suite["questions"] = "one", suite["questions"][:1]
+    suite_path = tmp_path / "one.json"
+    suite_path.write_text(json.dumps(suite, ensure_ascii=False), encoding="utf-8")
+    bench_dir = tmp_path / "bench"
+    bench_args = ["--suite", str(suite_path), "--threads", "1", "--max-tokens", "2", "--out", str(bench_dir)]
+    bench, bench_err = _qrun_json("bench", "deepseek", *g, *bench_args)
+    _keys(bench, "bench")
+    assert bench["schema"] == "qrun-bench-results" and [r["status"] for r in bench["runs"]] == ["ok"]
+    assert "results: " in bench_err  # where the files are: on stderr
+
+    results_json = str(bench_dir / "results.json")
+    one, _ = _qrun_json("report", results_json, "--out", str(tmp_path / "r1"))
+    assert one == bench  # one RESULTS: its document as bench printed it
+    merged, _ = _qrun_json("report", results_json, results_json, "--out", str(tmp_path / "r2"))
+    _keys(merged, "report")
+    assert merged["schema"] == "qrun-bench-report" and merged["documents"] == [bench, bench]
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text(
+        json.dumps({"question_id": suite["questions"][0]["id"], "answer": "x", "model": TINY}) + "\n", encoding="utf-8"
+    )
+    scored, _ = _qrun_json("score", str(answers), "--suite", str(suite_path))
+    assert isinstance(scored, list) and len(scored) == 1
+    _keys(scored[0], "score")
+
+    # the smallest grid: one attention setting, one thread count, one repetition (plus the two default points)
+    tuned, _ = _qrun_json(
+        "tune",
+        "deepseek",
+        *g,
+        "--threads",
+        "1",
+        "--no-repack",
+        "--mmap",
+        "--no-flash-attn",
+        "--kv-type",
+        "f16",
+        "--repeat",
+        "1",
+        "--force",
+    )
+    _keys(tuned, "tune")
+    assert list(tuned["models"]) == [TINY] and Path(tuned["profile_path"]).is_file()
+
+
+def test_demo_json_is_one_document_and_its_own_output_goes_to_stderr(tmp_path):
+    out = tmp_path / "demo"
+    doc, stderr = _qrun_json(
+        "demo",
+        "--out",
+        str(out),
+        "--model",
+        "deepseek",
+        "--max-tokens",
+        "2",
+        "--threads",
+        "1",
+        env={"QRUN_HOME": str(tmp_path / "home")},
+    )
+    _keys(doc, "demo")
+    assert doc["schema"] == "qrun-demo" and doc["out_dir"] == str(out)
+    assert list(doc["answers"]) == [TINY]
+    _keys(doc["answers"][TINY], "ask")
+    _keys(doc["bench"], "bench")
+    assert doc["bench"] == json.loads((out / "bench" / "results.json").read_text(encoding="utf-8"))
+    assert doc["ggufs"] == {TINY: str(out / "ggufs" / f"{TINY}-Q4_K_M.gguf")}
+    assert "qrun demo: tiny random-weight models" in stderr and "── deepseek-llm-7b-chat" in stderr

@@ -7,6 +7,7 @@ answer per model), bench (the seed suite, scored) and report. The answers are gi
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -255,7 +256,13 @@ def _stdout(text: str) -> None:
     shell_complete=complete_quant,
     help="Quantization type of the demo GGUFs.",
 )
-def demo_cmd(out_dir, threads, models, max_tokens, quant):
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document on stdout (shape in README, JSON output); the demo's own output goes to stderr.",
+)
+def demo_cmd(out_dir, threads, models, max_tokens, quant, as_json):
     """Run convert -> ask -> bench -> report offline on tiny random-weight models.
 
     The three architectures, with small tokenizers qrun makes itself: checks that everything works on this
@@ -264,12 +271,22 @@ def demo_cmd(out_dir, threads, models, max_tokens, quant):
     \b
     qrun demo
     qrun demo --out /tmp/qrun-demo --threads 2
+    qrun demo --model deepseek --json > demo.json   # answers, bench results, timings as one JSON document
     """
-    run_demo(
+    result = run_demo(
         out_dir=out_dir,
         threads=threads,
         models=tuple(models) or DEMO_MODELS,
         max_tokens=max_tokens,
         quant=quant,
-        echo=lambda text: click.echo(text, nl=False),
+        echo=lambda text: click.echo(text, nl=False, err=as_json),
     )
+    if as_json:
+        click.echo(json.dumps(json_document(result), ensure_ascii=False, indent=2))
+
+
+def json_document(result: dict) -> dict:
+    """What `qrun demo --json` prints: run_demo()'s result with the bench's results document in place of its
+    rendered table (the same document as bench/results.json)."""
+    bench_doc = {k: v for k, v in result["bench"]["doc"].items() if not k.startswith("_")}
+    return {"schema": "qrun-demo", "schema_version": 1, **result, "bench": bench_doc}
