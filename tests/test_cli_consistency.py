@@ -250,6 +250,8 @@ def test_one_spelling_per_concept():
             assert ("a list" in help_text) == (param.metavar == "N[,N...]"), (name, opt)
             assert ("one number" in help_text) == (param.metavar == "N"), (name, opt)
             seen["--threads"] += 1
+        elif opt == "--quant":  # one type, or a list where tune compares several
+            assert param.metavar in ("QUANT", "QUANT|auto", "Q[,Q...]"), name
         elif opt == "--out":  # never the GGUF folder (convert's old --out is hidden): say which folder it is
             assert re.match(r"(Results|Report|Work) folder: ", help_text), name
             seen[opt] += 1

@@ -253,6 +253,7 @@ def _stdout(text: str) -> None:
     "--quant",
     default=DEMO_QUANT,
     show_default=True,
+    metavar="QUANT",
     shell_complete=complete_quant,
     help="Quantization type of the demo GGUFs.",
 )
