@@ -242,6 +242,8 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
     if template_path:
         path = write_verdicts_template(docs, template_path)
         click.echo(f"verdicts template: {path} (fill in the score column, then pass it to --verdicts)", err=True)
+        if as_json:  # --json always prints one document: here, where the template went
+            _echo_json({"verdicts_template": str(path)})
         return
     if out_dir is None:
         if verdicts or suite:  # a re-scored report is a new result: it never lands among the bench's own files

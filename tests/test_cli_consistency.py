@@ -353,6 +353,9 @@ def test_json_of_ask_models_convert_bench_report_score_and_tune(tiny_gguf, tiny_
     merged, _ = _qrun_json("report", results_json, results_json, "--out", str(tmp_path / "r2"))
     _keys(merged, "report")
     assert merged["schema"] == "qrun-bench-report" and merged["documents"] == [bench, bench]
+    template = tmp_path / "verdicts.csv"
+    written, _ = _qrun_json("report", results_json, "--verdicts-template", str(template))
+    assert written == {"verdicts_template": str(template)} and template.is_file()
 
     answers = tmp_path / "answers.jsonl"
     answers.write_text(
