@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from qrun import registry, settings
 from qrun.cli import main
 from qrun.completion import COMPLETE_VAR, SHELLS, model_names
+from qrun.runner import profile
 
 
 def invoke(*args: str):
@@ -295,6 +296,13 @@ def _qrun_json(*args: str, env: dict[str, str] | None = None):
     return json.loads(proc.stdout), proc.stderr
 
 
+def _cli_json(*args: str):
+    """`qrun ... --json` in this process, for commands that run no model: stdout must parse as one document."""
+    result = invoke(*args, "--json")
+    assert result.exit_code == 0, f"qrun {' '.join(args)}: exit {result.exit_code}\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout)
+
+
 def _keys(doc, shape: str) -> None:
     assert isinstance(doc, dict) and set(doc) >= JSON_SHAPES[shape], (shape, sorted(doc))
 
@@ -311,7 +319,7 @@ def test_every_result_command_has_json_and_readme_documents_its_shape():
             assert f"`{key}`" in row, (name, key)
 
 
-def test_json_of_ask_models_convert_bench_report_score_and_tune(tiny_gguf, tiny_checkpoints, tmp_path):
+def test_json_of_ask_models_convert_bench_report_and_score(tiny_gguf, tiny_checkpoints, tmp_path):
     ggufs = tmp_path / "ggufs"
     ggufs.mkdir()
     gguf = tiny_gguf(TINY, "Q4_K_M")
@@ -325,7 +333,7 @@ def test_json_of_ask_models_convert_bench_report_score_and_tune(tiny_gguf, tiny_
     shown, _ = _qrun_json("ask", "deepseek", "你好", "--show-prompt", *g)
     _keys(shown, "ask --show-prompt")
 
-    listed, _ = _qrun_json("models", *g)
+    listed = _cli_json("models", *g)
     _keys(listed, "models")
     for row in listed["models"]:
         _keys(row, "models[]")
@@ -348,41 +356,25 @@ def test_json_of_ask_models_convert_bench_report_score_and_tune(tiny_gguf, tiny_
     assert "results: " in bench_err  # where the files are: on stderr
 
     results_json = str(bench_dir / "results.json")
-    one, _ = _qrun_json("report", results_json, "--out", str(tmp_path / "r1"))
+    one = _cli_json("report", results_json, "--out", str(tmp_path / "r1"))
     assert one == bench  # one RESULTS: its document as bench printed it
-    merged, _ = _qrun_json("report", results_json, results_json, "--out", str(tmp_path / "r2"))
+    merged = _cli_json("report", results_json, results_json, "--out", str(tmp_path / "r2"))
     _keys(merged, "report")
     assert merged["schema"] == "qrun-bench-report" and merged["documents"] == [bench, bench]
     template = tmp_path / "verdicts.csv"
-    written, _ = _qrun_json("report", results_json, "--verdicts-template", str(template))
+    written = _cli_json("report", results_json, "--verdicts-template", str(template))
     assert written == {"verdicts_template": str(template)} and template.is_file()
 
     answers = tmp_path / "answers.jsonl"
     answers.write_text(
         json.dumps({"question_id": suite["questions"][0]["id"], "answer": "x", "model": TINY}) + "\n", encoding="utf-8"
     )
-    scored, _ = _qrun_json("score", str(answers), "--suite", str(suite_path))
+    scored = _cli_json("score", str(answers), "--suite", str(suite_path))
     assert isinstance(scored, list) and len(scored) == 1
     _keys(scored[0], "score")
 
-    # the smallest grid: one attention setting, one thread count, one repetition (plus the two default points)
-    tuned, _ = _qrun_json(
-        "tune",
-        "deepseek",
-        *g,
-        "--threads",
-        "1",
-        "--no-repack",
-        "--mmap",
-        "--no-flash-attn",
-        "--kv-type",
-        "f16",
-        "--repeat",
-        "1",
-        "--force",
-    )
-    _keys(tuned, "tune")
-    assert list(tuned["models"]) == [TINY] and Path(tuned["profile_path"]).is_file()
+    # tune --json from a real run: tests/test_identity.py (the profile document plus profile_path); its keys here
+    _keys({**profile.new_document(command="qrun tune"), "profile_path": "x"}, "tune")
 
 
 def test_demo_json_is_one_document_and_its_own_output_goes_to_stderr(tmp_path):
