@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from qrun import registry, settings
+from qrun.completion import complete_model, complete_quant
 from qrun.convert.download import SOURCES
 from qrun.convert.pipeline import convert_model
 from qrun.errors import ConversionError, QrunError, UsageError
@@ -31,7 +33,7 @@ def _summary(result: dict) -> str:
 
 
 @click.command("convert")
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, shell_complete=complete_model)
 @click.option("--from", "from_dir", metavar="DIR", help="Convert a local checkpoint folder (exactly one MODEL).")
 @click.option(
     "--source",
@@ -46,24 +48,35 @@ def _summary(result: dict) -> str:
     default=settings.DEFAULT_QUANT,
     show_default=True,
     metavar="QUANT",
+    shell_complete=complete_quant,
     help=f"Output type: {', '.join(settings.QUANTS)}.",
 )
 @click.option(
-    "--out",
-    "out_dir",
+    "--ggufs",
+    "ggufs_dir",
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Output folder [default: QRUN_GGUF_DIR, then ./ggufs].",
+    show_default="QRUN_GGUF_DIR, then ./ggufs",
+    help="Folder the GGUFs and their manifests are written to.",
 )
+# the GGUF folder's earlier name here (every other command says --ggufs); still read, with a notice
+@click.option("--out", "out_dir", metavar="DIR", type=click.Path(file_okay=False), hidden=True)
 @click.option(
     "--keep-f16",
     is_flag=True,
     help="Also keep an F16 GGUF (the quantized file is then made from it; "
     "without this flag a bf16 checkpoint goes through an exact BF16 intermediate that is deleted).",
 )
-@click.option("--threads", type=int, default=None, metavar="N", help="Quantizer threads [default: physical cores].")
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    metavar="N",
+    show_default="physical cores",
+    help="Quantizer threads, one number.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as a JSON list on stdout.")
-def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, threads, as_json):
+def convert_cmd(models, from_dir, source, revision, quant, ggufs_dir, out_dir, keep_f16, threads, as_json):
     """Convert checkpoints to GGUF and quantize them (default Q4_K_M); no MODEL = all three.
 
     \b
@@ -71,7 +84,9 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
     qrun convert qwen --source hf --revision main  # from Hugging Face, pinned revision
     qrun convert deepseek --from ~/ckpt/deepseek-llm-7b-chat --quant Q8_0 --keep-f16
     qrun convert --json > manifests.json           # all three; progress on stderr, manifests on stdout
+    qrun convert qwen --ggufs /data/ggufs          # write into another folder (also: QRUN_GGUF_DIR)
     """
+    ggufs_dir = _ggufs_or_out(ggufs_dir, out_dir)
     specs = [registry.get(name) for name in models] or list(registry.MODELS)
     if from_dir is not None and len(models) != 1:
         raise UsageError(
@@ -97,7 +112,7 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
                 source=source,
                 revision=revision,
                 quant=quant,
-                out_dir=out_dir,
+                out_dir=ggufs_dir,
                 keep_f16=keep_f16,
                 threads=threads,
                 progress=StepBars(),  # bars with ETA on a terminal, whole lines in a log (qrun.progress)
@@ -119,3 +134,16 @@ def convert_cmd(models, from_dir, source, revision, quant, out_dir, keep_f16, th
             f"{len(failed)} of {len(specs)} models failed: {', '.join(failed)}",
             "see the error line of each above; rerun `qrun convert` to retry only what is missing",
         )
+
+
+def _ggufs_or_out(ggufs_dir: str | None, out_dir: str | None) -> str | None:
+    """--ggufs, or the deprecated --out it replaces (one notice on stderr); both only when they agree."""
+    if out_dir is None:
+        return ggufs_dir
+    if ggufs_dir is not None and Path(ggufs_dir).expanduser() != Path(out_dir).expanduser():
+        raise UsageError(
+            f"--out {out_dir!r} and --ggufs {ggufs_dir!r} name two folders",
+            "give only --ggufs DIR (--out is its old name)",
+        )
+    click.echo("note: `qrun convert --out` is now --ggufs, as in every other command; --out still works", err=True)
+    return out_dir

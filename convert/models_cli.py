@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from qrun import registry, settings
+from qrun.completion import complete_model, complete_quant
 from qrun.convert import inventory
 from qrun.convert import manifest as mf
 from qrun.convert import workspace as ws
@@ -30,7 +31,8 @@ def _size(n_bytes: int | None) -> str:
     "ggufs_dir",
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Folder of converted models [default: QRUN_GGUF_DIR, then ./ggufs].",
+    show_default="QRUN_GGUF_DIR, then ./ggufs",
+    help="Folder of converted models.",
 )
 @click.option(
     "--verify",
@@ -158,14 +160,19 @@ _GGUFS_OPTION = click.option(
     "ggufs_dir",
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Folder of converted models [default: QRUN_GGUF_DIR, then ./ggufs].",
+    show_default="QRUN_GGUF_DIR, then ./ggufs",
+    help="Folder of converted models.",
 )
 
 
 @click.command("show")
-@click.argument("model")
+@click.argument("model", shell_complete=complete_model)
 @click.option(
-    "--quant", metavar="QUANT", help=f"Only this type [default: every converted one]: {', '.join(settings.QUANTS)}."
+    "--quant",
+    metavar="QUANT",
+    shell_complete=complete_quant,
+    show_default="every converted one",
+    help=f"Only this type: {', '.join(settings.QUANTS)}.",
 )
 @_GGUFS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one entry per GGUF (manifests in full).")
@@ -262,8 +269,14 @@ def _show_text(info: dict) -> str:
 
 
 @click.command("rm")
-@click.argument("model")
-@click.option("--quant", metavar="QUANT", help="Only this type [default: every type, and the F16/BF16 intermediates].")
+@click.argument("model", shell_complete=complete_model)
+@click.option(
+    "--quant",
+    metavar="QUANT",
+    shell_complete=complete_quant,
+    show_default="every type, and the F16/BF16 intermediates",
+    help="Only this type.",
+)
 @_GGUFS_OPTION
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal).")
 def rm_cmd(model, quant, ggufs_dir, yes):

@@ -13,6 +13,7 @@ import sys
 import click
 
 from qrun import settings
+from qrun.completion import complete_model, complete_quant_or_auto
 from qrun.errors import UsageError
 from qrun.runner import ask as ask_lib
 from qrun.runner import chat as chat_lib
@@ -44,67 +45,95 @@ def _notice(message: str) -> None:
 def _model_options(f):
     for option in reversed(
         [
-            click.option("--system", default=None, help="System prompt (default: the model's own, e.g. Qwen's)."),
-            click.option("--max-tokens", type=INT, default=None, help="Most tokens to generate [model default 512]."),
+            click.option("--system", default=None, show_default="the model's own, e.g. Qwen's", help="System prompt."),
             click.option(
-                "--temperature", type=FLOAT, default=None, help="0 = greedy and reproducible [model default]."
+                "--max-tokens", type=INT, default=None, show_default="the model's, 512", help="Most tokens to generate."
             ),
-            click.option("--top-p", type=FLOAT, default=None, help="Nucleus sampling, in (0, 1] [model default]."),
-            click.option("--top-k", type=INT, default=None, help="Top-k sampling, 0 = off [model default]."),
+            click.option(
+                "--temperature",
+                type=FLOAT,
+                default=None,
+                show_default="the model's",
+                help="0 = greedy and reproducible.",
+            ),
+            click.option(
+                "--top-p", type=FLOAT, default=None, show_default="the model's", help="Nucleus sampling, in (0, 1]."
+            ),
+            click.option(
+                "--top-k", type=INT, default=None, show_default="the model's", help="Top-k sampling, 0 = off."
+            ),
             click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
             click.option(
                 "--threads",
                 type=INT,
                 default=None,
-                help="CPU threads [QRUN_THREADS, else tuning profile, else physical cores; 0 = default].",
+                metavar="N",
+                show_default="QRUN_THREADS, else tuning profile, else physical cores",
+                help="CPU threads, one number (bench and tune sweep several); 0 = as if not given.",
             ),
             click.option(
                 "--threads-batch",
                 type=INT,
                 default=None,
-                help="Threads for prompt processing [--threads if given, else tuning profile, else the same].",
+                metavar="N",
+                show_default="--threads if given, else tuning profile, else the same",
+                help="Threads for prompt processing, one number.",
             ),
             click.option(
                 "--repack/--no-repack",
                 default=None,
-                help="llama.cpp's CPU weight repacking [QRUN_REPACK, else tuning profile, else off].",
+                show_default="QRUN_REPACK, else tuning profile, else off",
+                help="llama.cpp's CPU weight repacking.",
             ),
             click.option(
                 "--mmap/--no-mmap",
                 default=None,
-                help="Map the GGUF instead of reading it into memory [tuning profile, else on].",
+                show_default="tuning profile, else on",
+                help="Map the GGUF instead of reading it into memory.",
             ),
             click.option(
-                "--flash-attn/--no-flash-attn", default=None, help="Flash attention [tuning profile, else off]."
+                "--flash-attn/--no-flash-attn",
+                default=None,
+                show_default="tuning profile, else off",
+                help="Flash attention.",
             ),
             click.option(
                 "--kv-type",
                 default=None,
                 metavar="|".join(settings.KV_TYPES),
-                help="KV cache type; q8_0 needs --flash-attn [tuning profile, else f16].",
+                show_default="tuning profile, else f16",
+                help="KV cache type; q8_0 needs --flash-attn.",
             ),
             click.option(
                 "--ctx",
                 type=INT,
                 default=None,
-                help="Context tokens, rounded up to a multiple of 256 [ask: prompt + --max-tokens; chat: 4096].",
+                metavar="N",
+                show_default="ask: prompt + --max-tokens; chat: 4096",
+                help="Context tokens, rounded up to a multiple of 256.",
             ),
             click.option(
                 "--quant",
                 default=None,
-                help=f"Which GGUF of MODEL; auto = the type `qrun tune` measured fastest [{settings.DEFAULT_QUANT}].",
+                shell_complete=complete_quant_or_auto,
+                metavar="QUANT|auto",
+                show_default=settings.DEFAULT_QUANT,
+                help="Which GGUF of MODEL; auto = the type `qrun tune` measured fastest.",
             ),
             click.option(
                 "--ggufs",
                 type=click.Path(file_okay=False),
                 default=None,
-                help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs].",
+                metavar="DIR",
+                show_default="QRUN_GGUF_DIR, then ./ggufs",
+                help="Folder of GGUFs.",
             ),
             click.option(
                 "--as",
                 "as_model",
                 default=None,
                 metavar="MODEL",
+                shell_complete=complete_model,
                 help="Which model a .gguf path not made by `qrun convert` holds (picks its chat format).",
             ),
         ]
@@ -137,7 +166,7 @@ def format_stats(result: dict) -> str:
 
 
 @click.command("ask")
-@click.argument("model")
+@click.argument("model", shell_complete=complete_model)
 @click.argument("prompt")
 @_model_options
 @click.option("--stats", "show_stats", is_flag=True, help="Print speed and memory to stderr.")
@@ -228,7 +257,7 @@ def ask_cmd(
 
 
 @click.command("chat")
-@click.argument("model")
+@click.argument("model", shell_complete=complete_model)
 @_model_options
 def chat_cmd(
     model,

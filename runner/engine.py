@@ -537,3 +537,27 @@ def system_info() -> str:
     Used by qrun.runner.machine; it lives here because this module owns llama_cpp.
     """
     return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
+def build_info() -> dict[str, str | None]:
+    """Versions of the engine, for `qrun --version`: llama-cpp-python's, and llama.cpp's own (llama_version()), its
+    ggml library's version and the commit it was built from (ggml_version(), ggml_commit() of ggml.h; None where a
+    build does not export them)."""
+    return {
+        "llama_cpp_python": getattr(llama_cpp, "__version__", None),
+        "llama_cpp": _c_string(llama_cpp.llama_cpp._lib, "llama_version"),
+        "ggml": _c_string(llama_cpp.llama_cpp._lib, "ggml_version"),
+        "commit": _c_string(llama_cpp.llama_cpp._lib, "ggml_commit"),
+        "system_info": " ".join(system_info().split()),
+    }
+
+
+def _c_string(lib: ctypes.CDLL, name: str) -> str | None:
+    """A `const char * name(void)` of the library or of the libraries it links (libllama links ggml)."""
+    try:
+        function = getattr(lib, name)
+    except AttributeError:
+        return None
+    function.argtypes, function.restype = [], ctypes.c_char_p
+    value = function()
+    return value.decode("utf-8", errors="replace") if value else None
