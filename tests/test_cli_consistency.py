@@ -257,8 +257,8 @@ def test_one_spelling_per_concept():
         elif opt == "--out":  # never the GGUF folder (convert's old --out is hidden): say which folder it is
             assert re.match(r"(Results|Report|Work) folder: ", help_text), name
             seen[opt] += 1
-    assert seen == {"--ggufs": 5, "--threads": 10, "--out": 3}
-    for name in ("convert", "models", "ask", "chat", "bench", "tune"):
+    assert seen == {"--ggufs": 8, "--threads": 10, "--out": 3}
+    for name in ("convert", "models", "show", "rm", "ask", "chat", "bench", "tune"):
         assert "--ggufs" in [opt for p in main.commands[name].params for opt in p.opts], name
 
 
