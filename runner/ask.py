@@ -176,13 +176,26 @@ def load_engine(
 
 
 def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_dir=None, as_model=None) -> dict:
-    """The exact prompt text and token ids `ask` would run (only the vocabulary is loaded)."""
+    """The exact prompt `ask` would run (only the vocabulary is loaded).
+
+    Returns:
+        {"prompt_text": the text the ids decode to in llama.cpp (control tokens as their text: ChatGLM3's
+            "<|user|> \\n 你好", not the template's "<|user|>\\n你好"),
+         "prompt_token_ids": [id, ...],
+         "tokens": [{"id", "piece": its text (U+FFFD for a byte that is part of a character),
+                     "piece_hex": its exact bytes}, ...] in prompt order}
+    """
     check_prompt(prompt, system=system)
     with load_engine(model_or_path, quant=quant, ggufs_dir=ggufs_dir, vocab_only=True, as_model=as_model) as engine:
-        messages = [{"role": "user", "content": prompt}]
+        ids = engine.prompt_ids([{"role": "user", "content": prompt}], system=system)
+        pieces = [engine.shown_piece(token) for token in ids]
         return {
-            "prompt_text": engine.prompt_text(messages, system=system),
-            "prompt_token_ids": engine.prompt_ids(messages, system=system),
+            "prompt_text": engine.detokenize(ids),
+            "prompt_token_ids": ids,
+            "tokens": [
+                {"id": token, "piece": piece.decode("utf-8", errors="replace"), "piece_hex": piece.hex()}
+                for token, piece in zip(ids, pieces)
+            ],
         }
 
 

@@ -113,6 +113,15 @@ def _model_options(f):
     return f
 
 
+def _shown_piece(data: bytes) -> str:
+    """A token piece quoted with its escapes visible ("\\n", "\\t"); a piece that is not whole UTF-8 (one byte of
+    a character a byte-fallback vocabulary spells in bytes) as its hex bytes."""
+    try:
+        return json.dumps(data.decode("utf-8"), ensure_ascii=False)
+    except UnicodeDecodeError:
+        return f"bytes {data.hex(' ')}"
+
+
 def format_stats(result: dict) -> str:
     s = result["stats"]
     mib = 1 << 20
@@ -142,7 +151,9 @@ def format_stats(result: dict) -> str:
 @_model_options
 @click.option("--stats", "show_stats", is_flag=True, help="Print speed and memory to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, stats, model, gguf, sha256).")
-@click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
+@click.option(
+    "--show-prompt", is_flag=True, help="Print the prompt as its ids decode, each id with its piece, then exit."
+)
 @click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
 def ask_cmd(
     model,
@@ -189,6 +200,9 @@ def ask_cmd(
             click.echo(shown["prompt_text"])
             click.echo(f"--- {len(shown['prompt_token_ids'])} token ids:")
             click.echo(" ".join(map(str, shown["prompt_token_ids"])))
+            click.echo("--- id -> piece:")
+            for token in shown["tokens"]:
+                click.echo(f"{token['id']:>8} -> {_shown_piece(bytes.fromhex(token['piece_hex']))}")
         return
 
     def stream(text: str) -> None:
