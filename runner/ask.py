@@ -24,9 +24,9 @@ def _quiet(_message: str) -> None:
     pass
 
 
-def gguf_sha256(path: Path) -> str:
-    """The GGUF's sha256: its manifest's only when the file is the very one the manifest was written for (size,
-    mtime, inode and ctime: convert/manifest.py check_manifest), else computed from the file (reads all of it)."""
+def known_sha256(path: Path) -> str | None:
+    """The GGUF's sha256 when its manifest holds it for the very file that is there (size, mtime, inode and ctime:
+    convert/manifest.py check_manifest), else None; never reads the GGUF."""
     try:
         from qrun.convert.manifest import check_manifest
 
@@ -35,7 +35,12 @@ def gguf_sha256(path: Path) -> str:
             return check.manifest["sha256"]
     except ImportError:
         pass
-    return sha256_file(path)
+    return None
+
+
+def gguf_sha256(path: Path) -> str:
+    """The GGUF's sha256: its manifest's (known_sha256), else computed from the file (reads all of it)."""
+    return known_sha256(path) or sha256_file(path)
 
 
 def check_prompt(prompt: str, *, system: str | None = None) -> None:
