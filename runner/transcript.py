@@ -54,6 +54,8 @@ def save(session: ChatSession, path: str | os.PathLike, *, saved_utc: str) -> Pa
     path = Path(path).expanduser()
     if path.is_dir():
         raise UsageError(f"{path} is a folder", "give a file name, e.g. /save chat.json")
+    if not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: {path.parent} is not a folder", "give a path in an existing folder")
     if path.exists() and not _is_transcript(path):
         raise UsageError(f"{path} exists and is not a qrun chat transcript", "give a new file name")
     try:
