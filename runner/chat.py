@@ -63,8 +63,8 @@ class ChatSession:
 
     @property
     def system_text(self) -> str:
-        """The system prompt the model gets: --system or /system, else the model's own default (Qwen's)."""
-        return self.engine.spec.default_system if self.system is None else self.system
+        """The system prompt the model gets: --system or /system, else the model's own default (Qwen's); "" = none."""
+        return (self.engine.spec.default_system or "") if self.system is None else self.system
 
     def fit(self, user_text: str) -> list[int]:
         """Prompt ids for history + user_text, dropping the oldest turns until they fit with room for an answer.
