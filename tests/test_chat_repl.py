@@ -145,3 +145,17 @@ def test_no_log_keeps_no_files_in_the_home(gguf, tmp_path):
     say(child, "hello")
     quit_with_ctrl_d(child)
     assert not (home / "logs.db").exists() and not (home / "chat-history").exists()
+
+
+def test_ctrl_c_on_a_terminal_stops_the_answer_not_the_chat(gguf, tmp_path):
+    child = spawn(gguf, tmp_path / "home", tmp_path, "--ctx", "2048", "--max-tokens", "1800")
+    child.send("写一首很长的诗\r")
+    child.expect_exact("\x1b[?2004l")  # the editor has let go of the terminal: the answer is being written
+    child.expect(r"\S{8}")  # the answer has begun (1800 tokens take several seconds)
+    child.send("\x03")
+    assert "[answer stopped]" in wait_prompt(child)
+    assert "/save FILE" in say(child, "/help")  # the chat goes on (another 1800-token answer would take long)
+    quit_with_ctrl_d(child)
+    with sqlite3.connect(tmp_path / "home" / "logs.db") as db:
+        stops = [json.loads(row[0])["stop_reason"] for row in db.execute("SELECT response_json FROM responses")]
+    assert stops == ["interrupted"]
