@@ -11,8 +11,11 @@ works on piped input too. On a terminal, Esc then Enter (Alt-Enter) also starts 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TextIO
+
+from qrun.fsutil import os_reason
 
 PROMPT = ">>> "
 CONTINUATION = "... "  # inside a \"\"\" block
@@ -43,18 +46,15 @@ class TerminalLines:
     """prompt_toolkit's line editor, drawn on `prompt_to` (stderr); history in `history_path`, or kept in memory
     only when it is None (a chat that is not logged leaves no history file either)."""
 
-    def __init__(self, prompt_to: TextIO, *, history_path: Path | None):
+    def __init__(self, prompt_to: TextIO, *, history_path: Path | None, notice: Callable[[str], None]):
         # imported here, not at the top: only a chat on a terminal needs it, and it costs every other qrun command
         # about 0.1 s to import
         from prompt_toolkit import PromptSession
-        from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+        from prompt_toolkit.history import History, InMemoryHistory
         from prompt_toolkit.key_binding import KeyBindings
         from prompt_toolkit.output import create_output
 
-        history: History = InMemoryHistory()
-        if history_path is not None:
-            history_path.parent.mkdir(parents=True, exist_ok=True)
-            history = FileHistory(str(history_path))
+        history: History = InMemoryHistory() if history_path is None else _file_history(history_path, notice)
         bindings = KeyBindings()
 
         @bindings.add("escape", "enter")
@@ -70,6 +70,46 @@ class TerminalLines:
             return self._session.prompt(prompt)
         except EOFError:  # Ctrl-D on an empty line
             return None
+
+
+def _file_history(path: Path, notice: Callable[[str], None]):
+    """prompt_toolkit's FileHistory, except that a file it cannot read or write (a home that is a file, a full
+    disk) costs one note and the history of this session only, never the chat."""
+    from prompt_toolkit.history import FileHistory, InMemoryHistory
+
+    def say_failed(err: OSError) -> None:
+        reason = f"{path.parent} is not a folder" if path.parent.is_file() else os_reason(err)
+        notice(f"note: the line history is kept for this chat only: {path}: {reason}")
+
+    class _History(FileHistory):
+        failed = False
+
+        def _failed(self, err: OSError) -> None:
+            if not self.failed:
+                self.failed = True
+                say_failed(err)
+
+        def load_history_strings(self):
+            try:
+                return list(super().load_history_strings())
+            except OSError as err:
+                self._failed(err)
+                return []
+
+        def store_string(self, string: str) -> None:
+            if self.failed:
+                return
+            try:
+                super().store_string(string)
+            except OSError as err:
+                self._failed(err)
+
+    try:  # here, not in the thread that loads the history: the note comes before the first prompt
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        say_failed(err)
+        return InMemoryHistory()
+    return _History(str(path))
 
 
 def is_terminal(stream: TextIO) -> bool:

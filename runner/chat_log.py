@@ -109,7 +109,8 @@ class ChatLog:
                 )
         except (sqlite3.Error, OSError) as err:
             self._failed = True
-            self.notice(f"note: this chat is not logged from here on: {self.path}: {err} (--no-log turns logging off)")
+            reason = f"{self.path.parent} is not a folder" if self.path.parent.is_file() else str(err)
+            self.notice(f"note: this chat is not logged from here on: {self.path}: {reason} (--no-log turns it off)")
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:

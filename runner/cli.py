@@ -310,7 +310,7 @@ def chat_cmd(
             stack.callback(exchange_log.close)
         if chat_input.is_terminal(sys.stdin) and chat_input.is_terminal(sys.stderr):
             history = settings.qrun_home() / chat_input.HISTORY_FILE if logged else None
-            lines = chat_input.TerminalLines(sys.stderr, history_path=history)
+            lines = chat_input.TerminalLines(sys.stderr, history_path=history, notice=_notice)
             chat_lib.run_chat(session, lines=lines, log=exchange_log)
             return
         # lines decoded by qrun (each checked in ChatSession.turn): a bad byte is one error line, not the session's end

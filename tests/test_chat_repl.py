@@ -37,7 +37,7 @@ def spawn(gguf, home, cwd, *extra: str) -> pexpect.spawn:
         timeout=TIMEOUT_S,
         dimensions=(40, 160),
     )
-    wait_prompt(child)
+    child.greeting = wait_prompt(child)  # what the chat said before its first prompt
     return child
 
 
@@ -159,3 +159,18 @@ def test_ctrl_c_on_a_terminal_stops_the_answer_not_the_chat(gguf, tmp_path):
     with sqlite3.connect(tmp_path / "home" / "logs.db") as db:
         stops = [json.loads(row[0])["stop_reason"] for row in db.execute("SELECT response_json FROM responses")]
     assert stops == ["interrupted"]
+
+
+def test_a_home_that_is_a_file_costs_two_notes_not_the_chat(gguf, tmp_path):
+    home = tmp_path / "home"
+    home.write_bytes(b"not a folder")
+    child = spawn(gguf, home, tmp_path)
+    said = say(child, "hello")
+    child.send("\x1b[A")  # the line history still works, in memory
+    child.expect_exact("hello")
+    said += say(child, "")
+    quit_with_ctrl_d(child)
+    history_note = f"note: the line history is kept for this chat only: {home / 'chat-history'}: {home} is not a folder"
+    assert history_note in child.greeting
+    assert said.count("note: this chat is not logged from here on") == 1
+    assert home.read_bytes() == b"not a folder"
