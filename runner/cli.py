@@ -6,6 +6,7 @@ here into UsageErrors (not Click's exit-2 usage screens) so every bad input is o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -17,6 +18,7 @@ from qrun.completion import complete_model, complete_quant_or_auto
 from qrun.errors import UsageError
 from qrun.runner import ask as ask_lib
 from qrun.runner import chat as chat_lib
+from qrun.runner import chat_input, chat_log
 from qrun.text import check_text, decode_utf8
 
 
@@ -142,6 +144,15 @@ def _model_options(f):
     return f
 
 
+def _shown_piece(data: bytes) -> str:
+    """A token piece quoted with its escapes visible ("\\n", "\\t"); a piece that is not whole UTF-8 (one byte of
+    a character a byte-fallback vocabulary spells in bytes) as its hex bytes."""
+    try:
+        return json.dumps(data.decode("utf-8"), ensure_ascii=False)
+    except UnicodeDecodeError:
+        return f"bytes {data.hex(' ')}"
+
+
 def format_stats(result: dict) -> str:
     s = result["stats"]
     mib = 1 << 20
@@ -171,7 +182,9 @@ def format_stats(result: dict) -> str:
 @_model_options
 @click.option("--stats", "show_stats", is_flag=True, help="Print speed and memory to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, stats, model, gguf, sha256).")
-@click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
+@click.option(
+    "--show-prompt", is_flag=True, help="Print the prompt as its ids decode, each id with its piece, then exit."
+)
 @click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
 def ask_cmd(
     model,
@@ -218,6 +231,9 @@ def ask_cmd(
             click.echo(shown["prompt_text"])
             click.echo(f"--- {len(shown['prompt_token_ids'])} token ids:")
             click.echo(" ".join(map(str, shown["prompt_token_ids"])))
+            click.echo("--- id -> piece:")
+            for token in shown["tokens"]:
+                click.echo(f"{token['id']:>8} -> {_shown_piece(bytes.fromhex(token['piece_hex']))}")
         return
 
     def stream(text: str) -> None:
@@ -259,6 +275,12 @@ def ask_cmd(
 @click.command("chat")
 @click.argument("model", shell_complete=complete_model)
 @_model_options
+@click.option(
+    "--log/--no-log",
+    "log",
+    default=None,
+    help="Log each exchange to <qrun home>/logs.db, and keep the line history [QRUN_CHAT_LOG, else on].",
+)
 def chat_cmd(
     model,
     system,
@@ -277,17 +299,21 @@ def chat_cmd(
     quant,
     ggufs,
     as_model,
+    log,
 ):
     """Chat with MODEL in the terminal, multi-turn, in the model's own chat format.
 
     \b
     qrun chat qwen
     qrun chat chatglm3 --system "你是一个乐于助人的助手。" --ctx 8192
-    Type /reset to clear the history, /exit or Ctrl-D to quit; Ctrl-C stops the current answer.
+    qrun chat deepseek --no-log
+    In the chat: /help, /system TEXT, /save FILE, /load FILE, /reset, /exit (or Ctrl-D); Ctrl-C stops an answer.
+    A message that starts with \"\"\" goes on until a line that ends with \"\"\"; Up recalls earlier lines.
     """
     ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     if system is not None:
         check_text(system, what="--system")
+    logged = chat_log.logging_on(log)
     engine = ask_lib.load_engine(
         model,
         threads=threads,
@@ -303,17 +329,23 @@ def chat_cmd(
         notice=_notice,
         as_model=as_model,
     )
-    with engine:
+    with engine, contextlib.ExitStack() as stack:
         sampling = ask_lib.sampling_options(
             engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k
         )
         session = chat_lib.ChatSession(engine, system=system, sampling=sampling, seed=seed, notice=_notice)
+        exchange_log = chat_log.ChatLog(chat_log.log_path(), notice=_notice) if logged else None
+        if exchange_log is not None:
+            stack.callback(exchange_log.close)
+        if chat_input.is_terminal(sys.stdin) and chat_input.is_terminal(sys.stderr):
+            history = settings.qrun_home() / chat_input.HISTORY_FILE if logged else None
+            lines = chat_input.TerminalLines(sys.stderr, history_path=history, notice=_notice)
+            chat_lib.run_chat(session, lines=lines, log=exchange_log)
+            return
         # lines decoded by qrun (each checked in ChatSession.turn): a bad byte is one error line, not the session's end
         if not hasattr(sys.stdin, "buffer"):
-            chat_lib.run_chat(session)
+            chat_lib.run_chat(session, log=exchange_log)
             return
         stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
-        try:
-            chat_lib.run_chat(session, stdin=stdin)  # stdout/stderr: sys's (CliRunner swaps them in tests)
-        finally:
-            stdin.detach()  # sys.stdin.buffer stays open for whoever reads it next
+        stack.callback(stdin.detach)  # sys.stdin.buffer stays open for whoever reads it next
+        chat_lib.run_chat(session, stdin=stdin, log=exchange_log)  # stdout/stderr: sys's (CliRunner swaps them)

@@ -404,6 +404,29 @@ class Engine:
             data = self._pieces[token] = buf.raw[:n]
         return data
 
+    def shown_piece(self, token: int) -> bytes:
+        """A token's bytes as a prompt shows it (llama.cpp's --verbose-prompt): control tokens as their text
+        ("<|user|>"), a byte-fallback token as its one byte, SentencePiece's "▁" as a space."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
+        return buf.raw[:n]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text `ids` decode to in llama.cpp, control tokens written as their text and nothing stripped
+        (ChatGLM3's "<|user|>" + "\n" segment decodes to "<|user|> \n": SentencePiece's leading "▁")."""
+        arr = (llama_cpp.llama_token * len(ids))(*ids)
+        size = 16 * len(ids) + 16
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, True)
+        if n < 0:  # llama.cpp says how many bytes it needs
+            size = -n
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, True)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
     # -- prompts -------------------------------------------------------------------------------------------------
     def segments(self, messages: Sequence[dict], *, system: str | None = None) -> list:
         """system=None: the model's default system prompt (Qwen's), "" = none."""

@@ -242,7 +242,7 @@ def test_chat_defaults(chat):
         )
     ]
     # stdin is read as bytes and decoded by qrun (a bad byte is one error line, not the end of the session)
-    assert run_chat.call_args_list == [mock.call(session.return_value, stdin=mock.ANY)]
+    assert run_chat.call_args_list == [mock.call(session.return_value, stdin=mock.ANY, log=mock.ANY)]
     engine.__exit__.assert_called_once()  # the model is freed when the chat ends
 
 
