@@ -279,7 +279,8 @@ def ask_cmd(
     "--log/--no-log",
     "log",
     default=None,
-    help="Log each exchange to <qrun home>/logs.db, and keep the line history [QRUN_CHAT_LOG, else on].",
+    show_default="QRUN_CHAT_LOG, else on",
+    help="Log each exchange to <qrun home>/logs.db, and keep the line history.",
 )
 def chat_cmd(
     model,
