@@ -113,6 +113,7 @@ def main():
 
 def _register() -> None:
     from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
+    from qrun.bench.quality_cli import quality_cmd
     from qrun.bench.tune_cli import tune_cmd
     from qrun.convert.cli import convert_cmd, models_cmd
     from qrun.demo.cli import demo_cmd
@@ -120,6 +121,7 @@ def _register() -> None:
 
     for cmd in (demo_cmd, convert_cmd, models_cmd, ask_cmd, chat_cmd, bench_cmd, report_cmd, score_cmd, tune_cmd):
         main.add_command(cmd)
+    main.add_command(quality_cmd)
 
 
 _register()
