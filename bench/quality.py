@@ -307,13 +307,12 @@ def quality(
     quant_list = None if quants is None else parse_quants(",".join(quants))
     ref_quant, ref_path = reference_gguf(spec.name, ref, ggufs_dir)
     targets = quant_ggufs(spec.name, quant_list, ref_quant, ggufs_dir)
-    for _, path in [(ref_quant, ref_path), *targets]:
-        n_ctx_train = read_header(path).context_length
-        if n_ctx_train and ctx > n_ctx_train:
-            raise UsageError(
-                f"--ctx {ctx} is more than the {n_ctx_train} tokens {spec.name} was trained on ({path.name})",
-                f"use --ctx {n_ctx_train} or less",
-            )
+    n_ctx_train = read_header(ref_path).context_length  # the quants' too: Engine.load checks each again
+    if n_ctx_train and ctx > n_ctx_train:
+        raise UsageError(
+            f"--ctx {ctx} is more than the {n_ctx_train} tokens {spec.name} was trained on",
+            f"use --ctx {n_ctx_train} or less",
+        )
     with _load(ref_path, ctx=ctx, threads=threads, threads_batch=threads_batch, vocab_only=True) as vocab:
         tokens = _tokens(vocab, text_body)
     if len(tokens) < ctx:
