@@ -349,6 +349,8 @@ def quality(
     if not np.array_equal(reference.tokens, tokens):  # a cache of another tokenizer build under the same key
         raise GGUFError(f"the cached tokens of {ref_path.name} differ from its tokenizer's", "delete the cache folder")
     doc["reference"]["cached"] = reference.cached
+    # how tight the top-k KL bound is: near 1 the rest bucket is small and the bound close to the full KL
+    doc["reference"]["top_k_mass_mean"] = float(np.exp(reference.top_logprobs.astype(np.float64)).sum(axis=1).mean())
     doc["scored_tokens"] = int(len(reference.top_ids))
 
     results = []

@@ -119,22 +119,28 @@ def quality_cmd(model, quants, ref, text_path, ctx, top_k, threads, threads_batc
     click.echo(format_table(doc))
 
 
+def _kl(value: float) -> str:
+    return f"{value:.3g}"  # 3 significant digits: a Q8_0's KL is orders of magnitude below a Q4_0's
+
+
 def format_table(doc: dict) -> str:
     ref, text = doc["reference"], doc["text"]
     head = (
         f"{doc['model']}: KL(ref || quant) against {ref['quant']}"
         f"{' (cached)' if ref.get('cached') else ''} on {text['name']} "
         f"({doc['scored_tokens']} scored of {text['tokens']} tokens, windows of {doc['ctx_tokens']}, "
-        f"top-{doc['top_k']} + rest)"
+        f"top-{doc['top_k']} + rest)\n"
+        f"The reference's top {doc['top_k']} tokens hold {100 * ref['top_k_mass_mean']:.1f} % of its probability on "
+        "average; the KL below is a lower bound of the full KL, a tight one only when that share is near 100 %."
     )
     rows = [
         [
             r["quant"],
             f"{r['size_bytes'] / 2**20:.1f}",
-            f"{r['kl_mean']:.5f}",
-            f"{r['kl_median']:.5f}",
-            f"{r['kl_p99']:.5f}",
-            f"{r['kl_chunk_min']:.5f}..{r['kl_chunk_max']:.5f}",
+            _kl(r["kl_mean"]),
+            _kl(r["kl_median"]),
+            _kl(r["kl_p99"]),
+            f"{_kl(r['kl_chunk_min'])}..{_kl(r['kl_chunk_max'])}",
             f"{100 * r['top1_agreement']:.1f}",
             f"{r['ppl']:.3f}",
             f"{r['ref_ppl']:.3f}",

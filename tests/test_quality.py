@@ -115,6 +115,7 @@ def expected(model, doc, folder, *, ref_logits_of) -> dict:
             out["loglik"].append(quant_lp[rows, targets].sum())
             out["ref_loglik"].append(ref_lp[rows, targets].sum())
             out.setdefault("kl_tokens", []).append(kl_top)
+            out.setdefault("top_k_mass", []).append(np.sort(np.exp(ref_lp), axis=1)[:, -TOP_K:].sum(axis=1))
     return out
 
 
@@ -159,6 +160,7 @@ def test_figures_match_numpy_from_the_same_logits_exactly(model, runs):
         assert chunk["loglik"] == pytest.approx(want["loglik"][i], rel=1e-6)
         assert chunk["ref_loglik"] == pytest.approx(want["ref_loglik"][i], rel=1e-6)
     kl_tokens = np.concatenate(want["kl_tokens"])
+    assert doc["reference"]["top_k_mass_mean"] == pytest.approx(np.concatenate(want["top_k_mass"]).mean(), rel=1e-5)
     assert got["kl_median"] == pytest.approx(np.median(kl_tokens), rel=1e-4)
     assert got["kl_p99"] == pytest.approx(np.percentile(kl_tokens, 99), rel=1e-4)
     n = sum(c["tokens"] for c in got["chunks"])
@@ -222,6 +224,7 @@ def test_reference_cache_is_reused_and_invalidated(tiny_gguf, tmp_path):
     assert cache_files[0].read_bytes() == cache_bytes
     table_code, table, _ = run_cli(*base, "--quants", "Q4_0")
     assert table_code == 0 and "(cached)" in table and "Q4_0" in table and str(out / "quality.json") in table
+    assert f"top {TOP_K} tokens hold {100 * third['reference']['top_k_mass_mean']:.1f} %" in table
 
 
 def test_default_reference_is_bf16_when_converted(tiny_gguf, tiny_checkpoints, tmp_path):
