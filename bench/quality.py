@@ -372,12 +372,17 @@ def quality(
                 **scores,
             }
         )
-    lock = filelock.FileLock(out / f".{RESULTS_NAME}.lock")
-    with lock:
-        done = {r["quant"] for r in results}
-        kept = [r for r in _earlier_results(results_path, doc, force=force) if r.get("quant") not in done]
-        order = {q: i for i, q in enumerate(settings.QUANTS)}
-        doc["results"] = sorted(kept + results, key=lambda r: order.get(r.get("quant"), len(order)))
-        write_json_atomic(results_path, doc)
+    try:
+        # locked: two runs for other quants of the same setup each keep the other's results
+        with filelock.FileLock(out / f".{RESULTS_NAME}.lock"):
+            done = {r["quant"] for r in results}
+            kept = [r for r in _earlier_results(results_path, doc, force=force) if r.get("quant") not in done]
+            order = {q: i for i, q in enumerate(settings.QUANTS)}
+            doc["results"] = sorted(kept + results, key=lambda r: order.get(r.get("quant"), len(order)))
+            write_json_atomic(results_path, doc)
+    except OSError as err:
+        raise UsageError(
+            f"cannot write {results_path}: {os_reason(err)}", "free space there, or choose another --out"
+        ) from None
     doc["results_path"] = str(results_path)
     return doc
