@@ -302,3 +302,33 @@ def test_bad_input_is_one_line_and_writes_nothing(case, bad_input_setup, tmp_pat
     assert not (tmp_path / "qrun-home" / "quality-cache").exists() or not list(
         (tmp_path / "qrun-home" / "quality-cache").glob("*.npz")
     )
+
+
+def test_ctrl_c_writes_nothing_and_the_rerun_completes(tiny_gguf, tmp_path):
+    """SIGINT while the reference runs: exit 130, no cache, no quality.json, no temporary left; the rerun works."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder = ggufs_folder(tiny_gguf, tmp_path / "ggufs", DEEPSEEK, quants=("F16", "Q4_0"))
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0] = 'qrun'; main()"]
+    command += ["quality", DEEPSEEK, "--ggufs", str(folder), "--out", str(out), "--threads", "2", "--ctx", "256"]
+    env = {**os.environ, "QRUN_HOME": str(tmp_path / "qrun-home")}
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "window 2/" in line:  # the reference is running (the default text has 13 windows of 256)
+            proc.send_signal(signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert rest.strip().splitlines()[-1] == "Interrupted."
+    home = tmp_path / "qrun-home" / "quality-cache"
+    assert not list(home.glob("*.npz")) and not list(home.glob(".*.tmp")) and not (out / "quality.json").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    rerun = subprocess.run(command + ["--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    doc = json.loads(rerun.stdout)
+    assert doc["reference"]["cached"] is False and [r["quant"] for r in doc["results"]] == ["Q4_0"]
