@@ -12,7 +12,17 @@ same windows, and per scored token this module computes:
 - the log-likelihood of the text's own next token under each model, hence both perplexities.
 
 The results document (<out>/quality.json) has one model's results per reference, text, ctx and top-k; a run for
-other quants of the same setup keeps the earlier quants' results beside its own.
+other quants of the same setup keeps the earlier quants' results beside its own. Its shape (the report reads it)::
+
+    {"kind": "qrun-quality", "schema": 1, "model", "ctx_tokens", "top_k", "scored_tokens",
+     "reference": {"quant", "gguf", "gguf_sha256", "cached", "top_k_mass_mean"},
+     "text": {"name", "sha256", "tokens"},
+     "results": [{"model", "quant", "gguf", "gguf_sha256", "size_bytes", "kl_mean", "kl_median", "kl_p99",
+                  "top1_agreement", "ppl", "ref_ppl", "kl_chunk_min", "kl_chunk_max", "kl_chunk_stdev",
+                  "chunks": [{"kl_mean", "top1_agreement", "loglik", "ref_loglik", "tokens"}]}]}
+
+gguf_sha256 is the manifest's only when the manifest verifies for that very file (runner/ask.py gguf_sha256),
+else hashed from the file.
 """
 
 from __future__ import annotations
@@ -297,7 +307,7 @@ def quality(
         threads / threads_batch: llama.cpp threads (None or 0: QRUN_THREADS, then the physical cores).
         force: replace an out folder's quality.json of another model or setup.
     Returns:
-        The results document (module docstring; the fields are listed in README "What 4-bit costs").
+        The document written to quality.json (its shape: the module docstring), plus "results_path".
     Raises:
         QrunError subclasses for every bad input, before anything is computed or written.
     """
