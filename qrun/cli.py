@@ -151,6 +151,7 @@ def main():
 
 def _register() -> None:
     from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
+    from qrun.bench.quality_cli import quality_cmd
     from qrun.bench.tune_cli import tune_cmd
     from qrun.completion import completion_cmd
     from qrun.convert.cli import convert_cmd
@@ -173,6 +174,7 @@ def _register() -> None:
     ):
         main.add_command(cmd)
     main.add_command(completion_cmd)
+    main.add_command(quality_cmd)
 
 
 _register()
