@@ -113,12 +113,24 @@ def main():
 
 def _register() -> None:
     from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
+    from qrun.bench.eval_cli import eval_cmd
     from qrun.bench.tune_cli import tune_cmd
     from qrun.convert.cli import convert_cmd, models_cmd
     from qrun.demo.cli import demo_cmd
     from qrun.runner.cli import ask_cmd, chat_cmd
 
-    for cmd in (demo_cmd, convert_cmd, models_cmd, ask_cmd, chat_cmd, bench_cmd, report_cmd, score_cmd, tune_cmd):
+    for cmd in (
+        demo_cmd,
+        convert_cmd,
+        models_cmd,
+        ask_cmd,
+        chat_cmd,
+        bench_cmd,
+        report_cmd,
+        score_cmd,
+        tune_cmd,
+        eval_cmd,
+    ):
         main.add_command(cmd)
 
 
