@@ -21,9 +21,9 @@ it is the context. That is the token the model would emit for that letter at tha
 writes between the prompt and the reply: Qwen's reply starts right after "<|im_start|>assistant\\n" (token "A");
 ChatGLM3 writes "\\n" after <|assistant|> first (SentencePiece: "▁", "<0x0A>"), so the context ends with it and
 the letter is "▁A"; DeepSeek's "Assistant:" is followed by " A", whose leading space its byte-level BPE merges into
-the letter's token "ĠA". tests/test_eval.py pins these for the three real vocabularies. The option log-probabilities are a
-log-softmax over the whole vocabulary of the next-token logits after the context (Engine.logits, last row); the
-prediction is the option with the highest one (the first of equal ones).
+the letter's token "ĠA". tests/test_eval.py pins these for the three real vocabularies. The option
+log-probabilities are a log-softmax over the whole vocabulary of the next-token logits after the context
+(Engine.logits, last row); the prediction is the option with the highest one (the first of equal ones).
 
 Accuracy is reported per subject and overall with a 95 % Wilson score interval. Per-question records are appended
 to <out>/eval-records.jsonl as they are scored, so an interrupted run resumes where it stopped; <out>/eval.json is
@@ -206,8 +206,8 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str], None] | None = Non
     """
     progress = progress or (lambda text: print(text, file=sys.stderr, flush=True))
     suite = exams.get_suite(config.suite)
-    config = dataclasses.replace(config, split=config.split or suite.default_split)
-    split = config.split
+    split = config.split or suite.default_split
+    config = dataclasses.replace(config, split=split)
     if config.shots < 0:
         raise UsageError(f"--shots must be 0 or more, got {config.shots}")
     if config.limit is not None and config.limit < 1:
@@ -230,6 +230,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str], None] | None = Non
         raise UsageError(
             f"cannot create --out {out_dir}: {err.strerror or err}", "give --out a folder you can write to"
         ) from None
+    results: list[dict] = []
     doc = {
         "kind": KIND,
         "schema": SCHEMA,
@@ -243,7 +244,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str], None] | None = Non
         "prompt": INSTRUCTION + "\\n\\n{question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "partial": False,
-        "results": [],
+        "results": results,
     }
     with lifeline.owned_folder(out_dir, what="`qrun eval`", lock_name=LOCK_NAME):
         records_path = out_dir / RECORDS_NAME
@@ -263,7 +264,7 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str], None] | None = Non
                         progress,
                         f"[{index}/{len(targets)}]",
                     )
-                    doc["results"].append(result)
+                    results.append(result)
                     write_json_atomic(out_dir / RESULTS_NAME, doc)
             except KeyboardInterrupt:
                 doc["partial"] = True

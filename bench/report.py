@@ -412,13 +412,22 @@ def check_report_folder(out_dir: str | Path) -> None:
         )
 
 
-def write_outputs(docs: list[dict], out_dir: str | Path, *, results_json: bool) -> dict[str, Path]:
-    """Write report.md and results.csv (and results.json for a single document) atomically into out_dir."""
+def write_outputs(
+    docs: list[dict], out_dir: str | Path, *, results_json: bool, by_gguf: str | None = None
+) -> dict[str, Path]:
+    """Write report.md and results.csv (and results.json for a single document) atomically into out_dir.
+
+    by_gguf: a markdown section (qrun.bench.merge.markdown_section) put first in report.md.
+    """
     out_dir = Path(out_dir)
     paths = {"report": out_dir / "report.md", "csv": out_dir / "results.csv"}
     if results_json:
         paths["json"] = out_dir / "results.json"
         write_json_atomic(paths["json"], {k: v for k, v in docs[0].items() if not k.startswith("_")})
     write_text_atomic(paths["csv"], render_csv(docs))
-    write_text_atomic(paths["report"], render_markdown(docs))
+    markdown = render_markdown(docs) if docs else "# qrun report\n"
+    if by_gguf:
+        title, _, rest = markdown.partition("\n")
+        markdown = f"{title}\n\n{by_gguf}\n{rest.lstrip()}"
+    write_text_atomic(paths["report"], markdown)
     return paths
