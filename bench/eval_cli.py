@@ -35,7 +35,9 @@ def _subjects(value: str | None) -> list[str] | None:
     help="The hub to download the suite from when --data is not given (QRUN_OFFLINE=1: its cache only).",
 )
 @click.option(
-    "--split", default="val", show_default=True, help="C-Eval: dev, val (test has no answers); CMMLU: dev, test."
+    "--split",
+    default=None,
+    help="C-Eval: dev, val (default; test has no answers); CMMLU: dev, test (default).",
 )
 @click.option("--subjects", default=None, metavar="A,B", help="Only these subjects (file names without _split.csv).")
 @click.option(

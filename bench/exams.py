@@ -134,6 +134,16 @@ def read_csv(suite: Suite, path: Path, *, subject: str, split: str) -> list[Ques
         has_answers = not (suite.name == "ceval" and split == "test")
         missing = [c for c in wanted if c not in names and (has_answers or c != suite.columns[-1])]
         if missing:
+            other = next(
+                (o for o in SUITES.values() if o is not suite and all(c in names for c in o.columns[:-1])), None
+            )
+            if other is not None:  # the other dataset's files: the suite name is what is wrong
+                raise _fail(
+                    path,
+                    ", line 1",
+                    f"{other.title}'s columns, not {suite.title}'s",
+                    f"run `qrun eval {other.name}` on this folder",
+                )
             raise _fail(
                 path,
                 ", line 1",
