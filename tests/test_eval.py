@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import DATA_DIR
 
 import reference_forward as rf
-from conftest import DATA_DIR
 from helpers import bench_doc
 from qrun.bench import eval as ev
 from qrun.bench import merge, report

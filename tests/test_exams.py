@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import DATA_DIR
+
 from qrun.bench import exams
 from qrun.cli import main
 from qrun.errors import DownloadError, UsageError
