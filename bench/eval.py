@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -173,7 +174,22 @@ class EvalConfig:
 
 
 def _record_key(record: dict) -> tuple:
-    return (record["gguf_sha256"], record["suite"], record["split"], record["shots"], record["subject"], record["id"])
+    # messages_sha256: a question whose text, options, key or examples changed (another copy of the data in --data)
+    # is scored again rather than taken from an earlier run
+    return (
+        record["gguf_sha256"],
+        record["suite"],
+        record["split"],
+        record["shots"],
+        record["subject"],
+        record["id"],
+        record.get("messages_sha256"),
+    )
+
+
+def messages_sha256(messages: list[dict], answer: str | None) -> str:
+    text = json.dumps([messages, answer], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def read_records(path: Path) -> list[dict]:
@@ -250,6 +266,8 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str], None] | None = Non
         records_path = out_dir / RECORDS_NAME
         done = {_record_key(r): r for r in read_records(records_path)}
         with open(records_path, "a", encoding="utf-8") as stream:
+            if stream.tell() and not records_path.read_bytes().endswith(b"\n"):
+                stream.write("\n")  # a line cut off by a kill: the next record starts on its own line
             try:
                 for index, target in enumerate(targets, start=1):
                     result = _eval_target(
@@ -278,28 +296,34 @@ def _eval_target(target: Target, config, suite, questions, shots, root, done, st
     sha = sha256_file(target.gguf)
     total = sum(len(qs) for qs in questions.values())
     base = {"suite": suite.name, "split": config.split, "shots": config.shots, "gguf_sha256": sha}
-    todo = [
-        q
+    conversations = {
+        (q.subject, q.id): messages_for(q, shots[q.subject], exams.subject_title(root, q.subject))
         for qs in questions.values()
         for q in qs
-        if _record_key({**base, "subject": q.subject, "id": q.id}) not in done
-    ]
+    }
+
+    def key(q: exams.Question) -> tuple:
+        digest = messages_sha256(conversations[q.subject, q.id], q.answer)
+        return _record_key({**base, "subject": q.subject, "id": q.id, "messages_sha256": digest})
+
+    todo = [q for qs in questions.values() for q in qs if key(q) not in done]
     progress(f"{tag} {target.model} {target.quant}: {total} questions ({total - len(todo)} already scored)")
     if todo:
         _gguf, load = resolve.resolve(target.gguf, threads=config.threads, workload="prompt", notice=progress)
         with Engine.load(target.gguf, load, notice=progress) as engine:
             t0 = time.perf_counter()
             for i, q in enumerate(todo, start=1):
-                title = exams.subject_title(root, q.subject)
-                scored = score(engine, messages_for(q, shots[q.subject], title))
+                messages = conversations[q.subject, q.id]
+                scored = score(engine, messages)
                 record = {**base, "model": target.model, "quant": target.quant, "subject": q.subject, "id": q.id}
+                record["messages_sha256"] = messages_sha256(messages, q.answer)
                 record.update(scored, answer=q.answer, correct=scored["prediction"] == q.answer)
                 _append(stream, record)
                 done[_record_key(record)] = record
                 if i % 25 == 0 or i == len(todo):
                     rate = i / max(time.perf_counter() - t0, 1e-9)
                     progress(f"{tag} {target.model} {target.quant}: {i}/{len(todo)} scored ({rate:.1f} questions/s)")
-    records = [done[_record_key({**base, "subject": q.subject, "id": q.id})] for qs in questions.values() for q in qs]
+    records = [done[key(q)] for qs in questions.values() for q in qs]
     result = {
         "model": target.model,
         "quant": target.quant,

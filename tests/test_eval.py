@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,8 @@ def test_interrupted_eval_resumes_where_it_stopped(tiny_gguf, tmp_path):
     assert json.loads((out / "eval.json").read_text(encoding="utf-8"))["partial"] is True
     done_before = len(ev.read_records(records))
     assert 3 <= done_before < 120
+    with open(records, "a", encoding="utf-8") as f:
+        f.write('{"gguf_sha256": "cut off by a ki')  # as a SIGKILL during a write would leave it
     resumed = subprocess.run([*command, "--threads", "2"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"120 questions ({done_before} already scored)" in resumed.stderr
@@ -268,3 +271,17 @@ def test_eval_json_is_written_atomically_under_its_lock(tmp_path, tiny_gguf):
         os.close(fd)
     assert result.exit_code == 1 and "in use by another `qrun eval`" in result.stderr
     assert sorted(p.name for p in Path(out).iterdir()) == [ev.LOCK_NAME]
+
+
+def test_changed_questions_are_scored_again(tiny_gguf, tmp_path):
+    """Records are reused only for the same conversation: an edited question in another copy of the data is not."""
+    data = tmp_path / "ceval"
+    shutil.copytree(EXAMS / "ceval", data)
+    gguf = str(tiny_gguf("qwen-7b-chat", "Q4_K_M"))
+    args = ["ceval", gguf, "--data", str(data), "--subjects", "chinese_history", "--out", str(tmp_path / "out")]
+    first = run_eval_cli(*args)
+    assert "3 questions (0 already scored)" in first.stderr
+    assert "3 questions (3 already scored)" in run_eval_cli(*args).stderr
+    path = data / "val" / "chinese_history_val.csv"
+    path.write_text(path.read_text(encoding="utf-8").replace("蔡伦,毕昇", "毕昇,蔡伦"), encoding="utf-8")
+    assert "3 questions (2 already scored)" in run_eval_cli(*args).stderr
