@@ -112,7 +112,11 @@ def log_softmax(row: np.ndarray) -> np.ndarray:
 
 def score(engine: Engine, messages: list[dict]) -> dict:
     """Prompt ids, the four option log-probabilities and the prediction of one conversation."""
-    context, option_ids = scoring_ids(engine, messages)
+    return score_ids(engine, *scoring_ids(engine, messages))
+
+
+def score_ids(engine: Engine, context: list[int], option_ids: list[int]) -> dict:
+    """score() of a context and option tokens already found (scoring_ids)."""
     row = engine.logits(context, first_position=len(context) - 1)[0]
     logprobs = log_softmax(row)[option_ids]
     return {
@@ -263,6 +267,14 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str], None] | None = Non
         "results": results,
     }
     with lifeline.owned_folder(out_dir, what="`qrun eval`", lock_name=LOCK_NAME):
+        earlier = earlier_results(out_dir / RESULTS_NAME, suite=suite.name, split=split, shots=config.shots)
+
+        def write() -> None:
+            # results of GGUFs this run has not (yet) scored again stay as they were
+            redone = {r["gguf_sha256"] for r in results}
+            doc["results"] = [r for r in earlier if r.get("gguf_sha256") not in redone] + results
+            write_json_atomic(out_dir / RESULTS_NAME, doc)
+
         records_path = out_dir / RECORDS_NAME
         done = {_record_key(r): r for r in read_records(records_path)}
         with open(records_path, "a", encoding="utf-8") as stream:
@@ -283,13 +295,37 @@ def run_eval(config: EvalConfig, *, progress: Callable[[str], None] | None = Non
                         f"[{index}/{len(targets)}]",
                     )
                     results.append(result)
-                    write_json_atomic(out_dir / RESULTS_NAME, doc)
+                    write()
             except KeyboardInterrupt:
                 doc["partial"] = True
-                write_json_atomic(out_dir / RESULTS_NAME, doc)
+                write()
                 progress(f"interrupted: {out_dir / RESULTS_NAME} holds the models finished; rerun to resume")
                 raise
     return doc
+
+
+def earlier_results(path: Path, *, suite: str, split: str, shots: int) -> list[dict]:
+    """The results in an earlier eval.json of the same suite, split and shots (kept for GGUFs not run again).
+
+    Raises:
+        UsageError: the file holds something else (another suite, split or shots, or not an eval.json): it is
+            never replaced by results it cannot be merged with.
+    """
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        doc = None
+    if not isinstance(doc, dict) or doc.get("kind") != KIND or not isinstance(doc.get("results"), list):
+        raise UsageError(f"{path} exists and is not a `qrun eval` results file", "give --out NEW_DIR")
+    held = (doc.get("suite"), doc.get("split"), doc.get("shots"))
+    if held != (suite, split, shots):
+        raise UsageError(
+            f"{path} holds {held[0]} {held[1]} {held[2]}-shot results, not {suite} {split} {shots}-shot",
+            "give --out NEW_DIR for these",
+        )
+    return [r for r in doc["results"] if isinstance(r, dict)]
 
 
 def _eval_target(target: Target, config, suite, questions, shots, root, done, stream, progress, tag) -> dict:
@@ -310,11 +346,23 @@ def _eval_target(target: Target, config, suite, questions, shots, root, done, st
     progress(f"{tag} {target.model} {target.quant}: {total} questions ({total - len(todo)} already scored)")
     if todo:
         _gguf, load = resolve.resolve(target.gguf, threads=config.threads, workload="prompt", notice=progress)
+        # the context is sized to the longest question (as bench sizes it to its longest prompt): 4096 tokens of f16
+        # KV cache on a 7B model is ~2 GB that a zero-shot question does not use
+        with Engine.load(target.gguf, load, vocab_only=True) as vocab:
+            ids = {(q.subject, q.id): scoring_ids(vocab, conversations[q.subject, q.id]) for q in todo}
+            longest, (subject, qid) = max((len(ctx), k) for k, (ctx, _options) in ids.items())
+            if vocab.n_ctx_train and longest > vocab.n_ctx_train:
+                raise UsageError(
+                    f"question {qid} of {subject} is {longest} tokens with its examples; {target.model} was trained "
+                    f"on {vocab.n_ctx_train}",
+                    "use fewer --shots",
+                )
+            load = resolve.size_ctx(load, work_tokens=longest, n_ctx_train=vocab.n_ctx_train)
         with Engine.load(target.gguf, load, notice=progress) as engine:
             t0 = time.perf_counter()
             for i, q in enumerate(todo, start=1):
                 messages = conversations[q.subject, q.id]
-                scored = score(engine, messages)
+                scored = score_ids(engine, *ids[q.subject, q.id])
                 record = {**base, "model": target.model, "quant": target.quant, "subject": q.subject, "id": q.id}
                 record["messages_sha256"] = messages_sha256(messages, q.answer)
                 record.update(scored, answer=q.answer, correct=scored["prediction"] == q.answer)

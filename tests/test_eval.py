@@ -285,3 +285,18 @@ def test_changed_questions_are_scored_again(tiny_gguf, tmp_path):
     path = data / "val" / "chinese_history_val.csv"
     path.write_text(path.read_text(encoding="utf-8").replace("蔡伦,毕昇", "毕昇,蔡伦"), encoding="utf-8")
     assert "3 questions (2 already scored)" in run_eval_cli(*args).stderr
+
+
+def test_earlier_results_are_kept_or_refused(tiny_gguf, tmp_path):
+    """Another GGUF's earlier result in eval.json stays; results of another split or --shots are never replaced."""
+    qwen, deepseek = str(tiny_gguf("qwen-7b-chat", "Q4_K_M")), str(tiny_gguf("deepseek-llm-7b-chat", "Q4_K_M"))
+    out = tmp_path / "out"
+    common = ["--data", str(EXAMS / "cmmlu"), "--limit", "1", "--out", str(out)]
+    run_eval_cli("cmmlu", qwen, *common)
+    run_eval_cli("cmmlu", deepseek, *common)
+    saved = (out / "eval.json").read_bytes()
+    assert [r["model"] for r in json.loads(saved)["results"]] == ["qwen-7b-chat", "deepseek-llm-7b-chat"]
+    refused = CliRunner().invoke(main, ["eval", "cmmlu", qwen, *common, "--shots", "1"])
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert "holds cmmlu test 0-shot results, not cmmlu test 1-shot" in refused.stderr
+    assert (out / "eval.json").read_bytes() == saved
