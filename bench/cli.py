@@ -232,13 +232,17 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
     qrun report laptop/results.json server/results.json --out compare
     qrun report bench-results/results.json --verdicts-template verdicts.csv
     """
-    from qrun.bench import report
+    from qrun.bench import merge, report
     from qrun.bench import results as results_mod
     from qrun.bench import suite as suites
     from qrun.bench.results import write_verdicts_template
     from qrun.bench.score import load_verdicts
 
-    docs = [results_mod.load(path) for path in results]
+    # eval.json and quality.json join the bench results as one row per GGUF (qrun.bench.merge)
+    kinds = [merge.kind_of(path) for path in results]
+    docs = [results_mod.load(path) for path, (kind, _) in zip(results, kinds) if kind == "bench"]
+    extra = {kind: [doc for k, doc in kinds if k == kind] for kind in ("quality", "eval")}
+    by_gguf = merge.merged_rows(docs, extra["quality"], extra["eval"]) if extra["quality"] or extra["eval"] else []
     if template_path:
         path = write_verdicts_template(docs, template_path)
         click.echo(f"verdicts template: {path} (fill in the score column, then pass it to --verdicts)", err=True)
@@ -262,14 +266,21 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
         if table is not None and table.note():
             click.echo(table.note(), err=True)
         unmatched = results_mod.rescore(docs, loaded_suite, table)
-    paths = report.write_outputs(docs, out_dir, results_json=False)
+    paths = report.write_outputs(
+        docs, out_dir, results_json=False, merged_rows=by_gguf, merged_sources=[Path(p).name for p in results]
+    )
     if as_json:
         clean = [{k: v for k, v in doc.items() if not k.startswith("_")} for doc in docs]
-        _echo_json(
-            clean[0] if len(clean) == 1 else {"schema": "qrun-bench-report", "schema_version": 1, "documents": clean}
-        )
+        if len(clean) == 1 and not by_gguf:
+            _echo_json(clean[0])
+        else:
+            combined = {"schema": "qrun-bench-report", "schema_version": 1, "documents": clean}
+            _echo_json({**combined, "by_gguf": by_gguf} if by_gguf else combined)
     else:
-        click.echo(report.render_table(docs))
+        if docs:
+            click.echo(report.render_table(docs))
+        if by_gguf:
+            click.echo(merge.render_text(by_gguf))
     click.echo(f"report: {', '.join(str(path) for key, path in paths.items() if key != 'json')}", err=True)
     if unmatched:
         click.echo(report.unmatched_line(unmatched, paths["report"]), err=True)

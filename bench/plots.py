@@ -208,23 +208,32 @@ KL_PNG = "kl-per-quant.png"
 PLOT_NAMES = (ACCURACY_SPEED_PNG, THREADS_PNG, KL_PNG)
 
 
-def write_plots(docs: list[dict], out_dir: str | Path, *, quality_rows: list[dict] | None = None) -> list[dict]:
+def write_plots(docs: list[dict], out_dir: str | Path, *, merged_rows: list[dict] | None = None) -> list[dict]:
     """Draw every plot the results support into out_dir, and delete a plot of an earlier report there that these
     results no longer support (report.md embeds only what was drawn; a leftover would show other results).
 
     Args:
-        quality_rows: KL results (model, quant, kl_mean, kl_p99) to draw per quant, when there are any.
+        merged_rows: one row per GGUF joining bench, quality and eval results (qrun.bench.merge): the KL plot's
+            data, and the accuracy plot's when a row has an exam accuracy and a generation speed.
 
     Returns:
         [{"title", "file": Path, "series"}] of the plots written, in the order the report shows them.
     """
     out_dir = Path(out_dir)
     rows = plot_rows(docs)
+    merged = merged_rows or []
+    # an exam's accuracy (qrun eval) says more than the bench suite's five puzzles, where there is one
+    exam_rows = [r for r in merged if r.get("accuracy") is not None and r.get("gen_tokens_per_s") is not None]
     drawn = []
     for title, name, draw, data in (
-        ("Accuracy against generation speed (bubble area = peak RSS)", ACCURACY_SPEED_PNG, plot_accuracy_speed, rows),
+        (
+            "Accuracy against generation speed (bubble area = peak RSS)",
+            ACCURACY_SPEED_PNG,
+            plot_accuracy_speed,
+            exam_rows or rows,
+        ),
         ("Generation speed against threads", THREADS_PNG, plot_threads, rows),
-        ("KL divergence per quant", KL_PNG, plot_kl, quality_rows or []),
+        ("KL divergence per quant", KL_PNG, plot_kl, merged),
     ):
         series = draw(data, out_dir / name)
         if series is not None:

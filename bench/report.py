@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from tabulate import tabulate
 
 from qrun import measure
-from qrun.bench import plots
+from qrun.bench import merge, plots
 from qrun.bench.results import METRICS, SUMMARY_METRICS
 from qrun.errors import UsageError
 from qrun.fsutil import write_json_atomic, write_text_atomic
@@ -190,14 +191,20 @@ def render_markdown(docs: list[dict], *, plots_drawn: list[dict] | None = None) 
     return "\n".join(out) + "\n"
 
 
+def render_plots_only(drawn: list[dict]) -> str:
+    """report.md when only quality and eval results were given (no bench run): its merged section and plots."""
+    return "\n".join(["# qrun report", "", *_plots_section(drawn)])
+
+
 def _plots_section(drawn: list[dict]) -> list[str]:
     if not drawn:
         return []
     out = [
         "## Plots",
         "",
-        "Drawn from the table above (runs that did not finish are left out); the speed is the median generation "
-        "tok/s, and with several thread counts the accuracy plot shows each model and quant's fastest.",
+        "Drawn from the tables above (runs that did not finish are left out); the speed is the median generation "
+        "tok/s, and with several thread counts the accuracy plot shows each model and quant's fastest. With eval "
+        "results the accuracy is the exam's, else the bench suite's mean score.",
         "",
     ]
     for plot in drawn:
@@ -431,13 +438,20 @@ def check_report_folder(out_dir: str | Path) -> None:
 
 
 def write_outputs(
-    docs: list[dict], out_dir: str | Path, *, results_json: bool, quality_rows: list[dict] | None = None
+    docs: list[dict],
+    out_dir: str | Path,
+    *,
+    results_json: bool,
+    merged_rows: list[dict] | None = None,
+    merged_sources: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write report.md, results.csv and the PNG plots report.md embeds (and results.json for a single document)
     atomically into out_dir.
 
     Args:
-        quality_rows: KL results (model, quant, kl_mean, kl_p99) for the KL-per-quant plot, if any.
+        merged_rows: one row per GGUF joining bench, quality and eval results (qrun.bench.merge.merged_rows): a
+            section first in report.md, and the KL and accuracy plots' data.
+        merged_sources: the file names those rows came from, named in that section.
 
     Returns:
         {"report", "csv", ("json"), and "plot:<file name>" per plot drawn: Path}.
@@ -448,7 +462,11 @@ def write_outputs(
         paths["json"] = out_dir / "results.json"
         write_json_atomic(paths["json"], {k: v for k, v in docs[0].items() if not k.startswith("_")})
     write_text_atomic(paths["csv"], render_csv(docs))
-    drawn = plots.write_plots(docs, out_dir, quality_rows=quality_rows)
+    drawn = plots.write_plots(docs, out_dir, merged_rows=merged_rows)
     paths.update({f"plot:{plot['file'].name}": plot["file"] for plot in drawn})
-    write_text_atomic(paths["report"], render_markdown(docs, plots_drawn=drawn))
+    markdown = render_markdown(docs, plots_drawn=drawn) if docs else render_plots_only(drawn)
+    if merged_rows:
+        title, _, rest = markdown.partition("\n")
+        markdown = f"{title}\n\n{merge.markdown_section(merged_rows, list(merged_sources))}\n{rest.lstrip()}"
+    write_text_atomic(paths["report"], markdown)
     return paths

@@ -151,6 +151,7 @@ def main():
 
 def _register() -> None:
     from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
+    from qrun.bench.eval_cli import eval_cmd
     from qrun.bench.quality_cli import quality_cmd
     from qrun.bench.tune_cli import tune_cmd
     from qrun.completion import completion_cmd
@@ -160,21 +161,10 @@ def _register() -> None:
     from qrun.runner.cli import ask_cmd, chat_cmd
 
     for cmd in (
-        demo_cmd,
-        convert_cmd,
-        models_cmd,
-        show_cmd,
-        rm_cmd,
-        ask_cmd,
-        chat_cmd,
-        bench_cmd,
-        report_cmd,
-        score_cmd,
-        tune_cmd,
-    ):
+        demo_cmd, convert_cmd, models_cmd, show_cmd, rm_cmd, ask_cmd, chat_cmd,
+        bench_cmd, report_cmd, score_cmd, tune_cmd, quality_cmd, eval_cmd, completion_cmd,
+    ):  # fmt: skip
         main.add_command(cmd)
-    main.add_command(completion_cmd)
-    main.add_command(quality_cmd)
 
 
 _register()

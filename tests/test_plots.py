@@ -179,7 +179,7 @@ def test_kl_per_quant_draws_each_rows_numbers(tmp_path):
 
 
 def test_report_embeds_the_kl_plot_with_quality_rows(tmp_path):
-    paths = report.write_outputs([bench_doc()], tmp_path, results_json=False, quality_rows=KL_ROWS)
+    paths = report.write_outputs([bench_doc()], tmp_path, results_json=False, merged_rows=KL_ROWS)
     assert paths[f"plot:{plots.KL_PNG}"] == tmp_path / plots.KL_PNG
     assert "![KL divergence per quant](kl-per-quant.png)" in paths["report"].read_text(encoding="utf-8")
     assert_png(tmp_path / plots.KL_PNG, width=800, height=500)

@@ -1,0 +1,122 @@
+"""Command `qrun eval`: a thin layer over qrun.bench.eval (register with `from qrun.bench.eval_cli import eval_cmd`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from tabulate import tabulate
+
+from qrun import settings
+
+
+def _subjects(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [s.strip() for s in value.split(",") if s.strip()] or None
+
+
+@click.command("eval")
+@click.argument("suite", metavar="SUITE")
+@click.argument("models", nargs=-1)
+@click.option(
+    "--data",
+    default=None,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="A local folder in the suite's CSV layout (default: download it with --source).",
+)
+@click.option(
+    "--source",
+    default="modelscope",
+    show_default=True,
+    type=click.Choice(["modelscope", "hf"]),
+    help="The hub to download the suite from when --data is not given (QRUN_OFFLINE=1: its cache only).",
+)
+@click.option(
+    "--split",
+    default=None,
+    help="C-Eval: dev, val (default; test has no answers); CMMLU: dev, test (default).",
+)
+@click.option("--subjects", default=None, metavar="A,B", help="Only these subjects (file names without _split.csv).")
+@click.option(
+    "--shots", default=0, show_default=True, type=int, help="Solved dev questions put first, as earlier turns."
+)
+@click.option("--limit", default=None, type=int, metavar="N", help="Only the first N questions of each subject.")
+@click.option(
+    "--quant",
+    default=None,
+    type=click.Choice(settings.QUANTS, case_sensitive=False),
+    metavar="QUANT",
+    help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)} (default: every converted type).",
+)
+@click.option(
+    "--ggufs",
+    "ggufs_dir",
+    default=None,
+    metavar="DIR",
+    help="Where converted models are (default: QRUN_GGUF_DIR, then ./ggufs).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default="eval-results",
+    show_default=True,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Where eval.json and the per-question records (eval-records.jsonl, for resuming) go.",
+)
+@click.option(
+    "--threads", default=None, type=int, help="Threads (default: QRUN_THREADS, tuning profile, physical cores)."
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Keep per question the prompt token ids, the four option log-probabilities, prediction and answer key in "
+    "eval.json, and print it on stdout instead of the table.",
+)
+def eval_cmd(suite, models, data, source, split, subjects, shots, limit, quant, ggufs_dir, out_dir, threads, as_json):
+    """Score multiple-choice accuracy (C-Eval, CMMLU) from the option letters' log-probabilities.
+
+    \b
+    qrun eval ceval --data ceval-exam/                  # every converted model, val split, zero-shot
+    qrun eval cmmlu qwen --split test --shots 5 --quant Q4_K_M
+    qrun eval ceval chatglm3 --subjects computer_network,law --limit 20 --json
+    """
+    from qrun.bench.eval import RESULTS_NAME, EvalConfig, run_eval
+
+    config = EvalConfig(
+        suite=suite,
+        models=list(models),
+        data=data,
+        source=source,
+        split=split,
+        subjects=_subjects(subjects),
+        shots=shots,
+        limit=limit,
+        quant=quant.upper() if quant else None,
+        ggufs_dir=ggufs_dir,
+        out_dir=out_dir,
+        threads=threads,
+        with_questions=as_json,
+    )
+    doc = run_eval(config)
+    if as_json:
+        click.echo(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        rows = [
+            [
+                r["model"],
+                r["quant"],
+                f"{r['accuracy']:.3f}" if r["accuracy"] is not None else "—",
+                f"{r['ci95'][0]:.3f}–{r['ci95'][1]:.3f}" if r["ci95"] else "—",
+                f"{r['n_correct']}/{r['n_questions']}",
+            ]
+            for r in doc["results"]
+        ]
+        click.echo(
+            tabulate(rows, headers=["model", "quant", "accuracy", "95% CI (Wilson)", "correct"], disable_numparse=True)
+        )
+    click.echo(f"results: {Path(out_dir) / RESULTS_NAME}", err=True)
