@@ -9,6 +9,7 @@ import click
 from tabulate import tabulate
 
 from qrun import settings
+from qrun.completion import complete_model, complete_quant
 
 
 def _subjects(value: str | None) -> list[str] | None:
@@ -19,13 +20,14 @@ def _subjects(value: str | None) -> list[str] | None:
 
 @click.command("eval")
 @click.argument("suite", metavar="SUITE")
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, shell_complete=complete_model)
 @click.option(
     "--data",
     default=None,
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="A local folder in the suite's CSV layout (default: download it with --source).",
+    show_default="download it with --source",
+    help="A local folder in the suite's CSV layout.",
 )
 @click.option(
     "--source",
@@ -37,7 +39,8 @@ def _subjects(value: str | None) -> list[str] | None:
 @click.option(
     "--split",
     default=None,
-    help="C-Eval: dev, val (default; test has no answers); CMMLU: dev, test (default).",
+    show_default="val for C-Eval, test for CMMLU",
+    help="C-Eval: dev or val (its test split has no answers); CMMLU: dev or test.",
 )
 @click.option("--subjects", default=None, metavar="A,B", help="Only these subjects (file names without _split.csv).")
 @click.option(
@@ -49,14 +52,18 @@ def _subjects(value: str | None) -> list[str] | None:
     default=None,
     type=click.Choice(settings.QUANTS, case_sensitive=False),
     metavar="QUANT",
-    help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)} (default: every converted type).",
+    shell_complete=complete_quant,
+    show_default="every converted type",
+    help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)}.",
 )
 @click.option(
     "--ggufs",
     "ggufs_dir",
     default=None,
     metavar="DIR",
-    help="Where converted models are (default: QRUN_GGUF_DIR, then ./ggufs).",
+    type=click.Path(file_okay=False),
+    show_default="QRUN_GGUF_DIR, then ./ggufs",
+    help="Folder of converted models.",
 )
 @click.option(
     "--out",
@@ -65,10 +72,15 @@ def _subjects(value: str | None) -> list[str] | None:
     show_default=True,
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Where eval.json and the per-question records (eval-records.jsonl, for resuming) go.",
+    help="Results folder: eval.json and the per-question records (eval-records.jsonl, for resuming) go here.",
 )
 @click.option(
-    "--threads", default=None, type=int, help="Threads (default: QRUN_THREADS, tuning profile, physical cores)."
+    "--threads",
+    default=None,
+    type=int,
+    metavar="N",
+    show_default="QRUN_THREADS, else tuning profile, else physical cores",
+    help="CPU threads, one number.",
 )
 @click.option(
     "--json",

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from helpers import bench_doc
-from qrun.bench import plots, report
+from qrun.bench import merge, plots, report
 from qrun.cli import main
 
 MODELS = ("chatglm3-6b", "deepseek-llm-7b-chat")
@@ -179,7 +179,13 @@ def test_kl_per_quant_draws_each_rows_numbers(tmp_path):
 
 
 def test_report_embeds_the_kl_plot_with_quality_rows(tmp_path):
-    paths = report.write_outputs([bench_doc()], tmp_path, results_json=False, merged_rows=KL_ROWS)
+    quality = {"kind": "qrun-quality", "reference": {"quant": "BF16"}, "results": [r for r in KL_ROWS if r["kl_mean"]]}
+    rows = merge.merged_rows([bench_doc()], [quality], [])
+    paths = report.write_outputs(
+        [bench_doc()], tmp_path, results_json=False, merged_rows=rows, merged_sources=["quality.json"]
+    )
     assert paths[f"plot:{plots.KL_PNG}"] == tmp_path / plots.KL_PNG
-    assert "![KL divergence per quant](kl-per-quant.png)" in paths["report"].read_text(encoding="utf-8")
+    text = paths["report"].read_text(encoding="utf-8")
+    assert "![KL divergence per quant](kl-per-quant.png)" in text
+    assert "quality.json" in text  # the merged section names its sources
     assert_png(tmp_path / plots.KL_PNG, width=800, height=500)
