@@ -50,7 +50,7 @@ def test_resolve_names_aliases_paths(ggufs, tmp_path):
     assert resolve.gguf_for("some/file.gguf") == Path("some/file.gguf")
     with pytest.raises(NotConvertedError) as err:
         resolve.gguf_for("qwen", ggufs_dir=ggufs)
-    assert f"run `qrun convert qwen-7b-chat --out {ggufs}`" in err.value.one_line()
+    assert f"run `qrun convert qwen-7b-chat --ggufs {ggufs}`" in err.value.one_line()
     with pytest.raises(NotConvertedError) as err:
         resolve.gguf_for("deepseek", quant="q8_0")
     assert "run `qrun convert deepseek-llm-7b-chat --quant Q8_0`" in err.value.one_line()
