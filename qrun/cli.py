@@ -117,8 +117,20 @@ def _register() -> None:
     from qrun.convert.cli import convert_cmd, models_cmd
     from qrun.demo.cli import demo_cmd
     from qrun.runner.cli import ask_cmd, chat_cmd
+    from qrun.runner.serve_cli import serve_cmd
 
-    for cmd in (demo_cmd, convert_cmd, models_cmd, ask_cmd, chat_cmd, bench_cmd, report_cmd, score_cmd, tune_cmd):
+    for cmd in (
+        demo_cmd,
+        convert_cmd,
+        models_cmd,
+        ask_cmd,
+        chat_cmd,
+        serve_cmd,
+        bench_cmd,
+        report_cmd,
+        score_cmd,
+        tune_cmd,
+    ):
         main.add_command(cmd)
 
 
