@@ -1,19 +1,24 @@
 """Start and stop `qrun serve`: which models it offers, the listening socket, and uvicorn with clean signals.
 
 uvicorn installs its own SIGINT/SIGTERM handler while it serves (uvicorn/server.py capture_signals): the first
-signal asks it to stop accepting and to wait for open responses. Its handle_exit is extended here to stop the model
-pool too (queued requests answered 503, the running generation cancelled at its next token), so that wait is short.
-Once done, uvicorn restores the previous handler (qrun's, qrun/interrupts.py) and raises the signal again, which
-qrun's handler turns into KeyboardInterrupt: caught here, as the end of a clean stop.
+signal asks it to stop accepting and to wait for open responses, a second Ctrl-C to stop waiting. Its handle_exit is
+extended here to stop the model pool too (queued requests answered 503, the running generation cancelled at its
+next token), so that wait is short. uvicorn then restores the previous handlers and raises the signal again for
+them; inside its event loop, qrun's handler (qrun/interrupts.py) would turn that into a KeyboardInterrupt amid the
+loop's teardown, so capture_signals here restores the handlers without raising: a stop by signal is the normal end
+of a server, exit code 0 and one line saying which signal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import logging
 import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -66,7 +71,10 @@ def listen_socket(host: str, port: int) -> socket.socket:
         )[0]
         sock = socket.socket(family, kind, proto)
     except (OSError, UnicodeError) as err:
-        raise UsageError(f"cannot listen on {host}: {err}", "give --host an IP address or a local host name") from None
+        reason = getattr(err, "strerror", None) or str(err)
+        raise UsageError(
+            f"cannot listen on {host}: {reason}", "give --host an IP address or a local host name"
+        ) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
@@ -100,11 +108,27 @@ class _Server(uvicorn.Server):
         if self.started:
             self.on_listen()
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
     def handle_exit(self, sig: int, frame) -> None:
         if self.stopped_by is None:
             self.stopped_by = signal.Signals(sig).name
             if self.loop is not None:  # from a signal handler: only schedule (pool.stop takes a lock)
                 self.loop.call_soon_threadsafe(self.pool.stop)
+        elif sig == signal.SIGINT:
+            # a second Ctrl-C: uvicorn stops waiting and skips the app's shutdown, then logs the cancelled lifespan
+            # task as an error with its traceback; the user asked for exactly that, so it is not an error
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         super().handle_exit(sig, frame)
 
 
@@ -129,9 +153,9 @@ def serve(
             raise UsageError(f"{flag} must be at least {least}, got {value}")
     if max_models < 0:
         raise UsageError(f"--max-models must be 0 (as many as fit in memory) or more, got {max_models}")
+    sock = listen_socket(host, port)
     if not is_loopback(host) and not api_key:
         notice(f"note: listening on {host} without --api-key: anyone who reaches this port can use the models")
-    sock = listen_socket(host, port)
     pool = ModelPool(served, max_queue=max_queue, max_models=max_models, notice=notice)
     app = create_app(pool, api_key=api_key, max_tokens_limit=max_tokens_limit, log=notice)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", server_header=False)
@@ -144,8 +168,6 @@ def serve(
     server = _Server(config, pool=pool, on_listen=on_listen)
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:
-        pass  # the signal uvicorn caught, raised again once it had shut down (see the module docstring)
     finally:
         pool.close()
         sock.close()
