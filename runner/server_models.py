@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from qrun import settings
+from qrun import interrupts, settings
 from qrun.errors import PromptError, QrunError, UsageError
 from qrun.gguf_file import GGUFHeader, read_header
 from qrun.runner.ask import sampling_options
@@ -152,6 +152,7 @@ class ModelPool:
         self._loaded: collections.OrderedDict[str, Engine] = collections.OrderedDict()  # least recently used first
         self._footprints: dict[str, int] = {}
         self._loading: str | None = None
+        self._generating = False  # the running job is past its model's load (see _abort_if_generating)
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="qrun-serve-worker", daemon=True)
         self._baseline_anon_bytes = _anon_bytes()
@@ -177,6 +178,14 @@ class ModelPool:
         with self._cond:
             if job in self._waiting:
                 self._waiting.remove(job)
+            self._abort_if_generating(job)
+
+    def _abort_if_generating(self, job: Job) -> None:
+        """Stop a prompt evaluation of the running job inside llama.cpp (held: self._cond). Tokens are checked one
+        by one anyway; this is for a long prompt, which is one llama.cpp call of seconds per 512 tokens on a 7B.
+        Never during a load: a model being loaded is wanted by the requests queued behind it."""
+        if job is self._running and self._generating:
+            interrupts.request_abort()
 
     def retry_after_s(self) -> int:
         """A guess for Retry-After: the queue's length times the recent mean request time, 1 s to 60 s."""
@@ -190,6 +199,7 @@ class ModelPool:
             waiting, self._waiting = list(self._waiting), collections.deque()
             if self._running is not None:
                 self._running.cancelled = self._running.cancelled or "server stopping"
+                self._abort_if_generating(self._running)
             self._cond.notify()
         for job in waiting:
             job.cancelled = "server stopping"
@@ -230,7 +240,8 @@ class ModelPool:
                 finally:
                     self.recent_job_s.append(time.perf_counter() - t0)
                     with self._cond:
-                        self._running = None
+                        self._running, self._generating = None, False
+                        interrupts.clear_abort()  # an abort that came after the last llama.cpp call of this job
         finally:
             for engine in self._loaded.values():
                 engine.close()
@@ -290,6 +301,10 @@ class ModelPool:
         job.emit("start", {"prompt_ids": ids})
         generation = engine.generate(ids, seed=job.seed, logit_bias=job.logit_bias, **options)
         stop, finish = StopText(job.stop), None
+        with self._cond:
+            self._generating = True
+            if job.cancelled:
+                interrupts.request_abort()
         try:
             for piece in generation:
                 if job.cancelled:
@@ -300,6 +315,8 @@ class ModelPool:
                 if hit:
                     finish = "stop"
                     break
+        except KeyboardInterrupt:  # interrupts.request_abort() (or a signal) stopped a llama.cpp call
+            job.cancelled = job.cancelled or "interrupted"
         finally:
             generation.close()
         assert generation.stats is not None  # set when the generation ends
