@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 
@@ -128,9 +129,11 @@ def sampling(data: dict, *, max_tokens_limit: int, default_max_tokens: int) -> d
             raise BadRequest("logit_bias must map token ids to numbers from -100 to 100", param="logit_bias")
         logit_bias = {}
         for token, value in bias.items():
-            if not str(token).isdigit():
-                raise BadRequest(f"logit_bias key {token!r} is not a token id", param="logit_bias")
-            logit_bias[int(token)] = _number({"logit_bias": value}, "logit_bias", low=-100, high=100)
+            if not re.fullmatch(r"[0-9]{1,10}", token) or value is None:
+                raise BadRequest(
+                    f"logit_bias must map token ids to numbers, got {token!r}: {value!r}", param="logit_bias"
+                )
+            logit_bias[int(token)] = float(_number({"logit_bias": value}, "logit_bias", low=-100, high=100) or 0.0)
     for flag in ("stream", "return_token_ids"):
         if data.get(flag) is not None and not isinstance(data.get(flag), bool):
             raise BadRequest(f"{flag} must be true or false", param=flag)

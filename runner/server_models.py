@@ -2,10 +2,10 @@
 
 A llama.cpp context is not safe to use from two threads, and a 7B model's decode already uses every core, so
 requests wait in a bounded FIFO queue instead of running side by side. The worker loads the model a request names
-when it is not loaded, first unloading the least recently used models until the new one fits in memory (fit_loaded
-below; README "qrun serve" states the rule). Events (prompt ids, text pieces, the end) cross to the event loop with
-loop.call_soon_threadsafe into each job's asyncio.Queue. A job is cancelled by setting job.cancelled, which the
-worker reads between tokens: a client that disconnects, or the server stopping.
+when it is not loaded, first unloading the least recently used models until the new one fits in memory (the rule is
+in runner/server_memory.py and README "qrun serve"). Events (prompt ids, text pieces, the end) cross to the event
+loop with loop.call_soon_threadsafe into each job's asyncio.Queue. A job is cancelled by setting job.cancelled,
+which the worker reads between tokens: a client that disconnects, or the server stopping.
 """
 
 from __future__ import annotations
@@ -19,18 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-
 from qrun import interrupts, settings
 from qrun.errors import PromptError, QrunError, UsageError
-from qrun.gguf_file import GGUFHeader, read_header
+from qrun.runner import server_memory as memory
 from qrun.runner.ask import sampling_options
 from qrun.runner.engine import Engine
-
-# Memory the kept models must leave free: llama.cpp's compute buffers, the server itself and the rest of the
-# system. A margin, not a measured figure.
-RESERVE_BYTES = 1 << 30
-_KV_BYTES_PER_VALUE = {"f16": 2.0, "q8_0": 34 / 32}  # ggml's q8_0 block: 32 int8 values and one f16 scale
 
 
 class QueueFull(QrunError):
@@ -71,38 +64,6 @@ class Job:
 
     def emit(self, kind: str, value=None) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
-
-
-def kv_cache_bytes(header: GGUFHeader, *, n_ctx: int, kv_type: str) -> int:
-    """K and V cache bytes of n_ctx tokens, from the GGUF's shape keys (llama.cpp's sizes: n_layer x n_ctx x
-    (n_head_kv x head size) for each of K and V)."""
-    meta, arch = header.metadata, header.architecture
-    n_layer = int(meta.get(f"{arch}.block_count", 0))
-    n_embd = int(meta.get(f"{arch}.embedding_length", 0))
-    n_head = int(meta.get(f"{arch}.attention.head_count", 0)) or 1
-    n_head_kv = int(meta.get(f"{arch}.attention.head_count_kv", n_head))
-    k_size = int(meta.get(f"{arch}.attention.key_length", n_embd // n_head))
-    v_size = int(meta.get(f"{arch}.attention.value_length", n_embd // n_head))
-    return math.ceil(n_layer * n_ctx * n_head_kv * (k_size + v_size) * _KV_BYTES_PER_VALUE.get(kv_type, 2.0))
-
-
-def footprint_bytes(served: Served) -> int:
-    """What a model needs resident to run without paging: its weights (the GGUF's size) and a full KV cache."""
-    header = read_header(served.gguf)
-    n_ctx = served.load.n_ctx or min(settings.DEFAULT_CTX_TOKENS, header.context_length or settings.DEFAULT_CTX_TOKENS)
-    return served.gguf.stat().st_size + kv_cache_bytes(header, n_ctx=n_ctx, kv_type=served.load.kv_type)
-
-
-def fit_loaded(loaded_lru: list[tuple[str, int]], need_bytes: int, *, free_bytes: int, max_models: int) -> list[str]:
-    """Which loaded models to unload (oldest use first) so that the kept ones and a new one needing need_bytes fit
-    in free_bytes - RESERVE_BYTES, and at most max_models are loaded (0 = no cap). loaded_lru: (name, footprint
-    bytes), least recently used first."""
-    kept, unload = list(loaded_lru), []
-    while kept and (
-        sum(b for _, b in kept) + need_bytes > free_bytes - RESERVE_BYTES or (max_models and len(kept) >= max_models)
-    ):
-        unload.append(kept.pop(0)[0])
-    return unload
 
 
 class StopText:
@@ -155,7 +116,7 @@ class ModelPool:
         self._generating = False  # the running job is past its model's load (see _abort_if_generating)
         self._stopping = False
         self._thread = threading.Thread(target=self._work, name="qrun-serve-worker", daemon=True)
-        self._baseline_anon_bytes = _anon_bytes()
+        self._baseline_anon_bytes = memory.anon_bytes()
         self.loads_total = 0
         self.recent_job_s: collections.deque[float] = collections.deque(maxlen=20)
 
@@ -253,12 +214,19 @@ class ModelPool:
             self._loaded.move_to_end(name)
             return engine
         served = self.served[name]
-        need = self._footprints.setdefault(name, footprint_bytes(served))
+        need = self._footprints.setdefault(name, memory.footprint_bytes(served.gguf, served.load))
         lru = [(n, self._footprints[n]) for n in self._loaded]
-        for old in fit_loaded(lru, need, free_bytes=self.free_for_models_bytes(), max_models=self.max_models):
+        free = memory.free_for_models_bytes(self._baseline_anon_bytes)
+        for old in memory.fit_loaded(lru, need, free_bytes=free, max_models=self.max_models):
             self.notice(f"qrun serve: unloading {old} to make room for {name}")
             with self._cond:
                 self._loaded.pop(old).close()
+            free = memory.free_for_models_bytes(self._baseline_anon_bytes)
+        if need > free - memory.RESERVE_BYTES:
+            self.notice(
+                f"note: {name} needs about {need / (1 << 30):.1f} GiB (its GGUF and KV cache); "
+                f"{free / (1 << 30):.1f} GiB is free for models: loading it anyway, it may page"
+            )
         with self._cond:
             self._loading = name
         try:
@@ -271,12 +239,6 @@ class ModelPool:
         with self._cond:
             self._loaded[name] = engine
         return engine
-
-    def free_for_models_bytes(self) -> int:
-        """Memory the served models may use: what the system has available (psutil; the page cache of mapped
-        GGUFs counts as available there) plus the anonymous memory the loaded models hold (their KV caches and
-        buffers, which unloading gives back)."""
-        return psutil.virtual_memory().available + max(0, _anon_bytes() - self._baseline_anon_bytes)
 
     def _run(self, job: Job) -> None:
         if job.cancelled:
@@ -335,9 +297,3 @@ class ModelPool:
         }
         job.emit("end", result)
         self.on_done(job, result)
-
-
-def _anon_bytes() -> int:
-    """This process's resident memory that is not file-backed (psutil: rss - shared)."""
-    info = psutil.Process().memory_info()
-    return max(0, info.rss - getattr(info, "shared", 0))

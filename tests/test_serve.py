@@ -28,7 +28,8 @@ from click.testing import CliRunner
 
 from qrun.cli import main as qrun_main
 from qrun.gguf_file import read_header
-from qrun.runner.server_models import StopText, fit_loaded, kv_cache_bytes
+from qrun.runner.server_memory import fit_loaded, kv_cache_bytes
+from qrun.runner.server_models import StopText
 
 QRUN = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0] = 'qrun'; main()"]
 MODELS = ("qwen-7b-chat", "chatglm3-6b", "deepseek-llm-7b-chat")
@@ -245,6 +246,8 @@ def _error(response: Reply, status: int) -> dict:
         ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
         ({"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}, "stream"),
+        ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"²": 1}}, "logit_bias"),
+        ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 101}}, "logit_bias"),
         ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
         ({"messages": []}, "messages"),
@@ -268,6 +271,8 @@ def test_bad_json_unknown_model_and_limits(main):
     assert err.value.param == "max_tokens"
     assert "over 1048576 bytes" in _oversized_body(main.url)
     assert _error(http("GET", main.url + "/v1/nothing"), 404)["message"]
+    no_such_token = {"model": "deepseek", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"999999": 5}}
+    assert "use token ids from 0 to" in _error(http("POST", url, json_body=no_such_token), 400)["message"]
     too_long = {"model": "deepseek", "messages": [{"role": "user", "content": "你好" * 600}]}
     assert "context holds 512" in _error(http("POST", url, json_body=too_long, timeout=60), 400)["message"]
 
