@@ -68,9 +68,11 @@ class Server:
     def __init__(self, args: list[str], home: Path, *, api_key: str | None = None):
         env = {**os.environ, "QRUN_HOME": str(home)}
         env.pop("QRUN_API_KEY", None)
+        if api_key:
+            env["QRUN_API_KEY"] = api_key  # the key's other way in; --api-key is the same Click option
         self.api_key = api_key
         self.proc = subprocess.Popen(
-            QRUN + ["serve", *args, "--port", "0"] + (["--api-key", api_key] if api_key else []),
+            QRUN + ["serve", *args, "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -351,8 +353,9 @@ def _auth() -> dict:
 # -- signals ----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_stream_cancels_it_and_exits_cleanly(ggufs, tmp_path, sig):
-    server = Server(["deepseek", "--ggufs", str(ggufs), "--threads", "1", "--ctx", "4096"], tmp_path)
-    client = server.client()
+    args = ["deepseek", "--ggufs", str(ggufs), "--threads", "1", "--ctx", "4096", "--api-key", "flag-key"]
+    server = Server(args, tmp_path)
+    client = server.client(api_key="flag-key")
     messages = [{"role": "user", "content": "写一首很长的诗"}]
     stream = client.chat.completions.create(model="deepseek", messages=messages, stream=True, **LONG)
     received = [next(iter(stream))]
