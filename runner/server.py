@@ -121,11 +121,12 @@ def create_app(
         except ShuttingDown as err:
             raise api.BadRequest(err.one_line(), code="server_stopping", status=503) from None
         gone = asyncio.ensure_future(_disconnected(request))
+        over = False  # the worker is done with the job, or the stream owns it (and cancels it if it ends early)
         try:
             first = await _next_event(job, gone)
             if first is None:
-                pool.cancel(job, "client disconnected")
                 return Response(status_code=499)  # nobody reads it: the connection is closed
+            over = first[0] == "error"
             _raise_for(first)
             rid, extra = api.new_id(kind), {}
             if params["return_token_ids"]:
@@ -133,24 +134,29 @@ def create_app(
             if params["stream"]:
                 gone.cancel()  # StreamingResponse listens for the disconnect itself from here
                 stream = _sse(pool, job, kind, rid, extra, include_usage=params["include_usage"])
+                over = True
                 return StreamingResponse(stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
             parts = []
             while True:
                 event = await _next_event(job, gone)
                 if event is None:
-                    pool.cancel(job, "client disconnected")
                     return Response(status_code=499)
+                over = event[0] in ("end", "error")
                 _raise_for(event)
                 if event[0] == "text":
                     parts.append(event[1])
                 elif event[0] == "end":
                     end = event[1]
+                    if end["cancelled"]:
+                        raise api.BadRequest(f"the answer was cut: {end['cancelled']}", code="cancelled", status=503)
                     if params["return_token_ids"]:
                         extra["choice"] = {"token_ids": end["token_ids"]}
                     use = api.usage(end["prompt_tokens"], end["completion_tokens"])
                     return JSONResponse(api.response(kind, rid, name, "".join(parts), end["finish_reason"], use, extra))
         finally:
             gone.cancel()
+            if not over:  # the client left, or this handler was cancelled: the job must not run on for nobody
+                pool.cancel(job, "client disconnected")
 
     async def chat(request: Request) -> Response:
         return await generate(request, "chat")

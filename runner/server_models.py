@@ -241,7 +241,9 @@ class ModelPool:
         return engine
 
     def _run(self, job: Job) -> None:
-        if job.cancelled:
+        if job.cancelled:  # cancelled as it was taken from the queue
+            if job.cancelled == "server stopping":
+                job.emit("error", ShuttingDown("the server is stopping", "retry against a running server"))
             return
         engine = self._engine(job.model)
         if job.messages is not None:

@@ -346,6 +346,21 @@ def test_a_full_queue_answers_429_and_a_disconnect_frees_the_worker(small):
     assert re.search(r"qrun_cancelled_total 1\b", http("GET", small.url + "/metrics", headers=_auth()).text)
 
 
+def test_a_client_that_leaves_before_a_plain_answer_cancels_it(main):
+    body = {"model": "deepseek", "messages": [{"role": "user", "content": "写一首很长的诗"}], **LONG}
+    data = json.dumps(body).encode()
+    host, port = main.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n"
+        sock.sendall(head.encode() + data)
+        deadline = time.monotonic() + 30
+        while main.health()["running"] != "deepseek-llm-7b-chat":
+            assert time.monotonic() < deadline, main.log()
+            time.sleep(0.01)
+    line = main.wait_for_log("cancelled (client disconnected)")
+    assert int(re.search(r"generated (\d+) tokens", line).group(1)) < 400, line  # the context allows ~500
+
+
 def _auth() -> dict:
     return {"Authorization": f"Bearer {KEY}"}
 
