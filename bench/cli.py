@@ -11,6 +11,7 @@ import click
 from tabulate import tabulate
 
 from qrun import settings
+from qrun.completion import complete_model, complete_quant
 from qrun.errors import UsageError
 
 
@@ -28,14 +29,14 @@ def _command_line() -> str:
 
 
 @click.command("bench", cls=_RecordsArgs)
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, shell_complete=complete_model)
 @click.option(
     "--threads",
     "threads",
     default=None,
     metavar="N[,N...]",
-    help="Thread counts to sweep, e.g. 1,2; 0 = the physical core count (default: QRUN_THREADS, then the "
-    "physical core count).",
+    show_default="QRUN_THREADS, then the physical core count",
+    help="Thread counts to sweep, a list such as 1,2; 0 = the physical core count.",
 )
 # metavar: Click >= 8.2 would list a case-insensitive Choice in lower case; the type names are upper case
 @click.option(
@@ -43,7 +44,9 @@ def _command_line() -> str:
     default=None,
     type=click.Choice(settings.QUANTS, case_sensitive=False),
     metavar="QUANT",
-    help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)} (default: every converted type).",
+    shell_complete=complete_quant,
+    show_default="every converted type",
+    help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)}.",
 )
 @click.option(
     "--suite",
@@ -58,44 +61,54 @@ def _command_line() -> str:
     default=512,
     show_default=True,
     type=int,
-    help="Answer length limit in tokens (512 = the models' own max_new_tokens default).",
+    help="Answer length limit in tokens (512 is the models' own max_new_tokens).",
 )
 @click.option(
     "--ctx",
     "n_ctx",
     default=None,
     type=int,
-    help="Context tokens (default: the suite's longest prompt + --max-tokens, capped at training).",
+    metavar="N",
+    show_default="the suite's longest prompt + --max-tokens, capped at training",
+    help="Context tokens.",
 )
 @click.option(
     "--threads-batch",
     default=None,
     type=int,
-    help="Threads for prompt processing (default: --threads if given, else tuning profile, else the same).",
+    metavar="N",
+    show_default="--threads if given, else tuning profile, else the same",
+    help="Threads for prompt processing, one number.",
 )
 @click.option(
     "--repack/--no-repack",
     default=None,
-    help="llama.cpp's CPU weight repacking (default: QRUN_REPACK, else tuning profile, else off).",
+    show_default="QRUN_REPACK, else tuning profile, else off",
+    help="llama.cpp's CPU weight repacking.",
 )
 @click.option(
     "--mmap/--no-mmap",
     default=None,
-    help="Map the GGUF instead of reading it into memory (default: tuning profile, else on).",
+    show_default="tuning profile, else on",
+    help="Map the GGUF instead of reading it into memory.",
 )
-@click.option("--flash-attn/--no-flash-attn", default=None, help="Flash attention (default: tuning profile, else off).")
+@click.option(
+    "--flash-attn/--no-flash-attn", default=None, show_default="tuning profile, else off", help="Flash attention."
+)
 @click.option(
     "--kv-type",
     default=None,
     metavar="f16|q8_0",
-    help="KV cache type; q8_0 needs --flash-attn (default: tuning profile, else f16).",
+    show_default="tuning profile, else f16",
+    help="KV cache type; q8_0 needs --flash-attn.",
 )
 @click.option(
     "--ggufs",
     "ggufs_dir",
     default=None,
     metavar="DIR",
-    help="Where converted models are (default: QRUN_GGUF_DIR, then ./ggufs).",
+    show_default="QRUN_GGUF_DIR, then ./ggufs",
+    help="Folder of GGUFs.",
 )
 @click.option(
     "--out",
@@ -104,9 +117,9 @@ def _command_line() -> str:
     show_default=True,
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Where results.json, results.csv and report.md go (relative to the current directory).",
+    help="Results folder: results.json, results.csv and report.md go here (relative to the current directory).",
 )
-@click.option("--force", is_flag=True, help="Replace earlier results in --out (default: refuse to overwrite them).")
+@click.option("--force", is_flag=True, help="Replace earlier results in --out; without it they are never overwritten.")
 @click.option(
     "--verdicts",
     default=None,
@@ -189,8 +202,8 @@ def bench_cmd(
     default=None,
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Where report.md and results.csv go (default: next to a single RESULTS file if `qrun bench`'s "
-    "own are gone, ./bench-report when merging several; required with --verdicts or --suite). "
+    show_default="next to a single RESULTS file if `qrun bench`'s own are gone, ./bench-report when merging several",
+    help="Report folder: report.md and results.csv go here; required with --verdicts or --suite. "
     "A bench folder's report.md and results.csv are never replaced.",
 )
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts that override the rubric.")
@@ -229,6 +242,8 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
     if template_path:
         path = write_verdicts_template(docs, template_path)
         click.echo(f"verdicts template: {path} (fill in the score column, then pass it to --verdicts)", err=True)
+        if as_json:  # --json always prints one document: here, where the template went
+            _echo_json({"verdicts_template": str(path)})
         return
     if out_dir is None:
         if verdicts or suite:  # a re-scored report is a new result: it never lands among the bench's own files
@@ -255,7 +270,7 @@ def report_cmd(results, out_dir, verdicts, suite, template_path, as_json):
         )
     else:
         click.echo(report.render_table(docs))
-    click.echo(f"report: {paths['report']}, {paths['csv']}", err=True)
+    click.echo(f"report: {', '.join(str(path) for key, path in paths.items() if key != 'json')}", err=True)
     if unmatched:
         click.echo(report.unmatched_line(unmatched, paths["report"]), err=True)
 
@@ -267,7 +282,13 @@ def _echo_json(data) -> None:
 
 @click.command("score")
 @click.argument("answers", type=click.Path(exists=True, dir_okay=False))
-@click.option("--suite", default=settings.DEFAULT_SUITE, show_default=True, metavar="NAME|FILE")
+@click.option(
+    "--suite",
+    default=settings.DEFAULT_SUITE,
+    show_default=True,
+    metavar="NAME|FILE",
+    help="Built-in suite name or a suite JSON file.",
+)
 @click.option("--verdicts", default=None, metavar="CSV", help="Human verdicts that override the rubric.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list (input order) instead of a table.")
 def score_cmd(answers, suite, verdicts, as_json):

@@ -15,6 +15,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from qrun import measure
+from qrun.bench import plots
 from qrun.bench.results import METRICS, SUMMARY_METRICS
 from qrun.errors import UsageError
 from qrun.fsutil import write_json_atomic, write_text_atomic
@@ -149,7 +150,8 @@ def _md_table(rows: list[list], headers: list[str]) -> str:
     )
 
 
-def render_markdown(docs: list[dict]) -> str:
+def render_markdown(docs: list[dict], *, plots_drawn: list[dict] | None = None) -> str:
+    """report.md; plots_drawn: what plots.write_plots() wrote into the same folder, embedded by file name."""
     labels = _machine_labels(docs)
     partial = [d for d in docs if d.get("partial")]
     out = ["# qrun bench report", ""]
@@ -172,6 +174,7 @@ def render_markdown(docs: list[dict]) -> str:
         f"*{NOISE_LEGEND}*",
         "",
     ]
+    out += _plots_section(plots_drawn or [])
     failed = [(label, run) for label, doc in zip(labels, docs) for run in doc.get("runs", []) if run.get("failure")]
     if failed:
         out += ["## Failures", ""]
@@ -185,6 +188,21 @@ def render_markdown(docs: list[dict]) -> str:
     out += _questions_section(docs, labels)
     out += _unmatched_section(docs)
     return "\n".join(out) + "\n"
+
+
+def _plots_section(drawn: list[dict]) -> list[str]:
+    if not drawn:
+        return []
+    out = [
+        "## Plots",
+        "",
+        "Drawn from the table above (runs that did not finish are left out); the speed is the median generation "
+        "tok/s, and with several thread counts the accuracy plot shows each model and quant's fastest.",
+        "",
+    ]
+    for plot in drawn:
+        out += [f"![{plot['title']}]({Path(plot['file']).name})", ""]
+    return out
 
 
 def _sha_prefix(run: dict) -> str:
@@ -412,13 +430,25 @@ def check_report_folder(out_dir: str | Path) -> None:
         )
 
 
-def write_outputs(docs: list[dict], out_dir: str | Path, *, results_json: bool) -> dict[str, Path]:
-    """Write report.md and results.csv (and results.json for a single document) atomically into out_dir."""
+def write_outputs(
+    docs: list[dict], out_dir: str | Path, *, results_json: bool, quality_rows: list[dict] | None = None
+) -> dict[str, Path]:
+    """Write report.md, results.csv and the PNG plots report.md embeds (and results.json for a single document)
+    atomically into out_dir.
+
+    Args:
+        quality_rows: KL results (model, quant, kl_mean, kl_p99) for the KL-per-quant plot, if any.
+
+    Returns:
+        {"report", "csv", ("json"), and "plot:<file name>" per plot drawn: Path}.
+    """
     out_dir = Path(out_dir)
     paths = {"report": out_dir / "report.md", "csv": out_dir / "results.csv"}
     if results_json:
         paths["json"] = out_dir / "results.json"
         write_json_atomic(paths["json"], {k: v for k, v in docs[0].items() if not k.startswith("_")})
     write_text_atomic(paths["csv"], render_csv(docs))
-    write_text_atomic(paths["report"], render_markdown(docs))
+    drawn = plots.write_plots(docs, out_dir, quality_rows=quality_rows)
+    paths.update({f"plot:{plot['file'].name}": plot["file"] for plot in drawn})
+    write_text_atomic(paths["report"], render_markdown(docs, plots_drawn=drawn))
     return paths

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qrun import child, lifeline, registry, settings
-from qrun.bench import report
+from qrun import progress as progress_mod
+from qrun.bench import plots, report
 from qrun.bench import results as results_mod
 from qrun.bench import suite as suites
 from qrun.bench.score import load_verdicts
@@ -151,16 +152,22 @@ def _meaningful_line(lines) -> str:
     return lines[-1] if lines else ""
 
 
-def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dict:
+def run_bench(
+    config: BenchConfig, *, progress=None, force: bool = False, meter: progress_mod.Meter | None = None
+) -> dict:
     """Run the benchmark and write <out>/results.json, results.csv and report.md.
 
+    progress: receives the text lines (default: stderr, above the bar).
     force: replace an earlier <out>/results.json (without it, that is a UsageError before anything runs).
+    meter: makes the bar of answers measured (runs x questions x repeat), fed from measurements.jsonl; default: a
+        qrun.progress.Bar on stderr when progress is the default, else none (the caller owns the output).
     Returns:
         The results document (see qrun.bench.results for the schema).
     Raises:
         BenchError / UsageError / SuiteError before anything runs; KeyboardInterrupt after writing partial results.
     """
-    progress = progress or (lambda text: print(text, file=sys.stderr, flush=True))
+    meter = meter or (progress_mod.Bar if progress is None else progress_mod.NoBar)
+    progress = progress or progress_mod.say
     if config.repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {config.repeat}")
     if config.max_tokens < 1:
@@ -211,7 +218,7 @@ def run_bench(config: BenchConfig, *, progress=None, force: bool = False) -> dic
     with lifeline.owned_folder(out_dir, what="`qrun bench`", lock_name=LOCK_NAME):
         _refuse_earlier_results(out_dir, force=force)  # again, now that no other run can be writing there
         _remove_leftovers(out_dir, progress)
-        return _run_plan(plan, doc, config, suite, verdicts, out_dir, progress)
+        return _run_plan(plan, doc, config, suite, verdicts, out_dir, progress, meter)
 
 
 def _refuse_earlier_results(out_dir: Path, *, force: bool) -> None:
@@ -236,15 +243,45 @@ def _remove_leftovers(out_dir: Path, progress) -> None:
     if jobs_dir.exists():
         progress(f"note: removing {jobs_dir}, left by a `qrun bench` that did not finish")
         shutil.rmtree(jobs_dir, ignore_errors=True)
-    for name in ("results.json", "results.csv", "report.md"):  # qrun.fsutil.atomic_open's temporary names
+    # qrun.fsutil.atomic_open's temporary names
+    for name in ("results.json", "results.csv", "report.md", *plots.PLOT_NAMES):
         for tmp in out_dir.glob(f".{name}.*.tmp"):
             tmp.unlink(missing_ok=True)
 
 
-def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, progress) -> dict:
+class _AnswerCount:
+    """Answers measured so far: the "rep" lines workers have appended to measurements.jsonl (read as they come)."""
+
+    def __init__(self, stream_path: Path):
+        self.path, self.offset, self.count = stream_path, 0, 0
+        self._lock = threading.Lock()  # read from the worker's stderr thread and the main thread
+
+    def read(self) -> int:
+        with self._lock, open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
+            self.offset += len(complete)
+            for line in complete.splitlines():
+                try:
+                    self.count += json.loads(line).get("event") == "rep"
+                except ValueError:
+                    continue  # a torn line of a killed worker: results.read_stream skips it too
+            return self.count
+
+
+def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, progress, meter) -> dict:
     """Run every (target, settings) of plan in its own worker, writing results after each (see run_bench)."""
     stream_path = out_dir / STREAM_NAME
     stream_path.write_text("", encoding="utf-8")  # absent, empty, or replaced under --force (checked by the caller)
+    per_run = len(suite.questions) * config.repeat
+    answers = _AnswerCount(stream_path)
+    bar = meter(len(plan) * per_run, "bench", unit="answers")
+
+    def on_worker_line(line: str) -> None:
+        progress(line)
+        bar.advance_to(answers.read())
+
     jobs_dir = out_dir / JOBS_NAME
     jobs_dir.mkdir(exist_ok=True)
     failures: dict[str, dict] = {}
@@ -256,6 +293,7 @@ def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, pr
     worker = None
     try:
         for index, (target, load) in enumerate(plan, start=1):
+            answered_before = answers.read()
             run_id = f"{target.model}/{target.quant}/t{load.n_threads}"
             run_ids.append(run_id)
             job = {
@@ -275,15 +313,19 @@ def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, pr
             job_path = jobs_dir / f"{index:03d}.json"
             job_path.write_text(json.dumps(job, ensure_ascii=False), encoding="utf-8")
             # a fresh process per run (qrun.child): its stderr is echoed (progress) and its tail kept (failure reason)
-            worker = child.start("qrun.bench.worker", [str(job_path)], on_stderr_line=progress)
+            worker = child.start("qrun.bench.worker", [str(job_path)], on_stderr_line=on_worker_line)
             progress(f"[{index}/{len(plan)}] {run_id}: worker pid {worker.pid}")
             code = worker.wait()
+            answered = answers.read() - answered_before
+            bar.advance_to(answers.count)
             if code != 0:
                 failures[run_id] = _failure(code, worker.tail)
                 progress(f"[{index}/{len(plan)}] {run_id}: FAILED ({failures[run_id]['reason']}); continuing")
+                bar.set_total(bar.total - (per_run - answered))  # the answers it will never give
             worker = None
             _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=False, done=False)
     except KeyboardInterrupt:
+        bar.close()
         if worker is not None:
             worker.stop(_STOP_GRACE_S)
             failures.setdefault(
@@ -294,6 +336,7 @@ def _run_plan(plan, doc, config: BenchConfig, suite, verdicts, out_dir: Path, pr
         progress(f"interrupted: partial results written to {out_dir}/")
         raise
     finally:  # job files only feed the workers; measurements.jsonl stays (the record that survives a crash)
+        bar.close()
         shutil.rmtree(jobs_dir, ignore_errors=True)
     _write(doc, stream_path, run_ids, failures, suite, verdicts, out_dir, partial=False, done=True)
     if doc["verdicts_unmatched"]:

@@ -28,12 +28,12 @@ import itertools
 import json
 import os
 import statistics
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from qrun import child, registry, settings
 from qrun import measure as measure_mod  # (tune_model takes a "measure" function)
+from qrun import progress as progress_mod
 from qrun.bench import tune_log
 from qrun.errors import BenchError, UsageError
 from qrun.runner import profile as profile_mod
@@ -51,10 +51,6 @@ DEFAULT_REPEAT = 3
 _WORKER_TIMEOUT_S = 1800
 
 Progress = Callable[[str], None]
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def default_threads_values(cores: int | None = None) -> list[int]:
@@ -343,16 +339,22 @@ def tune_model(
     repeat: int,
     n_ctx=None,
     baseline: dict | None = None,
-    progress: Progress = _stderr,
+    progress: Progress | None = None,
     measure=run_point,
     log: tune_log.PointLog | None = None,
+    meter: progress_mod.Meter | None = None,
 ) -> dict:
     """Measure one model's grid -> its profile entry {workload: {settings, gguf, evidence}, "grid": summaries}.
 
     baseline: load settings (e.g. llama_cpp_defaults()) measured on every file along with the grid, never chosen
     unless they are also a grid point; each workload's evidence compares the choice with it (same file).
+    progress: receives a line per measurement (default: stderr, above the bar).
     log: where each measurement goes as it is taken, and where an interrupted tune's measurements come from.
+    meter: makes the bar of grid points measured (points x repetitions, a point excluded after a failure counts as
+        done); default: a qrun.progress.Bar on stderr when progress is the default, else none.
     """
+    meter = meter or (progress_mod.Bar if progress is None else progress_mod.NoBar)
+    progress = progress or progress_mod.say
     paths = dict(files)
     points = make_grid(quants=list(paths), **grid)
     grid_size = len(points)
@@ -366,32 +368,36 @@ def tune_model(
     runs: dict[int, list[dict]] = {i: [] for i in range(len(points))}
     failures: dict[int, str] = {}
     order = schedule(points, repeat)
-    for step, (rep, i) in enumerate(order, start=1):
-        if i in failures:
-            continue
-        point = points[i]
-        gguf = paths[point["quant"]]
-        label = f"[{step}/{len(order)}] {model} {point_id(point)} rep {rep + 1}/{repeat}"
-        earlier = log.earlier(model, gguf, point, rep) if log else None
-        if earlier is not None:
-            result, failure = earlier
-            label += " (measured by the interrupted tune)"
-        else:
-            result, failure = measure(gguf, point, n_ctx=n_ctx)
-        if log:
-            log.point(model, gguf, point, rep, result, failure)
-        if failure:
-            failures[i] = failure
-            progress(f"{label}: failed: {failure} (excluded)")
-            continue
-        assert result is not None  # measure() returns a result or a failure
-        runs[i].append(result)
-        progress(
-            f"{label}: chat gen {result['chat.gen_tokens_per_s']:.1f} tok/s, prompt pp "
-            f"{result['prompt.prompt_tokens_per_s']:.1f} tok/s, load {result['load_s']:.2f} s, "
-            f"RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, load avg {result.get('loadavg_1m')}"
-            + (" (NOISY)" if result.get("noisy") else "")
-        )
+    with meter(len(order), f"tune {model}", unit="points") as bar:  # a point once per repetition
+        for step, (rep, i) in enumerate(order, start=1):
+            if i in failures:  # excluded after its failure: nothing to measure, but the bar moves on
+                bar.update()
+                continue
+            point = points[i]
+            gguf = paths[point["quant"]]
+            label = f"[{step}/{len(order)}] {model} {point_id(point)} rep {rep + 1}/{repeat}"
+            earlier = log.earlier(model, gguf, point, rep) if log else None
+            if earlier is not None:
+                result, failure = earlier
+                label += " (measured by the interrupted tune)"
+            else:
+                result, failure = measure(gguf, point, n_ctx=n_ctx)
+            if log:
+                log.point(model, gguf, point, rep, result, failure)
+            if failure:
+                failures[i] = failure
+                progress(f"{label}: failed: {failure} (excluded)")
+                bar.update()
+                continue
+            assert result is not None  # measure() returns a result or a failure
+            runs[i].append(result)
+            progress(
+                f"{label}: chat gen {result['chat.gen_tokens_per_s']:.1f} tok/s, prompt pp "
+                f"{result['prompt.prompt_tokens_per_s']:.1f} tok/s, load {result['load_s']:.2f} s, "
+                f"RSS {result['peak_rss_bytes'] / 2**20:.0f} MiB, load avg {result.get('loadavg_1m')}"
+                + (" (NOISY)" if result.get("noisy") else "")
+            )
+            bar.update()
     summaries = [summarize(p, runs[i], failures.get(i)) for i, p in enumerate(points)]
     candidates = [s for s in summaries if s["settings"] in points[:grid_size]]
     by_settings = {json.dumps(s["settings"], sort_keys=True): s for s in summaries}
@@ -453,9 +459,15 @@ def run_tune(
     ggufs_dir=None,
     n_ctx=None,
     command: str = "qrun tune",
-    progress: Progress = _stderr,
+    progress: Progress | None = None,
+    meter: progress_mod.Meter | None = None,
 ) -> tuple[dict, Path]:
-    """Tune every named (or converted) model; merge into and write the profile. Returns (profile, its path)."""
+    """Tune every named (or converted) model; merge into and write the profile. Returns (profile, its path).
+
+    progress / meter: as tune_model's (default: lines and a bar of grid points on stderr).
+    """
+    meter = meter or (progress_mod.Bar if progress is None else progress_mod.NoBar)
+    progress = progress or progress_mod.say
     if repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {repeat}")
     grid = _grid(
@@ -470,7 +482,15 @@ def run_tune(
     log = tune_log.PointLog(workloads=WORKLOADS, n_ctx=n_ctx)  # refuses an unwritable qrun home before measuring
     try:
         return _tune_targets(
-            targets, log, grid=grid, repeat=repeat, force=force, n_ctx=n_ctx, command=command, progress=progress
+            targets,
+            log,
+            grid=grid,
+            repeat=repeat,
+            force=force,
+            n_ctx=n_ctx,
+            command=command,
+            progress=progress,
+            meter=meter,
         )
     finally:
         log.close()
@@ -507,6 +527,7 @@ def _tune_targets(
     n_ctx,
     command: str,
     progress: Progress,
+    meter: progress_mod.Meter,
 ) -> tuple[dict, Path]:
     check_load(force=force, progress=progress)
     doc = profile_mod.read(notice=progress) or profile_mod.new_document(command=command)
@@ -531,6 +552,7 @@ def _tune_targets(
             baseline=llama_cpp_defaults(),
             progress=progress,
             log=log,
+            meter=meter,
         )
     path = _write_profile(doc)
     log.finished()

@@ -10,6 +10,7 @@ import click
 from tabulate import tabulate
 
 from qrun import measure
+from qrun.completion import complete_model, complete_quant
 
 
 def _ints(value: str | None, option: str) -> list[int] | None:
@@ -27,41 +28,56 @@ def _kv_types(value: str | None) -> list[str] | None:
 
 
 @click.command("tune")
-@click.argument("models", nargs=-1)
+@click.argument("models", nargs=-1, shell_complete=complete_model)
 @click.option(
     "--quant",
     "quants",
     multiple=True,
     metavar="Q[,Q...]",
-    help="GGUF types to compare (repeatable; default: every converted 4-bit type of the model).",
+    shell_complete=complete_quant,
+    show_default="every converted 4-bit type of the model",
+    help="GGUF types to compare, a list (repeatable).",
 )
 @click.option(
     "--threads",
     default=None,
     metavar="N[,N...]",
-    help="Thread counts to try (default: the physical core count and one less).",
+    show_default="the physical core count and one less",
+    help="Thread counts to try, a list such as 1,2.",
 )
 @click.option(
     "--threads-batch",
     default=None,
     metavar="N[,N...]",
-    help="Prompt-processing thread counts to try (default: the --threads values).",
+    show_default="the --threads values",
+    help="Prompt-processing thread counts to try, a list.",
 )
-@click.option("--repack/--no-repack", default=None, help="Measure only this repacking setting (default: both).")
-@click.option("--mmap/--no-mmap", default=None, help="Measure only this mmap setting (default: both).")
+@click.option("--repack/--no-repack", default=None, show_default="both", help="Measure only this repacking setting.")
+@click.option("--mmap/--no-mmap", default=None, show_default="both", help="Measure only this mmap setting.")
 @click.option(
-    "--flash-attn/--no-flash-attn", default=None, help="Measure only this flash-attention setting (default: both)."
+    "--flash-attn/--no-flash-attn",
+    default=None,
+    show_default="both",
+    help="Measure only this flash-attention setting.",
 )
 @click.option(
     "--kv-type",
     "kv_types",
     default=None,
     metavar="T[,T...]",
-    help="KV cache types to try: f16, q8_0 (q8_0 only with flash attention; default: both).",
+    show_default="both",
+    help="KV cache types to try: f16, q8_0 (q8_0 only with flash attention).",
 )
 @click.option("--repeat", default=3, show_default=True, type=int, help="Measured repetitions per grid point.")
 @click.option("--force", is_flag=True, help="Measure even when the machine is busy (load average above 0.5/CPU).")
-@click.option("--ggufs", "ggufs_dir", default=None, metavar="DIR", help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs].")
+@click.option(
+    "--ggufs",
+    "ggufs_dir",
+    default=None,
+    metavar="DIR",
+    show_default="QRUN_GGUF_DIR, then ./ggufs",
+    help="Folder of GGUFs.",
+)
 @click.option(
     "--json",
     "as_json",

@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from qrun import progress as progress_mod
 from qrun import registry, settings
 from qrun.convert import manifest as mf
 from qrun.convert import workspace as ws
@@ -75,7 +75,7 @@ def find_converted(out_dir: str | os.PathLike | None = None) -> list[tuple[Model
 
 
 def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    progress_mod.say(message)  # above a progress bar being drawn, if any
 
 
 def _measured(steps: dict, name: str):
@@ -177,8 +177,8 @@ def convert_model(
 def _output_dir(out_dir: str | os.PathLike | None) -> Path:
     """The output folder, created; one-line errors for a path that cannot be a folder."""
     out = settings.gguf_dir(out_dir)
-    named = "--out" if out_dir else ("QRUN_GGUF_DIR" if os.environ.get("QRUN_GGUF_DIR") else "the output folder")
-    hint = "choose a writable folder with --out DIR (or QRUN_GGUF_DIR)"
+    named = "--ggufs" if out_dir else ("QRUN_GGUF_DIR" if os.environ.get("QRUN_GGUF_DIR") else "the output folder")
+    hint = "choose a writable folder with --ggufs DIR (or QRUN_GGUF_DIR)"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -197,11 +197,11 @@ def _file_system_error(err: OSError, out: Path) -> QrunError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskSpaceError(
             f"the disk filled up while writing {where}",
-            "free some space or pass --out DIR on a disk with more room, then rerun "
+            "free some space or pass --ggufs DIR on a disk with more room, then rerun "
             "(a complete intermediate is reused)",
         )
     return ConversionError(
-        f"cannot write {where}: {os_reason(err)}", "check the folder's permissions and free space, or pass --out DIR"
+        f"cannot write {where}: {os_reason(err)}", "check the folder's permissions and free space, or pass --ggufs DIR"
     )
 
 

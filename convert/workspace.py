@@ -88,7 +88,8 @@ def output_lock(spec: ModelSpec, out_dir: Path, *, say: Callable[[str], None], w
             lock.acquire()
     except OSError as err:
         raise UsageError(
-            f"cannot write in {out_dir}: {os_reason(err)}", "choose a writable folder with --out DIR (or QRUN_GGUF_DIR)"
+            f"cannot write in {out_dir}: {os_reason(err)}",
+            "choose a writable folder with --ggufs DIR (or QRUN_GGUF_DIR)",
         ) from None
     try:
         yield True
@@ -216,7 +217,7 @@ def check_free_disk(
     parts.append(f"reserve {_gb(reserve_bytes)} (QRUN_KEEP_FREE_BYTES)")
     raise DiskSpaceError(
         f"not enough free disk in {folder}: need {_gb(need_bytes)} ({' + '.join(parts)}), {_gb(free_bytes)} free",
-        "free some space or pass --out DIR on a disk with more room",
+        "free some space or pass --ggufs DIR on a disk with more room",
     )
 
 

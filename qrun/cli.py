@@ -74,6 +74,18 @@ class QrunGroup(click.Group):
             )
             sys.exit(1)
 
+    def format_commands(self, ctx, formatter):
+        """The command list with each command's whole summary (its short_help, else the first sentence of its
+        help), wrapped rather than cut at the width Click would leave it."""
+        rows = [
+            (name, cmd.get_short_help_str(limit=10_000))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
 
 _UNWRITABLE_OUTPUT = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
@@ -96,8 +108,34 @@ def _discard_stdout() -> None:
     os.close(null_fd)
 
 
-@click.group(cls=QrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="qrun")
+def _print_version(ctx: click.Context, _param, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from qrun.runner.engine import build_info
+
+    info = build_info()
+    click.echo(f"qrun {__version__}")
+    click.echo(f"llama-cpp-python {info['llama_cpp_python'] or 'unknown'}")
+    build = ", ".join(f"{key} {info[key]}" for key in ("ggml", "commit") if info[key])
+    click.echo(f"llama.cpp {info['llama_cpp'] or 'unknown'}" + (f" ({build})" if build else ""))
+    click.echo(f"llama.cpp system info: {info['system_info']}")
+    ctx.exit()
+
+
+# show_default: every default appears one way, Click's "[default: ...]" (a computed one in parentheses, as
+# show_default="..." renders it); max_content_width: help uses a terminal's width up to 120 columns, not 80
+@click.group(
+    cls=QrunGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 120},
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show qrun, llama-cpp-python and llama.cpp versions and exit.",
+)
 def main():
     """Convert, run and benchmark Chinese chat LLMs on the CPU with llama.cpp.
 
@@ -113,8 +151,11 @@ def main():
 
 def _register() -> None:
     from qrun.bench.cli import bench_cmd, report_cmd, score_cmd
+    from qrun.bench.quality_cli import quality_cmd
     from qrun.bench.tune_cli import tune_cmd
-    from qrun.convert.cli import convert_cmd, models_cmd
+    from qrun.completion import completion_cmd
+    from qrun.convert.cli import convert_cmd
+    from qrun.convert.models_cli import models_cmd, rm_cmd, show_cmd
     from qrun.demo.cli import demo_cmd
     from qrun.runner.cli import ask_cmd, chat_cmd
     from qrun.runner.serve_cli import serve_cmd
@@ -123,6 +164,8 @@ def _register() -> None:
         demo_cmd,
         convert_cmd,
         models_cmd,
+        show_cmd,
+        rm_cmd,
         ask_cmd,
         chat_cmd,
         serve_cmd,
@@ -132,6 +175,8 @@ def _register() -> None:
         tune_cmd,
     ):
         main.add_command(cmd)
+    main.add_command(completion_cmd)
+    main.add_command(quality_cmd)
 
 
 _register()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,3 +190,52 @@ def read_header(path: str | os.PathLike) -> GGUFHeader:
 def read_tensor_infos(path: str | os.PathLike) -> list[tuple[str, int, int]]:
     """(name, ggml type, element count) of every tensor of a validated GGUF."""
     return read_header(path).tensors
+
+
+# gguf-py's TokenType: CONTROL = 3, USER_DEFINED = 4 (the types llama.cpp's tokenizer matches as special text)
+_SPECIAL_TOKEN_TYPES = (3, 4)
+
+
+def token_ids(path: str | os.PathLike, texts: Iterable[str]) -> dict[str, int | None]:
+    """The ids of the tokens whose text is one of `texts` in a GGUF's vocabulary (tokenizer.ggml.tokens).
+
+    This is how the runner resolves stop tokens by text (qrun.registry), read from the file without loading it.
+    A text held twice resolves to the copy marked control or user-defined (tokenizer.ggml.token_type): those are
+    the ones llama.cpp's tokenizer turns special text into; failing that, the last copy.
+
+    Returns:
+        {text: id, or None when the vocabulary lacks it}.
+
+    Raises:
+        GGUFError: as read_header() (the file is validated first).
+    """
+    read_header(path)
+    wanted = {text.encode("utf-8"): text for text in texts}
+    found: dict[str, list[int]] = {text: [] for text in wanted.values()}
+    token_types: tuple[int, ...] = ()
+    with open(path, "rb") as f:
+        cur = _Cursor(f, Path(path).stat().st_size)
+        cur.pos = 16  # magic, version, tensor count
+        for _ in range(cur.unpack("Q")):
+            key = cur.string()
+            vtype = cur.unpack("I")
+            if vtype == _ARRAY and key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"):
+                item_type, count = cur.unpack("I"), cur.unpack("Q")
+                if key == "tokenizer.ggml.tokens" and item_type == _STRING:
+                    for token_id in range(count):
+                        data = cur.read(cur.unpack("Q"))
+                        if data in wanted:
+                            found[wanted[data]].append(token_id)
+                    continue
+                if key == "tokenizer.ggml.token_type" and item_type == 5:  # int32, as gguf-py writes them
+                    token_types = struct.unpack_from(f"<{count}i", cur.read(4 * count))
+                    continue
+                cur.pos -= 12  # not the layout expected: skip the array as any other value
+            cur.value(vtype, keep=False)
+
+    def pick(ids: list[int]) -> int | None:
+        special = [i for i in ids if i < len(token_types) and token_types[i] in _SPECIAL_TOKEN_TYPES]
+        chosen = special or ids
+        return chosen[-1] if chosen else None
+
+    return {text: pick(ids) for text, ids in found.items()}

@@ -86,7 +86,7 @@ def env_path(name: str, default: Path) -> Path:
 
 
 def gguf_dir(flag: str | os.PathLike | None = None) -> Path:
-    """Where converted models live: --out/--ggufs flag, then QRUN_GGUF_DIR, then ./ggufs."""
+    """Where converted models live: the --ggufs flag, then QRUN_GGUF_DIR, then ./ggufs."""
     if flag:
         return Path(flag).expanduser()
     return env_path("QRUN_GGUF_DIR", Path("ggufs"))

@@ -24,9 +24,9 @@ def _quiet(_message: str) -> None:
     pass
 
 
-def gguf_sha256(path: Path) -> str:
-    """The GGUF's sha256: its manifest's only when the file is the very one the manifest was written for (size,
-    mtime, inode and ctime: convert/manifest.py check_manifest), else computed from the file (reads all of it)."""
+def known_sha256(path: Path) -> str | None:
+    """The GGUF's sha256 when its manifest holds it for the very file that is there (size, mtime, inode and ctime:
+    convert/manifest.py check_manifest), else None; never reads the GGUF."""
     try:
         from qrun.convert.manifest import check_manifest
 
@@ -35,7 +35,12 @@ def gguf_sha256(path: Path) -> str:
             return check.manifest["sha256"]
     except ImportError:
         pass
-    return sha256_file(path)
+    return None
+
+
+def gguf_sha256(path: Path) -> str:
+    """The GGUF's sha256: its manifest's (known_sha256), else computed from the file (reads all of it)."""
+    return known_sha256(path) or sha256_file(path)
 
 
 def check_prompt(prompt: str, *, system: str | None = None) -> None:
@@ -176,13 +181,26 @@ def load_engine(
 
 
 def show_prompt(model_or_path, prompt: str, *, system=None, quant=None, ggufs_dir=None, as_model=None) -> dict:
-    """The exact prompt text and token ids `ask` would run (only the vocabulary is loaded)."""
+    """The exact prompt `ask` would run (only the vocabulary is loaded).
+
+    Returns:
+        {"prompt_text": the text the ids decode to in llama.cpp (control tokens as their text: ChatGLM3's
+            "<|user|> \\n 你好", not the template's "<|user|>\\n你好"),
+         "prompt_token_ids": [id, ...],
+         "tokens": [{"id", "piece": its text (U+FFFD for a byte that is part of a character),
+                     "piece_hex": its exact bytes}, ...] in prompt order}
+    """
     check_prompt(prompt, system=system)
     with load_engine(model_or_path, quant=quant, ggufs_dir=ggufs_dir, vocab_only=True, as_model=as_model) as engine:
-        messages = [{"role": "user", "content": prompt}]
+        ids = engine.prompt_ids([{"role": "user", "content": prompt}], system=system)
+        pieces = [engine.shown_piece(token) for token in ids]
         return {
-            "prompt_text": engine.prompt_text(messages, system=system),
-            "prompt_token_ids": engine.prompt_ids(messages, system=system),
+            "prompt_text": engine.detokenize(ids),
+            "prompt_token_ids": ids,
+            "tokens": [
+                {"id": token, "piece": piece.decode("utf-8", errors="replace"), "piece_hex": piece.hex()}
+                for token, piece in zip(ids, pieces)
+            ],
         }
 
 

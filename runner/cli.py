@@ -6,6 +6,7 @@ here into UsageErrors (not Click's exit-2 usage screens) so every bad input is o
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import sys
@@ -13,9 +14,11 @@ import sys
 import click
 
 from qrun import settings
+from qrun.completion import complete_model, complete_quant_or_auto
 from qrun.errors import UsageError
 from qrun.runner import ask as ask_lib
 from qrun.runner import chat as chat_lib
+from qrun.runner import chat_input, chat_log
 from qrun.text import check_text, decode_utf8
 
 
@@ -45,13 +48,23 @@ def _model_options(f):
     """The sampling options of ask and chat, then the load settings (load_options)."""
     for option in reversed(
         [
-            click.option("--system", default=None, help="System prompt (default: the model's own, e.g. Qwen's)."),
-            click.option("--max-tokens", type=INT, default=None, help="Most tokens to generate [model default 512]."),
+            click.option("--system", default=None, show_default="the model's own, e.g. Qwen's", help="System prompt."),
             click.option(
-                "--temperature", type=FLOAT, default=None, help="0 = greedy and reproducible [model default]."
+                "--max-tokens", type=INT, default=None, show_default="the model's, 512", help="Most tokens to generate."
             ),
-            click.option("--top-p", type=FLOAT, default=None, help="Nucleus sampling, in (0, 1] [model default]."),
-            click.option("--top-k", type=INT, default=None, help="Top-k sampling, 0 = off [model default]."),
+            click.option(
+                "--temperature",
+                type=FLOAT,
+                default=None,
+                show_default="the model's",
+                help="0 = greedy and reproducible.",
+            ),
+            click.option(
+                "--top-p", type=FLOAT, default=None, show_default="the model's", help="Nucleus sampling, in (0, 1]."
+            ),
+            click.option(
+                "--top-k", type=INT, default=None, show_default="the model's", help="Top-k sampling, 0 = off."
+            ),
             click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
         ]
     ):
@@ -67,61 +80,88 @@ def load_options(f):
                 "--threads",
                 type=INT,
                 default=None,
-                help="CPU threads [QRUN_THREADS, else tuning profile, else physical cores; 0 = default].",
+                metavar="N",
+                show_default="QRUN_THREADS, else tuning profile, else physical cores",
+                help="CPU threads, one number (bench and tune sweep several); 0 = as if not given.",
             ),
             click.option(
                 "--threads-batch",
                 type=INT,
                 default=None,
-                help="Threads for prompt processing [--threads if given, else tuning profile, else the same].",
+                metavar="N",
+                show_default="--threads if given, else tuning profile, else the same",
+                help="Threads for prompt processing, one number.",
             ),
             click.option(
                 "--repack/--no-repack",
                 default=None,
-                help="llama.cpp's CPU weight repacking [QRUN_REPACK, else tuning profile, else off].",
+                show_default="QRUN_REPACK, else tuning profile, else off",
+                help="llama.cpp's CPU weight repacking.",
             ),
             click.option(
                 "--mmap/--no-mmap",
                 default=None,
-                help="Map the GGUF instead of reading it into memory [tuning profile, else on].",
+                show_default="tuning profile, else on",
+                help="Map the GGUF instead of reading it into memory.",
             ),
             click.option(
-                "--flash-attn/--no-flash-attn", default=None, help="Flash attention [tuning profile, else off]."
+                "--flash-attn/--no-flash-attn",
+                default=None,
+                show_default="tuning profile, else off",
+                help="Flash attention.",
             ),
             click.option(
                 "--kv-type",
                 default=None,
                 metavar="|".join(settings.KV_TYPES),
-                help="KV cache type; q8_0 needs --flash-attn [tuning profile, else f16].",
+                show_default="tuning profile, else f16",
+                help="KV cache type; q8_0 needs --flash-attn.",
             ),
             click.option(
                 "--ctx",
                 type=INT,
                 default=None,
-                help="Context tokens, rounded up to a multiple of 256 [ask: prompt + --max-tokens; chat: 4096].",
+                metavar="N",
+                show_default="ask: prompt + --max-tokens; chat: 4096",
+                help="Context tokens, rounded up to a multiple of 256.",
             ),
             click.option(
                 "--quant",
                 default=None,
-                help=f"Which GGUF of MODEL; auto = the type `qrun tune` measured fastest [{settings.DEFAULT_QUANT}].",
+                shell_complete=complete_quant_or_auto,
+                metavar="QUANT|auto",
+                show_default=settings.DEFAULT_QUANT,
+                help="Which GGUF of MODEL; auto = the type `qrun tune` measured fastest.",
             ),
             click.option(
                 "--ggufs",
                 type=click.Path(file_okay=False),
                 default=None,
-                help="Folder of GGUFs [QRUN_GGUF_DIR, ./ggufs].",
+                metavar="DIR",
+                show_default="QRUN_GGUF_DIR, then ./ggufs",
+                help="Folder of GGUFs.",
             ),
             click.option(
                 "--as",
                 "as_model",
                 default=None,
                 metavar="MODEL",
+                shell_complete=complete_model,
                 help="Which model a .gguf path not made by `qrun convert` holds (picks its chat format).",
             ),
         ]
     ):
         f = option(f)
     return f
+
+
+def _shown_piece(data: bytes) -> str:
+    """A token piece quoted with its escapes visible ("\\n", "\\t"); a piece that is not whole UTF-8 (one byte of
+    a character a byte-fallback vocabulary spells in bytes) as its hex bytes."""
+    try:
+        return json.dumps(data.decode("utf-8"), ensure_ascii=False)
+    except UnicodeDecodeError:
+        return f"bytes {data.hex(' ')}"
 
 
 def format_stats(result: dict) -> str:
@@ -148,12 +188,14 @@ def format_stats(result: dict) -> str:
 
 
 @click.command("ask")
-@click.argument("model")
+@click.argument("model", shell_complete=complete_model)
 @click.argument("prompt")
 @_model_options
 @click.option("--stats", "show_stats", is_flag=True, help="Print speed and memory to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, stats, model, gguf, sha256).")
-@click.option("--show-prompt", is_flag=True, help="Print the exact prompt text and token ids, then exit.")
+@click.option(
+    "--show-prompt", is_flag=True, help="Print the prompt as its ids decode, each id with its piece, then exit."
+)
 @click.option("--truncate", is_flag=True, help="Drop the beginning of a prompt too long for the context.")
 def ask_cmd(
     model,
@@ -200,6 +242,9 @@ def ask_cmd(
             click.echo(shown["prompt_text"])
             click.echo(f"--- {len(shown['prompt_token_ids'])} token ids:")
             click.echo(" ".join(map(str, shown["prompt_token_ids"])))
+            click.echo("--- id -> piece:")
+            for token in shown["tokens"]:
+                click.echo(f"{token['id']:>8} -> {_shown_piece(bytes.fromhex(token['piece_hex']))}")
         return
 
     def stream(text: str) -> None:
@@ -239,8 +284,15 @@ def ask_cmd(
 
 
 @click.command("chat")
-@click.argument("model")
+@click.argument("model", shell_complete=complete_model)
 @_model_options
+@click.option(
+    "--log/--no-log",
+    "log",
+    default=None,
+    show_default="QRUN_CHAT_LOG, else on",
+    help="Log each exchange to <qrun home>/logs.db, and keep the line history.",
+)
 def chat_cmd(
     model,
     system,
@@ -259,17 +311,21 @@ def chat_cmd(
     quant,
     ggufs,
     as_model,
+    log,
 ):
     """Chat with MODEL in the terminal, multi-turn, in the model's own chat format.
 
     \b
     qrun chat qwen
     qrun chat chatglm3 --system "你是一个乐于助人的助手。" --ctx 8192
-    Type /reset to clear the history, /exit or Ctrl-D to quit; Ctrl-C stops the current answer.
+    qrun chat deepseek --no-log
+    In the chat: /help, /system TEXT, /save FILE, /load FILE, /reset, /exit (or Ctrl-D); Ctrl-C stops an answer.
+    A message that starts with \"\"\" goes on until a line that ends with \"\"\"; Up recalls earlier lines.
     """
     ask_lib.check_options(max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
     if system is not None:
         check_text(system, what="--system")
+    logged = chat_log.logging_on(log)
     engine = ask_lib.load_engine(
         model,
         threads=threads,
@@ -285,17 +341,23 @@ def chat_cmd(
         notice=_notice,
         as_model=as_model,
     )
-    with engine:
+    with engine, contextlib.ExitStack() as stack:
         sampling = ask_lib.sampling_options(
             engine.spec, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k
         )
         session = chat_lib.ChatSession(engine, system=system, sampling=sampling, seed=seed, notice=_notice)
+        exchange_log = chat_log.ChatLog(chat_log.log_path(), notice=_notice) if logged else None
+        if exchange_log is not None:
+            stack.callback(exchange_log.close)
+        if chat_input.is_terminal(sys.stdin) and chat_input.is_terminal(sys.stderr):
+            history = settings.qrun_home() / chat_input.HISTORY_FILE if logged else None
+            lines = chat_input.TerminalLines(sys.stderr, history_path=history, notice=_notice)
+            chat_lib.run_chat(session, lines=lines, log=exchange_log)
+            return
         # lines decoded by qrun (each checked in ChatSession.turn): a bad byte is one error line, not the session's end
         if not hasattr(sys.stdin, "buffer"):
-            chat_lib.run_chat(session)
+            chat_lib.run_chat(session, log=exchange_log)
             return
         stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
-        try:
-            chat_lib.run_chat(session, stdin=stdin)  # stdout/stderr: sys's (CliRunner swaps them in tests)
-        finally:
-            stdin.detach()  # sys.stdin.buffer stays open for whoever reads it next
+        stack.callback(stdin.detach)  # sys.stdin.buffer stays open for whoever reads it next
+        chat_lib.run_chat(session, stdin=stdin, log=exchange_log)  # stdout/stderr: sys's (CliRunner swaps them)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from qrun import interrupts, registry, settings
 from qrun.errors import GGUFError, UsageError
@@ -404,6 +405,29 @@ class Engine:
             data = self._pieces[token] = buf.raw[:n]
         return data
 
+    def shown_piece(self, token: int) -> bytes:
+        """A token's bytes as a prompt shows it (llama.cpp's --verbose-prompt): control tokens as their text
+        ("<|user|>"), a byte-fallback token as its one byte, SentencePiece's "▁" as a space."""
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
+        return buf.raw[:n]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text `ids` decode to in llama.cpp, control tokens written as their text and nothing stripped
+        (ChatGLM3's "<|user|>" + "\n" segment decodes to "<|user|> \n": SentencePiece's leading "▁")."""
+        arr = (llama_cpp.llama_token * len(ids))(*ids)
+        size = 16 * len(ids) + 16
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, True)
+        if n < 0:  # llama.cpp says how many bytes it needs
+            size = -n
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(self._vocab, arr, len(ids), buf, size, False, True)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
     # -- prompts -------------------------------------------------------------------------------------------------
     def segments(self, messages: Sequence[dict], *, system: str | None = None) -> list:
         """system=None: the model's default system prompt (Qwen's), "" = none."""
@@ -468,6 +492,57 @@ class Engine:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         return Generation(self, list(prompt_ids), chain, max_tokens=max_tokens)
 
+    # -- scoring -------------------------------------------------------------------------------------------------
+    def logits(self, token_ids: Sequence[int], *, first_position: int = 0) -> np.ndarray:
+        """The model's next-token logits after each of token_ids[first_position:], as float32 [positions, n_vocab].
+
+        Row i holds the logits after token_ids[first_position + i], i.e. the distribution of the token that
+        follows it: log-probabilities of a continuation (quality's KL, eval's option letters) come from these rows.
+        The KV cache is cleared first, so the result depends on token_ids alone. Memory: 4 bytes x n_vocab per
+        row (Qwen's 151,936-token vocabulary: 0.6 MB a row), so callers score long texts window by window.
+
+        Raises:
+            UsageError: no tokens, first_position outside them, or more tokens than the context holds.
+            KeyboardInterrupt: a signal during the evaluation (llama.cpp stops within a graph node).
+        """
+        n_tokens = len(token_ids)
+        if n_tokens == 0:
+            raise UsageError("nothing to score: no tokens")
+        if not 0 <= first_position < n_tokens:
+            raise UsageError(f"first_position {first_position} is outside the {n_tokens} tokens")
+        if n_tokens > self.n_ctx:
+            raise UsageError(f"{n_tokens} tokens do not fit the context of {self.n_ctx}", "raise --ctx")
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        out = np.empty((n_tokens - first_position, n_vocab), dtype=np.float32)
+        ctx = self._llama.ctx
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        llama_cpp.llama_set_abort_callback(ctx, _abort_decode, None)
+        try:
+            for start in range(0, n_tokens, self.n_batch):
+                chunk = token_ids[start : start + self.n_batch]
+                for i, token in enumerate(chunk):
+                    position = start + i
+                    batch.token[i] = token
+                    batch.pos[i] = position
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = position >= first_position
+                batch.n_tokens = len(chunk)
+                with interrupts.native_call():
+                    rc = llama_cpp.llama_decode(ctx, batch)
+                if rc != 0:
+                    raise GGUFError(
+                        f"llama.cpp failed to evaluate the text (llama_decode returned {rc})", "lower --ctx"
+                    )
+                for i in range(max(0, first_position - start), len(chunk)):
+                    row = llama_cpp.llama_get_logits_ith(ctx, i)
+                    out[start + i - first_position] = np.ctypeslib.as_array(row, shape=(n_vocab,))
+        finally:
+            llama_cpp.llama_set_abort_callback(ctx, _NO_ABORT, None)
+            llama_cpp.llama_batch_free(batch)
+        return out
+
     def _decode(self, tokens: Sequence[int]) -> None:
         """Evaluate prompt tokens in n_batch chunks (positions continue from the KV cache); a signal meanwhile
         aborts llama.cpp within a graph node and is raised here as KeyboardInterrupt."""
@@ -494,3 +569,27 @@ def system_info() -> str:
     Used by qrun.runner.machine; it lives here because this module owns llama_cpp.
     """
     return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
+def build_info() -> dict[str, str | None]:
+    """Versions of the engine, for `qrun --version`: llama-cpp-python's, and llama.cpp's own (llama_version()), its
+    ggml library's version and the commit it was built from (ggml_version(), ggml_commit() of ggml.h; None where a
+    build does not export them)."""
+    return {
+        "llama_cpp_python": getattr(llama_cpp, "__version__", None),
+        "llama_cpp": _c_string(llama_cpp.llama_cpp._lib, "llama_version"),
+        "ggml": _c_string(llama_cpp.llama_cpp._lib, "ggml_version"),
+        "commit": _c_string(llama_cpp.llama_cpp._lib, "ggml_commit"),
+        "system_info": " ".join(system_info().split()),
+    }
+
+
+def _c_string(lib: ctypes.CDLL, name: str) -> str | None:
+    """A `const char * name(void)` of the library or of the libraries it links (libllama links ggml)."""
+    try:
+        function = getattr(lib, name)
+    except AttributeError:
+        return None
+    function.argtypes, function.restype = [], ctypes.c_char_p
+    value = function()
+    return value.decode("utf-8", errors="replace") if value else None

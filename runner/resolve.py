@@ -53,7 +53,7 @@ def gguf_for(model_or_path, *, quant: str | None = None, ggufs_dir=None) -> Path
         if quant != settings.DEFAULT_QUANT:
             command += f" --quant {quant}"
         if ggufs_dir:
-            command += f" --out {folder}"
+            command += f" --ggufs {folder}"
         raise NotConvertedError(f"{spec.name} is not converted to {quant} yet (no {path})", f"run `{command}`")
     return path
 

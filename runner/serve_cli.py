@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from qrun import settings
+from qrun.completion import complete_model
 from qrun.runner import server_run
 from qrun.runner.cli import INT, load_options
 
@@ -14,20 +15,29 @@ def _notice(message: str) -> None:
 
 
 @click.command("serve")
-@click.argument("models", nargs=-1, metavar="[MODEL]...")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback only by default).")
-@click.option("--port", type=INT, default=8000, show_default=True, help="TCP port; 0 = any free port (printed).")
+@click.argument("models", nargs=-1, metavar="[MODEL]...", shell_complete=complete_model)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on; 127.0.0.1 = this machine only."
+)
+@click.option(
+    "--port", type=INT, default=8000, metavar="N", show_default=True, help="TCP port; 0 = any free one (printed)."
+)
 @click.option(
     "--api-key",
     envvar="QRUN_API_KEY",
+    metavar="KEY",
     default=None,
-    help="Require `Authorization: Bearer KEY` on every endpoint but /health [QRUN_API_KEY].",
+    show_default="QRUN_API_KEY, else none: no key asked",
+    help="Require `Authorization: Bearer KEY` on every endpoint but /health.",
 )
-@click.option("--max-queue", type=INT, default=16, show_default=True, help="Requests that may wait; more get 429.")
+@click.option(
+    "--max-queue", type=INT, default=16, metavar="N", show_default=True, help="Requests that may wait; more get 429."
+)
 @click.option(
     "--max-models",
     type=INT,
     default=0,
+    metavar="N",
     show_default=True,
     help="Models kept loaded at most; 0 = as many as fit in memory.",
 )
@@ -35,6 +45,7 @@ def _notice(message: str) -> None:
     "--max-tokens-limit",
     type=INT,
     default=settings.DEFAULT_CTX_TOKENS,
+    metavar="N",
     show_default=True,
     help="Largest max_tokens a request may ask for.",
 )

@@ -107,7 +107,7 @@ def test_cli_show_prompt(ggufs):
     result = run("ask", "deepseek", "你好", "--ggufs", str(ggufs), "--show-prompt", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"prompt_text", "prompt_token_ids"}
+    assert set(data) == {"prompt_text", "prompt_token_ids", "tokens"}
     assert data["prompt_text"] == "<｜begin▁of▁sentence｜>User: 你好\n\nAssistant:"
     assert data["prompt_token_ids"][0] == 100000 and data["prompt_token_ids"][-2:] == [77398, 25]
     plain = run("ask", "deepseek", "你好", "--ggufs", str(ggufs), "--show-prompt")

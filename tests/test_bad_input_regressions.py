@@ -24,7 +24,7 @@ def _one_error_line(result) -> None:
 def test_convert_out_that_is_a_file_is_one_error_line(tmp_path):
     a_file = tmp_path / "not-a-folder"
     a_file.write_text("x")
-    result = CliRunner().invoke(main, ["convert", "qwen", "--from", str(tmp_path), "--out", str(a_file)])
+    result = CliRunner().invoke(main, ["convert", "qwen", "--from", str(tmp_path), "--ggufs", str(a_file)])
     _one_error_line(result)
 
 

@@ -1,13 +1,17 @@
-"""`qrun chat` driven through its input: turns, /reset, /exit, EOF, context overflow and Ctrl-C."""
+"""`qrun chat` driven through piped input: turns, /reset, /exit, EOF, context overflow, Ctrl-C, \"\"\" blocks, /system,
+/save and /load, and the log (tests/test_chat_repl.py drives it through a terminal)."""
 
 from __future__ import annotations
 
 import io
+import json
+import sqlite3
 
 import pytest
 from click.testing import CliRunner
 
 from qrun.cli import main
+from qrun.fsutil import sha256_file
 from qrun.runner.chat import ChatSession, run_chat
 from qrun.runner.engine import Engine
 
@@ -120,3 +124,161 @@ def test_cli_chat_message_longer_than_the_context_is_an_error_line_not_an_exit(t
 def test_cli_chat_bad_options_are_one_line_errors(tiny_gguf):
     result = CliRunner().invoke(main, ["chat", str(tiny_gguf(MODEL)), "--top-p", "2"], input="")
     assert result.exit_code == 1 and result.stderr.startswith("Error: --top-p") and result.stdout == ""
+
+
+def chat_lines(engine, text: str, session=None):
+    """run_chat over piped lines; returns (session, stdout, stderr)."""
+    session = session or session_for(engine)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    run_chat(session, stdin=io.StringIO(text), stdout=stdout, stderr=stderr)
+    return session, stdout.getvalue(), stderr.getvalue()
+
+
+def test_triple_quote_blocks_on_piped_input(engine):
+    session, _, _ = chat_lines(engine, '"""\none\n\ntwo\n"""\n"""same line"""\n"""cut short by the end\nof input\n')
+    assert [m["content"] for m in session.history[::2]] == ["one\n\ntwo", "same line", "cut short by the end\nof input"]
+
+
+def test_system_command_keeps_the_history_and_shapes_the_next_prompt(engine):
+    session, _, stderr = chat_lines(engine, "/system\nhi\n/system Be brief.\n/system\nagain\n")
+    assert "System prompt (the model's default): You are a helpful assistant." in stderr
+    assert "System prompt set; the history of 1 turn(s) is kept" in stderr
+    assert "System prompt (set): Be brief." in stderr
+    assert session.system == "Be brief." and len(session.history) == 4
+    last = session.turns[-1]
+    assert last["system"] == "Be brief."
+    assert last["prompt_token_ids"] == engine.prompt_ids(last["messages"], system="Be brief.")
+    assert last["messages"][:2] == session.history[:2]
+
+
+def test_save_then_load_goes_on_with_the_same_ids(engine, tmp_path):
+    path = tmp_path / "chat.json"
+    first, _, stderr = chat_lines(engine, f"你好\n/system 简短回答。\n再说一遍\n/save {path}\n")
+    assert f"Saved 2 turn(s) to {path}." in stderr
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved["turns"][1]["answer_token_ids"] == first.turns[1]["answer_token_ids"]
+    assert saved["gguf"] == {"path": str(engine.path), "sha256": sha256_file(engine.path)}  # the manifest's
+    first.turn("第三个问题", lambda t: None)
+
+    second, _, stderr = chat_lines(engine, f"/load {path}\n第三个问题\n")
+    assert "Loaded 2 turn(s)" in stderr and "note:" not in stderr
+    assert second.turns[:2] == saved["turns"]
+    assert second.turns[2]["prompt_token_ids"] == first.turns[2]["prompt_token_ids"]
+    assert second.turns[2]["answer_token_ids"] == first.turns[2]["answer_token_ids"]
+
+    third = session_for(engine)
+    third.sampling["max_tokens"] = 3
+    _, _, stderr = chat_lines(engine, f"/load {path}\n", session=third)
+    assert "note: this session samples with other settings: max_tokens 6 -> 3" in stderr
+
+
+def _transcript(tmp_path, engine) -> dict:
+    path = tmp_path / "good.json"
+    chat_lines(engine, f"hi\n/save {path}\n")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "is not a JSON transcript"),
+        (b"\xff\xfe{}", "is not a JSON transcript"),
+        (b"[1, 2]", "is not a qrun chat transcript"),
+        (b'{"format": "qrun-chat-transcript", "version": 9}', "is a transcript of version 9"),
+        ("history-roles", "history message 1 is not a user message with text"),
+        ("history-odd", "the history is not a list of user and assistant messages"),
+        ("surrogate", "history message"),
+        ("model", "is a conversation with chatglm3-6b; this chat runs qwen-7b-chat — load it in `qrun chat"),
+    ],
+)
+def test_bad_load_is_one_line_and_the_session_goes_on(engine, tmp_path, content, expected):
+    path = tmp_path / "bad.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        data = _transcript(tmp_path, engine)
+        if content == "history-roles":
+            data["history"][0]["role"] = "assistant"
+        elif content == "history-odd":
+            data["history"] = data["history"][:1]
+        elif content == "surrogate":
+            data["history"][0]["content"] = "\ud800"
+        else:
+            data["model"] = "chatglm3-6b"
+        path.write_text(json.dumps(data), encoding="utf-8")
+    session = session_for(engine)
+    session.turn("before", lambda t: None)
+    kept = list(session.history)
+    _, stdout, stderr = chat_lines(engine, f"/load {path}\nafter\n", session=session)
+    errors = [line for line in stderr.splitlines() if "Error" in line]
+    assert len(errors) == 1 and errors[0].startswith(">>> Error: ") and expected in errors[0], stderr
+    assert session.history[:2] == kept and len(session.history) == 4  # kept, and "after" was answered
+    assert stdout.count("\n") == 1
+
+
+def test_load_of_a_missing_file_or_a_folder_is_one_line(engine, tmp_path):
+    _, _, stderr = chat_lines(engine, f"/load {tmp_path / 'nope.json'}\n/load {tmp_path}\n/load\n")
+    assert "Error: cannot read" in stderr and "No such file or directory" in stderr
+    assert stderr.count("Error: ") == 2 and "Usage: /load FILE" in stderr
+
+
+def test_save_keeps_a_file_that_is_not_a_transcript_and_leaves_no_partial_file(engine, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_bytes(b"my notes\n")
+    saves = [notes, notes / "chat.json", tmp_path / "missing" / "chat.json", tmp_path, tmp_path / "chat.json"]
+    _, _, stderr = chat_lines(engine, "hi\n" + "".join(f"/save {path}\n" for path in saves) + "again\n")
+    errors = [line[line.index("Error: ") :] for line in stderr.splitlines() if "Error: " in line]
+    assert errors == [
+        f"Error: {notes} exists and is not a qrun chat transcript — give a new file name",
+        f"Error: cannot write {notes / 'chat.json'}: {notes} is not a folder — give a path in an existing folder",
+        f"Error: cannot write {tmp_path / 'missing' / 'chat.json'}: {tmp_path / 'missing'} is not a folder — give a "
+        "path in an existing folder",
+        f"Error: {tmp_path} is a folder — give a file name, e.g. /save chat.json",
+    ]
+    assert notes.read_bytes() == b"my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.json", "notes.txt"]  # no temporary file left
+    assert json.loads((tmp_path / "chat.json").read_text(encoding="utf-8"))["history"][0]["content"] == "hi"
+
+
+def test_cli_chat_logs_each_exchange_unless_turned_off(tiny_gguf, tmp_path, monkeypatch):
+    path = str(tiny_gguf(MODEL))
+    args = ["chat", path, "--threads", "1", "--ctx", "256", "--max-tokens", "4", "--temperature", "0"]
+    log = tmp_path / "qrun-home" / "logs.db"
+    result = CliRunner().invoke(main, args, input="你好\n/reset\n第二个\n")
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(log) as db:
+        rows = db.execute(
+            "SELECT prompt, response, conversation_id, input_tokens, output_tokens FROM responses"
+        ).fetchall()
+        conversations = db.execute("SELECT name, model FROM conversations").fetchall()
+    assert [row[0] for row in rows] == ["你好", "第二个"]
+    assert [row[1] + "\n" for row in rows] == result.stdout.splitlines(keepends=True)
+    assert rows[0][2] != rows[1][2]  # /reset starts another conversation
+    assert all(row[3] > 0 and 0 < row[4] <= 4 for row in rows)
+    assert sorted(conversations) == [("你好", MODEL), ("第二个", MODEL)]
+
+    before = log.read_bytes()
+    assert CliRunner().invoke(main, [*args, "--no-log"], input="三\n").exit_code == 0
+    monkeypatch.setenv("QRUN_CHAT_LOG", "0")
+    assert CliRunner().invoke(main, args, input="四\n").exit_code == 0
+    assert log.read_bytes() == before
+    monkeypatch.setenv("QRUN_CHAT_LOG", "maybe")
+    result = CliRunner().invoke(main, args, input="五\n")
+    assert result.exit_code == 1 and result.stderr.startswith("Error: QRUN_CHAT_LOG='maybe' is not a yes/no value")
+    assert CliRunner().invoke(main, [*args, "--log"], input="六\n").exit_code == 0  # the flag wins over the env
+    with sqlite3.connect(log) as db:
+        assert [row[0] for row in db.execute("SELECT prompt FROM responses")] == ["你好", "第二个", "六"]
+
+
+def test_cli_chat_a_log_that_cannot_be_written_costs_one_note(tiny_gguf, tmp_path, monkeypatch):
+    home = tmp_path / "home-is-a-file"
+    home.write_bytes(b"")
+    monkeypatch.setenv("QRUN_HOME", str(home))
+    path = str(tiny_gguf(MODEL))
+    result = CliRunner().invoke(
+        main, ["chat", path, "--threads", "1", "--ctx", "256", "--max-tokens", "4"], input="一\n二\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 2
+    assert result.stderr.count("note: this chat is not logged from here on") == 1
+    assert home.read_bytes() == b""

@@ -242,7 +242,7 @@ def test_chat_defaults(chat):
         )
     ]
     # stdin is read as bytes and decoded by qrun (a bad byte is one error line, not the end of the session)
-    assert run_chat.call_args_list == [mock.call(session.return_value, stdin=mock.ANY)]
+    assert run_chat.call_args_list == [mock.call(session.return_value, stdin=mock.ANY, log=mock.ANY)]
     engine.__exit__.assert_called_once()  # the model is freed when the chat ends
 
 
@@ -461,7 +461,7 @@ def test_convert_passes_every_flag(convert_model, tmp_path):
         str(tmp_path),
         "--quant",
         "q8_0",
-        "--out",
+        "--ggufs",
         "out",
         "--keep-f16",
         "--threads",
@@ -473,6 +473,20 @@ def test_convert_passes_every_flag(convert_model, tmp_path):
         _convert_call("qwen-7b-chat", from_dir=str(tmp_path), quant="Q8_0", out_dir="out", keep_f16=True, threads=3)
     ]
     assert json.loads(result.stdout) == [_convert_result("qwen-7b-chat", "Q8_0")]
+
+
+def test_convert_out_is_the_old_name_of_ggufs(convert_model):
+    result = invoke("convert", "qwen", "--out", "out")
+    assert result.exit_code == 0, result.output
+    assert convert_model.call_args_list == [_convert_call("qwen-7b-chat", out_dir="out")]
+    assert result.stderr.splitlines() == [
+        "note: `qrun convert --out` is now --ggufs, as in every other command; --out still works"
+    ]
+    # both, naming the same folder, is fine; two folders is one error line and nothing converted
+    assert invoke("convert", "qwen", "--out", "out", "--ggufs", "out").exit_code == 0
+    convert_model.reset_mock()
+    assert_one_error_line(invoke("convert", "qwen", "--out", "a", "--ggufs", "b"), "--out", "--ggufs")
+    convert_model.assert_not_called()
 
 
 def test_convert_hub_flags_and_aliases(convert_model):

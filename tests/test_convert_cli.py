@@ -40,11 +40,11 @@ def test_convert_from_prints_summary_and_reruns_as_up_to_date(tiny_ggufs, tiny_c
     model = "deepseek-llm-7b-chat"
     out = tmp_path / "out"
     shutil.copytree(tiny_ggufs[model]["Q4_K_M"].parent, out, copy_function=shutil.copy2)
-    result = run("convert", "deepseek", "--from", str(tiny_checkpoints[model]), "--out", str(out), "--keep-f16")
+    result = run("convert", "deepseek", "--from", str(tiny_checkpoints[model]), "--ggufs", str(out), "--keep-f16")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [line for line in result.stdout.splitlines() if line.startswith(model)]
     assert "up to date" in result.stdout and str(out / f"{model}-Q4_K_M.gguf") in result.stdout
-    as_json = run("convert", "deepseek", "--from", str(tiny_checkpoints[model]), "--out", str(out), "--json")
+    as_json = run("convert", "deepseek", "--from", str(tiny_checkpoints[model]), "--ggufs", str(out), "--json")
     assert as_json.exit_code == 0, as_json.output
     [manifest] = json.loads(as_json.stdout)
     assert manifest["status"] == "up_to_date" and manifest["quant"] == "Q4_K_M"
@@ -55,7 +55,7 @@ def test_convert_quant_f16_writes_only_the_f16(tiny_checkpoints, tmp_path):
     model = "chatglm3-6b"
     out = tmp_path / "out"
     result = run(
-        "convert", "chatglm3", "--from", str(tiny_checkpoints[model]), "--out", str(out), "--quant", "F16", "--json"
+        "convert", "chatglm3", "--from", str(tiny_checkpoints[model]), "--ggufs", str(out), "--quant", "F16", "--json"
     )
     assert result.exit_code == 0, result.output
     [manifest] = json.loads(result.stdout)
@@ -133,27 +133,27 @@ def test_checkpoint_problems_are_one_line(tiny_checkpoints, tmp_path):
     qwen = Path(tiny_checkpoints["qwen-7b-chat"])
     out = tmp_path / "out"
     no_config = _linked_checkpoint(qwen, tmp_path / "no-config", skip=("config.json",))
-    assert_one_error_line(run("convert", "qwen", "--from", str(no_config), "--out", str(out)), "config.json")
+    assert_one_error_line(run("convert", "qwen", "--from", str(no_config), "--ggufs", str(out)), "config.json")
 
     no_tokenizer = _linked_checkpoint(qwen, tmp_path / "no-tokenizer", skip=("qwen.tiktoken",))
-    assert_one_error_line(run("convert", "qwen", "--from", str(no_tokenizer), "--out", str(out)), "qwen.tiktoken")
+    assert_one_error_line(run("convert", "qwen", "--from", str(no_tokenizer), "--ggufs", str(out)), "qwen.tiktoken")
 
     # The DeepSeek checkpoint handed in as ChatGLM3: the architecture in config.json does not match.
     deepseek = Path(tiny_checkpoints["deepseek-llm-7b-chat"])
-    assert_one_error_line(run("convert", "chatglm3", "--from", str(deepseek), "--out", str(out)), "LlamaForCausalLM")
+    assert_one_error_line(run("convert", "chatglm3", "--from", str(deepseek), "--ggufs", str(out)), "LlamaForCausalLM")
 
     truncated = _linked_checkpoint(qwen, tmp_path / "truncated", skip=("model.safetensors",))
     shard = qwen / "model.safetensors"
     with open(shard, "rb") as src, open(truncated / shard.name, "wb") as dst:
         dst.write(src.read(shard.stat().st_size // 2))
-    assert_one_error_line(run("convert", "qwen", "--from", str(truncated), "--out", str(out)), "model.safetensors")
+    assert_one_error_line(run("convert", "qwen", "--from", str(truncated), "--ggufs", str(out)), "model.safetensors")
     assert not any(p.name.endswith((".gguf", ".partial")) for p in out.iterdir())
 
 
 def test_not_enough_disk_is_one_line(tiny_checkpoints, tmp_path, monkeypatch):
     monkeypatch.setenv("QRUN_KEEP_FREE_BYTES", str(shutil.disk_usage(tmp_path).free + 10**12))
     out = tmp_path / "out"
-    result = run("convert", "chatglm3", "--from", str(tiny_checkpoints["chatglm3-6b"]), "--out", str(out))
+    result = run("convert", "chatglm3", "--from", str(tiny_checkpoints["chatglm3-6b"]), "--ggufs", str(out))
     assert_one_error_line(result, f"not enough free disk in {out}", "F16 intermediate", "Q4_K_M output")
 
 

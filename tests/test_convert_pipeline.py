@@ -193,7 +193,7 @@ def _kill_when_exists(proc: subprocess.Popen, path: Path, timeout_s: float = 90,
 
 def test_kill_mid_convert_and_mid_quantize_then_rerun_completes(tiny_checkpoints, tmp_path):
     model, out = "chatglm3-6b", tmp_path / "out"
-    args = ["convert", "chatglm3", "--from", str(tiny_checkpoints[model]), "--out", str(out), "--threads", "1"]
+    args = ["convert", "chatglm3", "--from", str(tiny_checkpoints[model]), "--ggufs", str(out), "--threads", "1"]
     final = gguf_path_for(model, "Q4_K_M", out)
     intermediate = ws.intermediate_path(_spec(model), out, "BF16")  # the tiny checkpoints are bf16, like the real
 
@@ -253,7 +253,7 @@ def test_not_enough_disk_fails_before_writing(tiny_checkpoints, tiny_ggufs, tmp_
     f16_gb = ws.estimate_gguf_bytes(n_params, "F16") / 1e9
     q4_gb = ws.estimate_gguf_bytes(n_params, "Q4_K_M") / 1e9
     assert f"BF16 intermediate {f16_gb:.2f} GB + Q4_K_M output {q4_gb:.2f} GB" in line
-    assert "--out DIR" in line
+    assert "--ggufs DIR" in line
 
 
 @pytest.mark.parametrize(("dtype", "weight_type"), [("bf16", "BF16"), ("f16", "F16"), ("f32", "F16")])

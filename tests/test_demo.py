@@ -73,7 +73,14 @@ def _check_outputs(out: Path, models: tuple[str, ...], output: str, *, max_token
     report = (out / "bench" / "report.md").read_text(encoding="utf-8")
     results = json.loads((out / "bench" / "results.json").read_text(encoding="utf-8"))
     assert {run["model"] for run in results["runs"]} == set(models)
-    assert len(results["runs"]) == len(models)
+    # --threads 2: the demo's bench sweeps 1 and 2 threads, so its report has both plots
+    assert sorted((run["model"], run["settings"]["n_threads"]) for run in results["runs"]) == sorted(
+        (model, threads) for model in models for threads in (1, 2)
+    )
+    plots = [out / "bench" / "accuracy-vs-speed.png", out / "bench" / "speed-vs-threads.png"]
+    assert f"Plots:   {plots[0]}, {plots[1]} (embedded in the report)" in output
+    for plot in plots:
+        assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot.name})" in report
     assert results["config"]["max_tokens"] == max_tokens and results["partial"] is False
     for run in results["runs"]:
         assert run["model"] in report
@@ -131,7 +138,10 @@ def test_demo_quant_option_one_model(tmp_path):
     assert (out / "ggufs" / "chatglm3-6b-F16.gguf").is_file()
     assert not (out / "checkpoints" / "qwen-7b-chat").exists()
     results = json.loads((out / "bench" / "results.json").read_text(encoding="utf-8"))
-    assert [(r["model"], r["quant"], r["status"]) for r in results["runs"]] == [("chatglm3-6b", "F16", "ok")]
+    assert [(r["model"], r["quant"], r["settings"]["n_threads"], r["status"]) for r in results["runs"]] == [
+        ("chatglm3-6b", "F16", 1, "ok"),
+        ("chatglm3-6b", "F16", 2, "ok"),
+    ]
     assert all(0 < q["median"]["gen_tokens"] <= 3 for q in results["runs"][0]["questions"])
 
 

@@ -420,7 +420,7 @@ def test_report_never_rewrites_a_bench_folder(bench_folder, tmp_path):
     out = tmp_path / "rescored"
     proc = qrun("report", results_json, "--verdicts", str(verdicts), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy-vs-speed.png", "report.md", "results.csv"]
     assert "1.00 (verdict)" in (out / "report.md").read_text(encoding="utf-8")
     assert snapshot(bench_folder) == before  # written only under --out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench-results", "rescored", "v.csv"]

@@ -95,7 +95,7 @@ def fresh_checkpoint(src: Path, dst: Path) -> Path:
 # -- 1. two runs, one folder -----------------------------------------------------------------------------------------
 def test_two_converts_at_once_share_nothing_and_both_succeed(tiny_checkpoints, tmp_path):
     out = tmp_path / "out"
-    args = ("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--threads", "1")
+    args = ("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--ggufs", str(out), "--threads", "1")
     first, second = qrun_process(*args), qrun_process(*args)
     results = [proc.communicate(timeout=300) for proc in (first, second)]
     for proc, (_stdout, stderr) in zip((first, second), results):
@@ -112,7 +112,7 @@ def test_two_converts_at_once_share_nothing_and_both_succeed(tiny_checkpoints, t
 
 def test_second_convert_started_mid_quantize_waits_and_leaves_the_first_alone(tiny_checkpoints, tmp_path):
     out = tmp_path / "out"
-    args = ("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--threads", "1")
+    args = ("convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--ggufs", str(out), "--threads", "1")
     first = qrun_process(*args)
     final = out / f"{CHATGLM}-Q4_K_M.gguf"
     wait_for(lambda: any(out.glob(final.name + ".*.partial")), first, what="the first run's quantize partial")
@@ -142,7 +142,7 @@ def test_stale_partial_cleanup_spares_files_of_live_processes(tiny_ggufs, tiny_c
         for path in (live_partial, dead_partial, dead_tmp):
             path.write_bytes(b"half")
         result = run(
-            "convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--out", str(out), "--quant", "Q8_0"
+            "convert", "chatglm3", "--from", str(tiny_checkpoints[CHATGLM]), "--ggufs", str(out), "--quant", "Q8_0"
         )
         assert result.exit_code == 0, result.output
         assert live_partial.read_bytes() == b"half"
@@ -160,7 +160,7 @@ def test_kill_during_reconversion_keeps_the_old_pair(step, tiny_ggufs, tiny_chec
     final = copy_pair(tiny_ggufs[CHATGLM]["Q4_K_M"], out)
     before = snapshot(out)
     ckpt = fresh_checkpoint(tiny_checkpoints[CHATGLM], tmp_path / "ckpt")  # new mtimes: a re-conversion
-    args = ("convert", "chatglm3", "--from", str(ckpt), "--out", str(out), "--threads", "1")
+    args = ("convert", "chatglm3", "--from", str(ckpt), "--ggufs", str(out), "--threads", "1")
     proc = qrun_process(*args)
     pattern = "*.intermediate.gguf.*.partial" if step == "convert" else final.name + ".*.partial"
     wait_for(lambda: any(out.glob(pattern)), proc, what=f"the {step} step")
@@ -238,7 +238,7 @@ def test_ask_and_convert_see_an_edit_with_restored_mtime(tiny_ggufs, tiny_checkp
 
     # and convert does not call it up to date: it makes the file again
     result = run(
-        "convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--out", str(ggufs), "--threads", "1"
+        "convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--ggufs", str(ggufs), "--threads", "1"
     )
     assert result.exit_code == 0, result.output
     assert "up to date" not in result.stdout and "converted in" in result.stdout
@@ -271,7 +271,7 @@ def with_index(folder: Path, weight_map: dict) -> Path:
 def convert_fails(ckpt: Path, out: Path, *fragments: str) -> str:
     """`qrun convert deepseek --from ckpt` in its own process: exit 1, one line, nothing new in `out`."""
     before = snapshot(out) if out.exists() else {}
-    proc = qrun_process("convert", "deepseek", "--from", str(ckpt), "--out", str(out), "--threads", "1")
+    proc = qrun_process("convert", "deepseek", "--from", str(ckpt), "--ggufs", str(out), "--threads", "1")
     stdout, stderr = proc.communicate(timeout=120)
     line = one_error_line(proc.returncode, stderr, *fragments)
     assert stdout == ""
@@ -458,9 +458,9 @@ def test_out_that_is_a_file_or_inside_one(tiny_checkpoints, tmp_path):
     a_file.write_bytes(b"keep me")
     ckpt = str(tiny_checkpoints[DEEPSEEK])
     assert_cli_error(
-        run("convert", "deepseek", "--from", ckpt, "--out", str(a_file / "sub")),
-        f"--out {a_file / 'sub'} is inside a file, not a folder",
-        "--out DIR",
+        run("convert", "deepseek", "--from", ckpt, "--ggufs", str(a_file / "sub")),
+        f"--ggufs {a_file / 'sub'} is inside a file, not a folder",
+        "--ggufs DIR",
     )
     assert_cli_error(
         run("convert", "deepseek", "--from", ckpt, env={"QRUN_GGUF_DIR": str(a_file)}),
@@ -472,9 +472,9 @@ def test_out_that_is_a_file_or_inside_one(tiny_checkpoints, tmp_path):
 def test_read_only_out(tiny_checkpoints, tmp_path, mount_tmpfs):
     out = mount_tmpfs(tmp_path / "ro", "ro,size=1m")
     assert_cli_error(
-        run("convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--out", str(out)),
+        run("convert", "deepseek", "--from", str(tiny_checkpoints[DEEPSEEK]), "--ggufs", str(out)),
         f"cannot write in {out}: Read-only file system",
-        "--out DIR",
+        "--ggufs DIR",
     )
 
 
@@ -518,7 +518,7 @@ def test_disk_full_during_the_bf16_step(tiny_ggufs, tiny_checkpoints, tmp_path, 
             "deepseek",
             "--from",
             str(ckpt),
-            "--out",
+            "--ggufs",
             str(out),
             "--threads",
             "1",
@@ -541,7 +541,7 @@ def test_disk_full_during_the_bf16_step(tiny_ggufs, tiny_checkpoints, tmp_path, 
             pass
     proc.send_signal(signal.SIGCONT)
     stdout, stderr = proc.communicate(timeout=120)
-    one_error_line(proc.returncode, stderr, "the disk filled up while writing", "free some space", "--out DIR")
+    one_error_line(proc.returncode, stderr, "the disk filled up while writing", "free some space", "--ggufs DIR")
     (out / "filler").unlink()
     assert partials(out) == [] and not any(out.glob("*.intermediate.*"))
     assert snapshot(out) == before and mf.check_manifest(final, verify_sha256=True).ok

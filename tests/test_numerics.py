@@ -158,3 +158,21 @@ def test_bf16_gguf_keeps_the_bits_and_matches_reference_forward(model, bf16_gguf
     assert errors.max() < BF16_MAX_REL_ERR, f"relative errors {np.round(errors, 5)}"
     margin = BF16_MAX_REL_ERR * np.abs(ref).max(axis=1)
     assert (ref[np.arange(len(ref)), got.argmax(axis=1)] >= ref.max(axis=1) - margin).all()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_engine_logits_match_reference_forward(model, tiny_ggufs, logits_pair):
+    """Engine.logits (what quality and eval score with) gives the reference forward's logits at every position,
+    across batches of n_batch tokens, and first_position selects a suffix of the same rows."""
+    from qrun.runner.engine import Engine
+
+    _, ref = logits_pair(model)
+    ids = PROMPT_IDS[model]
+    with Engine.load(tiny_ggufs[model]["F16"], n_ctx=256, n_threads=2, repack=False) as engine:
+        engine.n_batch = 5  # several batches: positions and logits must continue across them
+        got = engine.logits(ids)
+        tail = engine.logits(ids, first_position=len(ids) - 2)
+    assert got.shape == ref.shape
+    assert relative_errors(got, ref).max() < MAX_REL_ERR
+    # the same rows up to float rounding (fewer output rows take another matmul kernel path)
+    assert relative_errors(tail, got[-2:]).max() < 1e-4

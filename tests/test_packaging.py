@@ -93,6 +93,7 @@ def test_the_built_wheel_holds_no_perf_tooling(tmp_path):
     }
     assert expected <= set(names)
     assert "qrun/bench/suites/seed.json" in names and "qrun/cli.py" in names
+    assert "qrun/bench/texts/zh_default.txt" in names  # qrun quality's default text
 
 
 def test_python_dash_m_qrun_is_the_command_line(tmp_path):

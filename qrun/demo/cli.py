@@ -7,6 +7,7 @@ answer per model), bench (the seed suite, scored) and report. The answers are gi
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 
 from qrun import registry, settings
+from qrun.completion import complete_model, complete_quant
 from qrun.demo.checkpoints import DEMO_MODELS, build_demo_checkpoints
 from qrun.errors import BenchError, UsageError
 from qrun.fsutil import ensure_writable_dir
@@ -65,7 +67,8 @@ def run_demo(
 
     Returns:
         {"out_dir", "checkpoints": {model: dir}, "ggufs": {model: path}, "answers": {model: ask() result},
-         "results_json", "report_md", "bench": bench summary, "steps_s": {step: seconds}, "elapsed_s"}.
+         "results_json", "report_md", "plots": PNG paths, "bench": bench summary, "steps_s": {step: seconds},
+         "elapsed_s"}.
 
     Raises:
         UsageError for bad arguments; any QrunError of the steps it runs.
@@ -151,6 +154,8 @@ def run_demo(
 
     elapsed_s = time.perf_counter() - started
     write(f"Results: {bench['results_json']}\nReport:  {bench['report_md']}\n")
+    if bench["plots"]:
+        write(f"Plots:   {', '.join(str(path) for path in bench['plots'])} (embedded in the report)\n")
     failed = [run for run in bench["doc"]["runs"] if run["status"] != "ok"]
     if failed:
         reasons = "; ".join(
@@ -168,6 +173,7 @@ def run_demo(
         "answers": answers,
         "results_json": str(bench["results_json"]),
         "report_md": str(bench["report_md"]),
+        "plots": [str(path) for path in bench["plots"]],
         "bench": bench,
         "steps_s": steps_s,
         "elapsed_s": elapsed_s,
@@ -176,19 +182,21 @@ def run_demo(
 
 def _run_bench(names, *, quant: str, ggufs_dir: Path, out_dir: Path, threads: int, max_tokens: int, progress) -> dict:
     """The seed suite over the demo GGUFs through qrun.bench (one worker process per model, as `qrun bench`)."""
-    from qrun.bench import report
+    from qrun.bench import plots, report
     from qrun.bench.run import BenchConfig, run_bench
 
+    # one thread and `threads`: the report then has its speed-against-threads plot beside the accuracy bubbles
+    sweep = sorted({1, threads})
     config = BenchConfig(
         models=list(names),
         quant=quant,
         suite=settings.DEFAULT_SUITE,
-        threads=[threads],
+        threads=sweep,
         max_tokens=max_tokens,
         ggufs_dir=str(ggufs_dir),
         out_dir=str(out_dir),
         command=f"qrun demo (bench: qrun bench {' '.join(names)} --quant {quant} "
-        f"--threads {threads} --max-tokens {max_tokens} --ggufs {ggufs_dir} "
+        f"--threads {','.join(map(str, sweep))} --max-tokens {max_tokens} --ggufs {ggufs_dir} "
         f"--out {out_dir})",
     )
     doc = run_bench(config, progress=progress, force=True)  # a demo rerun replaces its own bench/ results
@@ -197,6 +205,7 @@ def _run_bench(names, *, quant: str, ggufs_dir: Path, out_dir: Path, threads: in
         "table": report.render_table([doc]),
         "results_json": out_dir / "results.json",
         "report_md": out_dir / "report.md",
+        "plots": [out_dir / name for name in plots.PLOT_NAMES if (out_dir / name).is_file()],
     }
 
 
@@ -223,17 +232,45 @@ def _stdout(text: str) -> None:
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Working folder (default: $QRUN_HOME/demo, i.e. ~/.cache/qrun/demo).",
+    metavar="DIR",
+    show_default="$QRUN_HOME/demo, i.e. ~/.cache/qrun/demo",
+    help="Work folder: checkpoints/, ggufs/ and bench/ go here.",
 )
-@click.option("--threads", type=int, default=None, help="llama.cpp threads (default: physical cores; 0 = same).")
 @click.option(
-    "--model", "models", multiple=True, metavar="MODEL", help="Run only this model (repeatable; default: all three)."
+    "--threads",
+    type=int,
+    default=None,
+    metavar="N",
+    show_default="physical cores",
+    help="llama.cpp threads, one number; 0 = physical cores.",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="MODEL",
+    shell_complete=complete_model,
+    show_default="all three",
+    help="Run only this model (repeatable).",
 )
 @click.option(
     "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True, help="Tokens per answer, in ask and bench."
 )
-@click.option("--quant", default=DEMO_QUANT, show_default=True, help="Quantization type of the demo GGUFs.")
-def demo_cmd(out_dir, threads, models, max_tokens, quant):
+@click.option(
+    "--quant",
+    default=DEMO_QUANT,
+    show_default=True,
+    metavar="QUANT",
+    shell_complete=complete_quant,
+    help="Quantization type of the demo GGUFs.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON document on stdout (shape in README, JSON output); the demo's own output goes to stderr.",
+)
+def demo_cmd(out_dir, threads, models, max_tokens, quant, as_json):
     """Run convert -> ask -> bench -> report offline on tiny random-weight models.
 
     The three architectures, with small tokenizers qrun makes itself: checks that everything works on this
@@ -242,12 +279,22 @@ def demo_cmd(out_dir, threads, models, max_tokens, quant):
     \b
     qrun demo
     qrun demo --out /tmp/qrun-demo --threads 2
+    qrun demo --model deepseek --json > demo.json   # answers, bench results, timings as one JSON document
     """
-    run_demo(
+    result = run_demo(
         out_dir=out_dir,
         threads=threads,
         models=tuple(models) or DEMO_MODELS,
         max_tokens=max_tokens,
         quant=quant,
-        echo=lambda text: click.echo(text, nl=False),
+        echo=lambda text: click.echo(text, nl=False, err=as_json),
     )
+    if as_json:
+        click.echo(json.dumps(json_document(result), ensure_ascii=False, indent=2))
+
+
+def json_document(result: dict) -> dict:
+    """What `qrun demo --json` prints: run_demo()'s result with the bench's results document in place of its
+    rendered table (the same document as bench/results.json)."""
+    bench_doc = {k: v for k, v in result["bench"]["doc"].items() if not k.startswith("_")}
+    return {"schema": "qrun-demo", "schema_version": 1, **result, "bench": bench_doc}
