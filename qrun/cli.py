@@ -159,9 +159,10 @@ def _register() -> None:
     from qrun.convert.models_cli import models_cmd, rm_cmd, show_cmd
     from qrun.demo.cli import demo_cmd
     from qrun.runner.cli import ask_cmd, chat_cmd
+    from qrun.runner.serve_cli import serve_cmd
 
     for cmd in (
-        demo_cmd, convert_cmd, models_cmd, show_cmd, rm_cmd, ask_cmd, chat_cmd,
+        demo_cmd, convert_cmd, models_cmd, show_cmd, rm_cmd, ask_cmd, chat_cmd, serve_cmd,
         bench_cmd, report_cmd, score_cmd, tune_cmd, quality_cmd, eval_cmd, completion_cmd,
     ):  # fmt: skip
         main.add_command(cmd)

@@ -23,7 +23,16 @@ _SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?
 _STRING, _ARRAY = 8, 9
 # Keys whose values are kept (everything else is skipped over).
 _WANTED_PREFIXES = ("general.", "qrun.")
-_WANTED_SUFFIXES = (".context_length",)
+# the shape keys size a model's KV cache before it is loaded (qrun serve decides what fits in memory with it)
+_WANTED_SUFFIXES = (
+    ".context_length",
+    ".block_count",
+    ".embedding_length",
+    ".attention.head_count",
+    ".attention.head_count_kv",
+    ".attention.key_length",
+    ".attention.value_length",
+)
 _REBUILD_HINT = "re-create it with `qrun convert <model>` (or copy it again)"
 
 

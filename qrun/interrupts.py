@@ -51,6 +51,17 @@ def is_standard(handler: object) -> bool:
     return handler is signal.default_int_handler or handler is _handler
 
 
+def request_abort(signum: int = signal.SIGINT) -> None:
+    """Stop the llama.cpp call running now, from another thread, as a signal would: a server cancelling the work of
+    its worker thread (qrun serve). The call's native_call then raises KeyboardInterrupt on that thread; if no call
+    runs, the next one is stopped, so the caller clears it (clear_abort) once the work it meant has ended."""
+    _state.pending_signal = signum
+
+
+def clear_abort() -> None:
+    _state.pending_signal = None
+
+
 def abort_requested() -> bool:
     """True once a signal arrived during a native call: llama.cpp's callbacks poll this."""
     return _state.pending_signal is not None

@@ -45,6 +45,7 @@ def _notice(message: str) -> None:
 
 
 def _model_options(f):
+    """The sampling options of ask and chat, then the load settings (load_options)."""
     for option in reversed(
         [
             click.option("--system", default=None, show_default="the model's own, e.g. Qwen's", help="System prompt."),
@@ -65,6 +66,16 @@ def _model_options(f):
                 "--top-k", type=INT, default=None, show_default="the model's", help="Top-k sampling, 0 = off."
             ),
             click.option("--seed", type=INT, default=settings.DEFAULT_SEED, show_default=True, help="Sampling seed."),
+        ]
+    ):
+        f = option(f)
+    return load_options(f)
+
+
+def load_options(f):
+    """The load-setting flags every command that loads a model takes (resolved by qrun.runner.resolve)."""
+    for option in reversed(
+        [
             click.option(
                 "--threads",
                 type=INT,

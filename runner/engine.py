@@ -229,6 +229,7 @@ class Engine:
         self._spm_pieces: dict[str, tuple[int, float]] | None = None
         self.stop_ids = frozenset(self.token_id(text) for text in spec.stop_tokens)
         self.eos_id = llama_cpp.llama_vocab_eos(self._vocab)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
 
     @classmethod
     def load(
@@ -439,6 +440,14 @@ class Engine:
 
     def prompt_text(self, messages: Sequence[dict], *, system: str | None = None) -> str:
         return formats.prompt_text(self.segments(messages, system=system))
+
+    def raw_prompt_ids(self, text: str) -> list[int]:
+        """A prompt with no chat format (a server's /v1/completions): the text as plain tokens, after BOS when the
+        vocabulary says to add one (tokenizer.ggml.add_bos_token, which `qrun convert` always writes)."""
+        ids = self.tokenize(text, special=False)
+        if llama_cpp.llama_vocab_get_add_bos(self._vocab):
+            ids.insert(0, llama_cpp.llama_vocab_bos(self._vocab))
+        return ids
 
     # -- generation ----------------------------------------------------------------------------------------------
     def generate(

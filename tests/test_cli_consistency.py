@@ -90,7 +90,7 @@ def test_every_model_argument_and_quant_option_completes():
                 assert set(values) >= set(settings.QUANTS), name
                 checked.add((name, "quant"))
     # the commands that take a model and a quant type today (other commands may add more)
-    for name in ("convert", "ask", "chat", "bench", "tune", "demo"):
+    for name in ("convert", "ask", "chat", "serve", "bench", "tune", "demo"):
         assert (name, "model") in checked and (name, "quant") in checked, name
     assert set(model_names()) == {n for s in registry.MODELS for n in (s.name, *s.aliases)}
     # ask and chat also take a .gguf path: a word that looks like one is left to the shell's file completion
@@ -257,8 +257,8 @@ def test_one_spelling_per_concept():
         elif opt == "--out":  # never the GGUF folder (convert's old --out is hidden): say which folder it is
             assert re.match(r"(Results|Report|Work) folder: ", help_text), name
             seen[opt] += 1
-    assert seen == {"--ggufs": 8, "--threads": 10, "--out": 3}
-    for name in ("convert", "models", "show", "rm", "ask", "chat", "bench", "tune"):
+    assert seen == {"--ggufs": 9, "--threads": 12, "--out": 3}
+    for name in ("convert", "models", "show", "rm", "ask", "chat", "serve", "bench", "tune"):
         assert "--ggufs" in [opt for p in main.commands[name].params for opt in p.opts], name
 
 
