@@ -11,8 +11,9 @@ same windows, and per scored token this module computes:
 - top-1 agreement: the quant's most likely token is the reference's most likely token.
 - the log-likelihood of the text's own next token under each model, hence both perplexities.
 
-The results document (<out>/quality.json) has one model's results per reference, text, ctx and top-k; a run for
-other quants of the same setup keeps the earlier quants' results beside its own. Its shape (the report reads it)::
+The results document, <out>/quality-<model>.json (one file per model, so several models share one --out folder),
+holds that model's results for one reference, text, ctx and top-k; a run for other quants of the same setup keeps
+the earlier quants' results beside its own. Its shape (the report reads any JSON file of this kind)::
 
     {"kind": "qrun-quality", "schema": 1, "model", "ctx_tokens", "top_k", "scored_tokens",
      "reference": {"quant", "gguf", "gguf_sha256", "cached", "top_k_mass_mean"},
@@ -51,7 +52,6 @@ from .quality_ref import ROWS_PER_BLOCK, Reference, log_softmax, rest_logprob, w
 
 SCHEMA = 1
 KIND = "qrun-quality"
-RESULTS_NAME = "quality.json"
 # llama-perplexity's default context (-c 512): half of each window, 255 tokens, is scored.
 DEFAULT_CTX_TOKENS = 512
 # 32 most likely tokens per position; raise it with --top-k for a tighter lower bound on the KL.
@@ -69,6 +69,11 @@ Say = Callable[[str], None]
 
 def _quiet(_message: str) -> None:
     pass
+
+
+def results_name(model: str) -> str:
+    """The results file of one model (its canonical name) in --out: quality-<model>.json."""
+    return f"quality-{model}.json"
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------
@@ -258,10 +263,10 @@ def _setup(doc: dict) -> tuple:
 
 
 def _earlier_results(path: Path, doc: dict, *, force: bool) -> list[dict]:
-    """Results of other quants from an earlier quality.json of the same model, reference, text, ctx and top-k.
+    """Results of other quants from the model's earlier results file of the same reference, text, ctx and top-k.
 
     Raises:
-        UsageError: the folder holds results of another setup (and not --force).
+        UsageError: that file holds results of another setup (and not --force).
     """
     try:
         earlier = json.loads(read_input_text(path))
@@ -296,7 +301,8 @@ def quality(
     force: bool = False,
     say: Say = _quiet,
 ) -> dict:
-    """Score each quant of `model` against its unquantized GGUF on a text; write and return <out>/quality.json.
+    """Score each quant of `model` against its unquantized GGUF on a text; write and return
+    <out>/quality-<model>.json.
 
     Args:
         quants: types to score; None = every converted type but the reference.
@@ -305,9 +311,9 @@ def quality(
         ctx: tokens per window (the second half of each is scored).
         top_k: reference log-probabilities kept per scored token.
         threads / threads_batch: llama.cpp threads (None or 0: QRUN_THREADS, then the physical cores).
-        force: replace an out folder's quality.json of another model or setup.
+        force: replace the model's results file in `out_dir` when it holds another setup.
     Returns:
-        The document written to quality.json (its shape: the module docstring), plus "results_path".
+        The document written to quality-<model>.json (its shape: the module docstring), plus "results_path".
     Raises:
         QrunError subclasses for every bad input, before anything is computed or written.
     """
@@ -332,7 +338,7 @@ def quality(
         )
     text_sha256 = hashlib.sha256(text_body.encode("utf-8")).hexdigest()
     out = Path(out_dir)
-    results_path = out / RESULTS_NAME
+    results_path = out / results_name(spec.name)
     ref_sha256 = gguf_sha256(ref_path)
     doc: dict = {
         "kind": KIND,
@@ -384,7 +390,7 @@ def quality(
         )
     try:
         # locked: two runs for other quants of the same setup each keep the other's results
-        with filelock.FileLock(out / f".{RESULTS_NAME}.lock"):
+        with filelock.FileLock(out / f".{results_path.name}.lock"):
             done = {r["quant"] for r in results}
             kept = [r for r in _earlier_results(results_path, doc, force=force) if r.get("quant") not in done]
             order = {q: i for i, q in enumerate(settings.QUANTS)}

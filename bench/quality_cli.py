@@ -92,14 +92,16 @@ def _say(message: str) -> None:
     show_default=True,
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Results folder: quality.json goes here (beside `qrun bench`'s results).",
+    help="Results folder: quality-MODEL.json goes here, one file per model (beside `qrun bench`'s results).",
 )
-@click.option("--force", is_flag=True, help="Replace a quality.json of another model or setup in --out.")
+@click.option(
+    "--force", is_flag=True, help="Replace this model's quality-MODEL.json in --out when it holds another setup."
+)
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print the results document (as in quality.json, with per-chunk KL, agreement and log-likelihoods).",
+    help="Print the results document (as in quality-MODEL.json, with per-chunk KL, agreement and log-likelihoods).",
 )
 def quality_cmd(model, quants, ref, text_path, ctx, top_k, threads, threads_batch, ggufs_dir, out_dir, force, as_json):
     """Measure how far each quant moves MODEL's next-token distribution from BF16/F16 on a text.
@@ -111,7 +113,9 @@ def quality_cmd(model, quants, ref, text_path, ctx, top_k, threads, threads_batc
 
     Per quant: mean, median and p99 KL(reference || quant) per scored token, the spread of per-window KL, top-1
     agreement and both perplexities. The reference runs once; its top-k log-probabilities are cached in qrun's
-    home until the reference GGUF, the text, --ctx or --top-k change.
+    home until the reference GGUF, the text, --ctx or --top-k change. Results go to --out/quality-MODEL.json, one
+    file per model: a later run of other quants joins the file; one of another reference, text, --ctx or --top-k
+    is refused unless --force.
     """
     doc = quality_lib.quality(
         model,

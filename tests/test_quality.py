@@ -204,26 +204,34 @@ def test_reference_cache_is_reused_and_invalidated(tiny_gguf, tmp_path):
         assert code == 0, stderr
         return json.loads(stdout)
 
+    # another model's results in the same folder are its own file: untouched, and no reason to refuse
+    other = out / "quality-qwen-7b-chat.json"
+    out.mkdir()
+    other.write_text(json.dumps({"kind": "qrun-quality", "schema": 1, "model": "qwen-7b-chat", "results": []}) + "\n")
+    other_bytes = other.read_bytes()
     first = run("--quants", "Q4_0")
+    results = out / f"quality-{DEEPSEEK}.json"
+    assert first["results_path"] == str(results) and not (out / "quality.json").exists()
     cache_files = sorted((tmp_path / "qrun-home" / "quality-cache").glob("*.npz"))
     assert first["reference"]["cached"] is False and len(cache_files) == 1
     cache_bytes = cache_files[0].read_bytes()
     second = run("--quants", "Q8_0")
     assert second["reference"]["cached"] is True and cache_files[0].read_bytes() == cache_bytes
-    # the second run's quant joins the first's in quality.json: same reference, text, ctx and top-k
+    # the second run's quant joins the first's in quality-<model>.json: same reference, text, ctx and top-k
     assert [r["quant"] for r in second["results"]] == ["Q8_0", "Q4_0"]
     assert second["results"][1] == first["results"][0]
 
     text.write_text(TEXT + "\n江水向东流。", encoding="utf-8")
-    code, _, stderr = run_cli(*base, "--quants", "Q4_0")  # quality.json holds results for the old text: kept
+    code, _, stderr = run_cli(*base, "--quants", "Q4_0")  # the file holds results for the old text: kept
     assert code == 1 and "--force to replace them" in stderr, stderr
-    assert json.loads((out / "quality.json").read_text(encoding="utf-8"))["results"] == second["results"]
+    assert json.loads(results.read_text(encoding="utf-8"))["results"] == second["results"]
     third = run("--quants", "Q4_0", "--force")
     assert third["reference"]["cached"] is False and [r["quant"] for r in third["results"]] == ["Q4_0"]
     assert len(list((tmp_path / "qrun-home" / "quality-cache").glob("*.npz"))) == 2
     assert cache_files[0].read_bytes() == cache_bytes
     table_code, table, _ = run_cli(*base, "--quants", "Q4_0")
-    assert table_code == 0 and "(cached)" in table and "Q4_0" in table and str(out / "quality.json") in table
+    assert table_code == 0 and "(cached)" in table and "Q4_0" in table and str(results) in table
+    assert other.read_bytes() == other_bytes
     assert f"top {TOP_K} tokens hold {100 * third['reference']['top_k_mass_mean']:.1f} %" in table
 
 
@@ -272,7 +280,7 @@ BAD = {
     "text is a folder": (["--text", "{root}/no-ref"], "cannot read --text"),
     "text not UTF-8": (["--text", "{root}/latin1.txt"], "is not UTF-8 text"),
     "unknown option": (["--temperature", "0"], "No such option"),
-    "other model's results": (["--out", "{root}/other-out"], "holds results of qwen-7b-chat"),
+    "results of another setup": (["--out", "{root}/other-out"], f"holds results of {DEEPSEEK} for another"),
 }
 
 
@@ -283,9 +291,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, bad_input_setup, tmp_pat
     args = [a.format(root=root) for a in args]
     out = root / "out" if "--out" not in args else Path(args[args.index("--out") + 1])
     out.mkdir(parents=True, exist_ok=True)
-    earlier = out / "quality.json"
-    holder = "qwen-7b-chat" if case == "other model's results" else DEEPSEEK
-    earlier.write_text(json.dumps({"kind": "qrun-quality", "schema": 1, "model": holder, "results": []}) + "\n")
+    # this model's results of another setup (no reference, text, ctx or top-k recorded): refused unless --force
+    earlier = out / f"quality-{DEEPSEEK}.json"
+    earlier.write_text(json.dumps({"kind": "qrun-quality", "schema": 1, "model": DEEPSEEK, "results": []}) + "\n")
     before = snapshot(out)
     defaults = {"--ggufs": str(root / "ggufs"), "--text": str(root / "text.txt"), "--ctx": str(CTX), "--out": str(out)}
     for flag, value in defaults.items():
@@ -305,7 +313,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, bad_input_setup, tmp_pat
 
 
 def test_ctrl_c_writes_nothing_and_the_rerun_completes(tiny_gguf, tmp_path):
-    """SIGINT while the reference runs: exit 130, no cache, no quality.json, no temporary left; the rerun works."""
+    """SIGINT while the reference runs: exit 130, no cache, no results file, no temporary left; the rerun works."""
     import os
     import signal
     import subprocess
@@ -326,7 +334,7 @@ def test_ctrl_c_writes_nothing_and_the_rerun_completes(tiny_gguf, tmp_path):
     assert proc.wait(timeout=60) == 130, rest
     assert rest.strip().splitlines()[-1] == "Interrupted."
     home = tmp_path / "qrun-home" / "quality-cache"
-    assert not list(home.glob("*.npz")) and not list(home.glob(".*.tmp")) and not (out / "quality.json").exists()
+    assert not list(home.glob("*.npz")) and not list(home.glob(".*.tmp")) and not list(out.glob("quality-*.json"))
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     rerun = subprocess.run(command + ["--json"], capture_output=True, text=True, env=env, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
