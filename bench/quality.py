@@ -16,7 +16,7 @@ holds that model's results for one reference, text, ctx and top-k; a run for oth
 the earlier quants' results beside its own. Its shape (the report reads any JSON file of this kind)::
 
     {"kind": "qrun-quality", "schema": 1, "model", "ctx_tokens", "top_k", "scored_tokens",
-     "reference": {"quant", "gguf", "gguf_sha256", "cached", "top_k_mass_mean"},
+     "reference": {"quant", "gguf", "gguf_sha256", "cached", "windows_resumed", "top_k_mass_mean"},
      "text": {"name", "sha256", "tokens"},
      "results": [{"model", "quant", "gguf", "gguf_sha256", "size_bytes", "kl_mean", "kl_median", "kl_p99",
                   "top1_agreement", "ppl", "ref_ppl", "kl_chunk_min", "kl_chunk_max", "kl_chunk_stdev",
@@ -365,6 +365,7 @@ def quality(
     if not np.array_equal(reference.tokens, tokens):  # a cache of another tokenizer build under the same key
         raise GGUFError(f"the cached tokens of {ref_path.name} differ from its tokenizer's", "delete the cache folder")
     doc["reference"]["cached"] = reference.cached
+    doc["reference"]["windows_resumed"] = reference.windows_resumed  # finished by an interrupted run, not redone
     # how tight the top-k KL bound is: near 1 the rest bucket is small and the bound close to the full KL
     doc["reference"]["top_k_mass_mean"] = float(np.exp(reference.top_logprobs.astype(np.float64)).sum(axis=1).mean())
     doc["scored_tokens"] = int(len(reference.top_ids))

@@ -9,6 +9,7 @@ the vocabulary), so the KL values are small; what is compared is exact arithmeti
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import reference_forward as rf
-from qrun.bench import quality
+from qrun.bench import quality, quality_ref
 from qrun.cli import main
 from qrun.fsutil import sha256_file
 from qrun.runner.engine import Engine
@@ -225,8 +226,19 @@ def test_reference_cache_is_reused_and_invalidated(tiny_gguf, tmp_path):
     code, _, stderr = run_cli(*base, "--quants", "Q4_0")  # the file holds results for the old text: kept
     assert code == 1 and "--force to replace them" in stderr, stderr
     assert json.loads(results.read_text(encoding="utf-8"))["results"] == second["results"]
+    # an unreadable .resume file (a disk that failed mid-write) is not trusted: every window is computed
+    key = quality_ref.cache_key(
+        gguf_sha256=sha256_file(folder / f"{DEEPSEEK}-F16.gguf"),
+        text_sha256=hashlib.sha256(quality.load_text(text)[1].encode()).hexdigest(),
+        ctx=CTX,
+        top_k=TOP_K,
+    )
+    new_cache = quality_ref.cache_path(cache_files[0].parent, key, label=f"{DEEPSEEK}-F16")
+    resume = quality_ref.resume_path(new_cache)
+    resume.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     third = run("--quants", "Q4_0", "--force")
     assert third["reference"]["cached"] is False and [r["quant"] for r in third["results"]] == ["Q4_0"]
+    assert third["reference"]["windows_resumed"] == 0 and not resume.exists() and new_cache.is_file()
     assert len(list((tmp_path / "qrun-home" / "quality-cache").glob("*.npz"))) == 2
     assert cache_files[0].read_bytes() == cache_bytes
     table_code, table, _ = run_cli(*base, "--quants", "Q4_0")
@@ -312,31 +324,65 @@ def test_bad_input_is_one_line_and_writes_nothing(case, bad_input_setup, tmp_pat
     )
 
 
-def test_ctrl_c_writes_nothing_and_the_rerun_completes(tiny_gguf, tmp_path):
-    """SIGINT while the reference runs: exit 130, no cache, no results file, no temporary left; the rerun works."""
+def test_ctrl_c_keeps_finished_windows_and_the_rerun_resumes_them(tiny_gguf, tmp_path):
+    """SIGINT while the reference runs: exit 130, no cache, no results file, no temporary left, and the finished
+    windows kept in the cache's .resume file. The rerun computes only the other windows; its figures and its cache
+    file equal, byte for byte, those of a run never interrupted."""
     import os
     import signal
     import subprocess
     import sys
 
     folder = ggufs_folder(tiny_gguf, tmp_path / "ggufs", DEEPSEEK, quants=("F16", "Q4_0"))
-    out = tmp_path / "out"
+    text = tmp_path / "text.txt"  # about 1,000 tokens: 8 windows of 128, each 0.3-1 s on 2 busy CPUs
+    text.write_text(quality.load_text(None)[1][:1500], encoding="utf-8")
     command = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0] = 'qrun'; main()"]
-    command += ["quality", DEEPSEEK, "--ggufs", str(folder), "--out", str(out), "--threads", "2", "--ctx", "256"]
-    env = {**os.environ, "QRUN_HOME": str(tmp_path / "qrun-home")}
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    command += ["quality", DEEPSEEK, "--ggufs", str(folder), "--text", str(text), "--threads", "2", "--ctx", "128"]
+    per_window = 128 - 1 - 64
+
+    def run(name: str) -> tuple[dict, str, Path]:
+        env = {**os.environ, "QRUN_HOME": str(tmp_path / name / "home")}
+        proc = subprocess.run(
+            [*command, "--out", str(tmp_path / name / "out"), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout), proc.stderr, tmp_path / name / "home" / "quality-cache"
+
+    out, cache = tmp_path / "cut" / "out", tmp_path / "cut" / "home" / "quality-cache"
+    env = {**os.environ, "QRUN_HOME": str(tmp_path / "cut" / "home")}
+    proc = subprocess.Popen(
+        [*command, "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
-        if "window 2/" in line:  # the reference is running (the default text has 13 windows of 256)
+        if "reference" in line and "window 3/8" in line:  # windows 1 and 2 are finished and kept
             proc.send_signal(signal.SIGINT)
             break
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 130, rest
     assert rest.strip().splitlines()[-1] == "Interrupted."
-    home = tmp_path / "qrun-home" / "quality-cache"
-    assert not list(home.glob("*.npz")) and not list(home.glob(".*.tmp")) and not list(out.glob("quality-*.json"))
+    assert not list(cache.glob("*.npz")) and not list(cache.glob(".*.tmp")) and not list(out.glob("quality-*.json"))
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    rerun = subprocess.run(command + ["--json"], capture_output=True, text=True, env=env, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
-    doc = json.loads(rerun.stdout)
-    assert doc["reference"]["cached"] is False and [r["quant"] for r in doc["results"]] == ["Q4_0"]
+    (resume,) = cache.glob("*.npz.resume")
+    with np.load(resume) as kept:
+        kept_ids = kept["top_ids"]
+    windows_kept = len(kept_ids) // per_window
+    assert windows_kept >= 2 and len(kept_ids) == windows_kept * per_window
+
+    doc, stderr, _ = run("cut")
+    assert doc["reference"]["cached"] is False and doc["reference"]["windows_resumed"] == windows_kept
+    computed = [line for line in stderr.splitlines() if line.startswith("[quality] reference") and "window " in line]
+    assert computed[0].endswith(f"window {windows_kept + 1}/8") and len(computed) == 8 - windows_kept, stderr
+    assert not resume.exists() and [r["quant"] for r in doc["results"]] == ["Q4_0"]
+    (cache_file,) = cache.glob("*.npz")
+    with np.load(cache_file) as final:
+        assert np.array_equal(final["top_ids"][: len(kept_ids)], kept_ids)
+
+    whole, _, whole_cache = run("whole")
+    assert whole["reference"]["windows_resumed"] == 0
+    assert doc["results"] == whole["results"] and doc["scored_tokens"] == whole["scored_tokens"] == 8 * per_window
+    assert cache_file.read_bytes() == (whole_cache / cache_file.name).read_bytes()
