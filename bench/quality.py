@@ -20,7 +20,7 @@ the earlier quants' results beside its own. Its shape (the report reads any JSON
      "text": {"name", "sha256", "tokens"},
      "results": [{"model", "quant", "gguf", "gguf_sha256", "size_bytes", "kl_mean", "kl_median", "kl_p99",
                   "top1_agreement", "ppl", "ref_ppl", "kl_chunk_min", "kl_chunk_max", "kl_chunk_stdev",
-                  "chunks": [{"kl_mean", "top1_agreement", "loglik", "ref_loglik", "tokens"}]}]}
+                  "windows_resumed", "chunks": [{"kl_mean", "top1_agreement", "loglik", "ref_loglik", "tokens"}]}]}
 
 gguf_sha256 is the manifest's only when the manifest verifies for that very file (runner/ask.py gguf_sha256),
 else hashed from the file.
@@ -28,10 +28,13 @@ else hashed from the file.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,12 +195,25 @@ def topk_kl(ref_top: np.ndarray, ref_rest: np.ndarray, quant_top: np.ndarray, qu
     return top + rest
 
 
-def score_quant(engine: Engine, ref: Reference, *, say: Say = _quiet) -> dict:
+SCORE_ROWS = ("kl", "agree", "loglik")  # per scored token: KL, top-1 agreement, the quant's log-likelihood
+
+
+def score_quant(
+    engine: Engine,
+    ref: Reference,
+    *,
+    say: Say = _quiet,
+    done: dict[str, np.ndarray] | None = None,
+    keep: Callable[[dict[str, np.ndarray]], None] | None = None,
+) -> dict:
     """Per scored token KL, agreement and log-likelihood of one quant against the reference, summed up.
 
+    Args:
+        done: the rows of the first windows from an interrupted run (whole windows); those windows are skipped.
+        keep: called after each window with the rows of the windows finished so far.
     Returns:
         {kl_mean, kl_median, kl_p99, top1_agreement, ppl, ref_ppl, kl_chunk_min, kl_chunk_max, kl_chunk_stdev,
-         chunks: [{kl_mean, top1_agreement, loglik, ref_loglik, tokens}]}
+         windows_resumed, chunks: [{kl_mean, top1_agreement, loglik, ref_loglik, tokens}]}
     """
     bounds = windows(len(ref.tokens), ref.ctx)
     n_scored = len(ref.top_ids)
@@ -205,8 +221,13 @@ def score_quant(engine: Engine, ref: Reference, *, say: Say = _quiet) -> dict:
     agree = np.empty(n_scored, dtype=bool)
     loglik = np.empty(n_scored)
     targets = ref.targets()
-    row = 0
-    for number, (start, end) in enumerate(bounds, 1):
+    row = n_done = 0
+    if done is not None:
+        row = len(done["kl"])
+        n_done = row // (n_scored // len(bounds))
+        kl[:row], agree[:row], loglik[:row] = done["kl"], done["agree"], done["loglik"]
+        say(f"[quality] {engine.path.name}: windows 1-{n_done} from an interrupted run, not computed again")
+    for number, (start, end) in enumerate(bounds[n_done:], n_done + 1):
         say(f"[quality] {engine.path.name}: window {number}/{len(bounds)}")
         logits = window_rows(engine, ref.tokens, start, end)
         for block in range(0, len(logits), ROWS_PER_BLOCK):
@@ -218,6 +239,8 @@ def score_quant(engine: Engine, ref: Reference, *, say: Say = _quiet) -> dict:
             agree[rows] = logprobs.argmax(axis=1) == ids[:, 0]
             loglik[rows] = logprobs[np.arange(len(logprobs)), targets[rows]]
         row += len(logits)
+        if keep is not None:
+            keep({"kl": kl[:row], "agree": agree[:row], "loglik": loglik[:row]})
     per_window = n_scored // len(bounds)
     ref_loglik = ref.target_logprob.astype(np.float64)
     chunks = []
@@ -243,8 +266,42 @@ def score_quant(engine: Engine, ref: Reference, *, say: Say = _quiet) -> dict:
         "kl_chunk_min": float(chunk_kl.min()),
         "kl_chunk_max": float(chunk_kl.max()),
         "kl_chunk_stdev": float(chunk_kl.std(ddof=1)) if len(chunks) > 1 else 0.0,
+        "windows_resumed": n_done,
         "chunks": chunks,
     }
+
+
+# -- resuming a quant's scores ------------------------------------------------------------------------------------
+def scores_resume(ref_key: dict, quant_sha256: str, *, label: str) -> tuple[Path, dict]:
+    """(file, key) keeping the scored windows of one quant against one reference cache (its key: the reference, the
+    text, ctx and k), in the reference cache's folder; the file is removed once the results file is written."""
+    key = {"schema": SCHEMA, "reference": ref_key, "quant_sha256": quant_sha256}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return quality_ref.cache_dir() / f"{label}-{digest}.scores.resume", key
+
+
+def write_scores(path: Path, key: dict, rows: dict[str, np.ndarray]) -> None:
+    try:
+        quality_ref.write_npz(path, {"key": np.array(json.dumps(key, sort_keys=True)), **rows})
+    except OSError as err:
+        raise UsageError(
+            f"cannot write {path}: {os_reason(err)}", "free space there, or set QRUN_HOME to a writable folder"
+        ) from None
+
+
+def read_scores(path: Path, key: dict, ref: Reference) -> dict[str, np.ndarray] | None:
+    """The rows of the windows an interrupted run scored for `key`; None when there is no such file, or it is of
+    another key, unreadable or not whole windows (then every window is scored)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if json.loads(str(data["key"])) != key:
+                return None
+            rows = {name: data[name] for name in SCORE_ROWS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    n_rows, per_window = len(rows["kl"]), quality_ref.scored_per_window(ref.ctx)
+    whole = 0 < n_rows <= len(ref.top_ids) and n_rows % per_window == 0
+    return rows if whole and all(rows[name].shape == (n_rows,) for name in SCORE_ROWS) else None
 
 
 # -- the command -------------------------------------------------------------------------------------------------
@@ -370,21 +427,32 @@ def quality(
     doc["reference"]["top_k_mass_mean"] = float(np.exp(reference.top_logprobs.astype(np.float64)).sum(axis=1).mean())
     doc["scored_tokens"] = int(len(reference.top_ids))
 
-    results = []
+    results, kept_scores = [], []
     for quant, path in targets:
-        with _load(path, ctx=ctx, threads=threads, threads_batch=threads_batch) as engine:
-            if not np.array_equal(_tokens(engine, text_body), tokens):
-                raise GGUFError(
-                    f"{path.name} tokenizes the text differently from {ref_path.name}",
-                    f"compare GGUFs of the same model made by `qrun convert {spec.name}`",
+        quant_sha256 = gguf_sha256(path)
+        # each window's rows are kept until the results file is written: an interrupted run resumes them
+        scores_path, scores_key = scores_resume(key, quant_sha256, label=path.stem)
+        with quality_ref.locked(scores_path, say=say):
+            with _load(path, ctx=ctx, threads=threads, threads_batch=threads_batch) as engine:
+                if not np.array_equal(_tokens(engine, text_body), tokens):
+                    raise GGUFError(
+                        f"{path.name} tokenizes the text differently from {ref_path.name}",
+                        f"compare GGUFs of the same model made by `qrun convert {spec.name}`",
+                    )
+                scores = score_quant(
+                    engine,
+                    reference,
+                    say=say,
+                    done=read_scores(scores_path, scores_key, reference),
+                    keep=functools.partial(write_scores, scores_path, scores_key),
                 )
-            scores = score_quant(engine, reference, say=say)
+        kept_scores.append(scores_path)
         results.append(
             {
                 "model": spec.name,
                 "quant": quant,
                 "gguf": str(path),
-                "gguf_sha256": gguf_sha256(path),
+                "gguf_sha256": quant_sha256,
                 "size_bytes": path.stat().st_size,
                 **scores,
             }
@@ -401,5 +469,8 @@ def quality(
         raise UsageError(
             f"cannot write {results_path}: {os_reason(err)}", "free space there, or choose another --out"
         ) from None
+    for scores_path in kept_scores:
+        with contextlib.suppress(FileNotFoundError):
+            scores_path.unlink()
     doc["results_path"] = str(results_path)
     return doc

@@ -14,6 +14,7 @@ Interrupted work resumes: while the reference runs, the windows finished so far 
 `<cache name>.resume` (the same arrays, rows of whole windows only), rewritten atomically after each window under
 the cache's lock. A run that finds it for the same key and tokens continues from the next window; the finished
 cache file is the same, byte for byte, as an uninterrupted run's (the npz members carry a fixed timestamp).
+bench/quality.py keeps each quant's scored windows the same way.
 """
 
 from __future__ import annotations
@@ -221,14 +222,14 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_open(path, "wb") as f:
         f.write(_npz_bytes(arrays))
 
 
 def write_cache(path: Path, key: dict, ref: Reference) -> None:
     key_array = np.array(json.dumps(key, sort_keys=True))
-    _write_npz(path, {"key": key_array, "tokens": ref.tokens, **{name: getattr(ref, name) for name in ARRAYS}})
+    write_npz(path, {"key": key_array, "tokens": ref.tokens, **{name: getattr(ref, name) for name in ARRAYS}})
 
 
 def resume_path(path: Path) -> Path:
@@ -237,7 +238,7 @@ def resume_path(path: Path) -> Path:
 
 
 def write_resume(path: Path, key: dict, tokens: np.ndarray, rows: dict[str, np.ndarray]) -> None:
-    _write_npz(resume_path(path), {"key": np.array(json.dumps(key, sort_keys=True)), "tokens": tokens, **rows})
+    write_npz(resume_path(path), {"key": np.array(json.dumps(key, sort_keys=True)), "tokens": tokens, **rows})
 
 
 def read_resume(path: Path, key: dict, tokens: np.ndarray) -> dict[str, np.ndarray] | None:

@@ -326,63 +326,88 @@ def test_bad_input_is_one_line_and_writes_nothing(case, bad_input_setup, tmp_pat
 
 def test_ctrl_c_keeps_finished_windows_and_the_rerun_resumes_them(tiny_gguf, tmp_path):
     """SIGINT while the reference runs: exit 130, no cache, no results file, no temporary left, and the finished
-    windows kept in the cache's .resume file. The rerun computes only the other windows; its figures and its cache
-    file equal, byte for byte, those of a run never interrupted."""
+    windows kept in the cache's .resume file; the rerun computes only the other windows. SIGINT again while the
+    quant is scored: its finished windows are kept too, and the third run scores only the rest. The figures and
+    the cache file equal, byte for byte, those of a run never interrupted."""
     import os
     import signal
     import subprocess
     import sys
 
     folder = ggufs_folder(tiny_gguf, tmp_path / "ggufs", DEEPSEEK, quants=("F16", "Q4_0"))
-    text = tmp_path / "text.txt"  # about 1,000 tokens: 8 windows of 128, each 0.3-1 s on 2 busy CPUs
-    text.write_text(quality.load_text(None)[1][:1500], encoding="utf-8")
+    text = tmp_path / "text.txt"  # about 800 tokens: 6 windows of 128, each 0.3-1 s on 2 busy CPUs
+    text.write_text(quality.load_text(None)[1][:1150], encoding="utf-8")
     command = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0] = 'qrun'; main()"]
     command += ["quality", DEEPSEEK, "--ggufs", str(folder), "--text", str(text), "--threads", "2", "--ctx", "128"]
     per_window = 128 - 1 - 64
 
-    def run(name: str) -> tuple[dict, str, Path]:
-        env = {**os.environ, "QRUN_HOME": str(tmp_path / name / "home")}
-        proc = subprocess.run(
-            [*command, "--out", str(tmp_path / name / "out"), "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
+    def env_of(name: str) -> dict[str, str]:
+        return {**os.environ, "QRUN_HOME": str(tmp_path / name / "home")}
+
+    def run(name: str) -> tuple[dict, str]:
+        args = [*command, "--out", str(tmp_path / name / "out"), "--json"]
+        proc = subprocess.run(args, capture_output=True, text=True, env=env_of(name), timeout=600)
         assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout), proc.stderr, tmp_path / name / "home" / "quality-cache"
+        return json.loads(proc.stdout), proc.stderr
+
+    def interrupt(at: str) -> list[str]:
+        """Run until the stderr line that starts with `at`, send SIGINT; the lines seen before it."""
+        proc = subprocess.Popen(
+            [*command, "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_of("cut")
+        )
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line.rstrip("\n"))
+            if line.startswith(at):
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130, rest
+        assert rest.strip().splitlines()[-1] == "Interrupted."
+        assert not list(cache.glob(".*.tmp")) and not list(out.glob("quality-*.json"))
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+        return seen
+
+    def windows_of(lines: list[str], prefix: str) -> list[int]:
+        return [int(line.rsplit(" ", 1)[1].split("/")[0]) for line in lines if line.startswith(prefix + ": window ")]
 
     out, cache = tmp_path / "cut" / "out", tmp_path / "cut" / "home" / "quality-cache"
-    env = {**os.environ, "QRUN_HOME": str(tmp_path / "cut" / "home")}
-    proc = subprocess.Popen(
-        [*command, "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "reference" in line and "window 3/8" in line:  # windows 1 and 2 are finished and kept
-            proc.send_signal(signal.SIGINT)
-            break
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130, rest
-    assert rest.strip().splitlines()[-1] == "Interrupted."
-    assert not list(cache.glob("*.npz")) and not list(cache.glob(".*.tmp")) and not list(out.glob("quality-*.json"))
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    ref_lines, quant_lines = f"[quality] reference {DEEPSEEK}-F16.gguf", f"[quality] {DEEPSEEK}-Q4_0.gguf"
+
+    seen = interrupt(f"{ref_lines}: window 3/")  # windows 1 and 2 are finished and kept
+    n_windows = int(seen[-1].rsplit("/", 1)[1])
+    assert n_windows >= 5, seen
+    assert not list(cache.glob("*.npz"))
     (resume,) = cache.glob("*.npz.resume")
     with np.load(resume) as kept:
         kept_ids = kept["top_ids"]
-    windows_kept = len(kept_ids) // per_window
-    assert windows_kept >= 2 and len(kept_ids) == windows_kept * per_window
+    ref_kept = len(kept_ids) // per_window
+    assert ref_kept >= 2 and len(kept_ids) == ref_kept * per_window
 
-    doc, stderr, _ = run("cut")
-    assert doc["reference"]["cached"] is False and doc["reference"]["windows_resumed"] == windows_kept
-    computed = [line for line in stderr.splitlines() if line.startswith("[quality] reference") and "window " in line]
-    assert computed[0].endswith(f"window {windows_kept + 1}/8") and len(computed) == 8 - windows_kept, stderr
-    assert not resume.exists() and [r["quant"] for r in doc["results"]] == ["Q4_0"]
+    seen = interrupt(f"{quant_lines}: window 3/")  # the reference finishes, then two windows of Q4_0
+    assert windows_of(seen, ref_lines) == list(range(ref_kept + 1, n_windows + 1)), seen
+    assert f"{ref_lines}: windows 1-{ref_kept} from an interrupted run, not computed again" in seen
+    assert not resume.exists()
     (cache_file,) = cache.glob("*.npz")
     with np.load(cache_file) as final:
         assert np.array_equal(final["top_ids"][: len(kept_ids)], kept_ids)
+    (scores,) = cache.glob("*.scores.resume")
+    with np.load(scores) as kept:
+        kept_kl = kept["kl"]
+    quant_kept = len(kept_kl) // per_window
+    assert quant_kept >= 2 and len(kept_kl) == quant_kept * per_window
 
-    whole, _, whole_cache = run("whole")
-    assert whole["reference"]["windows_resumed"] == 0
-    assert doc["results"] == whole["results"] and doc["scored_tokens"] == whole["scored_tokens"] == 8 * per_window
-    assert cache_file.read_bytes() == (whole_cache / cache_file.name).read_bytes()
+    doc, stderr = run("cut")
+    assert doc["reference"]["cached"] is True and doc["reference"]["windows_resumed"] == 0
+    (result,) = doc["results"]
+    assert result["quant"] == "Q4_0" and result.pop("windows_resumed") == quant_kept
+    assert windows_of(stderr.splitlines(), quant_lines) == list(range(quant_kept + 1, n_windows + 1)), stderr
+    assert not scores.exists()
+
+    whole, _ = run("whole")
+    assert whole["reference"]["windows_resumed"] == 0 and whole["results"][0].pop("windows_resumed") == 0
+    assert (
+        doc["results"] == whole["results"] and doc["scored_tokens"] == whole["scored_tokens"] == n_windows * per_window
+    )
+    assert cache_file.read_bytes() == (tmp_path / "whole" / "home" / "quality-cache" / cache_file.name).read_bytes()
