@@ -11,15 +11,16 @@ same windows, and per scored token this module computes:
 - top-1 agreement: the quant's most likely token is the reference's most likely token.
 - the log-likelihood of the text's own next token under each model, hence both perplexities.
 
-The results document (<out>/quality.json) has one model's results per reference, text, ctx and top-k; a run for
-other quants of the same setup keeps the earlier quants' results beside its own. Its shape (the report reads it)::
+The results document, <out>/quality-<model>.json (one file per model, so several models share one --out folder),
+holds that model's results for one reference, text, ctx and top-k; a run for other quants of the same setup keeps
+the earlier quants' results beside its own. Its shape (the report reads any JSON file of this kind)::
 
     {"kind": "qrun-quality", "schema": 1, "model", "ctx_tokens", "top_k", "scored_tokens",
-     "reference": {"quant", "gguf", "gguf_sha256", "cached", "top_k_mass_mean"},
+     "reference": {"quant", "gguf", "gguf_sha256", "cached", "windows_resumed", "top_k_mass_mean"},
      "text": {"name", "sha256", "tokens"},
      "results": [{"model", "quant", "gguf", "gguf_sha256", "size_bytes", "kl_mean", "kl_median", "kl_p99",
                   "top1_agreement", "ppl", "ref_ppl", "kl_chunk_min", "kl_chunk_max", "kl_chunk_stdev",
-                  "chunks": [{"kl_mean", "top1_agreement", "loglik", "ref_loglik", "tokens"}]}]}
+                  "windows_resumed", "chunks": [{"kl_mean", "top1_agreement", "loglik", "ref_loglik", "tokens"}]}]}
 
 gguf_sha256 is the manifest's only when the manifest verifies for that very file (runner/ask.py gguf_sha256),
 else hashed from the file.
@@ -27,10 +28,13 @@ else hashed from the file.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,7 +55,6 @@ from .quality_ref import ROWS_PER_BLOCK, Reference, log_softmax, rest_logprob, w
 
 SCHEMA = 1
 KIND = "qrun-quality"
-RESULTS_NAME = "quality.json"
 # llama-perplexity's default context (-c 512): half of each window, 255 tokens, is scored.
 DEFAULT_CTX_TOKENS = 512
 # 32 most likely tokens per position; raise it with --top-k for a tighter lower bound on the KL.
@@ -69,6 +72,11 @@ Say = Callable[[str], None]
 
 def _quiet(_message: str) -> None:
     pass
+
+
+def results_name(model: str) -> str:
+    """The results file of one model (its canonical name) in --out: quality-<model>.json."""
+    return f"quality-{model}.json"
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------
@@ -187,12 +195,25 @@ def topk_kl(ref_top: np.ndarray, ref_rest: np.ndarray, quant_top: np.ndarray, qu
     return top + rest
 
 
-def score_quant(engine: Engine, ref: Reference, *, say: Say = _quiet) -> dict:
+SCORE_ROWS = ("kl", "agree", "loglik")  # per scored token: KL, top-1 agreement, the quant's log-likelihood
+
+
+def score_quant(
+    engine: Engine,
+    ref: Reference,
+    *,
+    say: Say = _quiet,
+    done: dict[str, np.ndarray] | None = None,
+    keep: Callable[[dict[str, np.ndarray]], None] | None = None,
+) -> dict:
     """Per scored token KL, agreement and log-likelihood of one quant against the reference, summed up.
 
+    Args:
+        done: the rows of the first windows from an interrupted run (whole windows); those windows are skipped.
+        keep: called after each window with the rows of the windows finished so far.
     Returns:
         {kl_mean, kl_median, kl_p99, top1_agreement, ppl, ref_ppl, kl_chunk_min, kl_chunk_max, kl_chunk_stdev,
-         chunks: [{kl_mean, top1_agreement, loglik, ref_loglik, tokens}]}
+         windows_resumed, chunks: [{kl_mean, top1_agreement, loglik, ref_loglik, tokens}]}
     """
     bounds = windows(len(ref.tokens), ref.ctx)
     n_scored = len(ref.top_ids)
@@ -200,8 +221,13 @@ def score_quant(engine: Engine, ref: Reference, *, say: Say = _quiet) -> dict:
     agree = np.empty(n_scored, dtype=bool)
     loglik = np.empty(n_scored)
     targets = ref.targets()
-    row = 0
-    for number, (start, end) in enumerate(bounds, 1):
+    row = n_done = 0
+    if done is not None:
+        row = len(done["kl"])
+        n_done = row // (n_scored // len(bounds))
+        kl[:row], agree[:row], loglik[:row] = done["kl"], done["agree"], done["loglik"]
+        say(f"[quality] {engine.path.name}: windows 1-{n_done} from an interrupted run, not computed again")
+    for number, (start, end) in enumerate(bounds[n_done:], n_done + 1):
         say(f"[quality] {engine.path.name}: window {number}/{len(bounds)}")
         logits = window_rows(engine, ref.tokens, start, end)
         for block in range(0, len(logits), ROWS_PER_BLOCK):
@@ -213,6 +239,8 @@ def score_quant(engine: Engine, ref: Reference, *, say: Say = _quiet) -> dict:
             agree[rows] = logprobs.argmax(axis=1) == ids[:, 0]
             loglik[rows] = logprobs[np.arange(len(logprobs)), targets[rows]]
         row += len(logits)
+        if keep is not None:
+            keep({"kl": kl[:row], "agree": agree[:row], "loglik": loglik[:row]})
     per_window = n_scored // len(bounds)
     ref_loglik = ref.target_logprob.astype(np.float64)
     chunks = []
@@ -238,8 +266,42 @@ def score_quant(engine: Engine, ref: Reference, *, say: Say = _quiet) -> dict:
         "kl_chunk_min": float(chunk_kl.min()),
         "kl_chunk_max": float(chunk_kl.max()),
         "kl_chunk_stdev": float(chunk_kl.std(ddof=1)) if len(chunks) > 1 else 0.0,
+        "windows_resumed": n_done,
         "chunks": chunks,
     }
+
+
+# -- resuming a quant's scores ------------------------------------------------------------------------------------
+def scores_resume(ref_key: dict, quant_sha256: str, *, label: str) -> tuple[Path, dict]:
+    """(file, key) keeping the scored windows of one quant against one reference cache (its key: the reference, the
+    text, ctx and k), in the reference cache's folder; the file is removed once the results file is written."""
+    key = {"schema": SCHEMA, "reference": ref_key, "quant_sha256": quant_sha256}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return quality_ref.cache_dir() / f"{label}-{digest}.scores.resume", key
+
+
+def write_scores(path: Path, key: dict, rows: dict[str, np.ndarray]) -> None:
+    try:
+        quality_ref.write_npz(path, {"key": np.array(json.dumps(key, sort_keys=True)), **rows})
+    except OSError as err:
+        raise UsageError(
+            f"cannot write {path}: {os_reason(err)}", "free space there, or set QRUN_HOME to a writable folder"
+        ) from None
+
+
+def read_scores(path: Path, key: dict, ref: Reference) -> dict[str, np.ndarray] | None:
+    """The rows of the windows an interrupted run scored for `key`; None when there is no such file, or it is of
+    another key, unreadable or not whole windows (then every window is scored)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if json.loads(str(data["key"])) != key:
+                return None
+            rows = {name: data[name] for name in SCORE_ROWS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    n_rows, per_window = len(rows["kl"]), quality_ref.scored_per_window(ref.ctx)
+    whole = 0 < n_rows <= len(ref.top_ids) and n_rows % per_window == 0
+    return rows if whole and all(rows[name].shape == (n_rows,) for name in SCORE_ROWS) else None
 
 
 # -- the command -------------------------------------------------------------------------------------------------
@@ -258,10 +320,10 @@ def _setup(doc: dict) -> tuple:
 
 
 def _earlier_results(path: Path, doc: dict, *, force: bool) -> list[dict]:
-    """Results of other quants from an earlier quality.json of the same model, reference, text, ctx and top-k.
+    """Results of other quants from the model's earlier results file of the same reference, text, ctx and top-k.
 
     Raises:
-        UsageError: the folder holds results of another setup (and not --force).
+        UsageError: that file holds results of another setup (and not --force).
     """
     try:
         earlier = json.loads(read_input_text(path))
@@ -296,7 +358,8 @@ def quality(
     force: bool = False,
     say: Say = _quiet,
 ) -> dict:
-    """Score each quant of `model` against its unquantized GGUF on a text; write and return <out>/quality.json.
+    """Score each quant of `model` against its unquantized GGUF on a text; write and return
+    <out>/quality-<model>.json.
 
     Args:
         quants: types to score; None = every converted type but the reference.
@@ -305,9 +368,9 @@ def quality(
         ctx: tokens per window (the second half of each is scored).
         top_k: reference log-probabilities kept per scored token.
         threads / threads_batch: llama.cpp threads (None or 0: QRUN_THREADS, then the physical cores).
-        force: replace an out folder's quality.json of another model or setup.
+        force: replace the model's results file in `out_dir` when it holds another setup.
     Returns:
-        The document written to quality.json (its shape: the module docstring), plus "results_path".
+        The document written to quality-<model>.json (its shape: the module docstring), plus "results_path".
     Raises:
         QrunError subclasses for every bad input, before anything is computed or written.
     """
@@ -332,7 +395,7 @@ def quality(
         )
     text_sha256 = hashlib.sha256(text_body.encode("utf-8")).hexdigest()
     out = Path(out_dir)
-    results_path = out / RESULTS_NAME
+    results_path = out / results_name(spec.name)
     ref_sha256 = gguf_sha256(ref_path)
     doc: dict = {
         "kind": KIND,
@@ -359,32 +422,44 @@ def quality(
     if not np.array_equal(reference.tokens, tokens):  # a cache of another tokenizer build under the same key
         raise GGUFError(f"the cached tokens of {ref_path.name} differ from its tokenizer's", "delete the cache folder")
     doc["reference"]["cached"] = reference.cached
+    doc["reference"]["windows_resumed"] = reference.windows_resumed  # finished by an interrupted run, not redone
     # how tight the top-k KL bound is: near 1 the rest bucket is small and the bound close to the full KL
     doc["reference"]["top_k_mass_mean"] = float(np.exp(reference.top_logprobs.astype(np.float64)).sum(axis=1).mean())
     doc["scored_tokens"] = int(len(reference.top_ids))
 
-    results = []
+    results, kept_scores = [], []
     for quant, path in targets:
-        with _load(path, ctx=ctx, threads=threads, threads_batch=threads_batch) as engine:
-            if not np.array_equal(_tokens(engine, text_body), tokens):
-                raise GGUFError(
-                    f"{path.name} tokenizes the text differently from {ref_path.name}",
-                    f"compare GGUFs of the same model made by `qrun convert {spec.name}`",
+        quant_sha256 = gguf_sha256(path)
+        # each window's rows are kept until the results file is written: an interrupted run resumes them
+        scores_path, scores_key = scores_resume(key, quant_sha256, label=path.stem)
+        with quality_ref.locked(scores_path, say=say):
+            with _load(path, ctx=ctx, threads=threads, threads_batch=threads_batch) as engine:
+                if not np.array_equal(_tokens(engine, text_body), tokens):
+                    raise GGUFError(
+                        f"{path.name} tokenizes the text differently from {ref_path.name}",
+                        f"compare GGUFs of the same model made by `qrun convert {spec.name}`",
+                    )
+                scores = score_quant(
+                    engine,
+                    reference,
+                    say=say,
+                    done=read_scores(scores_path, scores_key, reference),
+                    keep=functools.partial(write_scores, scores_path, scores_key),
                 )
-            scores = score_quant(engine, reference, say=say)
+        kept_scores.append(scores_path)
         results.append(
             {
                 "model": spec.name,
                 "quant": quant,
                 "gguf": str(path),
-                "gguf_sha256": gguf_sha256(path),
+                "gguf_sha256": quant_sha256,
                 "size_bytes": path.stat().st_size,
                 **scores,
             }
         )
     try:
         # locked: two runs for other quants of the same setup each keep the other's results
-        with filelock.FileLock(out / f".{RESULTS_NAME}.lock"):
+        with filelock.FileLock(out / f".{results_path.name}.lock"):
             done = {r["quant"] for r in results}
             kept = [r for r in _earlier_results(results_path, doc, force=force) if r.get("quant") not in done]
             order = {q: i for i, q in enumerate(settings.QUANTS)}
@@ -394,5 +469,8 @@ def quality(
         raise UsageError(
             f"cannot write {results_path}: {os_reason(err)}", "free space there, or choose another --out"
         ) from None
+    for scores_path in kept_scores:
+        with contextlib.suppress(FileNotFoundError):
+            scores_path.unlink()
     doc["results_path"] = str(results_path)
     return doc

@@ -10,6 +10,7 @@ import click
 from tabulate import tabulate
 
 from qrun.bench import quality as quality_lib
+from qrun.completion import complete_model, complete_quant
 
 
 def _say(message: str) -> None:
@@ -17,32 +18,37 @@ def _say(message: str) -> None:
 
 
 @click.command("quality")
-@click.argument("model")
+@click.argument("model", shell_complete=complete_model)
 @click.option(
     "--quants",
     default=None,
     metavar="Q[,Q...]",
-    help="GGUF types to score, e.g. Q4_0,Q4_K_M (default: every converted type but the reference).",
+    shell_complete=complete_quant,
+    show_default="every converted type but the reference",
+    help="GGUF types to score, a list such as Q4_0,Q4_K_M.",
 )
 @click.option(
     "--ref",
     default=None,
     metavar="BF16|F16",
-    help="The reference GGUF type (default: BF16 when converted, else F16).",
+    shell_complete=complete_quant,
+    show_default="BF16 when converted, else F16",
+    help="The reference GGUF type.",
 )
 @click.option(
     "--text",
     "text_path",
     default=None,
     metavar="FILE",
-    help="UTF-8 text to score, tokenized as plain text (no chat format) "
-    "(default: qrun's own Chinese text, bench/texts/zh_default.txt).",
+    show_default="qrun's own Chinese text, bench/texts/zh_default.txt",
+    help="UTF-8 text to score, tokenized as plain text (no chat format).",
 )
 @click.option(
     "--ctx",
     default=quality_lib.DEFAULT_CTX_TOKENS,
     show_default=True,
     type=int,
+    metavar="N",
     help="Tokens per window; each window starts from an empty cache and only its second half is scored, so every "
     "scored token has ctx/2 tokens of context (as llama-perplexity does).",
 )
@@ -51,24 +57,33 @@ def _say(message: str) -> None:
     default=quality_lib.DEFAULT_TOP_K,
     show_default=True,
     type=int,
+    metavar="K",
     help="Reference log-probabilities kept per token. The KL is computed over these k tokens plus one bucket for "
     "the rest: a lower bound of the full KL that tightens as k grows.",
 )
 @click.option(
-    "--threads", default=None, type=int, help="llama.cpp threads (default: QRUN_THREADS, then physical cores)."
+    "--threads",
+    default=None,
+    type=int,
+    metavar="N",
+    show_default="QRUN_THREADS, then the physical core count",
+    help="CPU threads, one number; 0 = as if not given.",
 )
 @click.option(
     "--threads-batch",
     default=None,
     type=int,
-    help="Threads for evaluating the windows (default: --threads if given, else the same default).",
+    metavar="N",
+    show_default="--threads if given, else the same",
+    help="Threads for evaluating the windows, one number.",
 )
 @click.option(
     "--ggufs",
     "ggufs_dir",
     default=None,
     metavar="DIR",
-    help="Where converted models are (default: QRUN_GGUF_DIR, then ./ggufs).",
+    show_default="QRUN_GGUF_DIR, then ./ggufs",
+    help="Folder of GGUFs.",
 )
 @click.option(
     "--out",
@@ -77,14 +92,16 @@ def _say(message: str) -> None:
     show_default=True,
     metavar="DIR",
     type=click.Path(file_okay=False),
-    help="Where quality.json goes (beside `qrun bench`'s results by default).",
+    help="Results folder: quality-MODEL.json goes here, one file per model (beside `qrun bench`'s results).",
 )
-@click.option("--force", is_flag=True, help="Replace a quality.json of another model or setup in --out.")
+@click.option(
+    "--force", is_flag=True, help="Replace this model's quality-MODEL.json in --out when it holds another setup."
+)
 @click.option(
     "--json",
     "as_json",
     is_flag=True,
-    help="Print the results document (as in quality.json, with per-chunk KL, agreement and log-likelihoods).",
+    help="Print the results document (as in quality-MODEL.json, with per-chunk KL, agreement and log-likelihoods).",
 )
 def quality_cmd(model, quants, ref, text_path, ctx, top_k, threads, threads_batch, ggufs_dir, out_dir, force, as_json):
     """Measure how far each quant moves MODEL's next-token distribution from BF16/F16 on a text.
@@ -96,7 +113,9 @@ def quality_cmd(model, quants, ref, text_path, ctx, top_k, threads, threads_batc
 
     Per quant: mean, median and p99 KL(reference || quant) per scored token, the spread of per-window KL, top-1
     agreement and both perplexities. The reference runs once; its top-k log-probabilities are cached in qrun's
-    home until the reference GGUF, the text, --ctx or --top-k change.
+    home until the reference GGUF, the text, --ctx or --top-k change. Results go to --out/quality-MODEL.json, one
+    file per model: a later run of other quants joins the file; one of another reference, text, --ctx or --top-k
+    is refused unless --force.
     """
     doc = quality_lib.quality(
         model,

@@ -9,6 +9,12 @@ logits after positions ctx//2 .. ctx-2, each predicting the next token of the wi
 The cache is one .npz per (reference sha256, text sha256, ctx, k): int32 token ids and float32 log-probabilities
 (4 + 4 bytes x k per scored token; 2,000 scored tokens at k = 32 take 0.5 MB). It is written atomically under a
 lock, so two runs never compute into one file and a reader never sees half of one.
+
+Interrupted work resumes: while the reference runs, the windows finished so far are kept beside the cache file in
+`<cache name>.resume` (the same arrays, rows of whole windows only), rewritten atomically after each window under
+the cache's lock. A run that finds it for the same key and tokens continues from the next window; the finished
+cache file is the same, byte for byte, as an uninterrupted run's (the npz members carry a fixed timestamp).
+bench/quality.py keeps each quant's scored windows the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +88,7 @@ class Reference:
     ctx: int
     top_k: int
     cached: bool = False  # read from the cache file, not computed by this run
+    windows_resumed: int = 0  # windows read from an interrupted run's .resume file instead of computed
 
     @property
     def n_windows(self) -> int:
@@ -100,34 +108,69 @@ def window_rows(engine: Engine, tokens: np.ndarray, start: int, end: int) -> np.
     return engine.logits(window, first_position=first_scored(end - start))
 
 
-def compute(engine: Engine, tokens: np.ndarray, *, ctx: int, top_k: int, say: Say) -> Reference:
-    """Run the reference engine over every window and keep its top-k log-probabilities per scored token."""
+ARRAYS = ("top_ids", "top_logprobs", "rest_logprob", "target_logprob")  # rows, one per scored token
+
+
+def _window_arrays(logits: np.ndarray, targets: np.ndarray, top_k: int) -> dict[str, np.ndarray]:
+    """The reference's rows of one window: top-k ids and log-probabilities, the rest, the text's next token."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+    for row in range(0, len(logits), ROWS_PER_BLOCK):
+        logprobs = log_softmax(logits[row : row + ROWS_PER_BLOCK])
+        top = np.argpartition(-logprobs, top_k - 1, axis=1)[:, :top_k]
+        # most likely first; equal values by token id, as np.argmax breaks ties
+        order = np.lexsort((top, -np.take_along_axis(logprobs, top, axis=1)), axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        parts["top_ids"].append(top.astype(np.int32))
+        parts["top_logprobs"].append(np.take_along_axis(logprobs, top, axis=1).astype(np.float32))
+        parts["rest_logprob"].append(rest_logprob(logprobs, top).astype(np.float32))
+        block_targets = targets[row : row + ROWS_PER_BLOCK]
+        parts["target_logprob"].append(logprobs[np.arange(len(block_targets)), block_targets].astype(np.float32))
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+
+
+def compute(
+    engine: Engine,
+    tokens: np.ndarray,
+    *,
+    ctx: int,
+    top_k: int,
+    say: Say,
+    done: dict[str, np.ndarray] | None = None,
+    keep: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+) -> Reference:
+    """Run the reference engine over every window and keep its top-k log-probabilities per scored token.
+
+    Args:
+        done: the rows of the first windows from an interrupted run (whole windows); those windows are skipped.
+        keep: called after each window but the last with (windows finished, their rows so far).
+    """
     bounds = windows(len(tokens), ctx)
     first = first_scored(ctx)
-    ids_parts, lp_parts, rest_parts, target_parts = [], [], [], []
-    for number, (start, end) in enumerate(bounds, 1):
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ARRAYS}
+    n_done = 0
+    if done is not None:
+        n_done = len(done["top_ids"]) // scored_per_window(ctx)
+        for name in ARRAYS:
+            parts[name].append(done[name])
+        say(f"[quality] reference {engine.path.name}: windows 1-{n_done} from an interrupted run, not computed again")
+    for number, (start, end) in enumerate(bounds[n_done:], n_done + 1):
         say(f"[quality] reference {engine.path.name}: window {number}/{len(bounds)}")
         logits = window_rows(engine, tokens, start, end)
-        targets = tokens[start + first + 1 : end]
-        for row in range(0, len(logits), ROWS_PER_BLOCK):
-            logprobs = log_softmax(logits[row : row + ROWS_PER_BLOCK])
-            top = np.argpartition(-logprobs, top_k - 1, axis=1)[:, :top_k]
-            # most likely first; equal values by token id, as np.argmax breaks ties
-            order = np.lexsort((top, -np.take_along_axis(logprobs, top, axis=1)), axis=1)
-            top = np.take_along_axis(top, order, axis=1)
-            ids_parts.append(top.astype(np.int32))
-            lp_parts.append(np.take_along_axis(logprobs, top, axis=1).astype(np.float32))
-            rest_parts.append(rest_logprob(logprobs, top).astype(np.float32))
-            block_targets = targets[row : row + ROWS_PER_BLOCK]
-            target_parts.append(logprobs[np.arange(len(block_targets)), block_targets].astype(np.float32))
+        rows = _window_arrays(logits, tokens[start + first + 1 : end], top_k)
+        for name in ARRAYS:
+            parts[name].append(rows[name])
+        if keep is not None and number < len(bounds):
+            keep(number, {name: np.concatenate(parts[name]) for name in ARRAYS})
+    rows_all = {name: np.concatenate(parts[name]) for name in ARRAYS}
     return Reference(
         tokens=tokens.astype(np.int32),
-        top_ids=np.concatenate(ids_parts),
-        top_logprobs=np.concatenate(lp_parts),
-        rest_logprob=np.concatenate(rest_parts),
-        target_logprob=np.concatenate(target_parts),
+        top_ids=rows_all["top_ids"],
+        top_logprobs=rows_all["top_logprobs"],
+        rest_logprob=rows_all["rest_logprob"],
+        target_logprob=rows_all["target_logprob"],
         ctx=ctx,
         top_k=top_k,
+        windows_resumed=n_done,
     )
 
 
@@ -156,7 +199,7 @@ def read_cache(path: Path, key: dict) -> Reference | None:
             arrays = {
                 name: data[name] for name in ("tokens", "top_ids", "top_logprobs", "rest_logprob", "target_logprob")
             }
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
     ref = Reference(**arrays, ctx=key["ctx"], top_k=key["top_k"], cached=True)
     n_scored = ref.n_windows * scored_per_window(ref.ctx)
@@ -166,19 +209,55 @@ def read_cache(path: Path, key: dict) -> Reference | None:
     return ref if shapes_ok else None
 
 
-def write_cache(path: Path, key: dict, ref: Reference) -> None:
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An .npz (what np.load reads) of `arrays` in this order, with a fixed timestamp on each member: the same
+    arrays give the same bytes (np.savez stamps the current time), so a resumed run's cache equals an uninterrupted
+    run's."""
     buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        key=np.array(json.dumps(key, sort_keys=True)),
-        tokens=ref.tokens,
-        top_ids=ref.top_ids,
-        top_logprobs=ref.top_logprobs,
-        rest_logprob=ref.rest_logprob,
-        target_logprob=ref.target_logprob,
-    )
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_open(path, "wb") as f:
-        f.write(buffer.getvalue())
+        f.write(_npz_bytes(arrays))
+
+
+def write_cache(path: Path, key: dict, ref: Reference) -> None:
+    key_array = np.array(json.dumps(key, sort_keys=True))
+    write_npz(path, {"key": key_array, "tokens": ref.tokens, **{name: getattr(ref, name) for name in ARRAYS}})
+
+
+def resume_path(path: Path) -> Path:
+    """The finished windows of an interrupted run computing the cache file `path`."""
+    return path.with_name(f"{path.name}.resume")
+
+
+def write_resume(path: Path, key: dict, tokens: np.ndarray, rows: dict[str, np.ndarray]) -> None:
+    write_npz(resume_path(path), {"key": np.array(json.dumps(key, sort_keys=True)), "tokens": tokens, **rows})
+
+
+def read_resume(path: Path, key: dict, tokens: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The rows of the windows an interrupted run finished for `key` and these very tokens; None when there is no
+    such file, or it is of another key or text, unreadable or not whole windows (then every window is computed)."""
+    try:
+        with np.load(resume_path(path), allow_pickle=False) as data:
+            if json.loads(str(data["key"])) != key or not np.array_equal(data["tokens"], tokens):
+                return None
+            rows = {name: data[name] for name in ARRAYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    per_window, k = scored_per_window(key["ctx"]), key["top_k"]
+    n_rows = len(rows["top_ids"])
+    whole = 0 < n_rows < len(windows(len(tokens), key["ctx"])) * per_window and n_rows % per_window == 0
+    shapes_ok = rows["top_ids"].shape == rows["top_logprobs"].shape == (n_rows, k) and (
+        rows["rest_logprob"].shape == rows["target_logprob"].shape == (n_rows,)
+    )
+    return rows if whole and shapes_ok else None
 
 
 @contextlib.contextmanager
@@ -214,7 +293,7 @@ def reference(
     folder: Path | None = None,
 ) -> Reference:
     """The reference's top-k per scored token: from the cache when it holds `key`, else computed (the engine is
-    loaded only then) and cached.
+    loaded only then) and cached. The windows an interrupted run finished (its .resume file) are not computed again.
 
     Args:
         engine_for: loads the reference GGUF (called only on a cache miss).
@@ -226,15 +305,32 @@ def reference(
     with locked(path, say=say):
         cached = read_cache(path, key)
         if cached is not None:
+            _drop_resume(path)  # left by a run stopped between writing the cache and deleting it
             say(f"[quality] reference log-probabilities from the cache ({path})")
             return cached
         with engine_for() as engine:
-            ref = compute(engine, tokenize(engine), ctx=key["ctx"], top_k=key["top_k"], say=say)
-        try:
-            write_cache(path, key, ref)
-        except OSError as err:
-            raise UsageError(
-                f"cannot write the reference cache {path}: {os_reason(err)}",
-                "free space there, or set QRUN_HOME to a writable folder",
-            ) from None
+            tokens = tokenize(engine)
+
+            def keep(_windows_done: int, rows: dict[str, np.ndarray]) -> None:
+                _writing(path, lambda: write_resume(path, key, tokens, rows))
+
+            done = read_resume(path, key, tokens)
+            ref = compute(engine, tokens, ctx=key["ctx"], top_k=key["top_k"], say=say, done=done, keep=keep)
+        _writing(path, lambda: write_cache(path, key, ref))
+        _drop_resume(path)
         return ref
+
+
+def _writing(path: Path, write: Callable[[], None]) -> None:
+    try:
+        write()
+    except OSError as err:
+        raise UsageError(
+            f"cannot write the reference cache {path}: {os_reason(err)}",
+            "free space there, or set QRUN_HOME to a writable folder",
+        ) from None
+
+
+def _drop_resume(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        resume_path(path).unlink()

@@ -85,12 +85,12 @@ def test_every_model_argument_and_quant_option_completes():
                 values = [item.value for item in param.shell_complete(ctx, "")]
                 assert values == model_names(), (name, param.name)
                 checked.add((name, "model"))
-            if "--quant" in getattr(param, "opts", []):
+            if {"--quant", "--quants", "--ref"} & set(getattr(param, "opts", [])):  # quality: --quants, --ref
                 values = [item.value for item in param.shell_complete(ctx, "")]
-                assert set(values) >= set(settings.QUANTS), name
+                assert set(values) >= set(settings.QUANTS), (name, param.name)
                 checked.add((name, "quant"))
     # the commands that take a model and a quant type today (other commands may add more)
-    for name in ("convert", "ask", "chat", "serve", "bench", "tune", "demo"):
+    for name in ("convert", "ask", "chat", "serve", "bench", "tune", "demo", "quality", "eval", "show", "rm"):
         assert (name, "model") in checked and (name, "quant") in checked, name
     assert set(model_names()) == {n for s in registry.MODELS for n in (s.name, *s.aliases)}
     # ask and chat also take a .gguf path: a word that looks like one is left to the shell's file completion
@@ -252,18 +252,18 @@ def test_one_spelling_per_concept():
             assert ("a list" in help_text) == (param.metavar == "N[,N...]"), (name, opt)
             assert ("one number" in help_text) == (param.metavar == "N"), (name, opt)
             seen["--threads"] += 1
-        elif opt == "--quant":  # one type, or a list where tune compares several
+        elif opt in ("--quant", "--quants"):  # one type, or a list where tune and quality compare several
             assert param.metavar in ("QUANT", "QUANT|auto", "Q[,Q...]"), name
         elif opt == "--out":  # never the GGUF folder (convert's old --out is hidden): say which folder it is
             assert re.match(r"(Results|Report|Work) folder: ", help_text), name
             seen[opt] += 1
-    assert seen == {"--ggufs": 9, "--threads": 12, "--out": 3}
-    for name in ("convert", "models", "show", "rm", "ask", "chat", "serve", "bench", "tune"):
+    assert seen == {"--ggufs": 11, "--threads": 15, "--out": 5}
+    for name in ("convert", "models", "show", "rm", "ask", "chat", "serve", "bench", "tune", "quality", "eval"):
         assert "--ggufs" in [opt for p in main.commands[name].params for opt in p.opts], name
 
 
 # --- --json: one document on stdout, from real runs on the tiny models ---------------------------------------------
-JSON_COMMANDS = ("ask", "convert", "models", "bench", "report", "score", "tune", "demo")
+JSON_COMMANDS = ("ask", "convert", "models", "bench", "report", "score", "tune", "demo", "quality")
 # the top-level keys README's "JSON output" table promises for each command (a document may carry more)
 JSON_SHAPES = {
     "ask": {"answer", "model", "gguf", "sha256", "stats", "settings"},
@@ -278,6 +278,10 @@ JSON_SHAPES = {
     "tune": {"schema", "created_utc", "command", "machine", "models", "profile_path"},
     "demo": {"schema", "schema_version", "out_dir", "checkpoints", "ggufs", "answers", "results_json", "report_md"}
     | {"bench", "steps_s", "elapsed_s"},
+    "quality": {"kind", "schema", "model", "reference", "text", "ctx_tokens", "top_k", "scored_tokens", "results"}
+    | {"results_path"},
+    "quality.results[]": {"quant", "gguf_sha256", "kl_mean", "kl_median", "kl_p99", "top1_agreement", "ppl"}
+    | {"chunks"},
 }
 TINY = "deepseek-llm-7b-chat"
 
@@ -316,6 +320,7 @@ def test_every_result_command_has_json_and_readme_documents_its_shape():
     for name in JSON_COMMANDS:
         (row,) = [line for line in table.splitlines() if line.startswith(f"| `qrun {name}` |")]
         keys = JSON_SHAPES[name] | JSON_SHAPES.get(f"{name}[]", set()) | JSON_SHAPES.get(f"{name} --show-prompt", set())
+        keys |= JSON_SHAPES.get(f"{name}.results[]", set())
         for key in keys:
             assert f"`{key}`" in row, (name, key)
 
@@ -373,6 +378,20 @@ def test_json_of_ask_models_convert_bench_report_and_score(tiny_gguf, tiny_check
     scored = _cli_json("score", str(answers), "--suite", str(suite_path))
     assert isinstance(scored, list) and len(scored) == 1
     _keys(scored[0], "score")
+
+    # quality: the quant against itself on a short text (2 windows of 16 tokens), in a real process
+    text = tmp_path / "text.txt"
+    text.write_text(
+        "江水向东流，两岸的山很高。老人坐在船头，慢慢地讲起了村子里的往事。孩子们围着他，听得很认真。", "utf-8"
+    )
+    q = ["--ref", "Q4_K_M", "--quants", "Q4_K_M", "--text", str(text), "--ctx", "16", "--top-k", "4"]
+    home = {"QRUN_HOME": str(tmp_path / "home")}
+    quality_doc, _ = _qrun_json("quality", "deepseek", *g, *q, "--out", str(tmp_path / "q"), env=home)
+    _keys(quality_doc, "quality")
+    for row in quality_doc["results"]:
+        _keys(row, "quality.results[]")
+    assert quality_doc["kind"] == "qrun-quality" and [r["quant"] for r in quality_doc["results"]] == ["Q4_K_M"]
+    assert quality_doc["results"][0]["kl_mean"] == pytest.approx(0, abs=1e-7)  # float32 log-probabilities in the cache
 
     # tune --json from a real run: tests/test_identity.py (the profile document plus profile_path); its keys here
     _keys({**profile.new_document(command="qrun tune"), "profile_path": "x"}, "tune")

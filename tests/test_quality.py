@@ -9,6 +9,7 @@ the vocabulary), so the KL values are small; what is compared is exact arithmeti
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import reference_forward as rf
-from qrun.bench import quality
+from qrun.bench import quality, quality_ref
 from qrun.cli import main
 from qrun.fsutil import sha256_file
 from qrun.runner.engine import Engine
@@ -204,26 +205,45 @@ def test_reference_cache_is_reused_and_invalidated(tiny_gguf, tmp_path):
         assert code == 0, stderr
         return json.loads(stdout)
 
+    # another model's results in the same folder are its own file: untouched, and no reason to refuse
+    other = out / "quality-qwen-7b-chat.json"
+    out.mkdir()
+    other.write_text(json.dumps({"kind": "qrun-quality", "schema": 1, "model": "qwen-7b-chat", "results": []}) + "\n")
+    other_bytes = other.read_bytes()
     first = run("--quants", "Q4_0")
+    results = out / f"quality-{DEEPSEEK}.json"
+    assert first["results_path"] == str(results) and not (out / "quality.json").exists()
     cache_files = sorted((tmp_path / "qrun-home" / "quality-cache").glob("*.npz"))
     assert first["reference"]["cached"] is False and len(cache_files) == 1
     cache_bytes = cache_files[0].read_bytes()
     second = run("--quants", "Q8_0")
     assert second["reference"]["cached"] is True and cache_files[0].read_bytes() == cache_bytes
-    # the second run's quant joins the first's in quality.json: same reference, text, ctx and top-k
+    # the second run's quant joins the first's in quality-<model>.json: same reference, text, ctx and top-k
     assert [r["quant"] for r in second["results"]] == ["Q8_0", "Q4_0"]
     assert second["results"][1] == first["results"][0]
 
     text.write_text(TEXT + "\n江水向东流。", encoding="utf-8")
-    code, _, stderr = run_cli(*base, "--quants", "Q4_0")  # quality.json holds results for the old text: kept
+    code, _, stderr = run_cli(*base, "--quants", "Q4_0")  # the file holds results for the old text: kept
     assert code == 1 and "--force to replace them" in stderr, stderr
-    assert json.loads((out / "quality.json").read_text(encoding="utf-8"))["results"] == second["results"]
+    assert json.loads(results.read_text(encoding="utf-8"))["results"] == second["results"]
+    # an unreadable .resume file (a disk that failed mid-write) is not trusted: every window is computed
+    key = quality_ref.cache_key(
+        gguf_sha256=sha256_file(folder / f"{DEEPSEEK}-F16.gguf"),
+        text_sha256=hashlib.sha256(quality.load_text(text)[1].encode()).hexdigest(),
+        ctx=CTX,
+        top_k=TOP_K,
+    )
+    new_cache = quality_ref.cache_path(cache_files[0].parent, key, label=f"{DEEPSEEK}-F16")
+    resume = quality_ref.resume_path(new_cache)
+    resume.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     third = run("--quants", "Q4_0", "--force")
     assert third["reference"]["cached"] is False and [r["quant"] for r in third["results"]] == ["Q4_0"]
+    assert third["reference"]["windows_resumed"] == 0 and not resume.exists() and new_cache.is_file()
     assert len(list((tmp_path / "qrun-home" / "quality-cache").glob("*.npz"))) == 2
     assert cache_files[0].read_bytes() == cache_bytes
     table_code, table, _ = run_cli(*base, "--quants", "Q4_0")
-    assert table_code == 0 and "(cached)" in table and "Q4_0" in table and str(out / "quality.json") in table
+    assert table_code == 0 and "(cached)" in table and "Q4_0" in table and str(results) in table
+    assert other.read_bytes() == other_bytes
     assert f"top {TOP_K} tokens hold {100 * third['reference']['top_k_mass_mean']:.1f} %" in table
 
 
@@ -272,7 +292,7 @@ BAD = {
     "text is a folder": (["--text", "{root}/no-ref"], "cannot read --text"),
     "text not UTF-8": (["--text", "{root}/latin1.txt"], "is not UTF-8 text"),
     "unknown option": (["--temperature", "0"], "No such option"),
-    "other model's results": (["--out", "{root}/other-out"], "holds results of qwen-7b-chat"),
+    "results of another setup": (["--out", "{root}/other-out"], f"holds results of {DEEPSEEK} for another"),
 }
 
 
@@ -283,9 +303,9 @@ def test_bad_input_is_one_line_and_writes_nothing(case, bad_input_setup, tmp_pat
     args = [a.format(root=root) for a in args]
     out = root / "out" if "--out" not in args else Path(args[args.index("--out") + 1])
     out.mkdir(parents=True, exist_ok=True)
-    earlier = out / "quality.json"
-    holder = "qwen-7b-chat" if case == "other model's results" else DEEPSEEK
-    earlier.write_text(json.dumps({"kind": "qrun-quality", "schema": 1, "model": holder, "results": []}) + "\n")
+    # this model's results of another setup (no reference, text, ctx or top-k recorded): refused unless --force
+    earlier = out / f"quality-{DEEPSEEK}.json"
+    earlier.write_text(json.dumps({"kind": "qrun-quality", "schema": 1, "model": DEEPSEEK, "results": []}) + "\n")
     before = snapshot(out)
     defaults = {"--ggufs": str(root / "ggufs"), "--text": str(root / "text.txt"), "--ctx": str(CTX), "--out": str(out)}
     for flag, value in defaults.items():
@@ -304,31 +324,90 @@ def test_bad_input_is_one_line_and_writes_nothing(case, bad_input_setup, tmp_pat
     )
 
 
-def test_ctrl_c_writes_nothing_and_the_rerun_completes(tiny_gguf, tmp_path):
-    """SIGINT while the reference runs: exit 130, no cache, no quality.json, no temporary left; the rerun works."""
+def test_ctrl_c_keeps_finished_windows_and_the_rerun_resumes_them(tiny_gguf, tmp_path):
+    """SIGINT while the reference runs: exit 130, no cache, no results file, no temporary left, and the finished
+    windows kept in the cache's .resume file; the rerun computes only the other windows. SIGINT again while the
+    quant is scored: its finished windows are kept too, and the third run scores only the rest. The figures and
+    the cache file equal, byte for byte, those of a run never interrupted."""
     import os
     import signal
     import subprocess
     import sys
 
     folder = ggufs_folder(tiny_gguf, tmp_path / "ggufs", DEEPSEEK, quants=("F16", "Q4_0"))
-    out = tmp_path / "out"
+    text = tmp_path / "text.txt"  # about 800 tokens: 6 windows of 128, each 0.3-1 s on 2 busy CPUs
+    text.write_text(quality.load_text(None)[1][:1150], encoding="utf-8")
     command = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0] = 'qrun'; main()"]
-    command += ["quality", DEEPSEEK, "--ggufs", str(folder), "--out", str(out), "--threads", "2", "--ctx", "256"]
-    env = {**os.environ, "QRUN_HOME": str(tmp_path / "qrun-home")}
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "window 2/" in line:  # the reference is running (the default text has 13 windows of 256)
-            proc.send_signal(signal.SIGINT)
-            break
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=60) == 130, rest
-    assert rest.strip().splitlines()[-1] == "Interrupted."
-    home = tmp_path / "qrun-home" / "quality-cache"
-    assert not list(home.glob("*.npz")) and not list(home.glob(".*.tmp")) and not (out / "quality.json").exists()
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    rerun = subprocess.run(command + ["--json"], capture_output=True, text=True, env=env, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr
-    doc = json.loads(rerun.stdout)
-    assert doc["reference"]["cached"] is False and [r["quant"] for r in doc["results"]] == ["Q4_0"]
+    command += ["quality", DEEPSEEK, "--ggufs", str(folder), "--text", str(text), "--threads", "2", "--ctx", "128"]
+    per_window = 128 - 1 - 64
+
+    def env_of(name: str) -> dict[str, str]:
+        return {**os.environ, "QRUN_HOME": str(tmp_path / name / "home")}
+
+    def run(name: str) -> tuple[dict, str]:
+        args = [*command, "--out", str(tmp_path / name / "out"), "--json"]
+        proc = subprocess.run(args, capture_output=True, text=True, env=env_of(name), timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout), proc.stderr
+
+    def interrupt(at: str) -> list[str]:
+        """Run until the stderr line that starts with `at`, send SIGINT; the lines seen before it."""
+        proc = subprocess.Popen(
+            [*command, "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env_of("cut")
+        )
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line.rstrip("\n"))
+            if line.startswith(at):
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130, rest
+        assert rest.strip().splitlines()[-1] == "Interrupted."
+        assert not list(cache.glob(".*.tmp")) and not list(out.glob("quality-*.json"))
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+        return seen
+
+    def windows_of(lines: list[str], prefix: str) -> list[int]:
+        return [int(line.rsplit(" ", 1)[1].split("/")[0]) for line in lines if line.startswith(prefix + ": window ")]
+
+    out, cache = tmp_path / "cut" / "out", tmp_path / "cut" / "home" / "quality-cache"
+    ref_lines, quant_lines = f"[quality] reference {DEEPSEEK}-F16.gguf", f"[quality] {DEEPSEEK}-Q4_0.gguf"
+
+    seen = interrupt(f"{ref_lines}: window 3/")  # windows 1 and 2 are finished and kept
+    n_windows = int(seen[-1].rsplit("/", 1)[1])
+    assert n_windows >= 5, seen
+    assert not list(cache.glob("*.npz"))
+    (resume,) = cache.glob("*.npz.resume")
+    with np.load(resume) as kept:
+        kept_ids = kept["top_ids"]
+    ref_kept = len(kept_ids) // per_window
+    assert ref_kept >= 2 and len(kept_ids) == ref_kept * per_window
+
+    seen = interrupt(f"{quant_lines}: window 3/")  # the reference finishes, then two windows of Q4_0
+    assert windows_of(seen, ref_lines) == list(range(ref_kept + 1, n_windows + 1)), seen
+    assert f"{ref_lines}: windows 1-{ref_kept} from an interrupted run, not computed again" in seen
+    assert not resume.exists()
+    (cache_file,) = cache.glob("*.npz")
+    with np.load(cache_file) as final:
+        assert np.array_equal(final["top_ids"][: len(kept_ids)], kept_ids)
+    (scores,) = cache.glob("*.scores.resume")
+    with np.load(scores) as kept:
+        kept_kl = kept["kl"]
+    quant_kept = len(kept_kl) // per_window
+    assert quant_kept >= 2 and len(kept_kl) == quant_kept * per_window
+
+    doc, stderr = run("cut")
+    assert doc["reference"]["cached"] is True and doc["reference"]["windows_resumed"] == 0
+    (result,) = doc["results"]
+    assert result["quant"] == "Q4_0" and result.pop("windows_resumed") == quant_kept
+    assert windows_of(stderr.splitlines(), quant_lines) == list(range(quant_kept + 1, n_windows + 1)), stderr
+    assert not scores.exists()
+
+    whole, _ = run("whole")
+    assert whole["reference"]["windows_resumed"] == 0 and whole["results"][0].pop("windows_resumed") == 0
+    assert (
+        doc["results"] == whole["results"] and doc["scored_tokens"] == whole["scored_tokens"] == n_windows * per_window
+    )
+    assert cache_file.read_bytes() == (tmp_path / "whole" / "home" / "quality-cache" / cache_file.name).read_bytes()

@@ -57,7 +57,7 @@ def main() -> int:
             "--ggufs",
             str(ggufs),
             "--out",
-            str(out / "results" / model),
+            str(out / "results"),  # one quality-<model>.json per model
             "--threads",
             str(args.threads),
         ]
