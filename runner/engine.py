@@ -512,7 +512,7 @@ class Engine:
             raise UsageError(f"first_position {first_position} is outside the {n_tokens} tokens")
         if n_tokens > self.n_ctx:
             raise UsageError(f"{n_tokens} tokens do not fit the context of {self.n_ctx}", "raise --ctx")
-        n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        n_vocab = self.n_vocab
         out = np.empty((n_tokens - first_position, n_vocab), dtype=np.float32)
         ctx = self._llama.ctx
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
