@@ -1,0 +1,70 @@
+"""Bad input from a second hostile pass over serve, eval, report, rm and completion, kept as regression tests: each
+is one `Error:` line and exit code 1 (or an OpenAI error object with status 400 from the server), never a
+traceback, a silent wrong setting, a wrong score or a lost output. One real server process serves the module."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_serve import Server, http
+
+from qrun.cli import main
+
+DATA = Path(__file__).parent / "data" / "exams"
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _one_error_line(result, *words: str) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in lines if line.startswith("Error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0] and " — " in errors[0], result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+# -- qrun serve ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tiny_gguf, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile-ggufs")
+    gguf = tiny_gguf("deepseek-llm-7b-chat")
+    for path in (gguf, gguf.with_suffix(".json")):
+        (folder / path.name).symlink_to(path)
+    running = Server(["--ggufs", str(folder), "--threads", "1", "--ctx", "512"], tmp_path_factory.mktemp("home"))
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+def _post(server, body=None, *, content: bytes | None = None):
+    return http("POST", server.url + "/v1/chat/completions", json_body=body, content=content)
+
+
+def test_serve_refuses_what_it_would_ignore_and_survives_deep_json(server):
+    # `[[[[...` 100,000 deep: json's recursion limit was a 500 with a traceback in the server's log
+    deep = b'{"model": "deepseek", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    reply = _post(server, content=deep)
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_json", reply.text
+    # penalties and JSON mode were accepted and silently not applied (even "presence_penalty": "a")
+    for field, value in (
+        ("frequency_penalty", 5),
+        ("frequency_penalty", 1.5),
+        ("presence_penalty", "a"),
+        ("response_format", {"type": "json_object"}),
+        ("response_format", "json"),
+    ):
+        reply = _post(server, {"model": "deepseek", "messages": HI, field: value})
+        assert reply.status_code == 400, (field, value, reply.text)
+        assert reply.json()["error"]["param"] == field, reply.text
+    # what changes nothing is still accepted (clients send these defaults)
+    fine = {"frequency_penalty": 0, "presence_penalty": 0.0, "response_format": {"type": "text"}}
+    reply = _post(server, {"model": "deepseek", "messages": HI, "max_tokens": 2, **fine})
+    assert reply.status_code == 200, reply.text
+    assert "Traceback" not in server.log(), server.log()
