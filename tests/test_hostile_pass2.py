@@ -68,3 +68,21 @@ def test_serve_refuses_what_it_would_ignore_and_survives_deep_json(server):
     reply = _post(server, {"model": "deepseek", "messages": HI, "max_tokens": 2, **fine})
     assert reply.status_code == 200, reply.text
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_serve_flags_out_of_range_are_one_line(tiny_gguf, tmp_path, monkeypatch):
+    folder = tmp_path / "ggufs"
+    folder.mkdir()
+    gguf = tiny_gguf("deepseek-llm-7b-chat")
+    for path in (gguf, gguf.with_suffix(".json")):
+        (folder / path.name).symlink_to(path)
+    base = ["serve", "deepseek", "--ggufs", str(folder), "--threads", "1"]
+    # 70000 listened on 70000 % 65536 = 4464; -1 blamed --host
+    for port in ("70000", "-1", "65536"):
+        _one_error_line(CliRunner().invoke(main, [*base, "--port", port]), "--port", "0 to 65535")
+    # an empty key served with no key at all; a non-ASCII one could never be sent in a header
+    for key in ("", "   ", "k€y"):
+        _one_error_line(CliRunner().invoke(main, [*base, "--port", "0", "--api-key", key]), "--api-key")
+    # an empty QRUN_API_KEY still means "no key" (Click reads an empty variable as unset): the port is what is wrong
+    monkeypatch.setenv("QRUN_API_KEY", "")
+    _one_error_line(CliRunner().invoke(main, [*base, "--port", "70000"]), "--port")
