@@ -352,10 +352,14 @@ def _eval_target(target: Target, config, suite, questions, shots, root, done, st
             ids = {(q.subject, q.id): scoring_ids(vocab, conversations[q.subject, q.id]) for q in todo}
             longest, (subject, qid) = max((len(ctx), k) for k, (ctx, _options) in ids.items())
             if vocab.n_ctx_train and longest > vocab.n_ctx_train:
+                where = next(q for q in todo if (q.subject, q.id) == (subject, qid))
                 raise UsageError(
-                    f"question {qid} of {subject} is {longest} tokens with its examples; {target.model} was trained "
+                    f"question {qid} of {subject} is {longest} tokens"
+                    f"{' with its examples' if config.shots else ''}; {target.model} was trained "
                     f"on {vocab.n_ctx_train}",
-                    "use fewer --shots",
+                    "use fewer --shots"
+                    if config.shots
+                    else f"shorten it or remove it from {where.file} (line {where.line}), or skip it with --subjects",
                 )
             load = resolve.size_ctx(load, work_tokens=longest, n_ctx_train=vocab.n_ctx_train)
         with Engine.load(target.gguf, load, notice=progress) as engine:

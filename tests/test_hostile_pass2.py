@@ -86,3 +86,28 @@ def test_serve_flags_out_of_range_are_one_line(tiny_gguf, tmp_path, monkeypatch)
     # an empty QRUN_API_KEY still means "no key" (Click reads an empty variable as unset): the port is what is wrong
     monkeypatch.setenv("QRUN_API_KEY", "")
     _one_error_line(CliRunner().invoke(main, [*base, "--port", "70000"]), "--port")
+
+
+# -- qrun eval -----------------------------------------------------------------------------------------------------
+def _exam_copy(tmp_path: Path, suite: str) -> Path:
+    return Path(shutil.copytree(DATA / suite, tmp_path / suite))
+
+
+def test_eval_refuses_repeated_ids_and_names_a_too_long_question(tmp_path, tiny_gguf):
+    gguf = str(tiny_gguf("qwen-7b-chat"))
+    data = _exam_copy(tmp_path, "cmmlu")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "eval.json").write_text('{"earlier": true}\n', encoding="utf-8")
+    bad = data / "test" / "agronomy.csv"
+    # two rows with id 0: both were scored with the second row's prompt, the first against its own key
+    bad.write_text(",Question,A,B,C,D,Answer\n0,甲?,a,b,c,d,B\n0,乙?,a,b,c,d,C\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["eval", "cmmlu", gguf, "--data", str(data), "--out", str(out)])
+    _one_error_line(result, str(bad), "line 3", "repeats id '0' of line 2", "own id")
+    assert (out / "eval.json").read_text(encoding="utf-8") == '{"earlier": true}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["eval.json"]
+    # zero-shot, a question longer than the training context was told to "use fewer --shots"
+    bad.write_text(",Question,A,B,C,D,Answer\n0," + "长" * 6000 + ",a,b,c,d,B\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["eval", "cmmlu", gguf, "--data", str(data), "--out", str(tmp_path / "o2")])
+    line = _one_error_line(result, "question 0 of agronomy", f"remove it from {bad} (line 2)")
+    assert "--shots" not in line and "with its examples" not in line
