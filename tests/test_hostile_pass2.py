@@ -111,3 +111,25 @@ def test_eval_refuses_repeated_ids_and_names_a_too_long_question(tmp_path, tiny_
     result = CliRunner().invoke(main, ["eval", "cmmlu", gguf, "--data", str(data), "--out", str(tmp_path / "o2")])
     line = _one_error_line(result, "question 0 of agronomy", f"remove it from {bad} (line 2)")
     assert "--shots" not in line and "with its examples" not in line
+
+
+def test_eval_refuses_an_earlier_eval_json_with_a_malformed_result(tmp_path, tiny_gguf):
+    gguf = str(tiny_gguf("qwen-7b-chat"))
+    out = tmp_path / "out"
+    out.mkdir()
+    # a hand-edited result without model and quant: a KeyError traceback after every question was scored
+    earlier = {
+        "kind": "qrun-eval",
+        "schema": 1,
+        "suite": "ceval",
+        "split": "val",
+        "shots": 0,
+        "results": [{"model": 5}],
+    }
+    text = json.dumps(earlier)
+    (out / "eval.json").write_text(text, encoding="utf-8")
+    args = ["eval", "ceval", gguf, "--data", str(DATA / "ceval"), "--out", str(out), "--limit", "1"]
+    _one_error_line(CliRunner().invoke(main, args), "eval.json", "not a `qrun eval` result", "--out")
+    assert (out / "eval.json").read_text(encoding="utf-8") == text
+    # the folder's lock file (qrun.lifeline.owned_folder) stays by design; no records file was started
+    assert sorted(p.name for p in out.iterdir() if p.name != ".eval.lock") == ["eval.json"]
