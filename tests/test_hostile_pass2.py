@@ -133,3 +133,51 @@ def test_eval_refuses_an_earlier_eval_json_with_a_malformed_result(tmp_path, tin
     assert (out / "eval.json").read_text(encoding="utf-8") == text
     # the folder's lock file (qrun.lifeline.owned_folder) stays by design; no records file was started
     assert sorted(p.name for p in out.iterdir() if p.name != ".eval.lock") == ["eval.json"]
+
+
+# -- qrun report ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def eval_doc(tiny_gguf, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("eval-out")
+    args = ["eval", "ceval", str(tiny_gguf("qwen-7b-chat")), "--data", str(DATA / "ceval"), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "eval.json").read_text(encoding="utf-8"))
+
+
+def _damaged(doc: dict, change) -> dict:
+    doc = copy.deepcopy(doc)
+    change(doc)
+    return doc
+
+
+def test_report_names_damaged_eval_and_quality_fields(eval_doc, tmp_path):
+    quality = {
+        "kind": "qrun-quality",
+        "schema": 1,
+        "reference": {"quant": "F16"},
+        "results": [{"model": eval_doc["results"][0]["model"], "quant": "Q4_K_M", "kl_mean": 0.1}],
+    }
+    cases = [
+        # (document, words of the one error line)
+        (_damaged(eval_doc, lambda d: d.pop("schema")), ["field schema is None", "re-run `qrun eval`"]),
+        (_damaged(eval_doc, lambda d: d.update(schema="1")), ["field schema is '1'"]),
+        (_damaged(eval_doc, lambda d: d["results"][0].update(ci95=5)), ["results[0].ci95"]),
+        (_damaged(eval_doc, lambda d: d["results"][0].update(ci95=["a", 1])), ["results[0].ci95"]),
+        (_damaged(eval_doc, lambda d: d.update(suite={"x": 1})), ["field suite"]),
+        (_damaged(quality, lambda d: d.update(reference="F16")), ["field reference", "re-run `qrun quality`"]),
+    ]
+    for i, (doc, words) in enumerate(cases):
+        path = tmp_path / f"damaged-{i}.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        out = tmp_path / f"report-{i}"
+        result = CliRunner().invoke(main, ["report", str(path), "--out", str(out)])
+        _one_error_line(result, str(path), *words)
+        assert not out.exists(), i
+    # the undamaged pair still makes a report
+    (tmp_path / "eval.json").write_text(json.dumps(eval_doc), encoding="utf-8")
+    (tmp_path / "quality.json").write_text(json.dumps(quality), encoding="utf-8")
+    paths = [str(tmp_path / "eval.json"), str(tmp_path / "quality.json")]
+    result = CliRunner().invoke(main, ["report", *paths, "--out", str(tmp_path / "ok")])
+    assert result.exit_code == 0, result.output
+    assert "C-Eval accuracy" in (tmp_path / "ok" / "report.md").read_text(encoding="utf-8")
