@@ -181,3 +181,16 @@ def test_report_names_damaged_eval_and_quality_fields(eval_doc, tmp_path):
     result = CliRunner().invoke(main, ["report", *paths, "--out", str(tmp_path / "ok")])
     assert result.exit_code == 0, result.output
     assert "C-Eval accuracy" in (tmp_path / "ok" / "report.md").read_text(encoding="utf-8")
+
+
+# -- qrun rm and qrun completion ------------------------------------------------------------------------------------
+def test_rm_reports_a_wrong_model_before_asking(tmp_path):
+    folder = tmp_path / "ggufs"
+    folder.mkdir()
+    # stdin is not a terminal here: "add --yes" came first, and with --yes the real problem
+    for args, words in (
+        (["rm", "llama"], ["unknown model 'llama'"]),
+        (["rm", "deepseek", "--quant", "Q3"], ["unknown --quant 'Q3'"]),
+        (["rm", "deepseek"], ["no deepseek-llm-7b-chat files"]),
+    ):
+        _one_error_line(CliRunner().invoke(main, [*args, "--ggufs", str(folder)]), *words)
