@@ -194,3 +194,9 @@ def test_rm_reports_a_wrong_model_before_asking(tmp_path):
         (["rm", "deepseek"], ["no deepseek-llm-7b-chat files"]),
     ):
         _one_error_line(CliRunner().invoke(main, [*args, "--ggufs", str(folder)]), *words)
+
+
+def test_completion_errors_are_one_line():
+    # Click's "Choose from:\n\tbash,\n\tzsh,..." was four lines
+    _one_error_line(CliRunner().invoke(main, ["completion"]), "Missing argument", "bash, zsh, fish")
+    _one_error_line(CliRunner().invoke(main, ["completion", "tcsh"]), "'tcsh' is not one of")
