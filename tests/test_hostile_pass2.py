@@ -239,6 +239,12 @@ def test_report_names_damaged_eval_and_quality_fields(eval_doc, tmp_path):
         result = CliRunner().invoke(main, ["report", str(path), "--out", str(out)])
         _one_error_line(result, str(path), *words)
         assert not out.exists(), i
+    # an eval.json cut short is not recognised as one: the hint named only `qrun bench`'s results.json
+    cut = tmp_path / "eval.json"
+    cut.write_text(json.dumps(eval_doc)[:200], encoding="utf-8")
+    result = CliRunner().invoke(main, ["report", str(cut), "--out", str(tmp_path / "cut")])
+    _one_error_line(result, str(cut), "eval.json", "`qrun eval`")
+    assert not (tmp_path / "cut").exists()
     # the undamaged pair still makes a report
     (tmp_path / "eval.json").write_text(json.dumps(eval_doc), encoding="utf-8")
     (tmp_path / "quality.json").write_text(json.dumps(quality), encoding="utf-8")
