@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -133,6 +134,15 @@ def test_serve_refuses_what_it_would_ignore_and_survives_deep_json(server):
     reply = _post(server, {"model": "deepseek", "messages": HI, "max_tokens": 2, **fine})
     assert reply.status_code == 200, reply.text
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_serve_long_stop_strings_do_not_hold_the_worker(server):
+    # four 200,000-character stop strings (0.8 MB, under the body limit): 20 tokens took 37 s, each token slicing
+    # every prefix of every stop string, while every other request waited
+    started = time.monotonic()
+    reply = _post(server, {"model": "deepseek", "messages": HI, "max_tokens": 20, "stop": ["x" * 200_000] * 4})
+    assert reply.status_code == 200, reply.text
+    assert time.monotonic() - started < 10, "a long stop string still costs seconds per token"
 
 
 def test_serve_flags_out_of_range_are_one_line(tiny_gguf, tmp_path, monkeypatch):
