@@ -325,7 +325,26 @@ def earlier_results(path: Path, *, suite: str, split: str, shots: int) -> list[d
             f"{path} holds {held[0]} {held[1]} {held[2]}-shot results, not {suite} {split} {shots}-shot",
             "give --out NEW_DIR for these",
         )
-    return [r for r in doc["results"] if isinstance(r, dict)]
+    results = doc["results"]
+    if not all(isinstance(r, dict) and _result_shape_ok(r) for r in results):
+        raise UsageError(
+            f"{path} has a result that is not a `qrun eval` result (model, quant, gguf_sha256 and counts)",
+            "give --out NEW_DIR, or move that file away",
+        )
+    return results
+
+
+def _result_shape_ok(result: dict) -> bool:
+    """Whether an earlier result has the fields this run's table and merge read (a hand-edited file may not)."""
+    texts = all(isinstance(result.get(k), str) for k in ("model", "quant", "gguf_sha256"))
+    counts = all(
+        isinstance(result.get(k), int) and not isinstance(result.get(k), bool) for k in ("n_questions", "n_correct")
+    )
+    accuracy, ci95 = result.get("accuracy"), result.get("ci95")
+    ci_ok = ci95 is None or (
+        isinstance(ci95, list) and len(ci95) == 2 and all(isinstance(x, int | float) for x in ci95)
+    )
+    return texts and counts and (accuracy is None or isinstance(accuracy, int | float)) and ci_ok
 
 
 def _eval_target(target: Target, config, suite, questions, shots, root, done, stream, progress, tag) -> dict:
@@ -352,10 +371,14 @@ def _eval_target(target: Target, config, suite, questions, shots, root, done, st
             ids = {(q.subject, q.id): scoring_ids(vocab, conversations[q.subject, q.id]) for q in todo}
             longest, (subject, qid) = max((len(ctx), k) for k, (ctx, _options) in ids.items())
             if vocab.n_ctx_train and longest > vocab.n_ctx_train:
+                where = next(q for q in todo if (q.subject, q.id) == (subject, qid))
                 raise UsageError(
-                    f"question {qid} of {subject} is {longest} tokens with its examples; {target.model} was trained "
+                    f"question {qid} of {subject} is {longest} tokens"
+                    f"{' with its examples' if config.shots else ''}; {target.model} was trained "
                     f"on {vocab.n_ctx_train}",
-                    "use fewer --shots",
+                    "use fewer --shots"
+                    if config.shots
+                    else f"shorten it or remove it from {where.file} (line {where.line}), or skip it with --subjects",
                 )
             load = resolve.size_ctx(load, work_tokens=longest, n_ctx_train=vocab.n_ctx_train)
         with Engine.load(target.gguf, load, notice=progress) as engine:

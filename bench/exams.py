@@ -153,6 +153,7 @@ def read_csv(suite: Suite, path: Path, *, subject: str, split: str) -> list[Ques
         # CMMLU's id column is the unnamed one (""); a copy saved without it numbers its rows instead
         where = {name: names.index(name) for name in (suite.id_column, *suite.columns) if name in names}
         questions: list[Question] = []
+        first_line: dict[str, int] = {}
         for row_number, row in enumerate(reader, start=1):
             if not any(cell.strip() for cell in row):
                 continue  # a blank line at the end of a hand-edited file
@@ -171,6 +172,16 @@ def read_csv(suite: Suite, path: Path, *, subject: str, split: str) -> list[Ques
                         "fix that row or remove it",
                     )
             qid = row[where[suite.id_column]].strip() if suite.id_column in where else ""
+            if qid and qid in first_line:
+                # the id keys the question's prompt and its resume record: a repeat would score one question twice
+                raise _fail(
+                    path,
+                    f", line {reader.line_num}",
+                    f"row {row_number} repeats id {qid!r} of line {first_line[qid]}",
+                    "give each row its own id",
+                )
+            if qid:
+                first_line[qid] = reader.line_num
             questions.append(
                 Question(
                     subject=subject,

@@ -48,8 +48,17 @@ def _check_results(doc: dict, path: Path) -> None:
     """Raises BenchError naming the first field an eval.json / quality.json written by qrun would not have."""
     producer = "qrun eval" if doc["kind"] == EVAL_KIND else "qrun quality"
     version = doc.get("schema")
-    if isinstance(version, bool) or not isinstance(version, int) or version > 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        # only a number above 1 is a newer qrun's file; a missing or odd schema is damage that no upgrade reads
+        raise BenchError(f"{path} is damaged: field schema is {version!r}, not 1", f"re-run `{producer}`")
+    if version > 1:
         raise BenchError(f"{path} has schema {version!r}; this qrun reads schema 1", "upgrade qrun")
+    for key in ("suite", "split") if producer == "qrun eval" else ():
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise BenchError(f"{path} is damaged: field {key} is not a string", f"re-run `{producer}`")
+    reference = doc.get("reference")
+    if reference is not None and not (isinstance(reference, dict) and isinstance(reference.get("quant"), str | None)):
+        raise BenchError(f"{path} is damaged: field reference has no quant name", f"re-run `{producer}`")
     results = doc.get("results")
     if not isinstance(results, list):
         raise BenchError(f"{path} is damaged: field results is not a list", f"re-run `{producer}`")
@@ -63,6 +72,13 @@ def _check_results(doc: dict, path: Path) -> None:
             value = r.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise BenchError(f"{path} is damaged: results[{i}].{key} is not a number", f"re-run `{producer}`")
+        ci95 = r.get("ci95")
+        if ci95 is not None and not (
+            isinstance(ci95, list)
+            and len(ci95) == 2
+            and all(x is None or (isinstance(x, int | float) and not isinstance(x, bool)) for x in ci95)
+        ):
+            raise BenchError(f"{path} is damaged: results[{i}].ci95 is not two numbers", f"re-run `{producer}`")
 
 
 _FIELDS = (

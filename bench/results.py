@@ -279,21 +279,24 @@ def write_verdicts_template(docs: list[dict], path: str | Path) -> Path:
     return path
 
 
+# `qrun report` hands every file that is not an eval.json or quality.json to load(): a truncated eval.json lands
+# here too, so the hint names all three
+_WHAT_REPORT_READS = (
+    "give a results.json, eval.json or quality.json written by `qrun bench`, `qrun eval` or `qrun quality`"
+)
+
+
 def load(path: str | Path) -> dict:
     """A saved results.json. Raises BenchError if it is not one (or from a newer qrun)."""
     path = Path(path)
     try:
         doc = json.loads(read_input_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BenchError(
-            f"cannot read results file {path}: {err}", "give a results.json written by `qrun bench`"
-        ) from None
+        raise BenchError(f"cannot read results file {path}: {err}", _WHAT_REPORT_READS) from None
     except RecursionError:  # "[[[[..." nested deeper than Python's parser goes
-        raise BenchError(
-            f"cannot read results file {path}: JSON nested too deeply", "give a results.json written by `qrun bench`"
-        ) from None
+        raise BenchError(f"cannot read results file {path}: JSON nested too deeply", _WHAT_REPORT_READS) from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise BenchError(f"{path} is not a qrun bench results file", "give a results.json written by `qrun bench`")
+        raise BenchError(f"{path} is not a qrun bench results file", _WHAT_REPORT_READS)
     version = doc.get("schema_version", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise BenchError(

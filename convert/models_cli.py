@@ -286,12 +286,13 @@ def rm_cmd(model, quant, ggufs_dir, yes):
     qrun rm qwen --quant Q8_0          # asks, then deletes qwen-7b-chat-Q8_0.gguf and .json
     qrun rm chatglm3 --yes             # every chatglm3-6b file in the folder, without asking
     """
-    if not yes and not sys.stdin.isatty():
-        raise UsageError("qrun rm asks before deleting, and stdin is not a terminal", "add --yes to delete anyway")
 
     def confirm(paths: list[Path]) -> bool:
         if yes:
             return True
+        # asked here, once the model, quant and files are known good: a typo is reported before "add --yes"
+        if not sys.stdin.isatty():
+            raise UsageError("qrun rm asks before deleting, and stdin is not a terminal", "add --yes to delete anyway")
         for path in paths:
             click.echo(f"  {path}  ({_size(path.stat().st_size)})", err=True)
         return click.confirm(f"Delete these {len(paths)} file(s)?", default=False, err=True)

@@ -49,7 +49,9 @@ class QrunGroup(click.Group):
         except click.UsageError as err:
             # a bad option value or unknown command: one line too, with where to look, and the same exit code 1
             where = f"qrun {err.ctx.info_name} --help" if err.ctx and err.ctx.parent else "qrun --help"
-            click.echo(f"Error: {err.format_message()} — see `{where}`", err=True)
+            # Click lays some messages out over lines ("Choose from:\n\tbash,\n\tzsh"): joined, it stays one line
+            message = " ".join(err.format_message().split())
+            click.echo(f"Error: {message} — see `{where}`", err=True)
             sys.exit(1)
         except QrunError as err:
             if settings.debug():

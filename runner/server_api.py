@@ -46,6 +46,8 @@ def parse_json(body: bytes) -> dict:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadRequest(f"the request body is not valid JSON: {err}", code="invalid_json") from None
+    except RecursionError:  # json's decoder recurses per nesting level: `[[[[...` deeper than the stack
+        raise BadRequest("the request body nests JSON too deeply", code="invalid_json") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return data
@@ -137,6 +139,14 @@ def sampling(data: dict, *, max_tokens_limit: int, default_max_tokens: int) -> d
     for flag in ("stream", "return_token_ids"):
         if data.get(flag) is not None and not isinstance(data.get(flag), bool):
             raise BadRequest(f"{flag} must be true or false", param=flag)
+    for penalty in ("frequency_penalty", "presence_penalty"):
+        # OpenAI's range is -2 to 2; this server's sampling has no such penalty, and 0 is the same as none
+        if _number(data, penalty, low=-2, high=2):
+            raise BadRequest(f"{penalty} is not supported by qrun serve: leave it out or send 0", param=penalty)
+    response_format = data.get("response_format")
+    if response_format is not None and response_format not in ({"type": "text"},):
+        # json_object and json_schema need constrained decoding, which is not done here: refused, not ignored
+        raise BadRequest('only response_format {"type": "text"} is supported', param="response_format")
     options = data.get("stream_options") or {}
     if not isinstance(options, dict):
         raise BadRequest("stream_options must be an object", param="stream_options")

@@ -82,7 +82,13 @@ class StopText:
         if hits:
             out, self.held = self.held[: min(hits)], ""
             return out, True
-        keep = max((n for s in self.stops for n in range(len(s) - 1, 0, -1) if self.held.endswith(s[:n])), default=0)
+        # only prefixes as long as the held text can match: a 200,000-character stop string would otherwise be sliced
+        # 200,000 times per token (seconds per token; one request would hold the single worker for minutes)
+        most = len(self.held)
+        keep = max(
+            (n for s in self.stops for n in range(min(len(s) - 1, most), 0, -1) if self.held.endswith(s[:n])),
+            default=0,
+        )
         out = self.held[: len(self.held) - keep]
         self.held = self.held[len(out) :]
         return out, False

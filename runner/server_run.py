@@ -153,6 +153,14 @@ def serve(
             raise UsageError(f"{flag} must be at least {least}, got {value}")
     if max_models < 0:
         raise UsageError(f"--max-models must be 0 (as many as fit in memory) or more, got {max_models}")
+    if not 0 <= port <= 65535:  # the socket layer would take 70000 as 70000 % 65536 = 4464 without a word
+        raise UsageError(f"--port must be from 0 to 65535, got {port}", "pick a TCP port; 0 = any free one")
+    if api_key is not None and not (api_key.strip() and api_key.isascii() and api_key.isprintable()):
+        # an empty key would silently serve without one; HTTP headers carry ASCII, so no client could send others
+        raise UsageError(
+            "--api-key (or QRUN_API_KEY) is empty or not printable ASCII",
+            "give a key of ASCII letters, digits and punctuation, or leave it out to ask for none",
+        )
     sock = listen_socket(host, port)
     if not is_loopback(host) and not api_key:
         notice(f"note: listening on {host} without --api-key: anyone who reaches this port can use the models")
