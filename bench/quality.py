@@ -331,11 +331,18 @@ def _earlier_results(path: Path, doc: dict, *, force: bool) -> list[dict]:
         return []
     except (OSError, ValueError):
         earlier = None
-    if isinstance(earlier, dict) and _setup(earlier) == _setup(doc):
+    if not isinstance(earlier, dict) or earlier.get("kind") != KIND:
+        if force:
+            return []
+        raise UsageError(
+            f"{path} is not a readable `qrun quality` results file (damaged, not JSON, or something else)",
+            "move it out of the --out folder, or add --force to replace it",
+        )
+    if _setup(earlier) == _setup(doc):
         return [r for r in earlier.get("results", []) if isinstance(r, dict)]
     if force:
         return []
-    held = earlier.get("model") if isinstance(earlier, dict) else None
+    held = earlier.get("model")
     raise UsageError(
         f"{path} holds {'results of ' + str(held) if held else 'other results'} for another reference, text, "
         "--ctx or --top-k",
@@ -408,8 +415,8 @@ def quality(
         "scored_tokens": 0,
         "results": [],
     }
-    _earlier_results(results_path, doc, force=force)  # refuse a folder of another setup before the long work
     ensure_writable_dir(out, what="--out folder", hint="choose a writable folder with --out DIR")
+    _earlier_results(results_path, doc, force=force)  # refuse a folder of another setup before the long work
 
     key = quality_ref.cache_key(gguf_sha256=ref_sha256, text_sha256=text_sha256, ctx=ctx, top_k=top_k)
     reference = quality_ref.reference(

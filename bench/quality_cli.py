@@ -30,10 +30,11 @@ def _say(message: str) -> None:
 @click.option(
     "--ref",
     default=None,
-    metavar="BF16|F16",
+    metavar="QUANT",
     shell_complete=complete_quant,
     show_default="BF16 when converted, else F16",
-    help="The reference GGUF type.",
+    help="The reference GGUF type: BF16 or F16, the unquantized model (any converted type is taken, e.g. Q8_0 when "
+    "no 16-bit GGUF is kept: the KL is then against that type).",
 )
 @click.option(
     "--text",

@@ -411,3 +411,22 @@ def test_ctrl_c_keeps_finished_windows_and_the_rerun_resumes_them(tiny_gguf, tmp
         doc["results"] == whole["results"] and doc["scored_tokens"] == whole["scored_tokens"] == n_windows * per_window
     )
     assert cache_file.read_bytes() == (tmp_path / "whole" / "home" / "quality-cache" / cache_file.name).read_bytes()
+
+
+def test_a_damaged_results_file_or_an_out_under_a_file_is_one_line(bad_input_setup, tmp_path):
+    root = bad_input_setup
+    common = ["--ggufs", str(root / "ggufs"), "--text", str(root / "text.txt"), "--ctx", str(CTX)]
+    out = tmp_path / "out"
+    out.mkdir()
+    damaged = out / f"quality-{DEEPSEEK}.json"
+    damaged.write_bytes(b'{"kind": "qrun-quality", "schema": 1, "resu')  # cut off mid-write by some other tool
+    code, stdout, stderr = run_cli(DEEPSEEK, *common, "--out", str(out))
+    assert code == 1 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert "is not a readable `qrun quality` results file" in stderr and "--force" in stderr, stderr
+    assert damaged.read_bytes() == b'{"kind": "qrun-quality", "schema": 1, "resu'
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    code, stdout, stderr = run_cli(DEEPSEEK, *common, "--out", str(a_file / "sub"))
+    assert code == 1 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert "--out folder" in stderr and "holds" not in stderr, stderr
+    assert a_file.read_text() == "x"
