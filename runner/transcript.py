@@ -113,7 +113,8 @@ def _problem(data: dict) -> str | None:
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
             return f"history message {i + 1} is not a {{role, content}} object"
         if message["role"] != formats.ROLES[i % 2] or not isinstance(message["content"], str):
-            return f"history message {i + 1} is not a {formats.ROLES[i % 2]} message with text"
+            role = formats.ROLES[i % 2]
+            return f"history message {i + 1} is not {'an' if role == 'assistant' else 'a'} {role} message with text"
     try:
         for message in history:
             check_text(message["content"], what="a history message")

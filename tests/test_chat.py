@@ -186,6 +186,7 @@ def _transcript(tmp_path, engine) -> dict:
         (b"[1, 2]", "is not a qrun chat transcript"),
         (b'{"format": "qrun-chat-transcript", "version": 9}', "is a transcript of version 9"),
         ("history-roles", "history message 1 is not a user message with text"),
+        ("history-roles-2", "history message 2 is not an assistant message with text"),
         ("history-odd", "the history is not a list of user and assistant messages"),
         ("surrogate", "history message"),
         ("model", "is a conversation with chatglm3-6b; this chat runs qwen-7b-chat — load it in `qrun chat"),
@@ -199,6 +200,8 @@ def test_bad_load_is_one_line_and_the_session_goes_on(engine, tmp_path, content,
         data = _transcript(tmp_path, engine)
         if content == "history-roles":
             data["history"][0]["role"] = "assistant"
+        elif content == "history-roles-2":
+            data["history"][1]["role"] = "user"
         elif content == "history-odd":
             data["history"] = data["history"][:1]
         elif content == "surrogate":
