@@ -150,6 +150,9 @@ def read_csv(suite: Suite, path: Path, *, subject: str, split: str) -> list[Ques
                 f"no column {', '.join(repr(m) for m in missing)} (the header is {','.join(names)})",
                 f"{suite.title}'s files have columns {','.join((suite.id_column, *suite.columns))}",
             )
+        repeated = sorted({c for c in wanted if names.count(c) > 1})
+        if repeated:  # which of the two holds the question is anyone's guess
+            raise _fail(path, ", line 1", f"the header names {', '.join(map(repr, repeated))} twice", fix)
         # CMMLU's id column is the unnamed one (""); a copy saved without it numbers its rows instead
         where = {name: names.index(name) for name in (suite.id_column, *suite.columns) if name in names}
         questions: list[Question] = []
@@ -161,6 +164,8 @@ def read_csv(suite: Suite, path: Path, *, subject: str, split: str) -> list[Ques
             if len(row) <= need:
                 raise _fail(path, f", line {reader.line_num}", f"row {row_number} has {len(row)} fields", fix)
             q_col, *option_cols, a_col = suite.columns
+            if not row[where[q_col]].strip():  # an empty question scores the letters' prior, not knowledge
+                raise _fail(path, f", line {reader.line_num}", f"row {row_number} has no question text", fix)
             answer = None
             if a_col in where:
                 answer = row[where[a_col]].strip()

@@ -73,6 +73,11 @@ MALFORMED = {
     "bad encoding": ((HEADER + "0,问题,甲,乙,丙,丁,A\n").encode("gbk"), ["line 2", "not UTF-8"]),
     "short row": ((HEADER + "0,问题,甲,乙\n").encode(), ["line 2", "row 1 has 4 fields"]),
     "unclosed quote": ((HEADER + '0,"问题,甲,乙,丙,丁,A\n').encode(), ["not CSV"]),
+    "empty question": ((HEADER + "0,问题,甲,乙,丙,丁,A\n1,  ,,,,,B\n").encode(), ["line 3", "row 2 has no question"]),
+    "a column twice": (
+        "id,question,question,A,B,C,D,answer\n0,问,题,甲,乙,丙,丁,A\n".encode(),
+        ["line 1", "'question' twice"],
+    ),
 }
 
 
