@@ -192,7 +192,8 @@ def topk_kl(ref_top: np.ndarray, ref_rest: np.ndarray, quant_top: np.ndarray, qu
     has_rest = np.isfinite(ref_rest)
     with np.errstate(invalid="ignore"):
         rest = np.where(has_rest, np.exp(ref_rest) * (ref_rest - quant_rest), 0.0)
-    return top + rest
+    # a KL is never negative: below 0 is float rounding of near-equal distributions (-6e-11 for the reference itself)
+    return np.maximum(top + rest, 0.0)
 
 
 SCORE_ROWS = ("kl", "agree", "loglik")  # per scored token: KL, top-1 agreement, the quant's log-likelihood

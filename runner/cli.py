@@ -122,7 +122,7 @@ def load_options(f):
                 type=INT,
                 default=None,
                 metavar="N",
-                show_default="ask: prompt + --max-tokens; chat: 4096",
+                show_default="ask: prompt + --max-tokens; chat and serve: 4096",
                 help="Context tokens, rounded up to a multiple of 256.",
             ),
             click.option(

@@ -129,8 +129,9 @@ def _checked_models():
 @pytest.mark.parametrize("model", _checked_models())
 def test_kl_matches_numpy_from_the_reference_forward(model, runs, tiny_checkpoints):
     """The reference is the numpy forward pass of the checkpoint (f16-rounded weights, as the F16 GGUF stores),
-    the quant is llama.cpp's Q4_0: qrun's figures, computed from llama.cpp's F16 logits, agree within 1e-3 and
-    within 5 % of the KL itself (measured: 1 %); the full-vocabulary KL is never below the top-k one."""
+    the quant is llama.cpp's Q4_0: qrun's figures, computed from llama.cpp's F16 logits, agree within 5 % of the KL
+    itself (measured: 1 %; the KL is ~1e-4 here, so a bare 1e-3 bound would hold for any figure near it); the
+    full-vocabulary KL is never below the top-k one."""
     doc, folder, _ = runs(model)
     config, weights = rf.load_checkpoint(tiny_checkpoints[model])
     weights = rf.round_matrices_to_f16(weights)
@@ -138,8 +139,8 @@ def test_kl_matches_numpy_from_the_reference_forward(model, runs, tiny_checkpoin
     got = by_quant(doc)["Q4_0"]
     assert len(got["chunks"]) == len(want["kl"]) >= 3
     for chunk, kl in zip(got["chunks"], want["kl"], strict=True):
-        assert chunk["kl_mean"] == pytest.approx(kl, abs=1e-3, rel=0.05)
-    assert got["kl_mean"] == pytest.approx(np.mean(want["kl"]), abs=1e-3, rel=0.05)
+        assert chunk["kl_mean"] == pytest.approx(kl, abs=1e-9, rel=0.05)
+    assert got["kl_mean"] == pytest.approx(np.mean(want["kl"]), abs=1e-9, rel=0.05)
     assert got["kl_mean"] > 0
     for kl_top, kl_full in zip(want["kl_tokens"], want["kl_full"], strict=True):
         assert (kl_full >= kl_top - 1e-9).all()
