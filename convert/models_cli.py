@@ -279,7 +279,8 @@ def _show_text(info: dict) -> str:
 )
 @_GGUFS_OPTION
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal).")
-def rm_cmd(model, quant, ggufs_dir, yes):
+@click.option("--json", "as_json", is_flag=True, help='Print {"deleted": [paths]} instead of a line per file.')
+def rm_cmd(model, quant, ggufs_dir, yes, as_json):
     """Remove a converted model's GGUF and manifest (every quant, or the one given).
 
     \b
@@ -298,6 +299,9 @@ def rm_cmd(model, quant, ggufs_dir, yes):
         return click.confirm(f"Delete these {len(paths)} file(s)?", default=False, err=True)
 
     removed = inventory.remove_model(model, quant=quant, ggufs_dir=ggufs_dir, confirm=confirm)
+    if as_json:
+        click.echo(json.dumps({"deleted": [str(path) for path in removed]}, ensure_ascii=False, indent=2))
+        return
     if not removed:
         click.echo("Nothing deleted.", err=True)
         return

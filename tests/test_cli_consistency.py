@@ -263,14 +263,32 @@ def test_one_spelling_per_concept():
 
 
 # --- --json: one document on stdout, from real runs on the tiny models ---------------------------------------------
-JSON_COMMANDS = ("ask", "convert", "models", "bench", "report", "score", "tune", "demo", "quality")
+JSON_COMMANDS = (
+    "ask",
+    "convert",
+    "models",
+    "show",
+    "rm",
+    "bench",
+    "report",
+    "score",
+    "tune",
+    "demo",
+    "quality",
+    "eval",
+)
 # the top-level keys README's "JSON output" table promises for each command (a document may carry more)
 JSON_SHAPES = {
     "ask": {"answer", "model", "gguf", "sha256", "stats", "settings"},
     "ask --show-prompt": {"prompt_text", "prompt_token_ids"},
     "convert": {"model", "quant", "sha256", "size_bytes", "bits_per_weight", "tensor_types", "source", "steps"}
     | {"status", "path"},
-    "models": {"ggufs_dir", "models"},
+    "models": {"ggufs_dir", "models", "foreign"},
+    "show[]": {"file", "size_bytes", "model", "foreign", "quant", "architecture", "tensor_types", "manifest"}
+    | {"source", "chat_format", "stop_tokens"},
+    "rm": {"deleted"},
+    "eval": {"kind", "schema", "suite", "split", "shots", "results"},
+    "eval.results[]": {"model", "quant", "gguf_sha256", "accuracy", "ci95", "n_questions", "subjects", "questions"},
     "models[]": {"name", "aliases", "modelscope_id", "hf_id", "gguf_arch", "chat_format", "converted"},
     "bench": {"schema", "schema_version", "machine", "config", "suite", "runs"},
     "report": {"schema", "schema_version", "documents"},
@@ -319,7 +337,8 @@ def test_every_result_command_has_json_and_readme_documents_its_shape():
     table = readme.split("## JSON output", 1)[1].split("\n## ", 1)[0]
     for name in JSON_COMMANDS:
         (row,) = [line for line in table.splitlines() if line.startswith(f"| `qrun {name}` |")]
-        keys = JSON_SHAPES[name] | JSON_SHAPES.get(f"{name}[]", set()) | JSON_SHAPES.get(f"{name} --show-prompt", set())
+        keys = JSON_SHAPES.get(name, set()) | JSON_SHAPES.get(f"{name}[]", set())
+        keys |= JSON_SHAPES.get(f"{name} --show-prompt", set())
         keys |= JSON_SHAPES.get(f"{name}.results[]", set())
         for key in keys:
             assert f"`{key}`" in row, (name, key)
@@ -392,6 +411,21 @@ def test_json_of_ask_models_convert_bench_report_and_score(tiny_gguf, tiny_check
         _keys(row, "quality.results[]")
     assert quality_doc["kind"] == "qrun-quality" and [r["quant"] for r in quality_doc["results"]] == ["Q4_K_M"]
     assert quality_doc["results"][0]["kl_mean"] == pytest.approx(0, abs=1e-7)  # float32 log-probabilities in the cache
+
+    # show, eval and rm, in this process (rm last: it deletes the folder's link to the GGUF)
+    shown_files = _cli_json("show", "deepseek", *g)
+    assert isinstance(shown_files, list) and len(shown_files) == 1
+    _keys(shown_files[0], "show[]")
+    exams = Path(__file__).resolve().parent / "data" / "exams" / "ceval"
+    evaluated = _cli_json(
+        "eval", "ceval", "deepseek", *g, "--data", str(exams), "--limit", "1", "--out", str(tmp_path / "e")
+    )
+    _keys(evaluated, "eval")
+    for row in evaluated["results"]:
+        _keys(row, "eval.results[]")
+    removed = _cli_json("rm", "deepseek", "--yes", *g)
+    assert removed == {"deleted": [str(ggufs / gguf.name), str(ggufs / gguf.with_suffix(".json").name)]}
+    assert not list(ggufs.glob("*.gguf")) and not list(ggufs.glob("*.json"))  # the lock file may stay
 
     # tune --json from a real run: tests/test_identity.py (the profile document plus profile_path); its keys here
     _keys({**profile.new_document(command="qrun tune"), "profile_path": "x"}, "tune")
