@@ -44,7 +44,10 @@ def _quants(incomplete: str, choices: tuple[str, ...]) -> list[CompletionItem]:
     # a comma list (`qrun tune --quant Q4_0,Q4_K_M`): complete the last item, keep what is before it
     done, _, typed = incomplete.rpartition(",")
     prefix = f"{done}," if done else ""
-    return [CompletionItem(prefix + q) for q in choices if q.lower().startswith(typed.lower())]
+    listed = {item.strip().upper() for item in done.split(",")} if done else set()  # not offered twice
+    return [
+        CompletionItem(prefix + q) for q in choices if q.lower().startswith(typed.lower()) and q.upper() not in listed
+    ]
 
 
 def complete_quant(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:

@@ -96,6 +96,9 @@ def test_every_model_argument_and_quant_option_completes():
     # ask and chat also take a .gguf path: a word that looks like one is left to the shell's file completion
     model_arg = next(p for p in main.commands["ask"].params if p.name == "model")
     assert [(i.type, i.value) for i in model_arg.shell_complete(ctx, "ggufs/q")] == [("file", "ggufs/q")]
+    # a comma list never offers a type it already holds
+    tune_quant = next(p for p in main.commands["tune"].params if p.name == "quants")
+    assert [i.value for i in tune_quant.shell_complete(ctx, "Q4_0,q4")] == ["Q4_0,Q4_K_S", "Q4_0,Q4_K_M"]
 
 
 # how each script passes the word being typed: zsh its index in COMP_WORDS, fish the word itself
