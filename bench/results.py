@@ -282,7 +282,7 @@ def write_verdicts_template(docs: list[dict], path: str | Path) -> Path:
 # `qrun report` hands every file that is not an eval.json or quality.json to load(): a truncated eval.json lands
 # here too, so the hint names all three
 _WHAT_REPORT_READS = (
-    "give a results.json, eval.json or quality.json written by `qrun bench`, `qrun eval` or `qrun quality`"
+    "give a results.json, eval.json or quality-<model>.json written by `qrun bench`, `qrun eval` or `qrun quality`"
 )
 
 
