@@ -13,6 +13,7 @@ from tabulate import tabulate
 from qrun import settings
 from qrun.completion import complete_model, complete_quant
 from qrun.errors import UsageError
+from qrun.options import ggufs_option
 
 
 class _RecordsArgs(click.Command):
@@ -102,14 +103,7 @@ def _command_line() -> str:
     show_default="tuning profile, else f16",
     help="KV cache type; q8_0 needs --flash-attn.",
 )
-@click.option(
-    "--ggufs",
-    "ggufs_dir",
-    default=None,
-    metavar="DIR",
-    show_default="QRUN_GGUF_DIR, then ./ggufs",
-    help="Folder of GGUFs.",
-)
+@ggufs_option()
 @click.option(
     "--out",
     "out_dir",

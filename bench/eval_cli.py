@@ -10,6 +10,7 @@ from tabulate import tabulate
 
 from qrun import settings
 from qrun.completion import complete_model, complete_quant
+from qrun.options import ggufs_option
 
 
 def _subjects(value: str | None) -> list[str] | None:
@@ -56,15 +57,7 @@ def _subjects(value: str | None) -> list[str] | None:
     show_default="every converted type",
     help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)}.",
 )
-@click.option(
-    "--ggufs",
-    "ggufs_dir",
-    default=None,
-    metavar="DIR",
-    type=click.Path(file_okay=False),
-    show_default="QRUN_GGUF_DIR, then ./ggufs",
-    help="Folder of converted models.",
-)
+@ggufs_option(help="Folder of converted models.")
 @click.option(
     "--out",
     "out_dir",

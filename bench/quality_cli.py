@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from qrun.bench import quality as quality_lib
 from qrun.completion import complete_model, complete_quant
+from qrun.options import ggufs_option
 
 
 def _say(message: str) -> None:
@@ -78,14 +79,7 @@ def _say(message: str) -> None:
     show_default="--threads if given, else the same",
     help="Threads for evaluating the windows, one number.",
 )
-@click.option(
-    "--ggufs",
-    "ggufs_dir",
-    default=None,
-    metavar="DIR",
-    show_default="QRUN_GGUF_DIR, then ./ggufs",
-    help="Folder of GGUFs.",
-)
+@ggufs_option()
 @click.option(
     "--out",
     "out_dir",

@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from qrun import measure
 from qrun.completion import complete_model, complete_quant
+from qrun.options import ggufs_option
 
 
 def _ints(value: str | None, option: str) -> list[int] | None:
@@ -70,14 +71,7 @@ def _kv_types(value: str | None) -> list[str] | None:
 )
 @click.option("--repeat", default=3, show_default=True, type=int, help="Measured repetitions per grid point.")
 @click.option("--force", is_flag=True, help="Measure even when the machine is busy (load average above 0.5/CPU).")
-@click.option(
-    "--ggufs",
-    "ggufs_dir",
-    default=None,
-    metavar="DIR",
-    show_default="QRUN_GGUF_DIR, then ./ggufs",
-    help="Folder of GGUFs.",
-)
+@ggufs_option()
 @click.option(
     "--json",
     "as_json",

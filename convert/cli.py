@@ -12,6 +12,7 @@ from qrun.completion import complete_model, complete_quant
 from qrun.convert.download import SOURCES
 from qrun.convert.pipeline import convert_model
 from qrun.errors import ConversionError, QrunError, UsageError
+from qrun.options import ggufs_option
 from qrun.progress import StepBars
 
 
@@ -51,14 +52,7 @@ def _summary(result: dict) -> str:
     shell_complete=complete_quant,
     help=f"Output type: {', '.join(settings.QUANTS)}.",
 )
-@click.option(
-    "--ggufs",
-    "ggufs_dir",
-    metavar="DIR",
-    type=click.Path(file_okay=False),
-    show_default="QRUN_GGUF_DIR, then ./ggufs",
-    help="Folder the GGUFs and their manifests are written to.",
-)
+@ggufs_option(help="Folder the GGUFs and their manifests are written to.")
 # the GGUF folder's earlier name here (every other command says --ggufs); still read, with a notice
 @click.option("--out", "out_dir", metavar="DIR", type=click.Path(file_okay=False), hidden=True)
 @click.option(

@@ -15,6 +15,7 @@ from qrun.convert import manifest as mf
 from qrun.convert import workspace as ws
 from qrun.convert.pipeline import find_converted
 from qrun.errors import GGUFError, UsageError
+from qrun.options import ggufs_option
 
 
 def _size(n_bytes: int | None) -> str:
@@ -26,14 +27,7 @@ def _size(n_bytes: int | None) -> str:
 
 
 @click.command("models")
-@click.option(
-    "--ggufs",
-    "ggufs_dir",
-    metavar="DIR",
-    type=click.Path(file_okay=False),
-    show_default="QRUN_GGUF_DIR, then ./ggufs",
-    help="Folder of converted models.",
-)
+@ggufs_option(help="Folder of converted models.")
 @click.option(
     "--verify",
     is_flag=True,
@@ -155,14 +149,7 @@ def _verify_outcome(failed: list[str]) -> None:
         )
 
 
-_GGUFS_OPTION = click.option(
-    "--ggufs",
-    "ggufs_dir",
-    metavar="DIR",
-    type=click.Path(file_okay=False),
-    show_default="QRUN_GGUF_DIR, then ./ggufs",
-    help="Folder of converted models.",
-)
+_GGUFS_OPTION = ggufs_option(help="Folder of converted models.")
 
 
 @click.command("show")

@@ -16,6 +16,7 @@ import click
 from qrun import settings
 from qrun.completion import complete_model, complete_quant_or_auto
 from qrun.errors import UsageError
+from qrun.options import ggufs_option
 from qrun.runner import ask as ask_lib
 from qrun.runner import chat as chat_lib
 from qrun.runner import chat_input, chat_log
@@ -133,14 +134,7 @@ def load_options(f):
                 show_default=settings.DEFAULT_QUANT,
                 help="Which GGUF of MODEL; auto = the type `qrun tune` measured fastest.",
             ),
-            click.option(
-                "--ggufs",
-                type=click.Path(file_okay=False),
-                default=None,
-                metavar="DIR",
-                show_default="QRUN_GGUF_DIR, then ./ggufs",
-                help="Folder of GGUFs.",
-            ),
+            ggufs_option(name="ggufs"),
             click.option(
                 "--as",
                 "as_model",
