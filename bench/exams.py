@@ -26,12 +26,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from qrun import settings
+from qrun import progress, settings
+from qrun.convert import download as hub_download
 from qrun.errors import DownloadError, QrunError, UsageError
 from qrun.fsutil import os_reason, read_input_text, sha256_file
 
 LETTERS = ("A", "B", "C", "D")
-SOURCES = ("modelscope", "hf")
+SOURCES = hub_download.SOURCES
 
 
 class ExamError(QrunError):
@@ -335,28 +336,53 @@ def download(
 
     Args:
         source: "modelscope" or "hf".
-        local_only: resolve from the hub client's cache only; None = QRUN_OFFLINE (HF_HUB_OFFLINE also works for hf).
+        local_only: resolve from the hub client's cache only; None = QRUN_OFFLINE (HF_HUB_OFFLINE also works for hf)
+            or a hub that accepts no connection within convert.download.PROBE_TIMEOUT_S.
 
     Raises:
         UsageError: unknown source.
-        DownloadError: the hub client failed (network, missing repo or revision, not cached offline).
+        DownloadError: the hub client failed (network, missing repo or revision), or nothing is cached offline
+            (one line naming QRUN_OFFLINE).
         ExamError: the snapshot holds neither the layout nor a zip with it.
     """
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}", f"use one of: {', '.join(SOURCES)}")
-    local_only = settings.env_bool("QRUN_OFFLINE") if local_only is None else local_only
     repo_id = suite.modelscope_id if source == "modelscope" else suite.hf_id
     hub = "ModelScope" if source == "modelscope" else "Hugging Face"
-    print(f"[download] {suite.title} from {hub} ({repo_id})", file=sys.stderr, flush=True)
+    where = f"{suite.title} ({repo_id}) from {hub}"
+    print(f"[download] {where}", file=sys.stderr, flush=True)
+    # the same offline rule and reachability probe as `qrun convert`: ModelScope's client otherwise retries an
+    # unreachable hub for ~20 s, printing a warning per retry, before it fails
+    access = hub_download.hub_access(source, local_only)
+    local_copy = "give --data DIR with the CSV files"
+
+    def snapshot(cache_only: bool) -> Path:
+        with progress.plain_hub_bars():  # the hub's own bars; whole lines when stderr is a log
+            return Path(_snapshot(source, repo_id, revision=revision, cache_dir=cache_dir, local_only=cache_only))
+
     try:
-        folder = Path(_snapshot(source, repo_id, revision=revision, cache_dir=cache_dir, local_only=local_only))
+        folder = snapshot(access.local_only)
     except Exception as exc:  # any failure of the hub library: network, missing repo or revision, not cached
-        reason = " ".join(str(exc).split())[:240] or type(exc).__name__
-        other = "hf" if source == "modelscope" else "modelscope"
-        raise DownloadError(
-            f"could not download {suite.title} ({repo_id}) from {hub}: {reason}",
-            f"check the network, or try --source {other}, or give --data DIR with the CSV files",
-        ) from exc
+        if access.local_only:
+            raise access.not_cached(where, local_copy) from exc
+        cached = _cached_snapshot(suite, snapshot) if source == "modelscope" else None  # hf falls back by itself
+        if cached is None:
+            raise DownloadError(
+                f"could not download {where}: {hub_download.hub_error_summary(exc)}",
+                f"check the network and the dataset id/revision, or {local_copy}, or try {access.other_source}",
+            ) from exc
+        print(
+            f"[download] {hub} failed ({hub_download.hub_error_summary(exc)}); using the cached copy {cached}",
+            file=sys.stderr,
+            flush=True,
+        )
+        folder = cached
+    if access.unreachable is not None:
+        print(
+            f"[download] {hub} unreachable ({access.unreachable}); using the cached copy {folder}",
+            file=sys.stderr,
+            flush=True,
+        )
     if find_root(suite, folder) is not None:
         return folder
     zips = sorted(folder.rglob("*.zip"))
@@ -365,6 +391,16 @@ def download(
             f"the {hub} snapshot {folder} holds no CSV files and no zip", f"give --data DIR in {suite.layout()}"
         )
     return extract(suite, zips[0])
+
+
+def _cached_snapshot(suite: Suite, snapshot) -> Path | None:
+    """ModelScope's cached copy of a dataset after an online failure (its client, unlike Hugging Face's, does not
+    fall back to the cache), when it holds the layout or a zip."""
+    try:
+        folder = snapshot(True)
+    except Exception:
+        return None
+    return folder if find_root(suite, folder) is not None or any(folder.rglob("*.zip")) else None
 
 
 def extract(suite: Suite, zip_path: Path) -> Path:

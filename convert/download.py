@@ -93,9 +93,26 @@ def _snapshot(source: str, repo_id: str, *, revision: str | None, patterns: list
     )
 
 
-def _short(exc: BaseException, limit: int = 240) -> str:
+def hub_error_summary(exc: BaseException, limit: int = 200) -> str:
+    """A hub library's error as a clause for an error line: whitespace folded, and when too long cut at a word
+    boundary before any bracket it leaves open, ending in "...". The clients' messages run to several hundred
+    characters (urllib3's "HTTPSConnectionPool(host=...): Max retries exceeded ... (Caused by NameResolutionError(...
+    ))"); a plain cut would end the line mid-word inside a parenthesis."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 3]
+    cut = cut[: cut.rfind(" ")] if " " in cut else cut
+    opened: list[int] = []  # positions of brackets not yet closed
+    for i, char in enumerate(cut):
+        if char in "([{":
+            opened.append(i)
+        elif char in ")]}" and opened:
+            opened.pop()
+    if opened:
+        cut = cut[: opened[0]]
+    cut = cut.rstrip(" ,;:-(") or type(exc).__name__
+    return cut + "..."
 
 
 def missing_weight_files(folder: Path) -> list[str]:
@@ -144,29 +161,15 @@ def download_checkpoint(
     """
     if source not in SOURCES:
         raise UsageError(f"unknown source {source!r}", f"use one of: {', '.join(SOURCES)}")
-    offline_by = _offline_by(source) if local_only is None else ("offline mode" if local_only else None)
     repo_id = _repo_id(spec, source)
     hub = _HUB_NAMES[source]
     where = f"{repo_id} from {hub}" + (f" at revision {revision}" if revision else "")
     print(f"[download] {where} (only config, tokenizer and weight files)", file=sys.stderr, flush=True)
-    unreachable = None if offline_by else unreachable_reason(hub_endpoints(source))
-    local = offline_by is not None or unreachable is not None
-    other = "--source hf" if source == "modelscope" else "--source modelscope"
+    access = hub_access(source, local_only)
+    unreachable, local, other = access.unreachable, access.local_only, access.other_source
 
     def not_cached() -> DownloadError:
-        """The one-line error of an offline run (by choice or because the hub is unreachable) without a copy; the
-        hub library's own error says only that its offline mode found nothing (QRUN_DEBUG=1 shows it)."""
-        if unreachable is not None:
-            return DownloadError(
-                f"could not download {where}: {hub} is unreachable ({unreachable}) and its cache has no complete copy",
-                f"check the network (or its proxy), convert a local copy with --from DIR, or try {other}; "
-                f"QRUN_OFFLINE=1 uses only the hubs' caches without trying the network",
-            )
-        undo = {"QRUN_OFFLINE=1": "unset QRUN_OFFLINE", "HF_HUB_OFFLINE=1": "unset HF_HUB_OFFLINE"}
-        return DownloadError(
-            f"could not download {where}: {offline_by} and the {hub} cache has no complete copy",
-            f"{undo.get(offline_by or '', 'go online')} to download it, or convert a local copy with --from DIR",
-        )
+        return access.not_cached(where, "convert a local copy with --from DIR")
 
     def fetch(patterns: list[str]) -> Path:
         try:
@@ -179,7 +182,7 @@ def download_checkpoint(
         except Exception as exc:  # any failure of the hub library: network, auth, missing repo/revision, disk
             if _disk_full(exc):
                 raise DiskSpaceError(
-                    f"the disk filled up while downloading {where}: {_short(exc)}",
+                    f"the disk filled up while downloading {where}: {hub_error_summary(exc)}",
                     "free space (a 7B checkpoint is 12-15 GB) or point HF_HOME / MODELSCOPE_CACHE "
                     "at a bigger disk, then rerun: the download resumes",
                 ) from exc
@@ -188,14 +191,15 @@ def download_checkpoint(
             if source == "modelscope":
                 cached = _cached_modelscope(repo_id, revision=revision, patterns=patterns, cache_dir=cache_dir)
                 if cached is not None:
+                    reason = hub_error_summary(exc)
                     print(
-                        f"[download] {hub} unreachable ({_short(exc)}); using the complete cached copy {cached}",
+                        f"[download] {hub} unreachable ({reason}); using the complete cached copy {cached}",
                         file=sys.stderr,
                         flush=True,
                     )
                     return cached
             raise DownloadError(
-                f"could not download {where}: {_short(exc)}",
+                f"could not download {where}: {hub_error_summary(exc)}",
                 f"check the network and the model id/revision, or convert a local copy with --from DIR, or try {other}",
             ) from exc
 
@@ -218,6 +222,53 @@ def download_checkpoint(
         )
     used = folder.name if folder.parent.name == "snapshots" else revision
     return DownloadResult(path=folder, hub=source, repo_id=repo_id, requested_revision=revision, revision=used)
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """How a run reaches a hub: through the network, or from the hub client's cache only (its local_files_only
+    mode) and why. `qrun convert` and `qrun eval` both fetch through this, so both fail the same way offline."""
+
+    source: str  # "modelscope" | "hf"
+    offline_by: str | None  # "QRUN_OFFLINE=1", "HF_HUB_OFFLINE=1", "offline mode" (the caller's), or None
+    unreachable: str | None  # unreachable_reason() of the hub's endpoints, or None
+
+    @property
+    def hub(self) -> str:
+        return _HUB_NAMES[self.source]
+
+    @property
+    def local_only(self) -> bool:
+        return self.offline_by is not None or self.unreachable is not None
+
+    @property
+    def other_source(self) -> str:
+        return "--source hf" if self.source == "modelscope" else "--source modelscope"
+
+    def not_cached(self, where: str, local_copy: str) -> DownloadError:
+        """The one-line error of a cache-only run without a copy of `where` ("<repo> from <hub>"); `local_copy`
+        says how to use files the user has, e.g. "convert a local copy with --from DIR". The hub library's own
+        error says only that its offline mode found nothing (QRUN_DEBUG=1 shows it)."""
+        if self.unreachable is not None:
+            return DownloadError(
+                f"could not download {where}: {self.hub} is unreachable ({self.unreachable}) "
+                "and its cache has no complete copy",
+                f"check the network (or its proxy), {local_copy}, or try {self.other_source}; "
+                f"QRUN_OFFLINE=1 uses only the hubs' caches without trying the network",
+            )
+        undo = {"QRUN_OFFLINE=1": "unset QRUN_OFFLINE", "HF_HUB_OFFLINE=1": "unset HF_HUB_OFFLINE"}
+        return DownloadError(
+            f"could not download {where}: {self.offline_by} and the {self.hub} cache has no complete copy",
+            f"{undo.get(self.offline_by or '', 'go online')} to download it, or {local_copy}",
+        )
+
+
+def hub_access(source: str, local_only: bool | None = None) -> HubAccess:
+    """Whether to fetch from `source` online: not when `local_only` says so (None = QRUN_OFFLINE=1, or
+    HF_HUB_OFFLINE=1 for "hf"), nor when no endpoint of the hub accepts a connection within PROBE_TIMEOUT_S."""
+    offline_by = _offline_by(source) if local_only is None else ("offline mode" if local_only else None)
+    unreachable = None if offline_by else unreachable_reason(hub_endpoints(source))
+    return HubAccess(source=source, offline_by=offline_by, unreachable=unreachable)
 
 
 def _offline_by(source: str) -> str | None:

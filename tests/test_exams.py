@@ -8,15 +8,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 from click.testing import CliRunner
 from conftest import DATA_DIR
 
 from qrun.bench import exams
 from qrun.cli import main
+from qrun.convert import download as hub_download
 from qrun.errors import DownloadError, UsageError
 
 EXAMS = DATA_DIR / "exams"
@@ -81,17 +84,34 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize("case", MALFORMED)
-def test_malformed_csv_is_one_error_naming_file_and_line(case, tmp_path, tiny_gguf):
-    data = _copy(EXAMS / "ceval", tmp_path / "ceval")
-    bad = data / "val" / "computer_network_val.csv"
-    content, needles = MALFORMED[case]
+CMMLU_HEADER = ",Question,A,B,C,D,Answer\n"
+CMMLU_MALFORMED = {  # the same faults in CMMLU's layout: unnamed index column, capitalised names
+    "answer not in ABCD": (
+        (CMMLU_HEADER + "0,问题,甲,乙,丙,丁,A\n1,问题,甲,乙,丙,丁,E\n").encode(),
+        ["line 3", "row 2's answer is 'E'"],
+    ),
+    "short row": ((CMMLU_HEADER + "0,问题,甲,乙\n").encode(), ["line 2", "row 1 has 4 fields"]),
+    "missing column": (",Question,A,B,C,Answer\n0,问题,甲,乙,丙,A\n".encode(), ["line 1", "no column 'D'"]),
+    "bad encoding": ((CMMLU_HEADER + "0,问题,甲,乙,丙,丁,A\n").encode("gbk"), ["line 2", "not UTF-8"]),
+}
+LAYOUT_CASES = [("ceval", case) for case in MALFORMED] + [("cmmlu", case) for case in CMMLU_MALFORMED]
+
+
+@pytest.mark.parametrize(("suite", "case"), LAYOUT_CASES)
+def test_malformed_csv_is_one_error_naming_file_and_line(suite, case, tmp_path, tiny_gguf):
+    data = _copy(EXAMS / suite, tmp_path / suite)
+    if suite == "ceval":
+        bad = data / "val" / "computer_network_val.csv"
+        content, needles = MALFORMED[case]
+    else:
+        bad = data / "test" / "astronomy.csv"
+        content, needles = CMMLU_MALFORMED[case]
     bad.write_bytes(content)
     out = tmp_path / "out"
     out.mkdir()
     (out / "eval.json").write_text('{"earlier": true}\n', encoding="utf-8")
     gguf = str(tiny_gguf("qwen-7b-chat", "Q4_K_M"))
-    result = CliRunner().invoke(main, ["eval", "ceval", gguf, "--data", str(data), "--out", str(out)])
+    result = CliRunner().invoke(main, ["eval", suite, gguf, "--data", str(data), "--out", str(out)])
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and " — " in lines[0], lines
@@ -185,3 +205,61 @@ def test_qrun_eval_downloads_through_huggingface_hub_offline(tmp_path, tiny_gguf
     assert proc.returncode == 0, proc.stderr
     assert "haonan-li/cmmlu" in proc.stderr and (out / "eval.json").is_file()
     assert "deepseek-llm-7b-chat" in proc.stdout and "/2" in proc.stdout  # one question of each of two subjects
+
+
+# -- no network: one line naming QRUN_OFFLINE at once, as `qrun convert` (tests/test_progress.py) ----------------
+@pytest.mark.parametrize("source", ["modelscope", "hf"])
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"QRUN_OFFLINE": "1"}, "QRUN_OFFLINE=1 and the {hub} cache has no complete copy"),
+        # a refused port and a host that cannot resolve (.invalid, RFC 6761), through each client's endpoint setting
+        ({"ENDPOINT": "http://127.0.0.1:9"}, "{hub} is unreachable (127.0.0.1:9: connection refused)"),
+        ({"ENDPOINT": "https://hub.invalid"}, "{hub} is unreachable (hub.invalid:443: name resolution failed)"),
+    ],
+    ids=["QRUN_OFFLINE", "refused", "invalid-host"],
+)
+def test_eval_without_network_fails_at_once_in_one_line_naming_qrun_offline(tmp_path, tiny_gguf, source, env, names):
+    hub, repo = ("ModelScope", "opencompass/cmmlu") if source == "modelscope" else ("Hugging Face", "haonan-li/cmmlu")
+    endpoint_var = "MODELSCOPE_ENDPOINT" if source == "modelscope" else "HF_ENDPOINT"
+    setting = {endpoint_var if name == "ENDPOINT" else name: value for name, value in env.items()}
+    clean = {k: v for k, v in os.environ.items() if k not in ("QRUN_OFFLINE", "HF_HUB_OFFLINE", endpoint_var)}
+    caches = {"MODELSCOPE_CACHE": str(tmp_path / "ms-cache"), "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
+    ggufs = tiny_gguf("qwen-7b-chat", "Q4_K_M").parent
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "qrun", "eval", "cmmlu", "qwen", "--source", source, "--ggufs", str(ggufs)]
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*command, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, **caches, "QRUN_HOME": str(tmp_path / "home"), **setting},
+    )
+    elapsed_s = time.monotonic() - started
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"[download] CMMLU ({repo}) from {hub}" and len(lines) == 2, proc.stderr
+    error = lines[1]
+    assert error.startswith(f"Error: could not download CMMLU ({repo}) from {hub}: ") and names.format(hub=hub) in error
+    what, fix = error.split(" — ")  # exactly one separator: nothing of the hub's own message cut into the line
+    assert "QRUN_OFFLINE" in fix and "--data DIR" in fix, error
+    assert not out.exists() and not (tmp_path / "home" / "exams").exists()  # nothing written, nothing extracted
+    # ModelScope's client alone spent ~23 s on retries here; the interpreter and the hub libraries' imports take
+    # most of what is left
+    assert elapsed_s < 8, elapsed_s
+
+
+def test_a_long_hub_error_is_summarised_at_a_word_without_an_open_bracket():
+    """A real urllib3 failure (a refused local port) whose message runs past the limit, as the hub clients raise."""
+    with pytest.raises(requests.RequestException) as caught:
+        requests.get("http://127.0.0.1:9/api/v1/datasets/opencompass/cmmlu/repo/files?Revision=master", timeout=2)
+    text = " ".join(str(caught.value).split())
+    assert len(text) > 120, text  # long enough that a cut is needed below
+    summary = hub_download.hub_error_summary(caught.value, limit=120)
+    assert len(summary) <= 120 and summary.endswith("...") and summary[:-3] == summary[:-3].rstrip()
+    body = summary[:-3]
+    # cut where a word ends (its trailing ":" dropped) or before a "(", never inside a word
+    assert text.startswith(body) and text[len(body)] in " ,;:(", (body, text)
+    assert body.count("(") == body.count(")"), body
+    assert hub_download.hub_error_summary(ValueError("short  message\n here")) == "short message here"
