@@ -156,8 +156,13 @@ def run_level(client, model: str, *, clients: int, requests: int, max_tokens: in
 
     with measure.NoiseWindow() as window:
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
+        pool = ThreadPoolExecutor(clients)
+        try:
             samples = [s for per_client in pool.map(client_loop, range(clients)) for s in per_client]
+        finally:
+            # after an error or Ctrl-C, not waiting for the other clients' remaining requests: the caller stops
+            # the server, which ends the ones running (when all went well, every client is done already)
+            pool.shutdown(wait=False, cancel_futures=True)
         wall_s = time.perf_counter() - t0
     latencies, ttfts = [s["latency_s"] for s in samples], [s["ttft_s"] for s in samples]
     tokens = sum(s["completion_tokens"] for s in samples)
