@@ -6,8 +6,10 @@ client. Small settings (1 and 2 clients, one 4-token request each) keep each run
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -121,3 +123,30 @@ def test_a_server_that_does_not_start_ends_the_run_in_one_line(tmp_path):
     proc = run_load("qwen", "--ggufs", str(empty), *SMALL)
     assert_one_error_line(proc, "qrun serve did not start", "qwen-7b-chat is not converted", "run `qrun convert")
     assert servers_naming(str(empty)) == []
+
+
+def test_sigterm_stops_the_server_too(demo_ggufs):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.perf.serve_load", "deepseek", "--ggufs", str(demo_ggufs)]
+        + ["--clients", "1", "--requests", "50", "--max-tokens", "2000", "--threads", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not servers_naming(str(demo_ggufs)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert servers_naming(str(demo_ggufs)), "the script started no server"
+        time.sleep(2)  # the server loads the model and the requests run
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and stdout == ""
+    assert stderr.strip() == "Interrupted."
+    assert servers_naming(str(demo_ggufs)) == []
