@@ -10,6 +10,11 @@ generates exactly --max-tokens tokens (the model's stop tokens are biased away),
 per request. Per level: aggregate completion tokens/s over the level's wall time, latency p50/p95 (request sent to
 last token), time to first token p50/p95 as the client sees it (queueing included), and qrun.measure's noise record
 of the window (other processes' CPU share, load average). Prints a markdown table, then one JSON object.
+
+The stop tokens are found by text in the served GGUF's own vocabulary, as the server finds them (Engine.stop_ids):
+a GGUF with another vocabulary than the released model's (`qrun demo`'s self-made tokenizers) has other ids.
+Any failure (the server does not start, answers an error or goes away) ends the run with one `Error:` line on
+stderr and exit code 1, and the server is stopped in every case.
 """
 
 from __future__ import annotations
@@ -25,11 +30,14 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 import openai
 
-from qrun import measure, registry
+from qrun import gguf_file, measure, registry
+from qrun.errors import QrunError
 from qrun.fsutil import write_json_atomic
+from qrun.runner import resolve
 
 QRUN = [sys.executable, "-c", "import sys; from qrun.cli import main; sys.argv[0] = 'qrun'; main()"]
 # Different questions per request, so that nothing could be reused between them (qrun reuses nothing anyway)
@@ -47,15 +55,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
+class LoadError(QrunError):
+    """The server failed to start or answered an error: the run cannot go on."""
+
+
 class ServerProcess:
+    """`qrun serve ARGS` on a free loopback port; its stderr is kept (self.lines) and read until it exits."""
+
     def __init__(self, args: list[str]):
         self.proc = subprocess.Popen(
             QRUN + ["serve", *args, "--port", "0"], stderr=subprocess.PIPE, text=True, encoding="utf-8"
         )
         self.lines: list[str] = []
-        ready = threading.Event()
+        self.url = ""
+        ready = self._ready = threading.Event()
 
         def read() -> None:
+            assert self.proc.stderr is not None
             for line in self.proc.stderr:
                 self.lines.append(line.rstrip("\n"))
                 if "listening on" in line:
@@ -63,16 +79,50 @@ class ServerProcess:
             ready.set()
 
         threading.Thread(target=read, daemon=True).start()
-        ready.wait(600)
+
+    def wait_ready(self) -> None:
+        """Until the server listens (self.url); LoadError when it exits or takes more than 10 minutes first."""
+        self._ready.wait(600)
         found = re.search(r"listening on (http://\S+/v1)", "\n".join(self.lines))
         if not found:
-            self.proc.kill()
-            sys.exit("qrun serve did not start:\n" + "\n".join(self.lines))
+            self.stop()
+            raise LoadError(f"qrun serve did not start: {self.last_words()}")  # its line says how to fix it
         self.url = found.group(1)
 
+    def last_words(self) -> str:
+        """The server's own error line (the CLI prints one `Error: ...`), else its last line of output."""
+        errors = [line.removeprefix("Error: ") for line in self.lines if line.startswith("Error: ")]
+        return (errors or [line for line in self.lines if line.strip()] or ["no output"])[-1]
+
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(60)
+        """SIGTERM (the server finishes or cancels what runs, then exits), SIGKILL if it has not after 60 s."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def stop_token_bias(model_or_path: str, model: str, *, ggufs_dir: str | None) -> dict[str, int]:
+    """-100 on each of `model`'s stop tokens, by their ids in the served GGUF's vocabulary (the file `qrun serve
+    MODEL --ggufs DIR` loads: qrun.runner.resolve.gguf_for), so that every request runs to max_tokens."""
+    path = resolve.gguf_for(model_or_path, ggufs_dir=ggufs_dir)
+    ids = gguf_file.token_ids(path, registry.get(model).stop_tokens)
+    return {str(token): -100 for token in sorted({i for i in ids.values() if i is not None})}
+
+
+def _api_error(err: openai.APIError, server: ServerProcess) -> LoadError:
+    """One line for what the server answered, or for a server that went away."""
+    if isinstance(err, openai.APIStatusError):
+        body = err.body.get("message") if isinstance(err.body, dict) else None
+        return LoadError(f"qrun serve answered HTTP {err.status_code}: {body or err.message}")
+    if isinstance(err, openai.APIConnectionError):
+        code = server.proc.poll()
+        state = "is not answering" if code is None else f"exited with code {code}"
+        return LoadError(f"qrun serve {state}: {server.last_words()}")
+    return LoadError(f"qrun serve failed a request: {err.message}")  # an error event in the middle of a stream
 
 
 def one_request(client: openai.OpenAI, model: str, prompt: str, *, max_tokens: int, logit_bias: dict) -> dict:
@@ -106,8 +156,13 @@ def run_level(client, model: str, *, clients: int, requests: int, max_tokens: in
 
     with measure.NoiseWindow() as window:
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
+        pool = ThreadPoolExecutor(clients)
+        try:
             samples = [s for per_client in pool.map(client_loop, range(clients)) for s in per_client]
+        finally:
+            # after an error or Ctrl-C, not waiting for the other clients' remaining requests: the caller stops
+            # the server, which ends the ones running (when all went well, every client is done already)
+            pool.shutdown(wait=False, cancel_futures=True)
         wall_s = time.perf_counter() - t0
     latencies, ttfts = [s["latency_s"] for s in samples], [s["ttft_s"] for s in samples]
     tokens = sum(s["completion_tokens"] for s in samples)
@@ -143,6 +198,17 @@ def markdown(levels: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _interrupt(_signum, _frame) -> None:
+    """SIGTERM (a timeout, a cancelled job) unwinds as Ctrl-C does, so that the server is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
+def fail(err: QrunError) -> NoReturn:
+    """The run's end on an error: one `Error: <what> — <how to fix>` line and exit code 1 (the CLI's form)."""
+    print(f"Error: {err.one_line()}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a converted model's name or alias, or a .gguf path")
@@ -158,11 +224,14 @@ def main() -> None:
     serve_args = [args.model, "--ctx", str(args.ctx), "--max-queue", str(max(levels_wanted) + 1)]
     serve_args += ["--ggufs", args.ggufs] if args.ggufs else []
     serve_args += ["--threads", str(args.threads)] if args.threads else []
-    server = ServerProcess(serve_args)
+    signal.signal(signal.SIGTERM, _interrupt)
+    server = None
     try:
+        server = ServerProcess(serve_args)
+        server.wait_ready()
         client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=3600)
         model = client.models.list().data[0].id
-        logit_bias = {str(i): -100 for i in registry.get(model).stop_token_ids}
+        logit_bias = stop_token_bias(args.model, model, ggufs_dir=args.ggufs)
         one_request(client, model, PROMPTS[0], max_tokens=8, logit_bias=logit_bias)  # warm-up: loads the model
         levels = [
             run_level(
@@ -170,8 +239,17 @@ def main() -> None:
             )
             for n in levels_wanted
         ]
+    except openai.APIError as err:
+        assert server is not None  # only requests raise APIError
+        fail(_api_error(err, server))
+    except QrunError as err:
+        fail(err)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)  # qrun's own words and exit code for Ctrl-C (qrun/cli.py)
+        raise SystemExit(130) from None
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
     result = {
         "model": model,
         "setup": {
