@@ -11,9 +11,9 @@ import click
 from tabulate import tabulate
 
 from qrun import settings
-from qrun.completion import complete_model, complete_quant
+from qrun.completion import complete_model
 from qrun.errors import UsageError
-from qrun.options import ggufs_option
+from qrun.options import ggufs_option, quant_filter_option
 
 
 class _RecordsArgs(click.Command):
@@ -40,15 +40,7 @@ def _command_line() -> str:
     help="Thread counts to sweep, a list such as 1,2; 0 = the physical core count.",
 )
 # metavar: Click >= 8.2 would list a case-insensitive Choice in lower case; the type names are upper case
-@click.option(
-    "--quant",
-    default=None,
-    type=click.Choice(settings.QUANTS, case_sensitive=False),
-    metavar="QUANT",
-    shell_complete=complete_quant,
-    show_default="every converted type",
-    help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)}.",
-)
+@quant_filter_option()
 @click.option(
     "--suite",
     default=settings.DEFAULT_SUITE,

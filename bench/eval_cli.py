@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 from tabulate import tabulate
 
-from qrun import settings
-from qrun.completion import complete_model, complete_quant
-from qrun.options import ggufs_option
+from qrun.completion import complete_model
+from qrun.options import ggufs_option, quant_filter_option
 
 
 def _subjects(value: str | None) -> list[str] | None:
@@ -48,15 +47,7 @@ def _subjects(value: str | None) -> list[str] | None:
     "--shots", default=0, show_default=True, type=int, help="Solved dev questions put first, as earlier turns."
 )
 @click.option("--limit", default=None, type=int, metavar="N", help="Only the first N questions of each subject.")
-@click.option(
-    "--quant",
-    default=None,
-    type=click.Choice(settings.QUANTS, case_sensitive=False),
-    metavar="QUANT",
-    shell_complete=complete_quant,
-    show_default="every converted type",
-    help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)}.",
-)
+@quant_filter_option()
 @ggufs_option(help="Folder of converted models.")
 @click.option(
     "--out",

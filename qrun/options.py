@@ -7,6 +7,9 @@ from collections.abc import Callable
 
 import click
 
+from qrun import settings
+from qrun.completion import complete_quant
+
 GGUFS_DEFAULT = "QRUN_GGUF_DIR, then ./ggufs"  # qrun.settings.gguf_dir resolves it
 
 
@@ -20,4 +23,17 @@ def ggufs_option(*, name: str = "ggufs_dir", help: str = "Folder of GGUFs.") -> 
         type=click.Path(file_okay=False),
         show_default=GGUFS_DEFAULT,
         help=help,
+    )
+
+
+def quant_filter_option() -> Callable:
+    """`--quant QUANT`: run only the GGUFs of one type (bench, eval); without it every converted type."""
+    return click.option(
+        "--quant",
+        default=None,
+        type=click.Choice(settings.QUANTS, case_sensitive=False),
+        metavar="QUANT",
+        shell_complete=complete_quant,
+        show_default="every converted type",
+        help=f"Only GGUFs of this type: {', '.join(settings.QUANTS)}.",
     )
