@@ -6,20 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from serve_helpers import Server, http
 
 from qrun.cli import main
 
@@ -40,56 +33,6 @@ def _one_error_line(result, *words: str) -> str:
 
 
 # -- qrun serve ----------------------------------------------------------------------------------------------------
-class Server:
-    """`qrun serve --port 0` in its own process; its stderr lines are collected."""
-
-    def __init__(self, args: list[str], home: Path):
-        env = {**os.environ, "QRUN_HOME": str(home)}
-        env.pop("QRUN_API_KEY", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qrun", "serve", *args, "--port", "0"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            encoding="utf-8",
-            env=env,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.lines: list[str] = []
-        listening = threading.Event()
-
-        def read() -> None:
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-                if "listening on" in line:
-                    listening.set()
-            listening.set()
-
-        self.reader = threading.Thread(target=read, daemon=True)
-        self.reader.start()
-        if not listening.wait(120) or self.proc.poll() is not None:
-            self.proc.kill()
-            raise AssertionError(f"the server did not start: {self.log()}")
-        self.url = re.search(r"listening on (http://\S+)/v1", self.log()).group(1)
-
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(30)
-        self.reader.join(10)
-        return code
-
-
-class Reply:
-    def __init__(self, status: int, body: bytes):
-        self.status_code, self.text = status, body.decode("utf-8")
-
-    def json(self):
-        return json.loads(self.text)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_gguf, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile-ggufs")
@@ -101,16 +44,8 @@ def server(tiny_gguf, tmp_path_factory):
     assert running.stop() == 0, running.log()
 
 
-def _post(server, body=None, *, content: bytes | None = None) -> Reply:
-    data = json.dumps(body).encode() if body is not None else content
-    request = urllib.request.Request(
-        server.url + "/v1/chat/completions", data=data, method="POST", headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return Reply(response.status, response.read())
-    except urllib.error.HTTPError as err:
-        return Reply(err.code, err.read())
+def _post(server, body=None, *, content: bytes | None = None):
+    return http("POST", server.url + "/v1/chat/completions", json_body=body, content=content)
 
 
 def test_serve_refuses_what_it_would_ignore_and_survives_deep_json(server):
