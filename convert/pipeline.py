@@ -154,6 +154,12 @@ def convert_model(
             "--keep-f16 keeps an F16 copy of a quantized model; BF16 is not quantized",
             "drop --keep-f16, or run `qrun convert --quant F16` as well",
         )
+    if from_dir is not None and not Path(from_dir).expanduser().is_dir():
+        # checked before the output folder is created, so a mistyped --from leaves no empty ./ggufs behind
+        raise CheckpointError(
+            f"checkpoint folder {Path(from_dir).expanduser().resolve()} does not exist",
+            "pass the folder that holds config.json and the weights",
+        )
     out = _output_dir(out_dir)
     request = Request(
         model=spec.name,

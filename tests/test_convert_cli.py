@@ -171,3 +171,10 @@ def test_models_verify_accepts_plain_copies_by_sha256(tiny_ggufs, tmp_path):
     assert statuses() == {"F16": "unverified", "Q4_K_M": "unverified"}
     assert "qrun models --verify" in run("models", "--ggufs", str(ggufs)).stdout
     assert statuses("--verify") == {"F16": "ok", "Q4_K_M": "ok"}
+
+
+def test_a_missing_from_folder_creates_no_output_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("QRUN_GGUF_DIR", raising=False)
+    assert_one_error_line(run("convert", "qwen", "--from", str(tmp_path / "typo")), "typo does not exist")
+    assert list(tmp_path.iterdir()) == []  # no empty ./ggufs left by a mistyped --from
