@@ -114,10 +114,6 @@ def write_manifest(gguf_path: str | os.PathLike, manifest: dict) -> Path:
     return path
 
 
-def remove_manifest(gguf_path: str | os.PathLike) -> None:
-    manifest_path_for(gguf_path).unlink(missing_ok=True)
-
-
 def install_gguf(staged: str | os.PathLike, final: str | os.PathLike, manifest: dict) -> dict:
     """Rename a finished, hashed GGUF over `final`, then write its manifest; returns the manifest written.
 
