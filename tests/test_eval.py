@@ -300,3 +300,16 @@ def test_earlier_results_are_kept_or_refused(tiny_gguf, tmp_path):
     assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
     assert "holds cmmlu test 0-shot results, not cmmlu test 1-shot" in refused.stderr
     assert (out / "eval.json").read_bytes() == saved
+
+
+def test_merged_rows_keep_two_files_of_one_model_and_quant_apart():
+    """Matched by sha256, not by name: a re-converted qwen Q4_K_M (another file) is its own row, and its KL does not
+    land on the benched file's row."""
+    doc = bench_doc()
+    doc["runs"][0]["gguf_sha256"] = "a" * 64
+    quality = {"reference": {"quant": "BF16"}, "results": [{"model": "qwen-7b-chat", "quant": "Q4_K_M",
+               "gguf_sha256": "d" * 64, "kl_mean": 0.5, "kl_p99": 1.0}]}  # fmt: skip
+    rows = [r for r in merge.merged_rows([doc], [quality], []) if r["model"] == "qwen-7b-chat"]
+    assert sorted(r["gguf_sha256"] for r in rows) == ["a" * 64, "d" * 64]
+    benched = next(r for r in rows if r["gguf_sha256"] == "a" * 64)
+    assert benched["kl_mean"] is None and benched["gen_tokens_per_s"] is not None
